@@ -1,0 +1,1 @@
+//! WireKube node agent: discovery, dataplane, relay client, fallback

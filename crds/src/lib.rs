@@ -1,0 +1,1 @@
+//! WireKube API types

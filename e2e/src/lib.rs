@@ -1,0 +1,1 @@
+//! WireKube end-to-end: network-namespace lab, Kubernetes API test server, scenarios

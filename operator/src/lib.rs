@@ -1,0 +1,1 @@
+//! WireKube operator: PathPlanner, mesh and relay controllers

@@ -1,0 +1,1 @@
+//! WireKube relay wire protocol (sans-IO) and client

@@ -1,0 +1,1 @@
+//! WireKube relay server: TCP 3478 relay and STUN responder

@@ -1,1 +1,47 @@
-//! WireKube API types
+//! WireKube API types (`wirekube.io/v1alpha1`).
+//!
+//! Two cluster-scoped kinds: [`WireKubeMesh`] (what the user declares, normally one named
+//! `default`) and [`WireKubePeer`] (one per node). The operator is the only writer of a peer's
+//! spec and the agent on that node the only writer of its status; the split is enforced by
+//! RBAC and a ValidatingAdmissionPolicy shipped in `config/rbac/`.
+
+pub mod crdgen;
+pub mod duration;
+pub mod enums;
+pub mod mesh;
+pub mod peer;
+pub mod validate;
+
+pub use enums::{
+    ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode, RelayProvider,
+    ServiceType,
+};
+pub use mesh::{
+    ExternalRelay, ManagedRelay, NodeCounts, PathSummary, RelaySpec, WireKubeMesh,
+    WireKubeMeshSpec, WireKubeMeshStatus,
+};
+pub use peer::{
+    Candidate, PeerConnection, PeerEntry, PeerSummary, WireKubePeer, WireKubePeerSpec,
+    WireKubePeerStatus,
+};
+pub use validate::{Problem, validate_mesh};
+
+/// API group of both kinds.
+pub const GROUP: &str = "wirekube.io";
+/// Served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// Field manager the operator uses for every server-side apply.
+pub const OPERATOR_MANAGER: &str = "wirekube-operator";
+/// Field manager the agent uses for its status patches.
+pub const AGENT_MANAGER: &str = "wirekube-agent";
+/// Label put on every peer with the name of the mesh it belongs to.
+pub const MESH_LABEL: &str = "wirekube.io/mesh";
+
+/// Condition types used in both statuses.
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const RELAY_READY: &str = "RelayReady";
+    pub const STUN_REACHABLE: &str = "StunReachable";
+    pub const RELAY_CONNECTED: &str = "RelayConnected";
+    pub const DATAPLANE_READY: &str = "DataplaneReady";
+}

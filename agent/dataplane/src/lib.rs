@@ -1,0 +1,1 @@
+//! WireKube node dataplane.

@@ -1,0 +1,228 @@
+//! `WireKubeMesh`: the one object a user declares.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::enums::{RelayMode, RelayProvider, ServiceType};
+
+/// Desired mesh: address space, WireGuard settings, which nodes, and how to relay.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "wirekube.io",
+    version = "v1alpha1",
+    kind = "WireKubeMesh",
+    plural = "wirekubemeshes",
+    singular = "wirekubemesh",
+    shortname = "wkmesh",
+    category = "wirekube",
+    status = "WireKubeMeshStatus",
+    derive = "PartialEq",
+    doc = "A WireGuard mesh between the selected nodes, direct where NAT allows and relayed otherwise.",
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes.total"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Relay", type_ = "string", json_path = ".status.relayEndpoints[0]"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WireKubeMeshSpec {
+    /// IPv4 CIDR the mesh IPs are allocated from, /8 to /28.
+    #[serde(rename = "meshCIDR", default = "default_mesh_cidr")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self).prefixLength() >= 8 && cidr(self).prefixLength() <= 28",
+         "message": "meshCIDR must be an IPv4 CIDR between /8 and /28, e.g. 10.99.0.0/16"}
+    ]))]
+    pub mesh_cidr: String,
+
+    /// UDP port WireGuard listens on, on every node.
+    #[serde(default = "default_listen_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub listen_port: u16,
+
+    /// Name of the WireGuard interface on every node.
+    #[serde(default = "default_interface_name")]
+    #[schemars(pattern(r"^[a-zA-Z0-9_=+.-]{1,15}$"))]
+    pub interface_name: String,
+
+    /// MTU of the WireGuard interface. 1420 fits IPv4 and IPv6 underlays with MTU 1500.
+    #[serde(default = "default_mtu")]
+    #[schemars(range(min = 1280, max = 9000))]
+    pub mtu: u32,
+
+    /// Persistent keepalive in seconds for peers that need no shorter NAT keepalive (0 = off).
+    #[serde(default = "default_keepalive")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub persistent_keepalive: u32,
+
+    /// Only nodes with all these labels join the mesh (empty = every node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// STUN servers (`host:port`) for NAT classification. At least two when set; when empty,
+    /// agents use the relay's STUN responder (two ports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:.]+\]:[0-9]{1,5}$")))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "size(self) == 0 || size(self) >= 2",
+         "message": "stunServers needs at least 2 servers to tell symmetric from cone NAT; list 2 or leave it empty to use the relay's STUN responder"}
+    ]))]
+    pub stun_servers: Vec<String>,
+
+    /// How and when pairs are relayed.
+    #[serde(default)]
+    pub relay: RelaySpec,
+}
+
+/// Relay policy and placement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.provider != 'external' || (has(self.external) && size(self.external.endpoint) > 0)",
+     "message": "relay.external.endpoint is required when relay.provider is external; set it to host:port of your relay",
+     "fieldPath": ".external.endpoint", "reason": "FieldValueRequired"}
+]))]
+pub struct RelaySpec {
+    #[serde(default)]
+    pub mode: RelayMode,
+    #[serde(default)]
+    pub provider: RelayProvider,
+    /// Where the externally run relay listens (required when `provider: external`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRelay>,
+    /// How the operator runs the relay (used when `provider: managed`).
+    #[serde(default)]
+    pub managed: ManagedRelay,
+    /// How long a planned direct pair may go without a handshake before the agent falls back.
+    #[serde(default = "default_direct_timeout")]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    pub direct_timeout: String,
+}
+
+impl Default for RelaySpec {
+    fn default() -> Self {
+        RelaySpec {
+            mode: RelayMode::default(),
+            provider: RelayProvider::default(),
+            external: None,
+            managed: ManagedRelay::default(),
+            direct_timeout: default_direct_timeout(),
+        }
+    }
+}
+
+/// A relay the user runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRelay {
+    /// `host:port` of the relay's TCP listener, e.g. `relay.example.com:3478`.
+    #[schemars(pattern(r"^([^\s:]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$"))]
+    pub endpoint: String,
+}
+
+/// The operator-run relay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRelay {
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// TCP port of the relay (and first STUN port; the second STUN port is `port + 1`).
+    #[serde(default = "default_relay_port")]
+    #[schemars(range(min = 1, max = 65534))]
+    pub port: u16,
+    /// Fixed nodePort for `serviceType: NodePort` (allocated when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<u16>,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replicas: u32,
+    #[serde(default = "default_relay_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Annotations for the relay Service (e.g. cloud load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ManagedRelay {
+    fn default() -> Self {
+        ManagedRelay {
+            service_type: ServiceType::default(),
+            port: default_relay_port(),
+            node_port: None,
+            replicas: default_replicas(),
+            image: default_relay_image(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Observed state of the mesh, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WireKubeMeshStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `host:port` addresses agents dial for the relay, best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_endpoints: Vec<String>,
+    #[serde(default)]
+    pub nodes: NodeCounts,
+    #[serde(default)]
+    pub paths: PathSummary,
+    /// Nodes that have not published a public key yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    pub total: u32,
+    /// Nodes whose agent reports Ready.
+    pub ready: u32,
+    /// Nodes without a public key yet.
+    pub pending: u32,
+}
+
+/// Pair counts by planned path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathSummary {
+    pub direct: u32,
+    pub relay: u32,
+    pub down: u32,
+}
+
+pub fn default_mesh_cidr() -> String {
+    "10.99.0.0/16".into()
+}
+pub fn default_listen_port() -> u16 {
+    51820
+}
+pub fn default_interface_name() -> String {
+    "wirekube0".into()
+}
+pub fn default_mtu() -> u32 {
+    1420
+}
+pub fn default_keepalive() -> u32 {
+    25
+}
+pub fn default_relay_port() -> u16 {
+    3478
+}
+pub fn default_replicas() -> u32 {
+    1
+}
+pub fn default_relay_image() -> String {
+    "ghcr.io/wirekube/wirekube-relay:v0.1.0".into()
+}
+pub fn default_direct_timeout() -> String {
+    "10s".into()
+}

@@ -1,0 +1,161 @@
+//! `WireKubePeer`: one per node. Spec from the operator, status from the node's agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::enums::{ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode};
+
+/// Desired WireGuard state of one node, computed by the operator's PathPlanner.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "wirekube.io",
+    version = "v1alpha1",
+    kind = "WireKubePeer",
+    plural = "wirekubepeers",
+    singular = "wirekubepeer",
+    shortname = "wkpeer",
+    category = "wirekube",
+    status = "WireKubePeerStatus",
+    derive = "PartialEq",
+    doc = "The WireGuard configuration of one node (spec, by the operator) and what its agent observes (status).",
+    printcolumn(name = "Mesh IP", type_ = "string", json_path = ".spec.meshIP"),
+    printcolumn(name = "NAT", type_ = "string", json_path = ".status.natType"),
+    printcolumn(name = "Direct", type_ = "integer", json_path = ".status.summary.direct"),
+    printcolumn(name = "Relay", type_ = "integer", json_path = ".status.summary.relay"),
+    printcolumn(name = "Down", type_ = "integer", json_path = ".status.summary.down"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WireKubePeerSpec {
+    /// Name of the mesh this peer belongs to.
+    pub mesh: String,
+    /// This node's address inside the mesh (stable for the node's lifetime).
+    #[serde(rename = "meshIP")]
+    pub mesh_ip: String,
+    /// The mesh CIDR, routed through the interface.
+    #[serde(rename = "meshCIDR")]
+    pub mesh_cidr: String,
+    pub interface_name: String,
+    pub listen_port: u16,
+    pub mtu: u32,
+    pub relay_mode: RelayMode,
+    /// Relay addresses (`host:port`), best first. Empty when no relay is published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_endpoints: Vec<String>,
+    /// Name of the Secret (in the operator's namespace) holding the relay token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_token_secret: Option<String>,
+    /// STUN servers for NAT classification (the relay's responder when the mesh lists none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stun_servers: Vec<String>,
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    pub direct_timeout: String,
+    /// Every other node of the mesh, sorted by name.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+}
+
+/// How this node reaches one other node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerEntry {
+    /// Node name of the peer.
+    pub name: String,
+    /// WireGuard public key (base64). Empty while the peer has not published one.
+    #[serde(default)]
+    pub public_key: String,
+    #[serde(rename = "allowedIPs", default)]
+    pub allowed_ips: Vec<String>,
+    /// `ip:port` to send to when the path is Direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub path: PlannedPath,
+    pub reason: PathReason,
+    /// This side sends first (the other side may be unable to reach it before it does).
+    #[serde(default)]
+    pub initiate: bool,
+    /// Address to send a few packets toward so that this side's address-restricted NAT
+    /// accepts the peer's packets (lab-notes §4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub punch_toward: Option<String>,
+    /// Persistent keepalive in seconds (0 = off).
+    #[serde(default)]
+    pub persistent_keepalive: u32,
+}
+
+/// What the agent observes on its node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WireKubePeerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    #[serde(default)]
+    pub nat_type: NatType,
+    #[serde(rename = "publicIP", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Actual state of every peer, sorted by peer name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<PeerConnection>,
+    #[serde(default)]
+    pub summary: PeerSummary,
+}
+
+/// An address at which this node may be reachable.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    pub kind: CandidateKind,
+    /// `ip:port`.
+    pub address: String,
+    /// For peer-reflexive candidates: the peer that observed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_by: Option<String>,
+}
+
+/// The actual state of one peer, as seen by this node's WireGuard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConnection {
+    pub name: String,
+    pub path: ActualPath,
+    /// Why this path (the planned reason, or `direct-failed` after a fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<PathReason>,
+    /// Endpoint WireGuard currently sends to (peer-reflexive when it roamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<Time>,
+    #[serde(default)]
+    pub rx_bytes: u64,
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// The planned direct path did not come up and the agent uses the relay.
+    #[serde(default)]
+    pub fallback: bool,
+    /// Number of path changes since the agent started.
+    #[serde(default)]
+    pub transitions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Time>,
+}
+
+/// Counts for the printer columns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSummary {
+    pub direct: u32,
+    pub relay: u32,
+    pub connecting: u32,
+    pub down: u32,
+}

@@ -1,1 +1,2 @@
 //! WireKube end-to-end: network-namespace lab, Kubernetes API test server, scenarios
+pub mod apiserver;

@@ -1,0 +1,1 @@
+pub mod schema; pub mod cel; pub mod rbac; pub mod admission;

@@ -10,7 +10,9 @@ pub enum LabError {
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     /// A lab with this prefix (or a leftover of one) already exists.
-    #[error("lab prefix {0:?} is already in use (namespace or lab dir exists); pick another or purge it")]
+    #[error(
+        "lab prefix {0:?} is already in use (namespace or lab dir exists); pick another or purge it"
+    )]
     PrefixInUse(String),
     /// Something referenced by name is not in this lab.
     #[error("unknown {kind} {name:?}")]

@@ -5,8 +5,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::error::{LabError, Result};
 use crate::Lab;
+use crate::error::{LabError, Result};
 
 const TABLE: &str = "bridge wkimpair";
 
@@ -76,9 +76,13 @@ impl Lab {
         let mut cmd = format!("flush chain {TABLE} loss\n");
         for (x, y, p) in rules {
             for (s, d) in [(x, y), (y, x)] {
-                cmd += &format!(
-                    "add rule {TABLE} loss ip saddr {s} ip daddr {d} numgen random mod 100 < {p} drop\n"
-                );
+                // numgen's range is 0..=99, so 100 % is a plain drop.
+                let chance = if p >= 100 {
+                    String::new()
+                } else {
+                    format!("numgen random mod 100 < {p} ")
+                };
+                cmd += &format!("add rule {TABLE} loss ip saddr {s} ip daddr {d} {chance}drop\n");
             }
         }
         self.run_input(&self.internet(), &["nft", "-f", "-"], &cmd)?;

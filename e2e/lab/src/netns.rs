@@ -213,7 +213,9 @@ pub fn output_with_timeout(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().ctx(|| format!("{ns}: spawn {}", describe(cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .ctx(|| format!("{ns}: spawn {}", describe(cmd)))?;
     if let Some(data) = input {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped stdin");

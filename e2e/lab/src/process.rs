@@ -39,11 +39,8 @@ impl Entry {
         let file = File::open(&path).ctx(|| format!("open {}", path.display()))?;
         let fd: RawFd = file.as_raw_fd();
         let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL in path");
-        let binds: Vec<(CString, CString)> = self
-            .binds
-            .iter()
-            .map(|(s, d)| (cstr(s), cstr(d)))
-            .collect();
+        let binds: Vec<(CString, CString)> =
+            self.binds.iter().map(|(s, d)| (cstr(s), cstr(d))).collect();
         let sys_src = CString::new(self.netns.as_bytes()).expect("no NUL in name");
         let sys = CString::new("/sys").expect("static");
         let root = CString::new("/").expect("static");
@@ -208,10 +205,7 @@ pub(crate) fn marked_pids(prefix: &str) -> Vec<i32> {
         .filter(|&pid| pid != me)
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| {
-                    env.windows(needle.len())
-                        .any(|w| w == needle.as_bytes())
-                })
+                .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
                 .unwrap_or(false)
         })
         .filter(|&pid| alive(pid))

@@ -48,7 +48,10 @@ impl Lab {
         let start = Instant::now();
         loop {
             procs.retain_mut(|r| matches!(r.child.try_wait(), Ok(None)));
-            let others: Vec<i32> = stray(&namespaces).into_iter().filter(|&p| alive(p)).collect();
+            let others: Vec<i32> = stray(&namespaces)
+                .into_iter()
+                .filter(|&p| alive(p))
+                .collect();
             if procs.is_empty() && others.is_empty() {
                 break;
             }

@@ -234,7 +234,16 @@ impl Lab {
         netns::ip(
             &host.ns,
             &[
-                "link", "add", HOST_IF, "type", "veth", "peer", "name", &port, "netns", &s.gateway.ns,
+                "link",
+                "add",
+                HOST_IF,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &s.gateway.ns,
             ],
         )?;
         let alias = self.link_alias();
@@ -287,7 +296,10 @@ impl Lab {
         }
         let host = self.new_host(name, role, got.clone(), None)?;
         self.attach_to_internet(&host, HOST_IF, &format!("h-{name}"), &got)?;
-        netns::ip(&host.ns, &["route", "add", "default", "via", &INTERNET_GW.to_string()])?;
+        netns::ip(
+            &host.ns,
+            &["route", "add", "default", "via", &INTERNET_GW.to_string()],
+        )?;
         Ok(host)
     }
 

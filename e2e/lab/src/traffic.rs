@@ -4,6 +4,8 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -136,21 +138,44 @@ impl Lab {
     /// Sends `bytes` of a known pattern over TCP from `from` to a listener in `to`, reached at
     /// `ip` (an address of `to` as seen from `from`: LAN, public, mesh). The receiver verifies
     /// every byte and confirms the count. 10 s deadline for connect, 30 s overall.
-    pub fn tcp_transfer(&self, from: &Host, to: &Host, ip: Ipv4Addr, bytes: u64) -> Result<Transfer> {
+    pub fn tcp_transfer(
+        &self,
+        from: &Host,
+        to: &Host,
+        ip: Ipv4Addr,
+        bytes: u64,
+    ) -> Result<Transfer> {
+        self.tcp_transfer_within(from, to, ip, bytes, Duration::from_secs(10))
+    }
+
+    /// [`Lab::tcp_transfer`] with a connect deadline (short for negative checks).
+    pub fn tcp_transfer_within(
+        &self,
+        from: &Host,
+        to: &Host,
+        ip: Ipv4Addr,
+        bytes: u64,
+        connect_timeout: Duration,
+    ) -> Result<Transfer> {
         let listener = self
             .in_host(to, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))?
             .ctx(|| format!("{}: bind TCP listener", to.name))?;
-        let port = listener.local_addr().ctx(|| "listener address".into())?.port();
+        let port = listener
+            .local_addr()
+            .ctx(|| "listener address".into())?
+            .port();
         listener
             .set_nonblocking(true)
             .ctx(|| "listener nonblocking".into())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + connect_timeout + Duration::from_secs(1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = cancel.clone();
         let server = thread::spawn(move || -> io::Result<(u64, bool)> {
             let mut s = loop {
                 match listener.accept() {
                     Ok((s, _)) => break s,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
+                        if Instant::now() > deadline || cancelled.load(Ordering::Relaxed) {
                             return Err(io::Error::new(io::ErrorKind::TimedOut, "no connection"));
                         }
                         thread::sleep(Duration::from_millis(2));
@@ -166,7 +191,10 @@ impl Lab {
                 if k == 0 {
                     break;
                 }
-                ok &= buf[..k].iter().enumerate().all(|(i, &b)| b == pattern(n + i as u64));
+                ok &= buf[..k]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == pattern(n + i as u64));
                 n += k as u64;
             }
             s.write_all(&n.to_be_bytes())?;
@@ -175,7 +203,7 @@ impl Lab {
         let start = Instant::now();
         let addr = SocketAddr::from((ip, port));
         let client = self.in_host(from, move || -> io::Result<u64> {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+            let mut c = TcpStream::connect_timeout(&addr, connect_timeout)?;
             c.set_write_timeout(Some(Duration::from_secs(20)))?;
             c.set_read_timeout(Some(Duration::from_secs(20)))?;
             let mut chunk = vec![0u8; 64 * 1024];
@@ -193,12 +221,14 @@ impl Lab {
             c.read_exact(&mut ack)?;
             Ok(u64::from_be_bytes(ack))
         })?;
-        let fail = |m: String| LabError::Traffic(format!("tcp {} -> {} ({addr}): {m}", from.name, to.name));
+        let fail = |m: String| {
+            LabError::Traffic(format!("tcp {} -> {} ({addr}): {m}", from.name, to.name))
+        };
         let acked = match client {
             Ok(n) => n,
             Err(e) => {
-                // Unblock the server (it may wait for a connection that never comes).
-                let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(1));
+                // Stop the server (it may wait for a connection that never comes).
+                cancel.store(true, Ordering::Relaxed);
                 let _ = server.join();
                 return Err(fail(e.to_string()));
             }
@@ -223,7 +253,12 @@ impl Lab {
     pub fn probe_nat(&self, node: &Host, dmz: &Host) -> Result<NatProbe> {
         let (a, b) = match dmz.ips.as_slice() {
             [a, b, ..] => (*a, *b),
-            _ => return Err(LabError::Topology(format!("{} needs two addresses", dmz.name))),
+            _ => {
+                return Err(LabError::Topology(format!(
+                    "{} needs two addresses",
+                    dmz.name
+                )));
+            }
         };
         let udp = |host: &Host, ip: Ipv4Addr| -> Result<UdpSocket> {
             let s = self
@@ -274,7 +309,10 @@ impl Lab {
             .map_err(io)?;
         c2.send_to(b"filter", addr(&sa1)).map_err(io)?;
         let m = seen(&sa1).ok_or_else(|| {
-            LabError::Traffic(format!("probe from {}: second socket got no mapping", node.name))
+            LabError::Traffic(format!(
+                "probe from {}: second socket got no mapping",
+                node.name
+            ))
         })?;
         sa2.send_to(b"port", m).map_err(io)?;
         sb.send_to(b"ip", m).map_err(io)?;
@@ -333,14 +371,37 @@ impl Lab {
             .map_err(|_| LabError::Traffic("UDP receiver panicked".into()))
     }
 
+    /// Whether something in `host` listens on TCP `port` (any address, IPv4 or IPv6), read from
+    /// that namespace's `/proc/net/tcp{,6}`. For waiting until a server is up.
+    pub fn tcp_listening(&self, host: &Host, port: u16) -> bool {
+        let want = format!(":{port:04X} ");
+        self.in_host(host, move || {
+            ["tcp", "tcp6"].iter().any(|f| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{f}"))
+                    .unwrap_or_default()
+                    .lines()
+                    .skip(1)
+                    .any(|l| {
+                        let cols: Vec<&str> = l.split_whitespace().collect();
+                        // local_address is column 1, state column 3 (0A = LISTEN)
+                        cols.len() > 3
+                            && format!("{} ", &cols[1][cols[1].len() - 5..]) == want
+                            && cols[3] == "0A"
+                    })
+            })
+        })
+        .unwrap_or(false)
+    }
+
     /// Runs `iperf3 -c ip -t secs` from `client` against a one-shot `iperf3 -s` in `server`;
     /// receiver bits per second.
     pub fn iperf3(&self, server: &Host, client: &Host, ip: Ipv4Addr, secs: u32) -> Result<f64> {
         let mut cmd = Command::new("iperf3");
         cmd.args(["-s", "-1", "-p", "5201"]);
         let srv = self.spawn(server, cmd)?;
+        // iperf3 block-buffers its banner when not on a tty; look at the socket instead.
         let ready = wait_until(Duration::from_secs(5), "iperf3 server listening", || {
-            self.log(&srv).contains("listening")
+            self.tcp_listening(server, 5201)
         });
         if let Err(e) = ready {
             let _ = self.stop(&srv);

@@ -7,7 +7,11 @@ use crate::error::{LabError, Result};
 
 /// Polls `cond` (every 5 ms at first, backing off to 100 ms) until it is true or `timeout`
 /// passes. Returns how long it took; the error names `what`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<Duration> {
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
     wait_for(timeout, what, || cond().then_some(())).map(|((), d)| d)
 }
 

@@ -1,0 +1,423 @@
+//! Async relay client used by the agent.
+//!
+//! A background task owns the TCP connection: it connects, authenticates, forwards
+//! queued packets, answers pings, sends keepalives, and reconnects with jittered
+//! exponential backoff. The handles never block: [`RelayClient::send`] drops the packet
+//! when the queue is full, like a UDP socket would, and WireGuard retransmits as needed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::client_auth;
+use crate::codec::FrameCodec;
+use crate::frame::{ErrorCode, Frame, MAX_PACKET_LEN, PROTOCOL_VERSION};
+use crate::key::{PrivateKey, PublicKey};
+
+/// Settings for [`RelayClient::start`]. Build with [`RelayClientConfig::new`] and
+/// adjust fields as needed; the defaults suit a WireGuard mesh.
+#[derive(Debug, Clone)]
+pub struct RelayClientConfig {
+    /// Relay address, `host:port` (resolved on every connection attempt).
+    pub addr: String,
+    /// This node's WireGuard private key; its public key is what gets registered.
+    pub private_key: PrivateKey,
+    /// Mesh token from the Secret.
+    pub token: Bytes,
+    /// How often to ping an otherwise idle connection.
+    pub keepalive_interval: Duration,
+    /// Give up on a connection after this long without receiving anything.
+    pub keepalive_timeout: Duration,
+    /// Deadline for TCP connect plus handshake.
+    pub connect_timeout: Duration,
+    /// First reconnect delay (jittered, then doubled up to `max_backoff`).
+    pub min_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+    /// Outbound packets buffered while the socket is busy; beyond that, `send` drops.
+    pub send_queue: usize,
+    /// Inbound packets buffered for the receiver; beyond that, arrivals are dropped.
+    pub recv_queue: usize,
+}
+
+impl RelayClientConfig {
+    /// Config with default timeouts and queue sizes.
+    pub fn new(addr: impl Into<String>, private_key: PrivateKey, token: impl Into<Bytes>) -> Self {
+        Self {
+            addr: addr.into(),
+            private_key,
+            token: token.into(),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(45),
+            connect_timeout: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            send_queue: 1024,
+            recv_queue: 1024,
+        }
+    }
+}
+
+/// Where the client's connection currently stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// First connection attempt in progress.
+    Connecting,
+    /// Authenticated; packets flow.
+    Connected,
+    /// Lost or refused; waiting to retry.
+    Reconnecting,
+    /// Shut down by the owner; the task has ended.
+    Closed,
+}
+
+/// Snapshot of connection health for the agent to report.
+#[derive(Debug, Clone)]
+pub struct ConnectionState {
+    /// Current status.
+    pub status: Status,
+    /// Most recent failure (connect error, refusal by the relay, dropped link).
+    pub last_error: Option<String>,
+    /// The relay's error code, when the last failure was an Error frame from it.
+    pub last_error_code: Option<ErrorCode>,
+    /// When the current connection was authenticated.
+    pub connected_since: Option<Instant>,
+    /// Number of successful authentications so far (1 after the first connect).
+    pub sessions: u64,
+}
+
+/// Why [`RelayClient::send`] did not queue a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The outbound queue is full; the packet was dropped.
+    #[error("relay send queue full, packet dropped")]
+    QueueFull,
+    /// The packet exceeds the protocol maximum.
+    #[error("packet of {0} bytes is too large for the relay")]
+    TooLarge(usize),
+    /// The client was shut down.
+    #[error("relay client is closed")]
+    Closed,
+}
+
+#[derive(Default)]
+struct Counters {
+    send_dropped: AtomicU64,
+    recv_dropped: AtomicU64,
+}
+
+/// Handle for sending through the relay. Cheap to clone; the connection task stops when
+/// [`RelayClient::shutdown`] is called or every handle has been dropped.
+#[derive(Clone)]
+pub struct RelayClient {
+    tx: mpsc::Sender<(PublicKey, Bytes)>,
+    state: watch::Receiver<ConnectionState>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+    public_key: PublicKey,
+}
+
+/// Receiving half: packets relayed to us, tagged with the sender's public key.
+pub struct RelayReceiver {
+    rx: mpsc::Receiver<(PublicKey, Bytes)>,
+}
+
+impl RelayReceiver {
+    /// Next `(source key, packet)`. Returns `None` once the client is shut down.
+    pub async fn recv(&mut self) -> Option<(PublicKey, Bytes)> {
+        self.rx.recv().await
+    }
+
+    /// Non-blocking variant of [`RelayReceiver::recv`].
+    pub fn try_recv(&mut self) -> Option<(PublicKey, Bytes)> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl RelayClient {
+    /// Spawns the connection task on the current tokio runtime and returns immediately;
+    /// watch [`RelayClient::state`] to learn when it is connected.
+    pub fn start(config: RelayClientConfig) -> (RelayClient, RelayReceiver) {
+        let (tx, out_rx) = mpsc::channel(config.send_queue.max(1));
+        let (in_tx, rx) = mpsc::channel(config.recv_queue.max(1));
+        let (state_tx, state) = watch::channel(ConnectionState {
+            status: Status::Connecting,
+            last_error: None,
+            last_error_code: None,
+            connected_since: None,
+            sessions: 0,
+        });
+        let counters = Arc::new(Counters::default());
+        let cancel = CancellationToken::new();
+        let public_key = config.private_key.public_key();
+        let task = Task {
+            config,
+            out_rx,
+            in_tx,
+            state: state_tx,
+            counters: counters.clone(),
+        };
+        tokio::spawn(task.run(cancel.clone()));
+        (
+            RelayClient {
+                tx,
+                state,
+                counters,
+                cancel,
+                public_key,
+            },
+            RelayReceiver { rx },
+        )
+    }
+
+    /// Queues `packet` for `dest` without waiting. A full queue drops the packet
+    /// (counted in [`RelayClient::send_dropped`]); so do packets queued while
+    /// disconnected, because stale WireGuard packets are worthless after a reconnect.
+    pub fn send(&self, dest: PublicKey, packet: Bytes) -> Result<(), SendError> {
+        if packet.len() > MAX_PACKET_LEN {
+            return Err(SendError::TooLarge(packet.len()));
+        }
+        self.tx.try_send((dest, packet)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+                SendError::QueueFull
+            }
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.state.borrow().clone()
+    }
+
+    /// A watch channel that changes on every state transition.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    /// Waits until the client is connected, or `timeout` elapses. Returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut w = self.state.clone();
+        tokio::time::timeout(timeout, w.wait_for(|s| s.status == Status::Connected))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The public key this client registers.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// Outbound packets dropped (queue full or discarded while disconnected).
+    pub fn send_dropped(&self) -> u64 {
+        self.counters.send_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Inbound packets dropped because the receiver was not keeping up.
+    pub fn recv_dropped(&self) -> u64 {
+        self.counters.recv_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops the connection task (closing the socket) and waits until it has ended.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let mut w = self.state.clone();
+        let _ = w.wait_for(|s| s.status == Status::Closed).await;
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// Owner asked us to stop, or all handles are gone.
+    Stop,
+    /// Connection failed; reconnect.
+    Failed(String, Option<ErrorCode>),
+}
+
+struct Task {
+    config: RelayClientConfig,
+    out_rx: mpsc::Receiver<(PublicKey, Bytes)>,
+    in_tx: mpsc::Sender<(PublicKey, Bytes)>,
+    state: watch::Sender<ConnectionState>,
+    counters: Arc<Counters>,
+}
+
+fn fail(e: impl std::fmt::Display) -> End {
+    End::Failed(e.to_string(), None)
+}
+
+impl Task {
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = self.backoff();
+        loop {
+            let was_connected_before = self.state.borrow().sessions;
+            let end = tokio::select! {
+                _ = cancel.cancelled() => End::Stop,
+                e = self.session() => e,
+            };
+            let (msg, code) = match end {
+                End::Stop => break,
+                End::Failed(m, c) => (m, c),
+            };
+            tracing::debug!(error = %msg, "relay connection ended");
+            if self.state.borrow().sessions > was_connected_before {
+                // The session authenticated, so the relay is healthy: start backoff over.
+                backoff = self.backoff();
+            }
+            self.state.send_modify(|s| {
+                s.status = Status::Reconnecting;
+                s.last_error = Some(msg);
+                s.last_error_code = code;
+                s.connected_since = None;
+            });
+            let delay = backoff.next().unwrap_or(self.config.max_backoff);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            // Discard what is queued while we are offline instead of replaying stale packets.
+            let stop = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break true,
+                    _ = &mut sleep => break false,
+                    p = self.out_rx.recv() => match p {
+                        Some(_) => { self.counters.send_dropped.fetch_add(1, Ordering::Relaxed); }
+                        None => break true,
+                    },
+                }
+            };
+            if stop {
+                break;
+            }
+        }
+        self.state.send_modify(|s| {
+            s.status = Status::Closed;
+            s.connected_since = None;
+        });
+    }
+
+    async fn handshake(&self) -> Result<Framed<TcpStream, FrameCodec>, End> {
+        let stream = TcpStream::connect(&self.config.addr).await.map_err(fail)?;
+        stream.set_nodelay(true).map_err(fail)?;
+        let mut framed = Framed::new(stream, FrameCodec);
+        let key = &self.config.private_key;
+        framed
+            .send(Frame::Hello {
+                version: PROTOCOL_VERSION,
+                key: key.public_key(),
+            })
+            .await
+            .map_err(fail)?;
+        let (ephemeral, nonce) = match next(&mut framed).await? {
+            Frame::Challenge { ephemeral, nonce } => (ephemeral, nonce),
+            other => return Err(unexpected(other)),
+        };
+        let auth = client_auth(key, &ephemeral, &nonce, &self.config.token).map_err(fail)?;
+        framed.send(auth).await.map_err(fail)?;
+        match next(&mut framed).await? {
+            Frame::AuthOk => Ok(framed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn session(&mut self) -> End {
+        let framed = match tokio::time::timeout(self.config.connect_timeout, self.handshake()).await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return e,
+            Err(_) => return fail("connect/handshake timed out"),
+        };
+        self.state.send_modify(|s| {
+            s.status = Status::Connected;
+            s.connected_since = Some(Instant::now());
+            s.sessions += 1;
+        });
+        let (mut sink, mut stream) = framed.split();
+        let mut last_rx = Instant::now();
+        let mut ping = tokio::time::interval(self.config.keepalive_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut ping_seq = 0u64;
+        loop {
+            tokio::select! {
+                p = self.out_rx.recv() => {
+                    let Some((key, payload)) = p else { return End::Stop };
+                    // Batch whatever else is already queued into one flush (one syscall).
+                    if let Err(e) = sink.feed(Frame::Data { key, payload }).await {
+                        return fail(e);
+                    }
+                    for _ in 0..64 {
+                        let Ok((key, payload)) = self.out_rx.try_recv() else { break };
+                        if let Err(e) = sink.feed(Frame::Data { key, payload }).await {
+                            return fail(e);
+                        }
+                    }
+                    if let Err(e) = sink.flush().await {
+                        return fail(e);
+                    }
+                }
+                f = stream.next() => {
+                    last_rx = Instant::now();
+                    match f {
+                        None => return fail("relay closed the connection"),
+                        Some(Err(e)) => return fail(e),
+                        Some(Ok(Frame::Data { key, payload })) => {
+                            if self.in_tx.try_send((key, payload)).is_err() {
+                                self.counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(Frame::Ping(v))) => {
+                            if let Err(e) = sink.send(Frame::Pong(v)).await {
+                                return fail(e);
+                            }
+                        }
+                        Some(Ok(Frame::Pong(_))) => {}
+                        Some(Ok(other)) => return unexpected(other),
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_rx.elapsed() > self.config.keepalive_timeout {
+                        return fail("keepalive timeout");
+                    }
+                    ping_seq += 1;
+                    if let Err(e) = sink.send(Frame::Ping(ping_seq)).await {
+                        return fail(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn next(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Frame, End> {
+    match framed.next().await {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => Err(fail(e)),
+        None => Err(fail("relay closed the connection during handshake")),
+    }
+}
+
+fn unexpected(f: Frame) -> End {
+    match f {
+        Frame::Error { code, message } => {
+            End::Failed(format!("relay refused: {code:?}: {message}"), Some(code))
+        }
+        other => fail(format!("unexpected frame from relay: {other:?}")),
+    }
+}

@@ -94,7 +94,11 @@ fn compile_named(list: Option<&Value>, key: &str) -> Result<Vec<Named>, String> 
     };
     list.iter()
         .map(|item| {
-            let name = item.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let name = item
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let expr = item
                 .get(key)
                 .and_then(Value::as_str)
@@ -140,8 +144,11 @@ fn compile_body(spec: &Value) -> Result<Body, String> {
 }
 
 fn list_matches(list: Option<&Value>, wanted: &str) -> bool {
-    list.and_then(Value::as_array)
-        .is_some_and(|l| l.iter().filter_map(Value::as_str).any(|s| s == "*" || s == wanted))
+    list.and_then(Value::as_array).is_some_and(|l| {
+        l.iter()
+            .filter_map(Value::as_str)
+            .any(|s| s == "*" || s == wanted)
+    })
 }
 
 fn resource_matches(list: Option<&Value>, resource: &str, sub: Option<&str>) -> bool {
@@ -149,7 +156,9 @@ fn resource_matches(list: Option<&Value>, resource: &str, sub: Option<&str>) -> 
         l.iter().filter_map(Value::as_str).any(|r| match sub {
             None => r == "*" || r == resource,
             Some(sub) => {
-                r == format!("{resource}/{sub}") || r.strip_prefix("*/") == Some(sub) || r.strip_suffix("/*") == Some(resource)
+                r == format!("{resource}/{sub}")
+                    || r.strip_prefix("*/") == Some(sub)
+                    || r.strip_suffix("/*") == Some(resource)
             }
         })
     })
@@ -176,7 +185,11 @@ fn rule_matches(rule: &Value, req: &AdmissionRequest) -> bool {
 fn object_labels(obj: Option<&Value>) -> BTreeMap<String, String> {
     obj.and_then(|o| o.pointer("/metadata/labels"))
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -188,11 +201,19 @@ impl MatchResources {
         if ns_selector.is_some_and(|s| s.as_object().is_some_and(|o| !o.is_empty())) {
             return Err("namespaceSelector is not supported by this test server".to_string());
         }
-        let rules = |key: &str| m.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+        let rules = |key: &str| {
+            m.get(key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         if !rules("resourceRules").iter().any(|r| rule_matches(r, req)) {
             return Ok(false);
         }
-        if rules("excludeResourceRules").iter().any(|r| rule_matches(r, req)) {
+        if rules("excludeResourceRules")
+            .iter()
+            .any(|r| rule_matches(r, req))
+        {
             return Ok(false);
         }
         if let Some(sel) = m.get("objectSelector").filter(|s| !s.is_null()) {
@@ -244,15 +265,18 @@ impl Body {
         }
         // Variables are evaluated in order, each seeing the previous ones; one that fails is left
         // out, so only expressions using it fail.
-        let mut variables = CelValue::Map(cel::objects::Map { map: Default::default() });
+        let mut variables = CelValue::Map(cel::objects::Map {
+            map: Default::default(),
+        });
         for var in &self.variables {
             let mut scope = vars.clone();
             scope.push(("variables", variables.clone()));
             if let Ok(v) = var.program.eval(&scope) {
-                let mut map: std::collections::HashMap<cel::objects::Key, CelValue> = match &variables {
-                    CelValue::Map(m) => (*m.map).clone(),
-                    _ => Default::default(),
-                };
+                let mut map: std::collections::HashMap<cel::objects::Key, CelValue> =
+                    match &variables {
+                        CelValue::Map(m) => (*m.map).clone(),
+                        _ => Default::default(),
+                    };
                 map.insert(cel::objects::Key::String(var.name.clone().into()), v);
                 variables = CelValue::Map(cel::objects::Map { map: map.into() });
             }
@@ -272,7 +296,11 @@ impl Body {
             let message = from_expression
                 .or_else(|| v.message.clone().filter(|m| !m.is_empty()))
                 .unwrap_or_else(|| format!("failed expression: {}", v.program.expression()));
-            let reason = v.reason.as_deref().map(|r| format!(" (reason: {r})")).unwrap_or_default();
+            let reason = v
+                .reason
+                .as_deref()
+                .map(|r| format!(" (reason: {r})"))
+                .unwrap_or_default();
             return Ok(Some(format!("{message}{reason}")));
         }
         Ok(None)
@@ -310,7 +338,11 @@ impl PolicyEngine {
                     policy_name: str_at(&spec, "/policyName").unwrap_or_default().to_string(),
                     deny: actions.contains(&"Deny"),
                     uses_params: spec.get("paramRef").is_some_and(|p| !p.is_null()),
-                    match_resources: spec.get("matchResources").filter(|m| !m.is_null()).cloned().map(MatchResources),
+                    match_resources: spec
+                        .get("matchResources")
+                        .filter(|m| !m.is_null())
+                        .cloned()
+                        .map(MatchResources),
                 };
                 self.bindings.insert(name, binding);
             }
@@ -345,7 +377,11 @@ impl PolicyEngine {
                 binding.policy_name
             );
             let fail = |e: String| {
-                if policy.fail_open { Ok(()) } else { Err(format!("{prefix} failed: {e}")) }
+                if policy.fail_open {
+                    Ok(())
+                } else {
+                    Err(format!("{prefix} failed: {e}"))
+                }
             };
             match policy.match_constraints.matches(req) {
                 Ok(false) => continue,

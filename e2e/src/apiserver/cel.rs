@@ -328,7 +328,8 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
 }
 
 fn cidr_contains(outer: &CidrValue, addr: IpAddr) -> bool {
-    addr.is_ipv4() == outer.addr.is_ipv4() && mask(addr, outer.prefix) == mask(outer.addr, outer.prefix)
+    addr.is_ipv4() == outer.addr.is_ipv4()
+        && mask(addr, outer.prefix) == mask(outer.addr, outer.prefix)
 }
 
 fn fn_error(function: &str, message: impl ToString) -> ExecutionError {
@@ -341,7 +342,9 @@ fn as_ip(function: &str, v: &Value) -> Result<IpAddr, ExecutionError> {
             .downcast_ref::<IpValue>()
             .map(|ip| ip.0)
             .ok_or_else(|| fn_error(function, "argument is not an IP")),
-        Value::String(s) => parse_ip(s).ok_or_else(|| fn_error(function, format!("IP Address {s:?} parse error"))),
+        Value::String(s) => {
+            parse_ip(s).ok_or_else(|| fn_error(function, format!("IP Address {s:?} parse error")))
+        }
         _ => Err(fn_error(function, "argument is not an IP")),
     }
 }
@@ -352,7 +355,8 @@ fn as_cidr(function: &str, v: &Value) -> Result<CidrValue, ExecutionError> {
             .downcast_ref::<CidrValue>()
             .cloned()
             .ok_or_else(|| fn_error(function, "argument is not a CIDR")),
-        Value::String(s) => parse_cidr(s).ok_or_else(|| fn_error(function, format!("network address {s:?} parse error"))),
+        Value::String(s) => parse_cidr(s)
+            .ok_or_else(|| fn_error(function, format!("network address {s:?} parse error"))),
         _ => Err(fn_error(function, "argument is not a CIDR")),
     }
 }
@@ -365,36 +369,57 @@ fn register_k8s_functions(ctx: &mut Context<'_, '_>) -> Result<(), cel::Declarat
     ctx.add_function("isIP", |s: Arc<String>| parse_ip(&s).is_some())?;
     ctx.add_function("isCIDR", |s: Arc<String>| parse_cidr(&s).is_some())?;
     // `ip(string)` and `<cidr>.ip()`.
-    ctx.add_function("ip", |This(v): This<Value>| -> Result<Value, ExecutionError> {
-        match &v {
-            Value::Opaque(o) if o.downcast_ref::<CidrValue>().is_some() => {
-                Ok(opaque(IpValue(as_cidr("ip", &v)?.addr)))
+    ctx.add_function(
+        "ip",
+        |This(v): This<Value>| -> Result<Value, ExecutionError> {
+            match &v {
+                Value::Opaque(o) if o.downcast_ref::<CidrValue>().is_some() => {
+                    Ok(opaque(IpValue(as_cidr("ip", &v)?.addr)))
+                }
+                _ => Ok(opaque(IpValue(as_ip("ip", &v)?))),
             }
-            _ => Ok(opaque(IpValue(as_ip("ip", &v)?))),
-        }
-    })?;
-    ctx.add_function("cidr", |This(v): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(opaque(as_cidr("cidr", &v)?))
-    })?;
-    ctx.add_function("family", |This(v): This<Value>| -> Result<i64, ExecutionError> {
-        Ok(if as_ip("family", &v)?.is_ipv4() { 4 } else { 6 })
-    })?;
-    ctx.add_function("isLoopback", |This(v): This<Value>| -> Result<bool, ExecutionError> {
-        Ok(as_ip("isLoopback", &v)?.is_loopback())
-    })?;
-    ctx.add_function("isUnspecified", |This(v): This<Value>| -> Result<bool, ExecutionError> {
-        Ok(as_ip("isUnspecified", &v)?.is_unspecified())
-    })?;
-    ctx.add_function("prefixLength", |This(v): This<Value>| -> Result<i64, ExecutionError> {
-        Ok(i64::from(as_cidr("prefixLength", &v)?.prefix))
-    })?;
-    ctx.add_function("masked", |This(v): This<Value>| -> Result<Value, ExecutionError> {
-        let c = as_cidr("masked", &v)?;
-        Ok(opaque(CidrValue {
-            addr: mask(c.addr, c.prefix),
-            prefix: c.prefix,
-        }))
-    })?;
+        },
+    )?;
+    ctx.add_function(
+        "cidr",
+        |This(v): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(opaque(as_cidr("cidr", &v)?))
+        },
+    )?;
+    ctx.add_function(
+        "family",
+        |This(v): This<Value>| -> Result<i64, ExecutionError> {
+            Ok(if as_ip("family", &v)?.is_ipv4() { 4 } else { 6 })
+        },
+    )?;
+    ctx.add_function(
+        "isLoopback",
+        |This(v): This<Value>| -> Result<bool, ExecutionError> {
+            Ok(as_ip("isLoopback", &v)?.is_loopback())
+        },
+    )?;
+    ctx.add_function(
+        "isUnspecified",
+        |This(v): This<Value>| -> Result<bool, ExecutionError> {
+            Ok(as_ip("isUnspecified", &v)?.is_unspecified())
+        },
+    )?;
+    ctx.add_function(
+        "prefixLength",
+        |This(v): This<Value>| -> Result<i64, ExecutionError> {
+            Ok(i64::from(as_cidr("prefixLength", &v)?.prefix))
+        },
+    )?;
+    ctx.add_function(
+        "masked",
+        |This(v): This<Value>| -> Result<Value, ExecutionError> {
+            let c = as_cidr("masked", &v)?;
+            Ok(opaque(CidrValue {
+                addr: mask(c.addr, c.prefix),
+                prefix: c.prefix,
+            }))
+        },
+    )?;
     ctx.add_function(
         "containsIP",
         |This(v): This<Value>, other: Value| -> Result<bool, ExecutionError> {
@@ -448,13 +473,19 @@ mod tests {
         ] {
             assert_eq!(eval(expr), Ok(Value::Bool(want)), "{expr}");
         }
-        assert!(matches!(eval("cidr('nope').prefixLength()"), Err(CelError::Eval { .. })));
+        assert!(matches!(
+            eval("cidr('nope').prefixLength()"),
+            Err(CelError::Eval { .. })
+        ));
     }
 
     #[test]
     fn unknown_functions_fail_to_compile() {
         let err = CelProgram::compile("self == 1 || quantity('1Gi').isInteger()").unwrap_err();
         assert!(err.to_string().contains("quantity"), "{err}");
-        assert!(matches!(CelProgram::compile("1 +"), Err(CelError::Compile { .. })));
+        assert!(matches!(
+            CelProgram::compile("1 +"),
+            Err(CelError::Compile { .. })
+        ));
     }
 }

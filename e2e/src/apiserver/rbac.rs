@@ -111,7 +111,11 @@ pub struct Authorizer {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -150,7 +154,12 @@ fn parse_selector(v: &Value) -> Selector {
             exprs
                 .iter()
                 .map(|e| {
-                    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let s = |k: &str| {
+                        e.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
                     (s("key"), s("operator"), strings(e.get("values")))
                 })
                 .collect()
@@ -164,14 +173,19 @@ fn parse_selector(v: &Value) -> Selector {
 
 impl Selector {
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|(key, op, values)| match op.as_str() {
-                "In" => labels.get(key).is_some_and(|v| values.contains(v)),
-                "NotIn" => labels.get(key).is_none_or(|v| !values.contains(v)),
-                "Exists" => labels.contains_key(key),
-                "DoesNotExist" => !labels.contains_key(key),
-                _ => false,
-            })
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .match_expressions
+                .iter()
+                .all(|(key, op, values)| match op.as_str() {
+                    "In" => labels.get(key).is_some_and(|v| values.contains(v)),
+                    "NotIn" => labels.get(key).is_none_or(|v| !values.contains(v)),
+                    "Exists" => labels.contains_key(key),
+                    "DoesNotExist" => !labels.contains_key(key),
+                    _ => false,
+                })
     }
 }
 
@@ -195,9 +209,20 @@ fn parse_binding(obj: &Value) -> Binding {
         .map(|subs| {
             subs.iter()
                 .map(|s| Subject {
-                    kind: s.get("kind").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    name: s.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    namespace: s.get("namespace").and_then(Value::as_str).map(str::to_string),
+                    kind: s
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    name: s
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    namespace: s
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 })
                 .collect()
         })
@@ -242,9 +267,14 @@ impl PolicyRule {
             return false;
         }
         if attrs.is_non_resource() {
-            return self.non_resource_urls.iter().any(|u| url_matches(u, &attrs.resource));
+            return self
+                .non_resource_urls
+                .iter()
+                .any(|u| url_matches(u, &attrs.resource));
         }
-        self.api_groups.iter().any(|g| g == "*" || *g == attrs.api_group)
+        self.api_groups
+            .iter()
+            .any(|g| g == "*" || *g == attrs.api_group)
             && self
                 .resources
                 .iter()
@@ -262,14 +292,12 @@ impl Subject {
         match self.kind.as_str() {
             "User" => self.name == user.name,
             "Group" => user.groups.contains(&self.name),
-            "ServiceAccount" => {
-                match self.namespace.as_deref().or(binding_namespace) {
-                    Some(ns) if !ns.is_empty() => {
-                        user.name == format!("system:serviceaccount:{ns}:{}", self.name)
-                    }
-                    _ => false,
+            "ServiceAccount" => match self.namespace.as_deref().or(binding_namespace) {
+                Some(ns) if !ns.is_empty() => {
+                    user.name == format!("system:serviceaccount:{ns}:{}", self.name)
                 }
-            }
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -293,7 +321,8 @@ impl Authorizer {
         let namespace = || metadata(obj, "namespace").unwrap_or_else(|| "default".to_string());
         match kind {
             "Role" => {
-                self.roles.insert((namespace(), name), parse_rules(obj.get("rules")));
+                self.roles
+                    .insert((namespace(), name), parse_rules(obj.get("rules")));
             }
             "ClusterRole" => {
                 let aggregation = obj
@@ -303,10 +332,18 @@ impl Authorizer {
                     .map(|sels| sels.iter().map(parse_selector).collect());
                 let labels = string_map(obj.get("metadata").and_then(|m| m.get("labels")));
                 let rules = parse_rules(obj.get("rules"));
-                self.cluster_roles.insert(name, ClusterRole { labels, rules, aggregation });
+                self.cluster_roles.insert(
+                    name,
+                    ClusterRole {
+                        labels,
+                        rules,
+                        aggregation,
+                    },
+                );
             }
             "RoleBinding" => {
-                self.role_bindings.insert((namespace(), name), parse_binding(obj));
+                self.role_bindings
+                    .insert((namespace(), name), parse_binding(obj));
             }
             "ClusterRoleBinding" => {
                 self.cluster_role_bindings.insert(name, parse_binding(obj));
@@ -336,7 +373,12 @@ impl Authorizer {
     }
 
     /// The rules of a ClusterRole, aggregated ones included.
-    fn cluster_role_rules(&self, name: &str, seen: &mut BTreeSet<String>, out: &mut Vec<PolicyRule>) {
+    fn cluster_role_rules(
+        &self,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<PolicyRule>,
+    ) {
         if !seen.insert(name.to_string()) {
             return;
         }
@@ -356,7 +398,9 @@ impl Authorizer {
     fn binding_rules(&self, binding: &Binding, namespace: Option<&str>) -> Vec<PolicyRule> {
         let mut out = Vec::new();
         match (binding.role_kind.as_str(), namespace) {
-            ("ClusterRole", _) => self.cluster_role_rules(&binding.role_name, &mut BTreeSet::new(), &mut out),
+            ("ClusterRole", _) => {
+                self.cluster_role_rules(&binding.role_name, &mut BTreeSet::new(), &mut out)
+            }
             ("Role", Some(ns)) => {
                 if let Some(rules) = self.roles.get(&(ns.to_string(), binding.role_name.clone())) {
                     out.extend(rules.iter().cloned());
@@ -376,7 +420,10 @@ impl Authorizer {
         let non_resource = attrs.is_non_resource();
         for binding in self.cluster_role_bindings.values() {
             if binding.subjects.iter().any(|s| s.matches(user, None))
-                && self.binding_rules(binding, None).iter().any(|r| r.allows(attrs))
+                && self
+                    .binding_rules(binding, None)
+                    .iter()
+                    .any(|r| r.allows(attrs))
             {
                 return Ok(());
             }
@@ -385,7 +432,10 @@ impl Authorizer {
             for ((binding_ns, _), binding) in &self.role_bindings {
                 if binding_ns == ns
                     && binding.subjects.iter().any(|s| s.matches(user, Some(ns)))
-                    && self.binding_rules(binding, Some(ns)).iter().any(|r| r.allows(attrs))
+                    && self
+                        .binding_rules(binding, Some(ns))
+                        .iter()
+                        .any(|r| r.allows(attrs))
                 {
                     return Ok(());
                 }
@@ -412,12 +462,17 @@ impl Authorizer {
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             for doc in serde_yaml::Deserializer::from_str(&text) {
-                let value: Value = serde::Deserialize::deserialize(doc).map_err(|source| RbacError::Yaml {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let value: Value =
+                    serde::Deserialize::deserialize(doc).map_err(|source| RbacError::Yaml {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
                 let items = match value.get("kind").and_then(Value::as_str) {
-                    Some("List") => value.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+                    Some("List") => value
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
                     _ => vec![value],
                 };
                 for item in items {
@@ -441,7 +496,10 @@ fn is_rbac(obj: &Value) -> bool {
 
 fn forbidden_reason(user: &UserInfo, attrs: &RequestAttributes) -> String {
     if attrs.is_non_resource() {
-        return format!("User \"{}\" cannot {} path \"{}\"", user.name, attrs.verb, attrs.resource);
+        return format!(
+            "User \"{}\" cannot {} path \"{}\"",
+            user.name, attrs.verb, attrs.resource
+        );
     }
     let resource = match &attrs.subresource {
         Some(sub) => format!("{}/{sub}", attrs.resource),

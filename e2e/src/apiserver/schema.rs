@@ -114,6 +114,10 @@ impl CompiledSchema {
         mutate::prune(&self.root, obj, true);
         let mut errors = Vec::new();
         validate::validate(&self.root, obj, old, "", true, &mut errors);
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }

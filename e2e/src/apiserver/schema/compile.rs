@@ -95,12 +95,20 @@ pub(super) struct Node {
 
 fn invalid(path: &str, message: impl Into<String>) -> SchemaError {
     SchemaError::Invalid {
-        path: if path.is_empty() { "<root>".to_string() } else { path.to_string() },
+        path: if path.is_empty() {
+            "<root>".to_string()
+        } else {
+            path.to_string()
+        },
         message: message.into(),
     }
 }
 
-fn get_bool(obj: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<bool, SchemaError> {
+fn get_bool(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<bool, SchemaError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -108,7 +116,11 @@ fn get_bool(obj: &serde_json::Map<String, Value>, key: &str, path: &str) -> Resu
     }
 }
 
-fn get_u64(obj: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<Option<u64>, SchemaError> {
+fn get_u64(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<u64>, SchemaError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -118,7 +130,11 @@ fn get_u64(obj: &serde_json::Map<String, Value>, key: &str, path: &str) -> Resul
     }
 }
 
-fn get_f64(obj: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<Option<f64>, SchemaError> {
+fn get_f64(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<f64>, SchemaError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -226,7 +242,10 @@ impl Node {
             .as_object()
             .ok_or_else(|| invalid(path, "a schema must be an object"))?;
         if obj.contains_key("$ref") {
-            return Err(invalid(path, "$ref is not allowed in CustomResourceDefinition schemas"));
+            return Err(invalid(
+                path,
+                "$ref is not allowed in CustomResourceDefinition schemas",
+            ));
         }
         let ty = match get_str(obj, "type", path)? {
             None | Some("") => None,
@@ -252,17 +271,30 @@ impl Node {
             None | Some(Value::Null) | Some(Value::Bool(false)) => (None, false),
             Some(Value::Bool(true)) => (None, true),
             Some(sub @ Value::Object(_)) => (
-                Some(Box::new(Node::compile(sub, &child(path, "additionalProperties"))?)),
+                Some(Box::new(Node::compile(
+                    sub,
+                    &child(path, "additionalProperties"),
+                )?)),
                 false,
             ),
-            Some(_) => return Err(invalid(path, "additionalProperties must be a boolean or a schema")),
+            Some(_) => {
+                return Err(invalid(
+                    path,
+                    "additionalProperties must be a boolean or a schema",
+                ));
+            }
         };
         if additional_properties.is_some() && !properties.is_empty() {
-            return Err(invalid(path, "properties and additionalProperties are mutually exclusive"));
+            return Err(invalid(
+                path,
+                "properties and additionalProperties are mutually exclusive",
+            ));
         }
         let items = match obj.get("items") {
             None | Some(Value::Null) => None,
-            Some(sub @ Value::Object(_)) => Some(Box::new(Node::compile(sub, &child(path, "items"))?)),
+            Some(sub @ Value::Object(_)) => {
+                Some(Box::new(Node::compile(sub, &child(path, "items"))?))
+            }
             Some(_) => return Err(invalid(path, "items must be a single schema")),
         };
         let required = match obj.get("required") {
@@ -292,7 +324,12 @@ impl Node {
             Some("atomic") => Some(ListType::Atomic),
             Some("set") => Some(ListType::Set),
             Some("map") => Some(ListType::Map),
-            Some(other) => return Err(invalid(path, format!("unknown x-kubernetes-list-type {other:?}"))),
+            Some(other) => {
+                return Err(invalid(
+                    path,
+                    format!("unknown x-kubernetes-list-type {other:?}"),
+                ));
+            }
         };
         let list_map_keys = match obj.get("x-kubernetes-list-map-keys") {
             None | Some(Value::Null) => Vec::new(),
@@ -300,11 +337,21 @@ impl Node {
                 .iter()
                 .map(|v| v.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| invalid(path, "x-kubernetes-list-map-keys must be a list of strings"))?,
-            Some(_) => return Err(invalid(path, "x-kubernetes-list-map-keys must be a list of strings")),
+                .ok_or_else(|| {
+                    invalid(path, "x-kubernetes-list-map-keys must be a list of strings")
+                })?,
+            Some(_) => {
+                return Err(invalid(
+                    path,
+                    "x-kubernetes-list-map-keys must be a list of strings",
+                ));
+            }
         };
         if list_type == Some(ListType::Map) && list_map_keys.is_empty() {
-            return Err(invalid(path, "x-kubernetes-list-type map requires x-kubernetes-list-map-keys"));
+            return Err(invalid(
+                path,
+                "x-kubernetes-list-type map requires x-kubernetes-list-map-keys",
+            ));
         }
         let not = match obj.get("not") {
             None | Some(Value::Null) => None,

@@ -15,7 +15,8 @@ pub(super) fn apply_defaults(node: &Node, value: &mut Value, resource_root: bool
     match value {
         Value::Object(fields) => {
             if let Some(values) = node.additional_properties.as_deref() {
-                fields.retain(|_, v| !(v.is_null() && !values.nullable && values.default.is_none()));
+                fields
+                    .retain(|_, v| !(v.is_null() && !values.nullable && values.default.is_none()));
                 for v in fields.values_mut() {
                     default_slot(values, v);
                 }

@@ -130,7 +130,10 @@ pub(super) fn check(
                 message: error_body(
                     FieldErrorReason::Invalid,
                     &shown,
-                    &format!("rule {:?} could not be evaluated: {e}", rule.program.expression()),
+                    &format!(
+                        "rule {:?} could not be evaluated: {e}",
+                        rule.program.expression()
+                    ),
                 ),
             }),
         }

@@ -38,7 +38,10 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 fn is_integer(n: &serde_json::Number) -> bool {
-    n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.is_finite())
+    n.is_i64()
+        || n.is_u64()
+        || n.as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.is_finite())
 }
 
 struct Errors<'a>(&'a mut Vec<FieldError>);
@@ -70,8 +73,17 @@ pub(super) fn validate(
     if value.is_null() {
         if !node.nullable {
             if let Some(ty) = node.ty {
-                let detail = format!("{} in body must be of type {}: \"null\"", display(path), ty.name());
-                errs.push(path, FieldErrorReason::Invalid, &Value::String("null".into()), &detail);
+                let detail = format!(
+                    "{} in body must be of type {}: \"null\"",
+                    display(path),
+                    ty.name()
+                );
+                errs.push(
+                    path,
+                    FieldErrorReason::Invalid,
+                    &Value::String("null".into()),
+                    &detail,
+                );
             }
         }
         return;
@@ -83,8 +95,16 @@ pub(super) fn validate(
             node.ty.map(Type::name).unwrap_or("any")
         };
         let got = json_type(value);
-        let detail = format!("{} in body must be of type {want}: \"{got}\"", display(path));
-        errs.push(path, FieldErrorReason::Invalid, &Value::String(got.into()), &detail);
+        let detail = format!(
+            "{} in body must be of type {want}: \"{got}\"",
+            display(path)
+        );
+        errs.push(
+            path,
+            FieldErrorReason::Invalid,
+            &Value::String(got.into()),
+            &detail,
+        );
         return;
     }
     if let Some(allowed) = &node.enum_values {
@@ -111,7 +131,8 @@ fn display(path: &str) -> &str {
 
 fn type_matches(node: &Node, value: &Value) -> bool {
     if node.int_or_string {
-        return matches!(value, Value::String(_)) || matches!(value, Value::Number(n) if is_integer(n));
+        return matches!(value, Value::String(_))
+            || matches!(value, Value::Number(n) if is_integer(n));
     }
     match (node.ty, value) {
         (None, _) => true,
@@ -130,7 +151,12 @@ fn check_number(node: &Node, n: &serde_json::Number, value: &Value, path: &str, 
     let f = n.as_f64().unwrap_or(f64::NAN);
     if let Some(min) = node.minimum {
         if node.exclusive_minimum && f <= min {
-            errs.push(path, FieldErrorReason::Invalid, value, &format!("{p} in body should be greater than {min}"));
+            errs.push(
+                path,
+                FieldErrorReason::Invalid,
+                value,
+                &format!("{p} in body should be greater than {min}"),
+            );
         } else if f < min {
             let detail = format!("{p} in body should be greater than or equal to {min}");
             errs.push(path, FieldErrorReason::Invalid, value, &detail);
@@ -138,7 +164,12 @@ fn check_number(node: &Node, n: &serde_json::Number, value: &Value, path: &str, 
     }
     if let Some(max) = node.maximum {
         if node.exclusive_maximum && f >= max {
-            errs.push(path, FieldErrorReason::Invalid, value, &format!("{p} in body should be less than {max}"));
+            errs.push(
+                path,
+                FieldErrorReason::Invalid,
+                value,
+                &format!("{p} in body should be less than {max}"),
+            );
         } else if f > max {
             let detail = format!("{p} in body should be less than or equal to {max}");
             errs.push(path, FieldErrorReason::Invalid, value, &detail);
@@ -147,7 +178,12 @@ fn check_number(node: &Node, n: &serde_json::Number, value: &Value, path: &str, 
     if let Some(m) = node.multiple_of.filter(|m| *m > 0.0) {
         let q = f / m;
         if (q - q.round()).abs() > 1e-9 {
-            errs.push(path, FieldErrorReason::Invalid, value, &format!("{p} in body should be a multiple of {m}"));
+            errs.push(
+                path,
+                FieldErrorReason::Invalid,
+                value,
+                &format!("{p} in body should be a multiple of {m}"),
+            );
         }
     }
     let out_of_range = match node.format.as_deref() {
@@ -157,7 +193,12 @@ fn check_number(node: &Node, n: &serde_json::Number, value: &Value, path: &str, 
     };
     if out_of_range {
         let fmt = node.format.as_deref().unwrap_or_default();
-        errs.push(path, FieldErrorReason::Invalid, value, &format!("{p} in body must be of type {fmt}"));
+        errs.push(
+            path,
+            FieldErrorReason::Invalid,
+            value,
+            &format!("{p} in body must be of type {fmt}"),
+        );
     }
 }
 
@@ -177,7 +218,8 @@ fn format_ok(format: &str, s: &str) -> bool {
         }),
         "uuid" => {
             let parts: Vec<&str> = s.split('-').collect();
-            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| p.chars().all(hex))
+            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+                && parts.iter().all(|p| p.chars().all(hex))
         }
         "mac" => {
             let parts: Vec<&str> = s.split([':', '-']).collect();
@@ -196,7 +238,9 @@ fn format_ok(format: &str, s: &str) -> bool {
         }
         "byte" => {
             s.len() % 4 == 0
-                && s.trim_end_matches('=').chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+                && s.trim_end_matches('=')
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
         }
         "date" => s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-',
         "date-time" | "datetime" => s.len() >= 20 && s.contains('T'),
@@ -215,7 +259,12 @@ fn check_string(node: &Node, s: &str, value: &Value, path: &str, errs: &mut Erro
     }
     if let Some(max) = node.max_length {
         if len > max {
-            errs.push(path, FieldErrorReason::TooLong, value, &format!("may not be more than {max} bytes"));
+            errs.push(
+                path,
+                FieldErrorReason::TooLong,
+                value,
+                &format!("may not be more than {max} bytes"),
+            );
         }
     }
     if let Some(re) = &node.pattern {
@@ -241,7 +290,13 @@ fn map_key(node: &Node, item: &Value) -> Value {
     Value::Object(key)
 }
 
-fn check_array(node: &Node, items: &[Value], old: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+fn check_array(
+    node: &Node,
+    items: &[Value],
+    old: Option<&Value>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let mut errs = Errors(errors);
     let p = display(path);
     let len = items.len() as u64;
@@ -254,18 +309,36 @@ fn check_array(node: &Node, items: &[Value], old: Option<&Value>, path: &str, er
     }
     if let Some(max) = node.max_items {
         if len > max {
-            errs.push(path, FieldErrorReason::TooMany, &whole, &format!("must have at most {max} items"));
+            errs.push(
+                path,
+                FieldErrorReason::TooMany,
+                &whole,
+                &format!("must have at most {max} items"),
+            );
         }
     }
     let list_map = node.list_type == Some(ListType::Map);
     if node.unique_items || node.list_type == Some(ListType::Set) || list_map {
         for (i, item) in items.iter().enumerate() {
-            let key = if list_map { map_key(node, item) } else { item.clone() };
-            let seen = items[..i]
-                .iter()
-                .any(|prev| if list_map { map_key(node, prev) == key } else { *prev == key });
+            let key = if list_map {
+                map_key(node, item)
+            } else {
+                item.clone()
+            };
+            let seen = items[..i].iter().any(|prev| {
+                if list_map {
+                    map_key(node, prev) == key
+                } else {
+                    *prev == key
+                }
+            });
             if seen {
-                errs.push(&format!("{path}[{i}]"), FieldErrorReason::Duplicate, &key, "duplicate entries");
+                errs.push(
+                    &format!("{path}[{i}]"),
+                    FieldErrorReason::Duplicate,
+                    &key,
+                    "duplicate entries",
+                );
             }
         }
     }
@@ -280,7 +353,14 @@ fn check_array(node: &Node, items: &[Value], old: Option<&Value>, path: &str, er
             olds.iter().find(|o| map_key(node, o) == key)
         });
         let item_path = format!("{path}[{i}]");
-        validate(item_node, item, old_item, &item_path, item_node.embedded_resource, errors);
+        validate(
+            item_node,
+            item,
+            old_item,
+            &item_path,
+            item_node.embedded_resource,
+            errors,
+        );
     }
 }
 
@@ -304,7 +384,12 @@ fn check_object(
     }
     if let Some(max) = node.max_properties {
         if count > max {
-            errs.push(path, FieldErrorReason::TooMany, &whole, &format!("must have at most {max} items"));
+            errs.push(
+                path,
+                FieldErrorReason::TooMany,
+                &whole,
+                &format!("must have at most {max} items"),
+            );
         }
     }
     for name in &node.required {
@@ -323,9 +408,23 @@ fn check_object(
         }
         let old_v = old_fields.and_then(|o| o.get(name));
         if let Some(sub) = node.properties.get(name) {
-            validate(sub, v, old_v, &field(path, name), sub.embedded_resource, errors);
+            validate(
+                sub,
+                v,
+                old_v,
+                &field(path, name),
+                sub.embedded_resource,
+                errors,
+            );
         } else if let Some(sub) = node.additional_properties.as_deref() {
-            validate(sub, v, old_v, &format!("{path}[{name}]"), sub.embedded_resource, errors);
+            validate(
+                sub,
+                v,
+                old_v,
+                &format!("{path}[{name}]"),
+                sub.embedded_resource,
+                errors,
+            );
         }
     }
 }
@@ -349,7 +448,8 @@ fn check_combinators(node: &Node, value: &Value, path: &str, errors: &mut Vec<Fi
     if !node.one_of.is_empty() {
         let ok = node.one_of.iter().filter(|s| passes(s).is_empty()).count();
         if ok != 1 {
-            let detail = format!("{p} in body must validate one and only one schema (oneOf), {ok} matched");
+            let detail =
+                format!("{p} in body must validate one and only one schema (oneOf), {ok} matched");
             errs.push(path, FieldErrorReason::Invalid, value, &detail);
         }
     }

@@ -337,3 +337,22 @@ fn validate_prefix(prefix: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lab_is_shareable_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Lab>();
+    }
+
+    #[test]
+    fn prefixes_are_valid_and_distinct() {
+        let a = super::Lab::unique_prefix("abcdef");
+        let b = super::Lab::unique_prefix("abc");
+        assert!(super::validate_prefix(&a).is_ok(), "{a}");
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+        assert!(super::validate_prefix("9x").is_err());
+    }
+}

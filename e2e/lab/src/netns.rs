@@ -8,8 +8,9 @@ use std::os::linux::fs::MetadataExt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{IoContext, LabError, Result};
 
@@ -235,22 +236,25 @@ pub fn output_with_timeout(
         let _ = se.read_to_end(&mut b);
         b
     });
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(st) = child.try_wait().ctx(|| format!("{ns}: wait"))? {
-            break st;
-        }
-        if start.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+    // A waiter thread blocks in wait(); the deadline is a channel timeout, so a short command
+    // costs no polling latency. On timeout the child is killed by PID: it is not reaped yet (the
+    // waiter still waits), so the PID cannot have been reused.
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(timeout) {
+        Ok(st) => st.ctx(|| format!("{ns}: wait"))?,
+        Err(_) => {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
             return Err(LabError::Timeout {
                 what: format!("{ns}: {}", describe(cmd)),
                 after: timeout,
             });
         }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
     };
     Ok(Output {
         status,

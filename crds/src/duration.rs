@@ -6,7 +6,9 @@ use std::time::Duration;
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {input:?}: use a number followed by ms, s, m or h, e.g. \"10s\" or \"1m30s\"")]
+#[error(
+    "invalid duration {input:?}: use a number followed by ms, s, m or h, e.g. \"10s\" or \"1m30s\""
+)]
 pub struct DurationError {
     pub input: String,
 }
@@ -61,7 +63,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "10", "s", "10x", "-1s", "1.5s", "10 s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "-1s",
+            "1.5s",
+            "10 s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
         }
     }

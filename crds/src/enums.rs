@@ -59,7 +59,18 @@ pub enum ActualPath {
 
 /// NAT behaviour as classified by the agent (RFC 4787 / RFC 5780 terms in the docs).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum NatType {
@@ -91,7 +102,18 @@ impl NatType {
 
 /// Why a pair got its path. Shown to users, so the codes are short and stable.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PathReason {
@@ -162,7 +184,9 @@ pub enum Engine {
 }
 
 /// Where a candidate address came from (ICE vocabulary).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CandidateKind {
     /// An address on a local interface.
@@ -204,6 +228,9 @@ mod tests {
             serde_json::to_value(NatType::AddressRestricted).unwrap(),
             "address-restricted"
         );
-        assert_eq!(serde_json::to_value(NatType::UdpBlocked).unwrap(), "udp-blocked");
+        assert_eq!(
+            serde_json::to_value(NatType::UdpBlocked).unwrap(),
+            "udp-blocked"
+        );
     }
 }

@@ -23,14 +23,27 @@ use crate::enums::{RelayMode, RelayProvider, ServiceType};
     derive = "PartialEq",
     doc = "A WireGuard mesh between the selected nodes, direct where NAT allows and relayed otherwise.",
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes.total"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Relay", type_ = "string", json_path = ".status.relayEndpoints[0]"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Relay",
+        type_ = "string",
+        json_path = ".status.relayEndpoints[0]"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WireKubeMeshSpec {
     /// IPv4 CIDR the mesh IPs are allocated from, /8 to /28.
     #[serde(rename = "meshCIDR", default = "default_mesh_cidr")]
+    #[schemars(length(max = 43))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self).prefixLength() >= 8 && cidr(self).prefixLength() <= 28",
          "message": "meshCIDR must be an IPv4 CIDR between /8 and /28, e.g. 10.99.0.0/16"}
@@ -64,6 +77,7 @@ pub struct WireKubeMeshSpec {
     /// STUN servers (`host:port`) for NAT classification. At least two when set; when empty,
     /// agents use the relay's STUN responder (two ports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(max = 261)))]
     #[schemars(inner(pattern(r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:.]+\]:[0-9]{1,5}$")))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "size(self) == 0 || size(self) >= 2",
@@ -97,7 +111,7 @@ pub struct RelaySpec {
     pub managed: ManagedRelay,
     /// How long a planned direct pair may go without a handshake before the agent falls back.
     #[serde(default = "default_direct_timeout")]
-    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub direct_timeout: String,
 }
 
@@ -118,6 +132,7 @@ impl Default for RelaySpec {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRelay {
     /// `host:port` of the relay's TCP listener, e.g. `relay.example.com:3478`.
+    #[schemars(length(max = 261))]
     #[schemars(pattern(r"^([^\s:]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$"))]
     pub endpoint: String,
 }

@@ -5,7 +5,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::enums::{ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode};
+use crate::enums::{
+    ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode,
+};
 
 /// Desired WireGuard state of one node, computed by the operator's PathPlanner.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -22,10 +24,18 @@ use crate::enums::{ActualPath, CandidateKind, Engine, NatType, PathReason, Plann
     doc = "The WireGuard configuration of one node (spec, by the operator) and what its agent observes (status).",
     printcolumn(name = "Mesh IP", type_ = "string", json_path = ".spec.meshIP"),
     printcolumn(name = "NAT", type_ = "string", json_path = ".status.natType"),
-    printcolumn(name = "Direct", type_ = "integer", json_path = ".status.summary.direct"),
+    printcolumn(
+        name = "Direct",
+        type_ = "integer",
+        json_path = ".status.summary.direct"
+    ),
     printcolumn(name = "Relay", type_ = "integer", json_path = ".status.summary.relay"),
     printcolumn(name = "Down", type_ = "integer", json_path = ".status.summary.down"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WireKubePeerSpec {
@@ -117,6 +127,10 @@ pub struct Candidate {
     pub kind: CandidateKind,
     /// `ip:port`.
     pub address: String,
+    /// For host candidates: prefix length of the interface's subnet, so that the planner can
+    /// tell two nodes on one LAN from two nodes that merely reuse the same private range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<u8>,
     /// For peer-reflexive candidates: the peer that observed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_by: Option<String>,

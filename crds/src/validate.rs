@@ -29,7 +29,11 @@ impl fmt::Display for Problem {
     }
 }
 
-fn problem(field: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
+fn problem(
+    field: impl Into<String>,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Problem {
     Problem {
         field: field.into(),
         message: message.into(),
@@ -56,7 +60,10 @@ pub fn validate_mesh(spec: &WireKubeMeshSpec) -> Result<(), Vec<Problem>> {
     if !valid_interface_name(&spec.interface_name) {
         problems.push(problem(
             "spec.interfaceName",
-            format!("{:?} is not a valid Linux interface name", spec.interface_name),
+            format!(
+                "{:?} is not a valid Linux interface name",
+                spec.interface_name
+            ),
             "use 1-15 characters from [a-zA-Z0-9_=+.-], e.g. wirekube0",
         ));
     }
@@ -144,7 +151,10 @@ fn check_relay(spec: &WireKubeMeshSpec, problems: &mut Vec<Problem>) {
     if m.port == 0 || m.port == u16::MAX {
         problems.push(problem(
             "spec.relay.managed.port",
-            format!("{} is not usable (the STUN responder also needs port+1)", m.port),
+            format!(
+                "{} is not usable (the STUN responder also needs port+1)",
+                m.port
+            ),
             "use 1-65534; default 3478",
         ));
     }
@@ -178,16 +188,15 @@ fn check_cidr(cidr: &str, problems: &mut Vec<Problem>) {
     const FIX: &str = "use an IPv4 network address with a /8 to /28 prefix, e.g. 10.99.0.0/16";
     match cidr.parse::<IpNet>() {
         Err(_) => problems.push(problem(FIELD, format!("{cidr:?} is not a CIDR"), FIX)),
-        Ok(IpNet::V6(_)) => problems.push(problem(
-            FIELD,
-            "IPv6 meshes are not supported yet",
-            FIX,
-        )),
+        Ok(IpNet::V6(_)) => problems.push(problem(FIELD, "IPv6 meshes are not supported yet", FIX)),
         Ok(net) => {
             if net.prefix_len() < MIN_PREFIX || net.prefix_len() > MAX_PREFIX {
                 problems.push(problem(
                     FIELD,
-                    format!("prefix /{} is outside /{MIN_PREFIX}-/{MAX_PREFIX}", net.prefix_len()),
+                    format!(
+                        "prefix /{} is outside /{MIN_PREFIX}-/{MAX_PREFIX}",
+                        net.prefix_len()
+                    ),
                     FIX,
                 ));
             }

@@ -46,12 +46,18 @@ fn each_bad_example_names_its_field() {
         ("spec.meshCIDR", |s| s.mesh_cidr = "10.99.1.0/16".into()),
         ("spec.meshCIDR", |s| s.mesh_cidr = "fd00::/64".into()),
         ("spec.listenPort", |s| s.listen_port = 0),
-        ("spec.interfaceName", |s| s.interface_name = "this-name-is-too-long".into()),
+        ("spec.interfaceName", |s| {
+            s.interface_name = "this-name-is-too-long".into()
+        }),
         ("spec.interfaceName", |s| s.interface_name = "wg 0".into()),
         ("spec.mtu", |s| s.mtu = 1000),
         ("spec.mtu", |s| s.mtu = 9001),
-        ("spec.persistentKeepalive", |s| s.persistent_keepalive = 70000),
-        ("spec.stunServers", |s| s.stun_servers = vec!["1.2.3.4:3478".into()]),
+        ("spec.persistentKeepalive", |s| {
+            s.persistent_keepalive = 70000
+        }),
+        ("spec.stunServers", |s| {
+            s.stun_servers = vec!["1.2.3.4:3478".into()]
+        }),
         ("spec.stunServers[1]", |s| {
             s.stun_servers = vec!["1.2.3.4:3478".into(), "nope".into()]
         }),
@@ -67,13 +73,25 @@ fn each_bad_example_names_its_field() {
                 endpoint: "relay.example.com".into(),
             });
         }),
-        ("spec.relay.directTimeout", |s| s.relay.direct_timeout = "ten".into()),
-        ("spec.relay.directTimeout", |s| s.relay.direct_timeout = "100ms".into()),
-        ("spec.relay.directTimeout", |s| s.relay.direct_timeout = "1h".into()),
+        ("spec.relay.directTimeout", |s| {
+            s.relay.direct_timeout = "ten".into()
+        }),
+        ("spec.relay.directTimeout", |s| {
+            s.relay.direct_timeout = "100ms".into()
+        }),
+        ("spec.relay.directTimeout", |s| {
+            s.relay.direct_timeout = "1h".into()
+        }),
         ("spec.relay.managed.port", |s| s.relay.managed.port = 0),
-        ("spec.relay.managed.nodePort", |s| s.relay.managed.node_port = Some(8080)),
-        ("spec.relay.managed.replicas", |s| s.relay.managed.replicas = 0),
-        ("spec.relay.managed.image", |s| s.relay.managed.image = " ".into()),
+        ("spec.relay.managed.nodePort", |s| {
+            s.relay.managed.node_port = Some(8080)
+        }),
+        ("spec.relay.managed.replicas", |s| {
+            s.relay.managed.replicas = 0
+        }),
+        ("spec.relay.managed.image", |s| {
+            s.relay.managed.image = " ".into()
+        }),
     ];
     for (field, mutate) in cases {
         let mut s = base();
@@ -99,10 +117,24 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn host_port_forms() {
-    for ok in ["1.2.3.4:1", "[2001:db8::1]:3478", "relay-1.example.com:3478", "relay:80"] {
+    for ok in [
+        "1.2.3.4:1",
+        "[2001:db8::1]:3478",
+        "relay-1.example.com:3478",
+        "relay:80",
+    ] {
         assert_eq!(check_host_port(ok), Ok(()), "{ok}");
     }
-    for bad in ["", ":3478", "host:", "host:99999", "-bad-.com:1", "a b:1", "1.2.3.4", "::1:80"] {
+    for bad in [
+        "",
+        ":3478",
+        "host:",
+        "host:99999",
+        "-bad-.com:1",
+        "a b:1",
+        "1.2.3.4",
+        "::1:80",
+    ] {
         assert!(check_host_port(bad).is_err(), "{bad}");
     }
 }

@@ -54,10 +54,11 @@ pub(super) fn apply_defaults(node: &Node, value: &mut Value, resource_root: bool
 
 /// Defaults a present value: a non-nullable `null` with a default becomes the default.
 fn default_slot(node: &Node, v: &mut Value) {
-    if v.is_null() && !node.nullable {
-        if let Some(default) = &node.default {
-            *v = default.clone();
-        }
+    if v.is_null()
+        && !node.nullable
+        && let Some(default) = &node.default
+    {
+        *v = default.clone();
     }
     apply_defaults(node, v, node.embedded_resource);
 }

@@ -142,12 +142,11 @@ pub(super) fn check(
 
 /// `messageExpression` if it yields a non-empty string, else `message`, else "failed rule: ...".
 fn failure_message(rule: &Rule, vars: &[(&str, CelValue)]) -> String {
-    if let Some(expr) = &rule.message_expression {
-        if let Ok(msg) = expr.eval_string(vars) {
-            if !msg.trim().is_empty() {
-                return msg;
-            }
-        }
+    if let Some(expr) = &rule.message_expression
+        && let Ok(msg) = expr.eval_string(vars)
+        && !msg.trim().is_empty()
+    {
+        return msg;
     }
     match &rule.message {
         Some(m) if !m.is_empty() => m.clone(),

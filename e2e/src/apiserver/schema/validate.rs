@@ -71,20 +71,20 @@ pub(super) fn validate(
     }
     let mut errs = Errors(errors);
     if value.is_null() {
-        if !node.nullable {
-            if let Some(ty) = node.ty {
-                let detail = format!(
-                    "{} in body must be of type {}: \"null\"",
-                    display(path),
-                    ty.name()
-                );
-                errs.push(
-                    path,
-                    FieldErrorReason::Invalid,
-                    &Value::String("null".into()),
-                    &detail,
-                );
-            }
+        if !node.nullable
+            && let Some(ty) = node.ty
+        {
+            let detail = format!(
+                "{} in body must be of type {}: \"null\"",
+                display(path),
+                ty.name()
+            );
+            errs.push(
+                path,
+                FieldErrorReason::Invalid,
+                &Value::String("null".into()),
+                &detail,
+            );
         }
         return;
     }
@@ -107,12 +107,12 @@ pub(super) fn validate(
         );
         return;
     }
-    if let Some(allowed) = &node.enum_values {
-        if !allowed.contains(value) {
-            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            let detail = format!("supported values: {}", list.join(", "));
-            errs.push(path, FieldErrorReason::NotSupported, value, &detail);
-        }
+    if let Some(allowed) = &node.enum_values
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        let detail = format!("supported values: {}", list.join(", "));
+        errs.push(path, FieldErrorReason::NotSupported, value, &detail);
     }
     match value {
         Value::Number(n) => check_number(node, n, value, path, &mut errs),
@@ -237,7 +237,7 @@ fn format_ok(format: &str, s: &str) -> bool {
                 })
         }
         "byte" => {
-            s.len() % 4 == 0
+            s.len().is_multiple_of(4)
                 && s.trim_end_matches('=')
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
@@ -251,33 +251,33 @@ fn format_ok(format: &str, s: &str) -> bool {
 fn check_string(node: &Node, s: &str, value: &Value, path: &str, errs: &mut Errors) {
     let p = display(path);
     let len = s.chars().count() as u64;
-    if let Some(min) = node.min_length {
-        if len < min {
-            let detail = format!("{p} in body should be at least {min} chars long");
-            errs.push(path, FieldErrorReason::Invalid, value, &detail);
-        }
+    if let Some(min) = node.min_length
+        && len < min
+    {
+        let detail = format!("{p} in body should be at least {min} chars long");
+        errs.push(path, FieldErrorReason::Invalid, value, &detail);
     }
-    if let Some(max) = node.max_length {
-        if len > max {
-            errs.push(
-                path,
-                FieldErrorReason::TooLong,
-                value,
-                &format!("may not be more than {max} bytes"),
-            );
-        }
+    if let Some(max) = node.max_length
+        && len > max
+    {
+        errs.push(
+            path,
+            FieldErrorReason::TooLong,
+            value,
+            &format!("may not be more than {max} bytes"),
+        );
     }
-    if let Some(re) = &node.pattern {
-        if !re.is_match(s) {
-            let detail = format!("{p} in body should match '{}'", re.as_str());
-            errs.push(path, FieldErrorReason::Invalid, value, &detail);
-        }
+    if let Some(re) = &node.pattern
+        && !re.is_match(s)
+    {
+        let detail = format!("{p} in body should match '{}'", re.as_str());
+        errs.push(path, FieldErrorReason::Invalid, value, &detail);
     }
-    if let Some(fmt) = node.format.as_deref() {
-        if !format_ok(fmt, s) {
-            let detail = format!("{p} in body must be of type {fmt}: {value}");
-            errs.push(path, FieldErrorReason::Invalid, value, &detail);
-        }
+    if let Some(fmt) = node.format.as_deref()
+        && !format_ok(fmt, s)
+    {
+        let detail = format!("{p} in body must be of type {fmt}: {value}");
+        errs.push(path, FieldErrorReason::Invalid, value, &detail);
     }
 }
 
@@ -301,21 +301,21 @@ fn check_array(
     let p = display(path);
     let len = items.len() as u64;
     let whole = Value::Number(len.into());
-    if let Some(min) = node.min_items {
-        if len < min {
-            let detail = format!("{p} in body should have at least {min} items");
-            errs.push(path, FieldErrorReason::Invalid, &whole, &detail);
-        }
+    if let Some(min) = node.min_items
+        && len < min
+    {
+        let detail = format!("{p} in body should have at least {min} items");
+        errs.push(path, FieldErrorReason::Invalid, &whole, &detail);
     }
-    if let Some(max) = node.max_items {
-        if len > max {
-            errs.push(
-                path,
-                FieldErrorReason::TooMany,
-                &whole,
-                &format!("must have at most {max} items"),
-            );
-        }
+    if let Some(max) = node.max_items
+        && len > max
+    {
+        errs.push(
+            path,
+            FieldErrorReason::TooMany,
+            &whole,
+            &format!("must have at most {max} items"),
+        );
     }
     let list_map = node.list_type == Some(ListType::Map);
     if node.unique_items || node.list_type == Some(ListType::Set) || list_map {
@@ -376,24 +376,24 @@ fn check_object(
     let p = display(path);
     let count = fields.len() as u64;
     let whole = Value::Number(count.into());
-    if let Some(min) = node.min_properties {
-        if count < min {
-            let detail = format!("{p} in body should have at least {min} properties");
-            errs.push(path, FieldErrorReason::Invalid, &whole, &detail);
-        }
+    if let Some(min) = node.min_properties
+        && count < min
+    {
+        let detail = format!("{p} in body should have at least {min} properties");
+        errs.push(path, FieldErrorReason::Invalid, &whole, &detail);
     }
-    if let Some(max) = node.max_properties {
-        if count > max {
-            errs.push(
-                path,
-                FieldErrorReason::TooMany,
-                &whole,
-                &format!("must have at most {max} items"),
-            );
-        }
+    if let Some(max) = node.max_properties
+        && count > max
+    {
+        errs.push(
+            path,
+            FieldErrorReason::TooMany,
+            &whole,
+            &format!("must have at most {max} items"),
+        );
     }
     for name in &node.required {
-        if !fields.get(name).is_some_and(|v| !v.is_null()) {
+        if fields.get(name).is_none_or(|v| v.is_null()) {
             errs.0.push(FieldError {
                 path: field(path, name),
                 reason: FieldErrorReason::Required,
@@ -453,10 +453,10 @@ fn check_combinators(node: &Node, value: &Value, path: &str, errors: &mut Vec<Fi
             errs.push(path, FieldErrorReason::Invalid, value, &detail);
         }
     }
-    if let Some(not) = node.not.as_deref() {
-        if passes(not).is_empty() {
-            let detail = format!("{p} in body should not validate the schema (not)");
-            errs.push(path, FieldErrorReason::Invalid, value, &detail);
-        }
+    if let Some(not) = node.not.as_deref()
+        && passes(not).is_empty()
+    {
+        let detail = format!("{p} in body should not validate the schema (not)");
+        errs.push(path, FieldErrorReason::Invalid, value, &detail);
     }
 }

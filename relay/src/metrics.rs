@@ -1,0 +1,172 @@
+//! Prometheus metrics of the relay.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::stun::StunIgnore;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// All relay metrics. Cheap to update from any task (atomics only).
+pub struct Metrics {
+    registry: Registry,
+    /// Authenticated connections currently registered.
+    pub connections: Gauge,
+    /// TCP connections accepted (before auth).
+    pub accepted: Counter,
+    /// Handshakes refused, by reason.
+    pub auth_failures: Family<Labels, Counter>,
+    /// Successful authentications.
+    pub auth_ok: Counter,
+    /// Data frames written to their destination.
+    pub forwarded_frames: Counter,
+    /// Payload bytes written to their destination.
+    pub forwarded_bytes: Counter,
+    /// Data frames dropped, by reason.
+    pub drops: Family<Labels, Counter>,
+    /// Frames waiting in all per-connection send queues.
+    pub queue_depth: Gauge,
+    /// Authenticated connections that ended, by reason.
+    pub disconnects: Family<Labels, Counter>,
+    /// STUN Binding requests answered, by which address changed.
+    pub stun_requests: Family<Labels, Counter>,
+    /// UDP datagrams on the STUN ports that were not answered, by reason.
+    pub stun_ignored: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wirekube_relay");
+        let m = Self {
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            auth_failures: Family::default(),
+            auth_ok: Counter::default(),
+            forwarded_frames: Counter::default(),
+            forwarded_bytes: Counter::default(),
+            drops: Family::default(),
+            queue_depth: Gauge::default(),
+            disconnects: Family::default(),
+            stun_requests: Family::default(),
+            stun_ignored: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Authenticated connections",
+            m.connections.clone(),
+        );
+        registry.register("accepted", "TCP connections accepted", m.accepted.clone());
+        registry.register(
+            "auth_failures",
+            "Refused handshakes by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register("auth_successes", "Successful handshakes", m.auth_ok.clone());
+        registry.register(
+            "forwarded_frames",
+            "Data frames delivered",
+            m.forwarded_frames.clone(),
+        );
+        registry.register(
+            "forwarded_bytes",
+            "Payload bytes delivered",
+            m.forwarded_bytes.clone(),
+        );
+        registry.register("drops", "Data frames dropped by reason", m.drops.clone());
+        registry.register(
+            "queue_depth",
+            "Frames queued for sending",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Authenticated connections closed by reason",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "stun_requests",
+            "STUN Binding requests answered",
+            m.stun_requests.clone(),
+        );
+        registry.register(
+            "stun_ignored",
+            "STUN datagrams ignored",
+            m.stun_ignored.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts a refused handshake.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a dropped data frame.
+    pub fn dropped(&self, reason: &'static str) {
+        self.drops.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// Counts `n` dropped data frames.
+    pub fn drop_n(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.drops
+                .get_or_create(&vec![("reason", reason)])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts an ended authenticated connection.
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    pub(crate) fn stun_request(&self, changed_ip: bool, changed_port: bool) {
+        let change = match (changed_ip, changed_port) {
+            (false, false) => "none",
+            (false, true) => "port",
+            (true, false) => "ip",
+            (true, true) => "ip_port",
+        };
+        self.stun_requests
+            .get_or_create(&vec![("change", change)])
+            .inc();
+    }
+
+    pub(crate) fn stun_ignored(&self, why: StunIgnore) {
+        let reason = match why {
+            StunIgnore::Malformed => "malformed",
+            StunIgnore::NotBindingRequest => "not_binding_request",
+        };
+        self.stun_ignored
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Current value of a labelled counter, for tests and the benchmark.
+    pub fn count(family: &Family<Labels, Counter>, key: &'static str, value: &'static str) -> u64 {
+        family.get_or_create(&vec![(key, value)]).get()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

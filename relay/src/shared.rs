@@ -1,0 +1,120 @@
+//! State shared by all connections: the key → connection table and forwarding.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wirekube_relay_proto::{Frame, PublicKey};
+
+use crate::config::RelayConfig;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::token::TokenStore;
+
+/// A registered, authenticated connection.
+pub(crate) struct Peer {
+    pub id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub kick: CancellationToken,
+}
+
+pub(crate) struct Shared {
+    pub cfg: RelayConfig,
+    pub metrics: Arc<Metrics>,
+    pub tokens: TokenStore,
+    pub limiter: RateLimiter,
+    pub shutdown: CancellationToken,
+    peers: RwLock<HashMap<PublicKey, Peer>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: RelayConfig,
+        metrics: Arc<Metrics>,
+        tokens: TokenStore,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let limiter = RateLimiter::new(cfg.registration_rate, cfg.registration_burst);
+        Self {
+            cfg,
+            metrics,
+            tokens,
+            limiter,
+            shutdown,
+            peers: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers an authenticated connection, kicking any older one with the same key.
+    /// Returns the id to deregister with.
+    pub fn register(&self, key: PublicKey, mut peer: Peer) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        peer.id = id;
+        let old = self
+            .peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, peer);
+        self.metrics.connections.inc();
+        if let Some(old) = old {
+            old.kick.cancel();
+        }
+        id
+    }
+
+    /// Removes the entry for `key` if it still belongs to connection `id` (a newer
+    /// connection may have replaced it).
+    pub fn deregister(&self, key: &PublicKey, id: u64) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if peers.get(key).is_some_and(|p| p.id == id) {
+            peers.remove(key);
+        }
+        self.metrics.connections.dec();
+    }
+
+    /// Number of registered keys.
+    pub fn registered(&self) -> usize {
+        self.peers.read().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Whether `key` has a registered connection.
+    pub fn is_registered(&self, key: &PublicKey) -> bool {
+        self.peers
+            .read()
+            .map(|p| p.contains_key(key))
+            .unwrap_or(false)
+    }
+
+    /// Queues a frame on a connection without waiting.
+    pub fn enqueue(&self, tx: &mpsc::Sender<Frame>, f: Frame) -> Result<(), ()> {
+        match tx.try_send(f) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                Ok(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Hands a data frame from `src` to `dest`'s queue, or drops it. Never waits: a full
+    /// queue means that reader is slow, and waiting would slow the sender down too.
+    pub fn forward(&self, src: PublicKey, dest: PublicKey, payload: Bytes) {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = peers.get(&dest) else {
+            self.metrics.dropped("unknown_destination");
+            return;
+        };
+        match p.tx.try_send(Frame::Data { key: src, payload }) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped("queue_full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.dropped("connection_closed"),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! STUN Binding responder (RFC 5389 / RFC 8489) with RFC 5780 behaviour discovery.
+//!
+//! Sockets form a grid of {primary IP, alternate IP} × {primary port, alternate port}.
+//! A request received on cell (i, p) is answered from cell (i', p') chosen by its
+//! CHANGE-REQUEST flags; OTHER-ADDRESS names the diagonal cell so clients can run the
+//! RFC 5780 mapping tests. Message encoding and decoding is done by `stun-rs`.
+//!
+//! RFC 3489 clients (e.g. Debian's `stun`) send a 16-byte transaction ID without the
+//! magic cookie. They are handled by decoding with the cookie substituted, then putting
+//! their 4 ID bytes back into the reply and renaming RESPONSE-ORIGIN/OTHER-ADDRESS to the
+//! classic SOURCE-ADDRESS/CHANGED-ADDRESS codes, which have the identical value layout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use stun_rs::attributes::discovery::{
+    ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin,
+};
+use stun_rs::attributes::stun::{
+    ErrorCode as ErrorCodeAttr, MappedAddress, Software, UnknownAttributes, XorMappedAddress,
+};
+use stun_rs::methods::BINDING;
+use stun_rs::{
+    MAGIC_COOKIE, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessageBuilder,
+};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+const CHANGE_REQUEST: u16 = 0x0003;
+const SOURCE_ADDRESS: u16 = 0x0004;
+const CHANGED_ADDRESS: u16 = 0x0005;
+const RESPONSE_ORIGIN: u16 = 0x802B;
+const OTHER_ADDRESS: u16 = 0x802C;
+const SOFTWARE: &str = "wirekube-relay";
+
+/// The addresses of the STUN socket grid. `ips[1]` / `ports[1]` are the alternates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunLayout {
+    /// Primary IP, then the optional alternate IP.
+    pub ips: Vec<IpAddr>,
+    /// Primary port and alternate port.
+    pub ports: [u16; 2],
+}
+
+impl StunLayout {
+    fn addr(&self, ip: usize, port: usize) -> SocketAddr {
+        SocketAddr::new(self.ips[ip], self.ports[port])
+    }
+}
+
+/// Which cell of the grid to reply from, and the encoded reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Index into [`StunLayout::ips`].
+    pub ip: usize,
+    /// Index into [`StunLayout::ports`].
+    pub port: usize,
+    /// Encoded STUN message.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a datagram got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StunIgnore {
+    /// Not a STUN message (or a malformed one).
+    #[error("not a STUN message")]
+    Malformed,
+    /// A STUN message that is not a Binding request.
+    #[error("not a Binding request")]
+    NotBindingRequest,
+}
+
+/// Sans-IO handler: answers a datagram `msg` from `src` that arrived on cell
+/// (`ip`, `port`). Never panics on any input.
+pub fn handle(
+    layout: &StunLayout,
+    ip: usize,
+    port: usize,
+    src: SocketAddr,
+    msg: &[u8],
+) -> Result<Reply, StunIgnore> {
+    if msg.len() < 20 || msg[0] & 0xC0 != 0 {
+        return Err(StunIgnore::Malformed);
+    }
+    let classic = msg[4..8] != MAGIC_COOKIE.as_u32().to_be_bytes();
+    let patched;
+    let input = if classic {
+        let mut m = msg.to_vec();
+        m[4..8].copy_from_slice(&MAGIC_COOKIE.as_u32().to_be_bytes());
+        patched = m;
+        &patched[..]
+    } else {
+        msg
+    };
+    let decoder = MessageDecoderBuilder::default().build();
+    let (req, _) = decoder.decode(input).map_err(|_| StunIgnore::Malformed)?;
+    if req.method() != BINDING || req.class() != MessageClass::Request {
+        return Err(StunIgnore::NotBindingRequest);
+    }
+    let flags = req
+        .get::<ChangeRequest>()
+        .and_then(|a| a.as_change_request().ok())
+        .map(|c| c.flags())
+        .unwrap_or_default();
+    let has_alt_ip = layout.ips.len() > 1;
+    let tid = *req.transaction_id();
+
+    if flags.contains(ChangeRequestFlags::ChangeIp) && !has_alt_ip {
+        // RFC 5780 §6.1: without an alternate address we cannot honour change-IP and must
+        // say so rather than answer from the same IP, which would fake endpoint-independent
+        // filtering.
+        let mut unknown = UnknownAttributes::default();
+        unknown.add(CHANGE_REQUEST);
+        let code =
+            stun_rs::ErrorCode::new(420, "Unknown Attribute").map_err(|_| StunIgnore::Malformed)?;
+        let reply = StunMessageBuilder::new(BINDING, MessageClass::ErrorResponse)
+            .with_transaction_id(tid)
+            .with_attribute(ErrorCodeAttr::new(code))
+            .with_attribute(unknown)
+            .build();
+        return encode(&reply, classic, msg, ip, port);
+    }
+    let ri = if flags.contains(ChangeRequestFlags::ChangeIp) {
+        ip ^ 1
+    } else {
+        ip
+    };
+    let rp = if flags.contains(ChangeRequestFlags::ChangePort) {
+        port ^ 1
+    } else {
+        port
+    };
+    let origin = layout.addr(ri, rp);
+    let other = layout.addr(if has_alt_ip { ip ^ 1 } else { ip }, port ^ 1);
+    let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
+        .with_transaction_id(tid)
+        .with_attribute(MappedAddress::from(src));
+    if !classic {
+        b = b
+            .with_attribute(XorMappedAddress::from(src))
+            .with_attribute(Software::new(SOFTWARE).map_err(|_| StunIgnore::Malformed)?);
+    }
+    let m = b
+        .with_attribute(ResponseOrigin::from(origin))
+        .with_attribute(OtherAddress::from(other))
+        .build();
+    encode(&m, classic, msg, ri, rp)
+}
+
+fn encode(
+    m: &stun_rs::StunMessage,
+    classic: bool,
+    request: &[u8],
+    ip: usize,
+    port: usize,
+) -> Result<Reply, StunIgnore> {
+    let mut buf = [0u8; 512];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, m)
+        .map_err(|_| StunIgnore::Malformed)?;
+    let mut bytes = buf[..n].to_vec();
+    if classic {
+        bytes[4..8].copy_from_slice(&request[4..8]);
+        rename_attrs(&mut bytes);
+    }
+    Ok(Reply { ip, port, bytes })
+}
+
+/// Renames RFC 5780 attribute types to their RFC 3489 ancestors in an encoded message.
+fn rename_attrs(bytes: &mut [u8]) {
+    let mut off = 20;
+    while off + 4 <= bytes.len() {
+        let ty = u16::from_be_bytes([bytes[off], bytes[off + 1]]);
+        let len = u16::from_be_bytes([bytes[off + 2], bytes[off + 3]]) as usize;
+        let new = match ty {
+            RESPONSE_ORIGIN => SOURCE_ADDRESS,
+            OTHER_ADDRESS => CHANGED_ADDRESS,
+            t => t,
+        };
+        bytes[off..off + 2].copy_from_slice(&new.to_be_bytes());
+        off += 4 + len.div_ceil(4) * 4;
+    }
+}
+
+/// Bound STUN sockets, indexed `[ip][port]`.
+pub struct StunSockets {
+    /// Addresses actually bound (ports resolved when 0 was requested).
+    pub layout: StunLayout,
+    sockets: Vec<[Arc<UdpSocket>; 2]>,
+}
+
+impl StunSockets {
+    /// Binds the grid. A requested port of 0 takes an ephemeral port, the same one on both
+    /// IPs so the grid stays rectangular.
+    pub async fn bind(ips: &[IpAddr], ports: [u16; 2]) -> std::io::Result<Self> {
+        let mut resolved = ports;
+        let mut sockets = Vec::new();
+        for ip in ips {
+            let a = UdpSocket::bind(SocketAddr::new(*ip, resolved[0])).await?;
+            resolved[0] = a.local_addr()?.port();
+            let b = UdpSocket::bind(SocketAddr::new(*ip, resolved[1])).await?;
+            resolved[1] = b.local_addr()?.port();
+            sockets.push([Arc::new(a), Arc::new(b)]);
+        }
+        Ok(Self {
+            layout: StunLayout {
+                ips: ips.to_vec(),
+                ports: resolved,
+            },
+            sockets,
+        })
+    }
+
+    /// All bound addresses.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        (0..self.sockets.len())
+            .flat_map(|i| [0, 1].map(|p| self.layout.addr(i, p)))
+            .collect()
+    }
+
+    /// Serves every socket until `cancel` fires.
+    pub fn spawn(
+        self,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinSet<()> {
+        let mut set = tokio::task::JoinSet::new();
+        let grid = Arc::new(self.sockets);
+        let layout = Arc::new(self.layout);
+        for i in 0..grid.len() {
+            for p in 0..2 {
+                let (grid, layout, metrics, cancel) = (
+                    grid.clone(),
+                    layout.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                );
+                set.spawn(async move {
+                    let sock = grid[i][p].clone();
+                    let mut buf = vec![0u8; 2048];
+                    loop {
+                        let (n, src) = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            r = sock.recv_from(&mut buf) => match r {
+                                Ok(x) => x,
+                                // ICMP-induced errors on UDP are per-datagram; keep serving.
+                                Err(_) => continue,
+                            },
+                        };
+                        match handle(&layout, i, p, src, &buf[..n]) {
+                            Ok(r) => {
+                                metrics.stun_request(i != r.ip, p != r.port);
+                                if let Err(e) = grid[r.ip][r.port].send_to(&r.bytes, src).await {
+                                    tracing::debug!(%src, error = %e, "STUN reply failed");
+                                }
+                            }
+                            Err(e) => metrics.stun_ignored(e),
+                        }
+                    }
+                });
+            }
+        }
+        set
+    }
+}

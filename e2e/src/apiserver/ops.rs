@@ -206,7 +206,39 @@ fn admission(
     };
     st.policies
         .validate(&req)
-        .map_err(|m| ApiError::new(422, "Invalid", m))
+        .map_err(|m| admission_error(t, name, &m))
+}
+
+/// A policy denial as kube-apiserver words it; the validation's `reason` (given by the
+/// policy engine as a trailing `(reason: X)`) picks the code, default Invalid (422).
+fn admission_error(t: &Target, name: &str, msg: &str) -> ApiError {
+    let (msg, reason) = match msg.rsplit_once(" (reason: ") {
+        Some((m, r)) if r.ends_with(')') => (m, r.trim_end_matches(')')),
+        _ => (msg, "Invalid"),
+    };
+    let ri = &t.ri;
+    let gr = if ri.group.is_empty() {
+        ri.resource.clone()
+    } else {
+        format!("{}.{}", ri.resource, ri.group)
+    };
+    let gk = if ri.group.is_empty() {
+        ri.kind.clone()
+    } else {
+        format!("{}.{}", ri.kind, ri.group)
+    };
+    let mut e = match reason {
+        "Forbidden" => ApiError::forbidden(format!("{gr} \"{name}\" is forbidden: {msg}")),
+        "Unauthorized" => ApiError::new(
+            401,
+            "Unauthorized",
+            format!("{gr} \"{name}\" is unauthorized: {msg}"),
+        ),
+        "RequestEntityTooLarge" => ApiError::new(413, "RequestEntityTooLarge", msg.to_string()),
+        _ => ApiError::new(422, "Invalid", format!("{gk} \"{name}\" is invalid: {msg}")),
+    };
+    e.details = Some((ri.group.clone(), ri.resource.clone(), name.to_string()));
+    e
 }
 
 fn check_namespace(st: &Store, t: &Target) -> Result<(), ApiError> {

@@ -1,0 +1,36 @@
+# WireKube. `make demo` runs the local multi-site demo; `make test` runs every test.
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all test demo manifests lint fmt deps build help
+
+all: build
+
+help:
+	@echo "make demo       local multi-site demo in network namespaces (root)"
+	@echo "make test       every test: unit, property, manifests, API server, lab scenarios (root)"
+	@echo "make manifests  regenerate config/crd from the Rust types"
+	@echo "make lint       rustfmt check + clippy -D warnings"
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then ./scripts/install-deps.sh; else echo ">> not root: skipping system package check (lab tests need root)"; fi
+
+build:
+	$(CARGO) build --workspace --bins
+
+# Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
+test: deps build
+	$(CARGO) test --workspace --no-fail-fast
+
+manifests:
+	$(CARGO) run -q -p wirekube-crds --bin crdgen
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+demo: deps build
+	./target/debug/wirekube-demo $(DEMO_ARGS)

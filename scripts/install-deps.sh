@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages and Python tools the tests and the demo need.
+# Idempotent and quiet when everything is present; needs root to install.
+set -euo pipefail
+
+APT_PACKAGES=(wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 conntrack
+  coturn stun-client netcat-openbsd)
+# binary -> package, to decide cheaply whether apt is needed at all
+declare -A PROBE=([wireguard-go]=wireguard-go [wg]=wireguard-tools [nft]=nftables [ip]=iproute2
+  [ping]=iputils-ping [iperf3]=iperf3 [conntrack]=conntrack [turnutils_natdiscovery]=coturn
+  [stun]=stun-client [nc]=netcat-openbsd)
+
+missing=()
+for bin in "${!PROBE[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || missing+=("${PROBE[$bin]}")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install --no-install-recommends ${APT_PACKAGES[*]}" >&2
+    exit 1
+  fi
+  echo ">> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends: wireguard-tools recommends a kernel image and systemd.
+  apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+fi
+
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo ">> installing kubernetes-validate (PyPI)"
+  python3 -m pip install -q --root-user-action=ignore kubernetes-validate
+fi
+
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl (client) is required: https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }

@@ -1,1 +1,27 @@
-//! WireKube node dataplane.
+//! WireKube node dataplane: one WireGuard interface plus the kernel routing state around it,
+//! and the loopback bridge that carries relayed peers over the relay's TCP connection.
+//!
+//! The agent owns policy (which peers, which endpoints, when to fall back); this crate owns
+//! mechanism and makes it cheap to call repeatedly: [`Dataplane::reconcile`] reads the current
+//! WireGuard and netlink state, compares it with the desired state and writes only the
+//! differences, so a repeat call with the same input performs zero writes.
+//!
+//! See `docs/dataplane.md` for the design and the engine trade-offs.
+
+mod dataplane;
+mod diff;
+mod engine;
+mod error;
+mod kernel;
+mod netlink;
+mod relay_bridge;
+mod stats;
+mod types;
+mod uapi;
+
+pub use dataplane::Dataplane;
+pub use engine::{EngineChoice, EngineKind, EngineSelection};
+pub use error::DataplaneError;
+pub use relay_bridge::{RelayBridge, RelayBridgeCounters};
+pub use stats::PeerStats;
+pub use types::{InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark};

@@ -1,0 +1,74 @@
+//! Plain data types shared by the public API.
+
+use std::net::SocketAddr;
+
+/// Desired state of this node's WireGuard interface and the routing around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Interface name, at most 15 bytes. For userspace engines it also names the UAPI
+    /// socket `/var/run/wireguard/<name>.sock`, which is global across network namespaces.
+    pub name: String,
+    /// This node's WireGuard private key (raw bytes, never logged).
+    pub private_key: [u8; 32],
+    /// UDP listen port of WireGuard.
+    pub listen_port: u16,
+    /// Interface MTU (1420 fits IPv4 and IPv6 outer headers on a 1500-byte underlay).
+    pub mtu: u32,
+    /// This node's mesh IP with the mesh prefix length, e.g. `100.96.0.5/16`.
+    pub address: ipnet::IpNet,
+    /// The whole mesh range; an ip rule sends traffic to it to [`InterfaceConfig::table`].
+    pub mesh_cidr: ipnet::IpNet,
+    /// fwmark that WireGuard puts on its own UDP packets (and the relay socket should use);
+    /// marked packets bypass the mesh table so they can never loop into the tunnel.
+    pub fwmark: u32,
+    /// Dedicated routing table holding one route per peer AllowedIP.
+    pub table: u32,
+    /// Priority of the ip rule `to <mesh_cidr> lookup <table>`. The fwmark bypass rule
+    /// uses `rule_priority - 1`.
+    pub rule_priority: u32,
+}
+
+/// Desired state of one WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's public key.
+    pub public_key: [u8; 32],
+    /// Where to send to. For a relayed peer this is the address returned by
+    /// [`crate::RelayBridge::endpoint_for`]. `None` leaves WireGuard to learn it (roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// Prefixes routed to and accepted from this peer (its mesh IP /32 at least).
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Persistent keepalive in seconds; `None` or `Some(0)` disables it.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// What one [`crate::Dataplane::reconcile`] call had to change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Individual WireGuard writes: interface settings, peers added, updated or removed.
+    pub wireguard_changes: usize,
+    /// Individual netlink writes: link attributes, addresses, routes and rules.
+    pub netlink_changes: usize,
+}
+
+impl ReconcileReport {
+    /// True when the call found nothing to do.
+    pub fn is_noop(&self) -> bool {
+        self.wireguard_changes == 0 && self.netlink_changes == 0
+    }
+}
+
+/// Default fwmark for WireGuard's and the relay client's own packets when the caller has no
+/// preference (0xca6c = 51820, as wg-quick uses).
+pub const DEFAULT_FWMARK: u32 = 0xca6c;
+
+/// The mark the agent should set (`SO_MARK`) on its relay TCP socket so that relay traffic
+/// bypasses the mesh table, the same way WireGuard's UDP does. Returns `iface.fwmark`, or
+/// [`DEFAULT_FWMARK`] when that is 0.
+pub fn relay_socket_mark(iface: &InterfaceConfig) -> u32 {
+    if iface.fwmark == 0 {
+        DEFAULT_FWMARK
+    } else {
+        iface.fwmark
+    }
+}

@@ -59,7 +59,10 @@ fn default_install_renders_and_validates_offline() {
         found.push(format!("{kind}/{name}"));
     }
     for want in EXPECTED {
-        assert!(found.iter().any(|f| f == want), "{want} missing from config/default: {found:?}");
+        assert!(
+            found.iter().any(|f| f == want),
+            "{want} missing from config/default: {found:?}"
+        );
     }
 
     let dir = tempfile_dir();
@@ -67,11 +70,20 @@ fn default_install_renders_and_validates_offline() {
     std::fs::write(&file, &rendered).unwrap();
     // 1.34 matches the k8s-openapi feature the Rust code is built against.
     let report = run(
-        Command::new("kubernetes-validate").args(["--strict", "-k", "1.34.0"]).arg(&file),
+        Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.34.0"])
+            .arg(&file),
         "kubernetes-validate",
     );
-    let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
-    assert_eq!(passed, EXPECTED.len(), "every object must be validated:\n{report}");
+    let passed = report
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(
+        passed,
+        EXPECTED.len(),
+        "every object must be validated:\n{report}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -144,6 +144,8 @@ pub enum PathReason {
     NoRelay,
     /// The agent fell back to the relay because the planned direct path did not come up.
     DirectFailed,
+    /// One side has no mesh IP because the mesh CIDR is full.
+    CidrFull,
 }
 
 impl PathReason {
@@ -162,6 +164,7 @@ impl PathReason {
             PathReason::ModeNever => "mode-never",
             PathReason::NoRelay => "no-relay",
             PathReason::DirectFailed => "direct-failed",
+            PathReason::CidrFull => "cidr-full",
         }
     }
 }
@@ -217,6 +220,7 @@ mod tests {
             PathReason::ModeNever,
             PathReason::NoRelay,
             PathReason::DirectFailed,
+            PathReason::CidrFull,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }

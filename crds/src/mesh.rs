@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::enums::{RelayMode, RelayProvider, ServiceType};
 
+// Each printcolumn repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 /// Desired mesh: address space, WireGuard settings, which nodes, and how to relay.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(

@@ -9,6 +9,8 @@ use crate::enums::{
     ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode,
 };
 
+// Each printcolumn repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 /// Desired WireGuard state of one node, computed by the operator's PathPlanner.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(

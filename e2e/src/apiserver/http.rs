@@ -277,10 +277,12 @@ async fn dispatch(sh: Arc<Shared>, req: Request) -> Result<Response, ApiError> {
     let ua = header_str(&headers, header::USER_AGENT);
     let mut ctx = Ctx {
         user,
-        manager: q
-            .get("fieldManager")
-            .cloned()
-            .unwrap_or_else(|| ua.split('/').next().unwrap_or_default().to_string()),
+        manager: q.get("fieldManager").cloned().unwrap_or_else(|| {
+            match ua.split('/').next().unwrap_or_default() {
+                "" => "unknown".to_string(),
+                prefix => prefix.to_string(),
+            }
+        }),
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         validation: match q.get("fieldValidation").map(String::as_str) {
             Some("Strict") => FieldValidation::Strict,

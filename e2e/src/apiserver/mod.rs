@@ -73,6 +73,12 @@ impl Default for ApiServerConfig {
     }
 }
 
+/// Installs rustls' ring crypto provider as the process default if none is (kube's
+/// `rustls-tls` feature selects none, and kube-rs clients panic without one).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Entry point.
 pub struct ApiServer;
 
@@ -153,6 +159,7 @@ impl ApiServerHandle {
 
     /// A kube-rs client for an identity.
     pub async fn client(&self, id: &Identity) -> Result<kube::Client, ApiServerError> {
+        install_crypto_provider();
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig(id))
             .map_err(|e| ApiServerError::Client(e.to_string()))?;
         let cfg =

@@ -488,7 +488,7 @@ pub fn patch(
             ));
         }
         let name = util::meta_name(&body);
-        if name != t.name {
+        if !name.is_empty() && name != t.name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({name}) does not match the name on the URL ({})",
                 t.name
@@ -503,6 +503,7 @@ pub fn patch(
             return Err(ApiError::conflict(&ri.resource, &ri.group, &t.name));
         }
         let mut body = body;
+        meta_mut(&mut body).insert("name".into(), json!(t.name));
         if ri.namespaced && util::meta_namespace(&body).is_empty() {
             meta_mut(&mut body).insert("namespace".into(), json!(t.ns));
         }

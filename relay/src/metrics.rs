@@ -31,6 +31,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Authenticated connections that ended, by reason.
     pub disconnects: Family<Labels, Counter>,
+    /// Hot-path handles into `drops`, resolved once so dropping costs one atomic add.
+    pub(crate) drop_queue_full: Counter,
+    pub(crate) drop_unknown: Counter,
     /// STUN Binding requests answered, by which address changed.
     pub stun_requests: Family<Labels, Counter>,
     /// UDP datagrams on the STUN ports that were not answered, by reason.
@@ -51,6 +54,8 @@ impl Metrics {
             drops: Family::default(),
             queue_depth: Gauge::default(),
             disconnects: Family::default(),
+            drop_queue_full: Counter::default(),
+            drop_unknown: Counter::default(),
             stun_requests: Family::default(),
             stun_ignored: Family::default(),
             registry: Registry::default(),
@@ -98,7 +103,20 @@ impl Metrics {
             "STUN datagrams ignored",
             m.stun_ignored.clone(),
         );
-        Self { registry, ..m }
+        let drop_queue_full = m
+            .drops
+            .get_or_create(&vec![("reason", "queue_full")])
+            .clone();
+        let drop_unknown = m
+            .drops
+            .get_or_create(&vec![("reason", "unknown_destination")])
+            .clone();
+        Self {
+            registry,
+            drop_queue_full,
+            drop_unknown,
+            ..m
+        }
     }
 
     /// Counts a refused handshake.

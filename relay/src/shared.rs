@@ -106,14 +106,16 @@ impl Shared {
     pub fn forward(&self, src: PublicKey, dest: PublicKey, payload: Bytes) {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let Some(p) = peers.get(&dest) else {
-            self.metrics.dropped("unknown_destination");
+            self.metrics.drop_unknown.inc();
             return;
         };
         match p.tx.try_send(Frame::Data { key: src, payload }) {
             Ok(()) => {
                 self.metrics.queue_depth.inc();
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.dropped("queue_full"),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.drop_queue_full.inc();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.dropped("connection_closed"),
         }
     }

@@ -1,1 +1,9 @@
-//! WireKube node agent: discovery, dataplane, relay client, fallback
+//! WireKube node agent: discovery, dataplane, relay client, fallback.
+//!
+//! The pure parts (NAT classifier, path state machine, spec mapping, status building) are
+//! sans-IO and unit-tested; the I/O parts (STUN sockets, Kubernetes watches, the dataplane)
+//! are thin layers around them. See `docs/agent.md`.
+
+pub mod discovery;
+pub mod identity;
+pub mod pathstate;

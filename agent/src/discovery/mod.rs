@@ -1,0 +1,324 @@
+//! Endpoint and NAT discovery.
+//!
+//! * At start-up, **before the dataplane binds the WireGuard port**, the mapping test runs
+//!   from that very port (lab-notes §7.7), so the server-reflexive candidate is the public
+//!   mapping of the WireGuard socket itself (not assumed to be `public-ip:listen-port`: NATs
+//!   do not always preserve ports, §3.4).
+//! * Afterwards WireGuard owns the port (kernel WireGuard cannot share its socket), so the
+//!   periodic re-checks run from ephemeral ports. They re-measure the NAT *type* and the
+//!   public IP, which are properties of the NAT; they cannot re-measure the *port* of the
+//!   WireGuard mapping. The first srflx is kept while the public IP and a cone type stay the
+//!   same, and dropped when the public IP changes (peer-reflexive endpoints then carry it).
+
+pub mod candidates;
+pub mod classifier;
+pub mod stun_io;
+
+use std::net::SocketAddr;
+
+use wirekube_crds::{NatType, WireKubePeerSpec};
+
+pub use classifier::{Classification, ClassifierInput, MappingResult, Probe, classify};
+pub use stun_io::Retransmit;
+
+/// Default STUN ports of the relay's responder (primary, alternate).
+pub const RELAY_STUN_PORTS: [u16; 2] = [3478, 3479];
+
+/// STUN server addresses to use: the spec's list, or the relay's responder on ports 3478 and
+/// 3479 of every relay endpoint host.
+pub fn stun_servers(spec: &WireKubePeerSpec) -> Vec<String> {
+    if !spec.stun_servers.is_empty() {
+        return spec.stun_servers.clone();
+    }
+    let mut out = Vec::new();
+    for ep in &spec.relay_endpoints {
+        let host = match ep.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => ep.as_str(),
+        };
+        for port in RELAY_STUN_PORTS {
+            let s = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Result of one discovery round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryReport {
+    pub classification: Classification,
+    /// The mapping of the WireGuard listen port, when the test could run from it.
+    pub listen_port_srflx: Option<SocketAddr>,
+    /// Whether any STUN server answered.
+    pub stun_reachable: bool,
+    /// Explanation for the StunReachable condition.
+    pub message: String,
+}
+
+/// Resolves `host:port` strings to IPv4 socket addresses (the mesh is IPv4 for now), keeping
+/// order and dropping duplicates. Unresolvable names are returned as errors for the message.
+async fn resolve(servers: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for s in servers {
+        match tokio::net::lookup_host(s.as_str()).await {
+            Ok(addrs) => {
+                let v4 = addrs.into_iter().find(|a| a.is_ipv4());
+                match v4 {
+                    Some(a) if !out.contains(&a) => out.push(a),
+                    Some(_) => {}
+                    None => errors.push(format!("{s}: no IPv4 address")),
+                }
+            }
+            Err(e) => errors.push(format!("{s}: {e}")),
+        }
+    }
+    (out, errors)
+}
+
+/// Runs the mapping test (from `mapping_port` when it is free, else from an ephemeral port)
+/// and the filtering tests, and classifies. Never fails: every problem becomes part of the
+/// report (udp-blocked / unknown with a message).
+pub async fn discover(
+    servers: &[String],
+    mapping_port: Option<u16>,
+    local_ips: Vec<std::net::IpAddr>,
+    rt: Retransmit,
+) -> DiscoveryReport {
+    let (addrs, resolve_errors) = resolve(servers).await;
+    let unknown = |message: String| DiscoveryReport {
+        classification: Classification {
+            nat_type: NatType::Unknown,
+            public_ip: None,
+            srflx: None,
+            detail: message.clone(),
+        },
+        listen_port_srflx: None,
+        stun_reachable: false,
+        message,
+    };
+    if addrs.is_empty() {
+        let msg = if servers.is_empty() {
+            "no STUN servers: the spec lists none and no relay endpoint is published".to_string()
+        } else {
+            format!("no STUN server resolved: {}", resolve_errors.join("; "))
+        };
+        return unknown(msg);
+    }
+    // Bind the WireGuard port if it is still free (first start); otherwise any port.
+    let (sock, from_listen_port) = match mapping_port {
+        Some(p) => match stun_io::bind(p).await {
+            Ok(s) => (Ok(s), true),
+            Err(e) => {
+                tracing::debug!(error = %e, "listen port busy; mapping test from an ephemeral port");
+                (stun_io::bind(0).await, false)
+            }
+        },
+        None => (stun_io::bind(0).await, false),
+    };
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => return unknown(format!("cannot open a UDP socket for STUN: {e}")),
+    };
+    let mapping = match stun_io::mapping_test(&sock, &addrs, rt).await {
+        Ok(m) => m,
+        Err(e) => return unknown(format!("STUN mapping test failed: {e}")),
+    };
+    // Release the WireGuard port before anything else can want it.
+    drop(sock);
+    let first_ok = mapping
+        .iter()
+        .find(|m| m.mapped.is_some())
+        .map(|m| m.server);
+    let (change_ip_port, change_port) = match first_ok {
+        Some(server) => stun_io::filtering_test(server, rt)
+            .await
+            .unwrap_or((Probe::NotRun, Probe::NotRun)),
+        None => (Probe::NotRun, Probe::NotRun),
+    };
+    let input = ClassifierInput {
+        local_ips,
+        mapping,
+        change_ip_port,
+        change_port,
+    };
+    let classification = classify(&input);
+    let stun_reachable = classification.nat_type != NatType::UdpBlocked;
+    let message = if stun_reachable {
+        format!(
+            "{} of {} STUN server address(es) answered: {}",
+            input.mapping.iter().filter(|m| m.mapped.is_some()).count(),
+            input.mapping.len(),
+            classification.detail
+        )
+    } else {
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        format!(
+            "no answer from STUN server(s) {} (UDP blocked or servers down){}",
+            list.join(", "),
+            if resolve_errors.is_empty() {
+                String::new()
+            } else {
+                format!("; unresolved: {}", resolve_errors.join("; "))
+            }
+        )
+    };
+    DiscoveryReport {
+        listen_port_srflx: if from_listen_port {
+            classification.srflx
+        } else {
+            None
+        },
+        classification,
+        stun_reachable,
+        message,
+    }
+}
+
+/// Discovery state across rounds: merges a re-check (from an ephemeral port) with the first
+/// measurement of the WireGuard port's mapping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiscoveryState {
+    pub latest: Option<DiscoveryReport>,
+    /// The srflx candidate of the WireGuard port that is still believed valid.
+    pub srflx: Option<SocketAddr>,
+}
+
+impl DiscoveryState {
+    /// Folds a new report in. Returns true when anything published changed.
+    pub fn update(&mut self, r: DiscoveryReport) -> bool {
+        let before = (
+            self.nat_type(),
+            self.public_ip(),
+            self.srflx,
+            self.reachable(),
+        );
+        if let Some(s) = r.listen_port_srflx {
+            self.srflx = Some(s);
+        } else if let Some(old) = self.srflx {
+            let ip_same = r.classification.public_ip == Some(old.ip());
+            // A re-check that saw no answer says nothing about the mapping: keep it. An
+            // answer from another public IP means the old mapping is gone.
+            if r.classification.public_ip.is_some() && !ip_same {
+                self.srflx = None;
+            }
+        }
+        self.latest = Some(r);
+        before
+            != (
+                self.nat_type(),
+                self.public_ip(),
+                self.srflx,
+                self.reachable(),
+            )
+    }
+
+    /// Seeds the srflx from a previous agent run's status, used when the WireGuard port was
+    /// already bound at start-up (agent restart with the interface kept).
+    pub fn seed_srflx(&mut self, s: SocketAddr) {
+        if self.srflx.is_none() {
+            self.srflx = Some(s);
+        }
+    }
+
+    pub fn nat_type(&self) -> NatType {
+        self.latest
+            .as_ref()
+            .map(|r| r.classification.nat_type)
+            .unwrap_or_default()
+    }
+
+    pub fn public_ip(&self) -> Option<std::net::IpAddr> {
+        self.latest
+            .as_ref()
+            .and_then(|r| r.classification.public_ip)
+    }
+
+    pub fn reachable(&self) -> Option<bool> {
+        self.latest.as_ref().map(|r| r.stun_reachable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(nat: NatType, srflx: Option<&str>, from_listen: bool) -> DiscoveryReport {
+        let srflx: Option<SocketAddr> = srflx.map(|s| s.parse().unwrap());
+        DiscoveryReport {
+            classification: Classification {
+                nat_type: nat,
+                public_ip: srflx.map(|s| s.ip()),
+                srflx,
+                detail: String::new(),
+            },
+            listen_port_srflx: if from_listen { srflx } else { None },
+            stun_reachable: nat != NatType::UdpBlocked,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn servers_from_spec_or_relay() {
+        let mut spec = WireKubePeerSpec {
+            relay_endpoints: vec!["relay.example:3478".into(), "198.18.0.51:443".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            stun_servers(&spec),
+            vec![
+                "relay.example:3478",
+                "relay.example:3479",
+                "198.18.0.51:3478",
+                "198.18.0.51:3479"
+            ]
+        );
+        spec.stun_servers = vec!["a:1".into(), "b:2".into()];
+        assert_eq!(stun_servers(&spec), vec!["a:1", "b:2"]);
+        spec.stun_servers.clear();
+        spec.relay_endpoints.clear();
+        assert!(stun_servers(&spec).is_empty());
+    }
+
+    #[test]
+    fn recheck_keeps_wg_port_srflx_until_public_ip_changes() {
+        let mut st = DiscoveryState::default();
+        assert!(st.update(report(
+            NatType::PortRestricted,
+            Some("198.18.0.31:12691"),
+            true
+        )));
+        // Re-check from an ephemeral port: same IP, other port. The WG mapping stays.
+        assert!(!st.update(report(
+            NatType::PortRestricted,
+            Some("198.18.0.31:40000"),
+            false
+        )));
+        assert_eq!(st.srflx, Some("198.18.0.31:12691".parse().unwrap()));
+        // UDP blocked for a while: keep it, but the type changes.
+        assert!(st.update(report(NatType::UdpBlocked, None, false)));
+        assert!(st.srflx.is_some());
+        // New public IP: the old mapping is gone.
+        assert!(st.update(report(
+            NatType::PortRestricted,
+            Some("198.18.0.99:40000"),
+            false
+        )));
+        assert_eq!(st.srflx, None);
+    }
+
+    #[tokio::test]
+    async fn no_servers_is_unknown_with_message() {
+        let r = discover(&[], None, vec![], Retransmit::default()).await;
+        assert_eq!(r.classification.nat_type, NatType::Unknown);
+        assert!(!r.stun_reachable);
+        assert!(r.message.contains("no STUN servers"), "{}", r.message);
+    }
+}

@@ -1,0 +1,374 @@
+//! Thin STUN I/O: Binding requests (optionally with CHANGE-REQUEST) over a tokio UDP socket,
+//! with retransmissions, and the two measurement rounds the classifier needs.
+//!
+//! Several transactions run concurrently on one socket and are told apart by transaction ID,
+//! not by source address: a CHANGE-REQUEST answer legitimately comes from another address.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress};
+use stun_rs::attributes::stun::{ErrorCode, XorMappedAddress};
+use stun_rs::methods::BINDING;
+use stun_rs::{
+    MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessageBuilder, TransactionId,
+};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::classifier::{MappingResult, Probe};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StunIoError {
+    #[error("bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("STUN socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encode STUN request: {0}")]
+    Encode(String),
+}
+
+/// Which CHANGE-REQUEST flags to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Port,
+    IpAndPort,
+}
+
+/// What one transaction produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Mapped {
+        mapped: SocketAddr,
+        /// The responder's OTHER-ADDRESS (RFC 5780), for an extra mapping destination.
+        other: Option<SocketAddr>,
+        /// Where the answer actually came from.
+        from: SocketAddr,
+    },
+    /// An error response (e.g. 420 when the server cannot change IP).
+    Error(u16),
+    Timeout,
+}
+
+/// Retransmission schedule (RFC 8489 §6.2.1 style, shortened: discovery must not hold up
+/// the agent's start for long when UDP is blocked).
+#[derive(Clone, Copy, Debug)]
+pub struct Retransmit {
+    /// First retransmission timeout, doubled each time up to `max_rto`.
+    pub rto: Duration,
+    pub max_rto: Duration,
+    /// Total sends per transaction.
+    pub attempts: u32,
+}
+
+impl Default for Retransmit {
+    fn default() -> Self {
+        // 0.25 + 0.5 + 1 + 1 = 2.75 s worst case per round.
+        Self {
+            rto: Duration::from_millis(250),
+            max_rto: Duration::from_secs(1),
+            attempts: 4,
+        }
+    }
+}
+
+fn encode_request(tid: TransactionId, change: Change) -> Result<Vec<u8>, StunIoError> {
+    let mut b = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
+    match change {
+        Change::None => {}
+        Change::Port => {
+            b = b.with_attribute(ChangeRequest::new(Some(
+                ChangeRequestFlags::ChangePort.into(),
+            )))
+        }
+        Change::IpAndPort => {
+            b = b.with_attribute(ChangeRequest::new(Some(
+                ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort,
+            )))
+        }
+    }
+    let msg = b.build();
+    let mut buf = [0u8; 128];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, &msg)
+        .map_err(|e| StunIoError::Encode(format!("{e:?}")))?;
+    Ok(buf[..n].to_vec())
+}
+
+/// Parses a response; `None` for anything that is not a Binding response.
+fn decode_response(buf: &[u8], from: SocketAddr) -> Option<(TransactionId, Outcome)> {
+    let (msg, _) = MessageDecoderBuilder::default().build().decode(buf).ok()?;
+    if msg.method() != BINDING {
+        return None;
+    }
+    let tid = *msg.transaction_id();
+    match msg.class() {
+        MessageClass::SuccessResponse => {
+            let mapped = *msg
+                .get::<XorMappedAddress>()?
+                .as_xor_mapped_address()
+                .ok()?
+                .socket_address();
+            let other = msg
+                .get::<OtherAddress>()
+                .and_then(|a| a.as_other_address().ok())
+                .map(|a| *a.socket_address());
+            Some((
+                tid,
+                Outcome::Mapped {
+                    mapped,
+                    other,
+                    from,
+                },
+            ))
+        }
+        MessageClass::ErrorResponse => {
+            let code = msg
+                .get::<ErrorCode>()
+                .and_then(|a| a.as_error_code().ok())
+                .map(|e| e.error_code().error_code())
+                .unwrap_or(0);
+            Some((tid, Outcome::Error(code)))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `reqs` concurrently on `sock`, retransmitting unanswered ones, and returns one
+/// outcome per request (same order).
+pub async fn transact(
+    sock: &UdpSocket,
+    reqs: &[(SocketAddr, Change)],
+    rt: Retransmit,
+) -> Result<Vec<Outcome>, StunIoError> {
+    let mut pending: Vec<(TransactionId, Vec<u8>)> = Vec::with_capacity(reqs.len());
+    for (_, change) in reqs {
+        let tid = TransactionId::default();
+        pending.push((tid, encode_request(tid, *change)?));
+    }
+    let mut out = vec![Outcome::Timeout; reqs.len()];
+    let mut done = vec![false; reqs.len()];
+    let mut rto = rt.rto;
+    let mut buf = [0u8; 1500];
+    for _ in 0..rt.attempts.max(1) {
+        for (i, (server, _)) in reqs.iter().enumerate() {
+            if !done[i] {
+                // A send error (e.g. no route, ICMP unreachable) is the same as silence.
+                if let Err(e) = sock.send_to(&pending[i].1, server).await {
+                    tracing::debug!(%server, error = %e, "STUN send failed");
+                }
+            }
+        }
+        let deadline = Instant::now() + rto;
+        while !done.iter().all(|d| *d) {
+            let r = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
+            let (n, from) = match r {
+                Err(_) => break,
+                Ok(Ok(x)) => x,
+                // ICMP port unreachable surfaces as a per-datagram error on Linux.
+                Ok(Err(_)) => continue,
+            };
+            if let Some((tid, outcome)) = decode_response(&buf[..n], from)
+                && let Some(i) = pending.iter().position(|(t, _)| *t == tid)
+                && !done[i]
+            {
+                done[i] = true;
+                out[i] = outcome;
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        rto = (rto * 2).min(rt.max_rto);
+    }
+    Ok(out)
+}
+
+/// Binds an IPv4 UDP socket on `port` (0 = ephemeral).
+pub async fn bind(port: u16) -> Result<UdpSocket, StunIoError> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| StunIoError::Bind { addr, source })
+}
+
+/// The mapping test: from `sock`, ask every server for the mapping; when the first answer
+/// names an OTHER-ADDRESS not in the list, ask it too (a third, different-IP destination
+/// tells address-dependent mapping from endpoint-independent).
+pub async fn mapping_test(
+    sock: &UdpSocket,
+    servers: &[SocketAddr],
+    rt: Retransmit,
+) -> Result<Vec<MappingResult>, StunIoError> {
+    let reqs: Vec<_> = servers.iter().map(|s| (*s, Change::None)).collect();
+    let outcomes = transact(sock, &reqs, rt).await?;
+    let mut results: Vec<MappingResult> = servers
+        .iter()
+        .zip(&outcomes)
+        .map(|(s, o)| MappingResult {
+            server: *s,
+            mapped: match o {
+                Outcome::Mapped { mapped, .. } => Some(*mapped),
+                _ => None,
+            },
+        })
+        .collect();
+    let other = outcomes.iter().find_map(|o| match o {
+        Outcome::Mapped {
+            other: Some(other), ..
+        } if !servers.contains(other) && !other.ip().is_unspecified() => Some(*other),
+        _ => None,
+    });
+    if let Some(other) = other {
+        let o = transact(sock, &[(other, Change::None)], rt).await?;
+        if let Outcome::Mapped { mapped, .. } = o[0] {
+            results.push(MappingResult {
+                server: other,
+                mapped: Some(mapped),
+            });
+        }
+    }
+    Ok(results)
+}
+
+/// The RFC 5780 filtering tests from a fresh socket towards `server`: (change IP+port,
+/// change port). Both go to the same server address, so the only hole in the NAT's filter is
+/// towards that address; which answers get through shows the filtering.
+pub async fn filtering_test(
+    server: SocketAddr,
+    rt: Retransmit,
+) -> Result<(Probe, Probe), StunIoError> {
+    let sock = bind(0).await?;
+    let o = transact(
+        &sock,
+        &[(server, Change::IpAndPort), (server, Change::Port)],
+        rt,
+    )
+    .await?;
+    let probe = |o: Outcome, want_other_ip: bool| match o {
+        Outcome::Mapped { from, .. } => {
+            // A server that ignores CHANGE-REQUEST answers from the address we sent to;
+            // counting that as "received" would fake endpoint-independent filtering.
+            let same_ip = from.ip() == server.ip();
+            if from == server || (want_other_ip && same_ip) {
+                Probe::Unsupported
+            } else {
+                Probe::Received
+            }
+        }
+        Outcome::Error(_) => Probe::Unsupported,
+        Outcome::Timeout => Probe::NotReceived,
+    };
+    Ok((probe(o[0], true), probe(o[1], false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny RFC 5780 responder on loopback: answers from `alt` when CHANGE-REQUEST asks for
+    /// it, or with 420 when `alt` is `None`.
+    async fn responder(main: UdpSocket, alt: Option<UdpSocket>, ignore_change: bool) {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, src) = main.recv_from(&mut buf).await.unwrap();
+            let (msg, _) = MessageDecoderBuilder::default()
+                .build()
+                .decode(&buf[..n])
+                .unwrap();
+            let change = msg
+                .get::<ChangeRequest>()
+                .and_then(|a| a.as_change_request().ok())
+                .map(|c| !c.flags().is_empty())
+                .unwrap_or(false);
+            let tid = *msg.transaction_id();
+            let (class, via_alt) = match (change && !ignore_change, &alt) {
+                (true, None) => (MessageClass::ErrorResponse, false),
+                (true, Some(_)) => (MessageClass::SuccessResponse, true),
+                (false, _) => (MessageClass::SuccessResponse, false),
+            };
+            let mut b = StunMessageBuilder::new(BINDING, class).with_transaction_id(tid);
+            if class == MessageClass::ErrorResponse {
+                b = b.with_attribute(stun_rs::attributes::stun::ErrorCode::new(
+                    stun_rs::ErrorCode::new(420, "Unknown Attribute").unwrap(),
+                ));
+            } else {
+                b = b.with_attribute(XorMappedAddress::from(src));
+            }
+            let m = b.build();
+            let mut out = [0u8; 256];
+            let n = MessageEncoderBuilder::default()
+                .build()
+                .encode(&mut out, &m)
+                .unwrap();
+            let s = if via_alt {
+                alt.as_ref().unwrap()
+            } else {
+                &main
+            };
+            s.send_to(&out[..n], src).await.unwrap();
+        }
+    }
+
+    fn fast() -> Retransmit {
+        Retransmit {
+            rto: Duration::from_millis(50),
+            max_rto: Duration::from_millis(100),
+            attempts: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn mapping_and_filtering_on_loopback() {
+        let main = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let alt = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = main.local_addr().unwrap();
+        tokio::spawn(responder(main, Some(alt), false));
+        let sock = bind(0).await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let r = mapping_test(&sock, &[server], fast()).await.unwrap();
+        assert_eq!(r[0].mapped.unwrap().port(), port);
+        // No NAT on loopback: both answers get through. The alternate is on the same IP, so
+        // the change-IP probe is "unsupported" rather than a fake "received".
+        let (cip, cp) = filtering_test(server, fast()).await.unwrap();
+        assert_eq!(cip, Probe::Unsupported);
+        assert_eq!(cp, Probe::Received);
+    }
+
+    #[tokio::test]
+    async fn error_and_ignored_change_request_are_unsupported() {
+        let main = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = main.local_addr().unwrap();
+        tokio::spawn(responder(main, None, false));
+        assert_eq!(
+            filtering_test(server, fast()).await.unwrap(),
+            (Probe::Unsupported, Probe::Unsupported)
+        );
+        let main = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = main.local_addr().unwrap();
+        tokio::spawn(responder(main, None, true));
+        assert_eq!(
+            filtering_test(server, fast()).await.unwrap(),
+            (Probe::Unsupported, Probe::Unsupported)
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_is_a_timeout_not_an_error() {
+        // A bound socket that never answers.
+        let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = dead.local_addr().unwrap();
+        let sock = bind(0).await.unwrap();
+        let t = std::time::Instant::now();
+        let r = mapping_test(&sock, &[server], fast()).await.unwrap();
+        assert_eq!(r[0].mapped, None);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let (cip, cp) = filtering_test(server, fast()).await.unwrap();
+        assert_eq!((cip, cp), (Probe::NotReceived, Probe::NotReceived));
+    }
+}

@@ -1,0 +1,443 @@
+//! Per-peer path state machine (sans-IO; time is passed in, so tests use a fake clock).
+//!
+//! The operator plans each pair Direct, Relay or Down from NAT types; the agent has the final
+//! say on liveness. A planned Direct peer starts *connecting*; a handshake over a real
+//! (non-relay) endpoint within `directTimeout` makes it *direct*. Without one it falls back to
+//! the relay (when the mode allows and a relay is configured), and probes direct again with
+//! exponential backoff; a direct handshake during a probe moves it back. A direct path that
+//! keeps getting our packets but sends nothing back (data stall), or whose peer started
+//! talking to us through the relay (WireGuard roamed to the relay socket), counts as failed.
+//!
+//! Hysteresis against flapping: probes are spaced by a backoff that only resets after the
+//! direct path stayed up for `stable_after`; a path that fails again soon after an upgrade
+//! doubles the wait instead.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wirekube_crds::{ActualPath, PlannedPath};
+
+/// WireGuard's REJECT_AFTER_TIME: after this, a session's keys are dead, so a handshake older
+/// than this proves nothing about the current path.
+pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+/// Timing knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub direct_timeout: Duration,
+    /// First wait before probing direct again after a fallback.
+    pub probe_min: Duration,
+    /// Longest wait between probes.
+    pub probe_max: Duration,
+    /// A direct path must last this long before the probe backoff resets.
+    pub stable_after: Duration,
+}
+
+impl Timing {
+    pub fn new(direct_timeout: Duration) -> Self {
+        Self {
+            direct_timeout,
+            probe_min: Duration::from_secs(30),
+            probe_max: Duration::from_secs(300),
+            stable_after: Duration::from_secs(300),
+        }
+    }
+
+    /// How long nothing may arrive while we keep sending before a direct path is declared
+    /// stalled. WireGuard answers data with a passive keepalive within 10 s, so 15 s of
+    /// silence while sending means the return path is broken.
+    fn stall_window(&self) -> Duration {
+        self.direct_timeout.max(Duration::from_secs(15))
+    }
+}
+
+/// What the spec and the relay say about one peer right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub planned: PlannedPath,
+    /// relayMode is not `never` and a relay is configured: falling back is possible.
+    pub relay_allowed: bool,
+    /// Our persistent keepalive toward this peer, seconds (0 = off); keepalives we send are
+    /// not "data" for stall detection.
+    pub keepalive: u16,
+}
+
+/// One sample of the peer's WireGuard counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Time of the last handshake on the monotonic clock (converted by the caller).
+    pub last_handshake: Option<Instant>,
+    pub endpoint: Option<SocketAddr>,
+    /// The endpoint is a relay bridge socket (or any loopback address).
+    pub via_relay: bool,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Which endpoint the dataplane should give this peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The direct endpoint (spec, punch target, or whatever WireGuard roamed to).
+    Direct,
+    /// The relay bridge socket for this peer.
+    Relay,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Planned direct, no handshake yet. Handshakes before `evidence_after` do not count.
+    Connecting {
+        since: Instant,
+        evidence_after: Instant,
+    },
+    Direct {
+        since: Instant,
+    },
+    /// Direct failed and no relay may be used: reported down, WireGuard keeps trying.
+    DirectFailed {
+        since: Instant,
+    },
+    /// On the relay after the direct path failed.
+    Fallback {
+        since: Instant,
+        next_probe: Instant,
+    },
+    /// Trying direct again after a fallback.
+    Probing {
+        since: Instant,
+    },
+    /// Planned relay.
+    Relay {
+        since: Instant,
+    },
+    /// Planned down.
+    Down,
+}
+
+/// Why a transition happened (logged and counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Plan,
+    Handshake,
+    DirectTimeout,
+    Stall,
+    PeerOnRelay,
+    ProbeDue,
+    ProbeFailed,
+    RelayUnavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: ActualPath,
+    pub to: ActualPath,
+    pub cause: Cause,
+}
+
+#[derive(Clone, Debug)]
+pub struct PathState {
+    timing: Timing,
+    plan: Plan,
+    phase: Phase,
+    backoff: Duration,
+    pub transitions: u32,
+    pub last_transition: Option<Instant>,
+    // Stall tracking.
+    rx: u64,
+    rx_changed_at: Instant,
+    tx_at_rx_change: u64,
+    tx: u64,
+    tx_changed_at: Instant,
+    /// rx at the previous sample if that sample's endpoint was direct (reset on every phase
+    /// change): rx growth between two direct samples proves packets arrive directly, which
+    /// matters because an existing session sends over a new endpoint without a handshake.
+    direct_rx: Option<u64>,
+}
+
+impl PathState {
+    /// A new peer. On agent start-up an existing recent handshake is accepted as evidence
+    /// (the tunnel survived the restart), hence `evidence_after = now - HANDSHAKE_FRESH`.
+    pub fn new(timing: Timing, plan: Plan, now: Instant) -> Self {
+        let mut s = Self {
+            timing,
+            plan,
+            phase: Phase::Down,
+            backoff: timing.probe_min,
+            transitions: 0,
+            last_transition: None,
+            rx: 0,
+            rx_changed_at: now,
+            tx_at_rx_change: 0,
+            tx: 0,
+            tx_changed_at: now,
+            direct_rx: None,
+        };
+        s.phase = s.initial_phase(now, now.checked_sub(HANDSHAKE_FRESH).unwrap_or(now));
+        s
+    }
+
+    fn initial_phase(&self, now: Instant, evidence_after: Instant) -> Phase {
+        match self.plan.planned {
+            PlannedPath::Direct => Phase::Connecting {
+                since: now,
+                evidence_after,
+            },
+            PlannedPath::Relay => Phase::Relay { since: now },
+            PlannedPath::Down => Phase::Down,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    pub fn set_timing(&mut self, timing: Timing) {
+        self.timing = timing;
+    }
+
+    /// The path to report.
+    pub fn actual(&self) -> ActualPath {
+        match self.phase {
+            Phase::Connecting { .. } => ActualPath::Connecting,
+            Phase::Direct { .. } => ActualPath::Direct,
+            Phase::DirectFailed { .. } | Phase::Down => ActualPath::Down,
+            Phase::Fallback { .. } | Phase::Probing { .. } | Phase::Relay { .. } => {
+                ActualPath::Relay
+            }
+        }
+    }
+
+    /// The planned direct path did not work and the relay carries the peer.
+    pub fn fallback(&self) -> bool {
+        matches!(self.phase, Phase::Fallback { .. } | Phase::Probing { .. })
+    }
+
+    /// Direct failed (with or without a relay to fall back to).
+    pub fn direct_failed(&self) -> bool {
+        self.fallback() || matches!(self.phase, Phase::DirectFailed { .. })
+    }
+
+    pub fn want(&self) -> Want {
+        match self.phase {
+            Phase::Fallback { .. } | Phase::Relay { .. } => Want::Relay,
+            _ => Want::Direct,
+        }
+    }
+
+    /// The current probe backoff (for status/metrics and tests).
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    fn go(&mut self, to: Phase, cause: Cause, now: Instant) -> Option<Transition> {
+        let from = self.actual();
+        let was_fallback = self.fallback();
+        self.phase = to;
+        self.direct_rx = None;
+        let changed = from != self.actual() || was_fallback != self.fallback();
+        // Probing is internal (still reported relay); everything else is a path change.
+        if changed {
+            self.transitions += 1;
+            self.last_transition = Some(now);
+            Some(Transition {
+                from,
+                to: self.actual(),
+                cause,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// New plan from the spec. A change of planned path restarts the machine; a change of
+    /// relay availability only matters while on the relay.
+    pub fn set_plan(&mut self, plan: Plan, now: Instant) -> Option<Transition> {
+        let old = self.plan;
+        self.plan = plan;
+        if old.planned != plan.planned {
+            let p = self.initial_phase(now, now);
+            return self.go(p, Cause::Plan, now);
+        }
+        if !plan.relay_allowed && self.fallback() {
+            return self.go(
+                Phase::DirectFailed { since: now },
+                Cause::RelayUnavailable,
+                now,
+            );
+        }
+        None
+    }
+
+    fn enter_fallback(&mut self, cause: Cause, now: Instant) -> Option<Transition> {
+        if !self.plan.relay_allowed {
+            if matches!(self.phase, Phase::DirectFailed { .. }) {
+                return None;
+            }
+            return self.go(Phase::DirectFailed { since: now }, cause, now);
+        }
+        let next_probe = now + self.backoff;
+        self.go(
+            Phase::Fallback {
+                since: now,
+                next_probe,
+            },
+            cause,
+            now,
+        )
+    }
+
+    fn stalled(&self, now: Instant) -> bool {
+        let window = self.timing.stall_window();
+        if now.duration_since(self.rx_changed_at) < window {
+            return false;
+        }
+        // Bytes our own persistent keepalives account for in the window (32 B each), plus a
+        // handshake initiation: sending only these is not "data that got no answer".
+        let ka = u64::from(self.plan.keepalive);
+        let noise = 148
+            + if ka > 0 {
+                32 * (window.as_secs() / ka + 1)
+            } else {
+                0
+            };
+        self.tx.saturating_sub(self.tx_at_rx_change) > noise
+    }
+
+    /// Feeds one sample; returns the transition it caused, if any.
+    pub fn observe(&mut self, obs: &Observation, now: Instant) -> Option<Transition> {
+        let on_direct = !obs.via_relay && obs.endpoint.is_some();
+        let rx_grew = obs.rx_bytes > self.rx;
+        let direct_traffic = on_direct && self.direct_rx.is_some_and(|p| obs.rx_bytes > p);
+        self.direct_rx = on_direct.then_some(obs.rx_bytes);
+        if obs.rx_bytes != self.rx {
+            // Counters also reset when the peer is re-added; any change is "activity".
+            self.rx = obs.rx_bytes;
+            self.rx_changed_at = now;
+            self.tx_at_rx_change = obs.tx_bytes;
+        }
+        if obs.tx_bytes != self.tx {
+            self.tx = obs.tx_bytes;
+            self.tx_changed_at = now;
+        }
+        if obs.tx_bytes < self.tx_at_rx_change {
+            self.tx_at_rx_change = obs.tx_bytes;
+        }
+        let hs_after = |t: Instant| obs.last_handshake.is_some_and(|h| h >= t);
+        let direct_ok = |t: Instant| (hs_after(t) && on_direct) || direct_traffic;
+        let relay_hs = |t: Instant| hs_after(t) && obs.via_relay;
+        match self.phase {
+            Phase::Down | Phase::Relay { .. } => None,
+            Phase::Connecting {
+                since,
+                evidence_after,
+            } => {
+                if direct_ok(evidence_after) {
+                    self.reset_stall(now);
+                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                } else if relay_hs(evidence_after) && self.plan.relay_allowed {
+                    // The peer already fell back (one-way loss): converge on the relay.
+                    self.enter_fallback(Cause::PeerOnRelay, now)
+                } else if now.duration_since(since) >= self.timing.direct_timeout {
+                    self.enter_fallback(Cause::DirectTimeout, now)
+                } else {
+                    None
+                }
+            }
+            Phase::Direct { since } => {
+                let failed = if relay_hs(since) {
+                    Some(Cause::PeerOnRelay)
+                } else if self.stalled(now) {
+                    Some(Cause::Stall)
+                } else {
+                    // Keys expired and we are still trying to send: the path is gone.
+                    let stale = obs.last_handshake.is_none_or(|h| {
+                        now.duration_since(h) > HANDSHAKE_FRESH + self.timing.direct_timeout
+                    });
+                    let sending =
+                        now.duration_since(self.tx_changed_at) < self.timing.stall_window();
+                    (stale && sending).then_some(Cause::Stall)
+                };
+                let cause = failed?;
+                // Hysteresis: a path that failed soon after coming up waits longer next time.
+                self.backoff = if now.duration_since(since) >= self.timing.stable_after {
+                    self.timing.probe_min
+                } else {
+                    (self.backoff * 2).min(self.timing.probe_max)
+                };
+                self.enter_fallback(cause, now)
+            }
+            Phase::DirectFailed { since } => {
+                if direct_ok(since) {
+                    self.reset_stall(now);
+                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                } else if relay_hs(since) && self.plan.relay_allowed {
+                    self.enter_fallback(Cause::PeerOnRelay, now)
+                } else {
+                    None
+                }
+            }
+            Phase::Fallback { since, next_probe } => {
+                if direct_ok(since) {
+                    // The peer's probe reached us directly and WireGuard roamed: upgrade.
+                    self.reset_stall(now);
+                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                } else if on_direct && rx_grew {
+                    // Something arrived directly (the peer's probe) and WireGuard roamed:
+                    // keep that endpoint and confirm it like a probe of our own.
+                    self.go(Phase::Probing { since: now }, Cause::ProbeDue, now)
+                } else if now >= next_probe {
+                    self.go(Phase::Probing { since: now }, Cause::ProbeDue, now)
+                } else {
+                    None
+                }
+            }
+            Phase::Probing { since } => {
+                if direct_ok(since) {
+                    self.reset_stall(now);
+                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                } else if now.duration_since(since) >= self.timing.direct_timeout {
+                    self.backoff = (self.backoff * 2).min(self.timing.probe_max);
+                    let next_probe = now + self.backoff;
+                    self.go(
+                        Phase::Fallback {
+                            since: now,
+                            next_probe,
+                        },
+                        Cause::ProbeFailed,
+                        now,
+                    )
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn reset_stall(&mut self, now: Instant) {
+        self.rx_changed_at = now;
+        self.tx_at_rx_change = self.tx;
+    }
+
+    /// Restarts a direct attempt now (e.g. the spec endpoint changed while down).
+    pub fn retry_direct(&mut self, now: Instant) -> Option<Transition> {
+        match self.phase {
+            Phase::DirectFailed { .. } if self.plan.planned == PlannedPath::Direct => self.go(
+                Phase::Connecting {
+                    since: now,
+                    evidence_after: now,
+                },
+                Cause::Plan,
+                now,
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pathstate_tests.rs"]
+mod tests;

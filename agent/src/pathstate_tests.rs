@@ -1,0 +1,303 @@
+//! State machine tests with a fake clock (a base `Instant` plus offsets).
+
+use super::*;
+
+const DIRECT: &str = "198.18.0.31:51820";
+const RELAY: &str = "127.0.0.1:40001";
+
+struct Sim {
+    t0: Instant,
+    now: Instant,
+    ps: PathState,
+    obs: Observation,
+    log: Vec<Transition>,
+}
+
+impl Sim {
+    fn new(planned: PlannedPath, relay_allowed: bool) -> Sim {
+        let t0 = Instant::now();
+        // Start "late" so that now - HANDSHAKE_FRESH does not underflow.
+        let now = t0 + Duration::from_secs(1000);
+        let plan = Plan {
+            planned,
+            relay_allowed,
+            keepalive: 25,
+        };
+        Sim {
+            t0,
+            now,
+            ps: PathState::new(Timing::new(Duration::from_secs(10)), plan, now),
+            obs: Observation::default(),
+            log: vec![],
+        }
+    }
+
+    /// Advances the clock in 1 s ticks (as the agent's stats tick does), feeding `obs`.
+    fn run(&mut self, secs: u64) {
+        for _ in 0..secs {
+            self.now += Duration::from_secs(1);
+            if let Some(t) = self.ps.observe(&self.obs, self.now) {
+                self.log.push(t);
+            }
+        }
+    }
+
+    fn handshake(&mut self, endpoint: &str) {
+        self.obs.last_handshake = Some(self.now);
+        self.obs.endpoint = Some(endpoint.parse().unwrap());
+        self.obs.via_relay = endpoint == RELAY;
+    }
+
+    fn traffic(&mut self, rx: u64, tx: u64) {
+        self.obs.rx_bytes += rx;
+        self.obs.tx_bytes += tx;
+    }
+
+    fn elapsed(&self) -> u64 {
+        (self.now - self.t0).as_secs() - 1000
+    }
+}
+
+#[test]
+fn planned_direct_connects_on_handshake() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+    assert_eq!(s.ps.want(), Want::Direct);
+    s.run(3);
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    assert!(!s.ps.fallback());
+    assert_eq!(s.ps.transitions, 1);
+    assert_eq!(s.log[0].cause, Cause::Handshake);
+}
+
+#[test]
+fn no_handshake_falls_back_after_direct_timeout_then_probes_with_backoff() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(9);
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert!(s.ps.fallback());
+    assert_eq!(s.ps.want(), Want::Relay);
+    assert_eq!(s.log[0].cause, Cause::DirectTimeout);
+    let fell_at = s.elapsed();
+    // Relay handshake: stays on relay.
+    s.handshake(RELAY);
+    s.run(29);
+    assert_eq!(s.ps.want(), Want::Relay);
+    // Probe after 30 s, lasting direct_timeout, then 60 s, then 120 s ...
+    let mut probe_starts = vec![];
+    let mut was_probing = false;
+    for _ in 0..1200 {
+        s.run(1);
+        let probing = matches!(s.ps.phase(), Phase::Probing { .. });
+        if probing && !was_probing {
+            probe_starts.push(s.elapsed() - fell_at);
+        }
+        was_probing = probing;
+        // While probing the report stays relay + fallback.
+        assert_eq!(s.ps.actual(), ActualPath::Relay);
+        assert!(s.ps.fallback());
+    }
+    assert_eq!(
+        &probe_starts[..5],
+        &[30, 100, 230, 480, 790],
+        "{probe_starts:?}"
+    );
+    // Probing is not a reported path change.
+    assert_eq!(s.ps.transitions, 1);
+}
+
+#[test]
+fn probe_success_upgrades_and_quick_failure_doubles_backoff() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(10);
+    assert!(s.ps.fallback());
+    s.handshake(RELAY);
+    s.run(30);
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.run(2);
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    assert!(!s.ps.fallback());
+    assert_eq!(s.ps.transitions, 2);
+    // Fails again after 20 s (stall: we send, nothing comes back).
+    for _ in 0..20 {
+        s.traffic(1000, 1000);
+        s.run(1);
+    }
+    for _ in 0..15 {
+        s.traffic(0, 5000);
+        s.run(1);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Relay, "{:?}", s.ps.phase());
+    assert_eq!(s.log.last().unwrap().cause, Cause::Stall);
+    // Hysteresis: the next probe waits 60 s, not 30 s.
+    assert_eq!(s.ps.backoff(), Duration::from_secs(60));
+}
+
+#[test]
+fn stable_direct_resets_backoff() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(10);
+    s.handshake(RELAY);
+    s.run(31);
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    for _ in 0..400 {
+        s.traffic(100, 100);
+        s.run(1);
+        if s.elapsed() % 100 == 0 {
+            s.handshake(DIRECT);
+        }
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    // Peer falls back (one-way loss): its packets arrive via the relay, WireGuard roams.
+    s.handshake(RELAY);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert_eq!(s.log.last().unwrap().cause, Cause::PeerOnRelay);
+    assert_eq!(s.ps.backoff(), Duration::from_secs(30));
+}
+
+#[test]
+fn keepalives_alone_are_not_a_stall() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    // 60 s of our keepalives (32 B every 25 s) with nothing received.
+    for i in 0..60 {
+        if i % 25 == 0 {
+            s.traffic(0, 32);
+        }
+        s.run(1);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn idle_peer_with_old_handshake_stays_direct_until_it_sends() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    s.run(1);
+    s.run(400);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    // Now we try to send and no handshake completes: keys expired long ago -> failure.
+    s.traffic(0, 148);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+}
+
+#[test]
+fn relay_frames_from_peer_while_connecting_converge_on_relay() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(2);
+    s.handshake(RELAY);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert!(s.ps.fallback());
+    assert_eq!(s.log[0].cause, Cause::PeerOnRelay);
+}
+
+#[test]
+fn peer_probe_arriving_directly_upgrades_without_new_handshake() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(10);
+    s.handshake(RELAY);
+    s.traffic(100, 100);
+    s.run(5);
+    assert!(matches!(s.ps.phase(), Phase::Fallback { .. }));
+    // The peer's packets now arrive directly over the existing session (no handshake).
+    s.obs.endpoint = Some(DIRECT.parse().unwrap());
+    s.obs.via_relay = false;
+    for _ in 0..3 {
+        s.traffic(100, 100);
+        s.run(1);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct, "{:?}", s.ps.phase());
+}
+
+#[test]
+fn mode_never_reports_down_and_recovers() {
+    let mut s = Sim::new(PlannedPath::Direct, false);
+    s.run(10);
+    assert_eq!(s.ps.actual(), ActualPath::Down);
+    assert!(!s.ps.fallback());
+    assert!(s.ps.direct_failed());
+    assert_eq!(s.ps.want(), Want::Direct);
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn planned_relay_and_down() {
+    let mut s = Sim::new(PlannedPath::Relay, true);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert_eq!(s.ps.want(), Want::Relay);
+    assert!(!s.ps.fallback());
+    s.handshake(DIRECT);
+    s.run(60);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    let mut d = Sim::new(PlannedPath::Down, true);
+    d.run(60);
+    assert_eq!(d.ps.actual(), ActualPath::Down);
+    assert_eq!(d.ps.transitions, 0);
+}
+
+#[test]
+fn plan_change_restarts_and_counts_a_transition() {
+    let mut s = Sim::new(PlannedPath::Relay, true);
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+    };
+    let t = s.ps.set_plan(plan, s.now).unwrap();
+    assert_eq!(t.to, ActualPath::Connecting);
+    // A relay-era handshake (before the change) is no evidence for direct.
+    s.obs.last_handshake = Some(s.now - Duration::from_secs(5));
+    s.obs.endpoint = Some(DIRECT.parse().unwrap());
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+    // Relay disappears while in fallback: down, not a relay with no relay.
+    s.run(10);
+    assert!(s.ps.fallback());
+    let t =
+        s.ps.set_plan(
+            Plan {
+                relay_allowed: false,
+                ..plan
+            },
+            s.now,
+        )
+        .unwrap();
+    assert_eq!(t.to, ActualPath::Down);
+    assert!(s.ps.retry_direct(s.now).is_some());
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+}
+
+#[test]
+fn restart_adopts_a_working_tunnel() {
+    let t0 = Instant::now() + Duration::from_secs(1000);
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+    };
+    let mut ps = PathState::new(Timing::new(Duration::from_secs(10)), plan, t0);
+    let obs = Observation {
+        last_handshake: Some(t0 - Duration::from_secs(60)),
+        endpoint: Some(DIRECT.parse().unwrap()),
+        via_relay: false,
+        rx_bytes: 10,
+        tx_bytes: 10,
+    };
+    ps.observe(&obs, t0 + Duration::from_secs(1));
+    assert_eq!(ps.actual(), ActualPath::Direct);
+}

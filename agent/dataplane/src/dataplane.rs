@@ -1,22 +1,61 @@
-//! The `Dataplane` handle.
+//! The `Dataplane` handle: engine + netlink, reconciled together.
 
-use crate::engine::{EngineChoice, EngineKind, EngineSelection};
+use std::time::SystemTime;
+
+use crate::diff::{EndpointMemory, route_prefixes, validate, wg_changes};
+use crate::engine::{
+    Backend, EngineChoice, EngineKind, EngineSelection, open_engine, stop_daemons,
+};
 use crate::error::DataplaneError;
+use crate::netlink::Netlink;
 use crate::stats::PeerStats;
 use crate::types::{InterfaceConfig, PeerConfig, ReconcileReport};
+use crate::uapi::socket_path;
 
 /// One WireGuard interface with its address, routes and rules.
+///
+/// Dropping it (graceful agent shutdown) changes nothing: the link, routes, rules and an
+/// external daemon stay, so traffic keeps flowing and the next [`Dataplane::open`] adopts
+/// them. Only [`Dataplane::cleanup`] removes state. The embedded engine is the exception:
+/// its tunnel lives in this process and ends with it (or with this value).
 pub struct Dataplane {
+    name: String,
+    backend: Backend,
+    nl: Netlink,
     selection: EngineSelection,
+    /// Desired endpoint per peer as of the last reconcile (see `diff`).
+    memory: EndpointMemory,
 }
 
 impl Dataplane {
-    /// Creates the interface, or adopts one left by a previous agent run.
+    /// Creates the interface with the chosen engine, or adopts one left by a previous agent
+    /// run (a kernel link, or a userspace daemon whose UAPI socket answers). Must run on a
+    /// tokio runtime inside the network namespace that should hold the interface. Only the
+    /// engine is set up here; [`Dataplane::reconcile`] applies keys, addresses and routes.
     pub async fn open(
-        _choice: EngineChoice,
+        choice: EngineChoice,
         iface: &InterfaceConfig,
     ) -> Result<Dataplane, DataplaneError> {
-        Err(DataplaneError::LinkNotFound(iface.name.clone()))
+        validate(iface, &[])?;
+        let nl = Netlink::connect()?;
+        let (backend, selection) = open_engine(&choice, &iface.name, &nl).await?;
+        if nl.link(&iface.name).await?.is_none() {
+            return Err(DataplaneError::LinkNotFound(iface.name.clone()));
+        }
+        tracing::info!(
+            iface = %iface.name,
+            engine = selection.kind.as_str(),
+            adopted = selection.adopted,
+            reason = %selection.reason,
+            "WireGuard engine ready"
+        );
+        Ok(Dataplane {
+            name: iface.name.clone(),
+            backend,
+            nl,
+            selection,
+            memory: EndpointMemory::new(),
+        })
     }
 
     /// The engine in use.
@@ -24,31 +63,110 @@ impl Dataplane {
         self.selection.kind
     }
 
-    /// The engine in use and why it was chosen.
+    /// The engine in use, why it was chosen, and whether it was adopted.
     pub fn selection(&self) -> &EngineSelection {
         &self.selection
     }
 
-    /// Converges WireGuard and netlink state to `iface` + `peers`, writing only differences.
+    /// Interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Converges WireGuard and netlink state to `iface` + `peers`: reads the current state,
+    /// writes only differences, and returns how many writes it made (zero on a repeat call
+    /// with the same input). Peers not in `peers` are removed, with their routes. An
+    /// endpoint is written only for new peers or when the desired endpoint changed since
+    /// the previous call, so endpoints WireGuard roamed to are kept.
+    #[tracing::instrument(skip_all, fields(iface = %iface.name, peers = peers.len()))]
     pub async fn reconcile(
         &mut self,
-        _iface: &InterfaceConfig,
-        _peers: &[PeerConfig],
+        iface: &InterfaceConfig,
+        peers: &[PeerConfig],
     ) -> Result<ReconcileReport, DataplaneError> {
-        Ok(ReconcileReport::default())
+        validate(iface, peers)?;
+        if iface.name != self.name {
+            return Err(DataplaneError::InvalidConfig(format!(
+                "this Dataplane manages {}, not {}",
+                self.name, iface.name
+            )));
+        }
+        let mut report = ReconcileReport::default();
+        let now = SystemTime::now();
+        let cur = self.backend.get().await?;
+        let changes = wg_changes(&cur, iface, peers, &self.memory, now);
+        if !changes.is_empty() {
+            tracing::debug!(?changes, "WireGuard changes");
+            report.wireguard_changes += changes.len();
+            if self.backend.set(&cur, &changes).await? {
+                // Kernel interface rewrite dropped all peers: add them back now.
+                let cur = self.backend.get().await?;
+                let again = wg_changes(&cur, iface, peers, &EndpointMemory::new(), now);
+                report.wireguard_changes += again.len();
+                self.backend.set(&cur, &again).await?;
+            }
+        }
+        self.memory = peers.iter().map(|p| (p.public_key, p.endpoint)).collect();
+
+        let link = self
+            .nl
+            .link(&self.name)
+            .await?
+            .ok_or_else(|| DataplaneError::LinkNotFound(self.name.clone()))?;
+        report.netlink_changes += self.nl.reconcile_link(&link, iface).await?;
+        report.netlink_changes += self
+            .nl
+            .reconcile_routes(link.index, iface.table, &route_prefixes(peers))
+            .await?;
+        report.netlink_changes += self.nl.reconcile_rules(iface).await?;
+        if !report.is_noop() {
+            tracing::info!(
+                wireguard = report.wireguard_changes,
+                netlink = report.netlink_changes,
+                "dataplane reconciled"
+            );
+        }
+        Ok(report)
     }
 
-    /// Current per-peer counters.
+    /// Current per-peer endpoint, last handshake and byte counters, read from the engine.
     pub async fn peer_stats(&self) -> Result<Vec<PeerStats>, DataplaneError> {
-        Ok(Vec::new())
+        let now = SystemTime::now();
+        let dev = self.backend.get().await?;
+        Ok(dev
+            .peers
+            .iter()
+            .map(|p| PeerStats::from_state(p, now))
+            .collect())
     }
 
-    /// Removes everything `open`/`reconcile` created for `iface_name`.
+    /// Removes everything `open`/`reconcile` created for `iface_name` (for
+    /// `wirekube-agent cleanup`): the external daemon, its UAPI socket, the link, every
+    /// route in `table`, the `lookup table` rule(s) and the fwmark bypass rule at
+    /// `rule_priority - 1`. Idempotent; missing pieces are not errors. Run it in the
+    /// namespace that holds the interface.
     pub async fn cleanup(
-        _iface_name: &str,
-        _table: u32,
-        _rule_priority: u32,
+        iface_name: &str,
+        table: u32,
+        rule_priority: u32,
     ) -> Result<(), DataplaneError> {
+        let nl = Netlink::connect()?;
+        let stopped = stop_daemons(iface_name).await;
+        if let Some(l) = nl.link(iface_name).await? {
+            nl.delete_link(l.index).await?;
+        }
+        let sock = socket_path(iface_name);
+        if sock.exists() {
+            std::fs::remove_file(&sock)
+                .map_err(|e| DataplaneError::io(format!("remove {}", sock.display()), e))?;
+        }
+        let removed = nl.cleanup(table, rule_priority).await?;
+        tracing::info!(
+            iface = iface_name,
+            daemons = stopped,
+            routes_and_rules = removed,
+            "dataplane cleaned up"
+        );
         Ok(())
     }
 }

@@ -1,1 +1,307 @@
-//! TODO
+//! Pure reconcile decisions: desired vs. current WireGuard state → minimal changes.
+//!
+//! The endpoint rule is the subtle one. WireGuard roams: when a peer's packets arrive
+//! from a new address (a NAT rebinding, the other side moving to the relay), it updates
+//! the endpoint by itself, and behind port-changing NATs that learned endpoint is the only
+//! one that works. So reconcile writes an endpoint only when the peer is new or when the
+//! *desired* endpoint changed since the last reconcile; a current endpoint that differs
+//! from an unchanged desired one is left alone.
+//!
+//! After a restart there is no "last desired" memory. Then the endpoint is written only if
+//! the current one is unset, points at loopback (a relay-bridge port of the previous
+//! process, now dead), or has no handshake in the last [`ROAMED_FRESH`]; otherwise the
+//! roamed endpoint is working and is kept.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::error::DataplaneError;
+use crate::stats::handshake_time;
+use crate::types::{InterfaceConfig, PeerConfig};
+use crate::uapi::{DeviceState, PeerState, WgChange};
+
+/// A handshake this recent proves the current endpoint works (WireGuard's REJECT_AFTER_TIME).
+pub(crate) const ROAMED_FRESH: Duration = Duration::from_secs(180);
+
+/// Desired endpoint per peer as of the last successful reconcile.
+pub(crate) type EndpointMemory = HashMap<[u8; 32], Option<SocketAddr>>;
+
+pub(crate) fn validate(iface: &InterfaceConfig, peers: &[PeerConfig]) -> Result<(), DataplaneError> {
+    if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains('/') {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "interface name {:?} must be 1-15 bytes without '/'",
+            iface.name
+        )));
+    }
+    if !iface.mesh_cidr.contains(&iface.address.addr()) {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "address {} is outside mesh_cidr {}",
+            iface.address, iface.mesh_cidr
+        )));
+    }
+    if iface.table == 0 || (253..=255).contains(&iface.table) {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "table {} is reserved; use a dedicated table id such as 51820",
+            iface.table
+        )));
+    }
+    if iface.rule_priority < 2 || iface.rule_priority >= 32766 {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "rule_priority {} must be in 2..32766 (before the main table rule)",
+            iface.rule_priority
+        )));
+    }
+    let mut seen = HashSet::new();
+    for p in peers {
+        if !seen.insert(p.public_key) {
+            return Err(DataplaneError::InvalidConfig(format!(
+                "peer {} listed twice",
+                short(&p.public_key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn short(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)[..8].to_string()
+}
+
+fn ip_set(ips: &[IpNet]) -> BTreeSet<IpNet> {
+    // WireGuard stores allowed IPs masked (10.0.0.5/24 reads back as 10.0.0.0/24).
+    ips.iter().map(|n| n.trunc()).collect()
+}
+
+fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) -> bool {
+    let Some(current) = cur.endpoint else {
+        return false;
+    };
+    if current.ip().is_loopback() {
+        return false;
+    }
+    handshake_time(cur.handshake_sec, cur.handshake_nsec, now)
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age < ROAMED_FRESH)
+        && current != desired
+}
+
+/// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
+pub(crate) fn wg_changes(
+    cur: &DeviceState,
+    iface: &InterfaceConfig,
+    peers: &[PeerConfig],
+    memory: &EndpointMemory,
+    now: SystemTime,
+) -> Vec<WgChange> {
+    let mut out = Vec::new();
+    let key = (cur.private_key != Some(iface.private_key)).then_some(iface.private_key);
+    let port = (cur.listen_port != iface.listen_port).then_some(iface.listen_port);
+    let mark = (cur.fwmark != iface.fwmark).then_some(iface.fwmark);
+    if key.is_some() || port.is_some() || mark.is_some() {
+        out.push(WgChange::Interface {
+            private_key: key,
+            listen_port: port,
+            fwmark: mark,
+        });
+    }
+    let current: HashMap<[u8; 32], &PeerState> =
+        cur.peers.iter().map(|p| (p.public_key, p)).collect();
+    for p in peers {
+        let keepalive = p.persistent_keepalive.unwrap_or(0);
+        match current.get(&p.public_key) {
+            None => out.push(WgChange::Peer {
+                public_key: p.public_key,
+                create: true,
+                endpoint: p.endpoint,
+                persistent_keepalive: (keepalive != 0).then_some(keepalive),
+                allowed_ips: Some(p.allowed_ips.clone()),
+            }),
+            Some(c) => {
+                let ips = (ip_set(&c.allowed_ips) != ip_set(&p.allowed_ips))
+                    .then(|| p.allowed_ips.clone());
+                let ka = (c.persistent_keepalive != keepalive).then_some(keepalive);
+                let endpoint = match (p.endpoint, memory.get(&p.public_key)) {
+                    (None, _) => None,
+                    (Some(d), Some(last)) if *last == Some(d) => None,
+                    (Some(d), Some(_)) => (c.endpoint != Some(d)).then_some(d),
+                    (Some(d), None) => {
+                        (c.endpoint != Some(d) && !keep_current_endpoint(c, d, now)).then_some(d)
+                    }
+                };
+                if ips.is_some() || ka.is_some() || endpoint.is_some() {
+                    out.push(WgChange::Peer {
+                        public_key: p.public_key,
+                        create: false,
+                        endpoint,
+                        persistent_keepalive: ka,
+                        allowed_ips: ips,
+                    });
+                }
+            }
+        }
+    }
+    let wanted: HashSet<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
+    for c in &cur.peers {
+        if !wanted.contains(&c.public_key) {
+            out.push(WgChange::Remove(c.public_key));
+        }
+    }
+    out
+}
+
+/// The prefixes that get a route in the mesh table: every peer AllowedIP, masked.
+pub(crate) fn route_prefixes(peers: &[PeerConfig]) -> BTreeSet<IpNet> {
+    peers.iter().flat_map(|p| ip_set(&p.allowed_ips)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface() -> InterfaceConfig {
+        InterfaceConfig {
+            name: "wk0".into(),
+            private_key: [1; 32],
+            listen_port: 51820,
+            mtu: 1420,
+            address: "100.96.0.1/16".parse().unwrap(),
+            mesh_cidr: "100.96.0.0/16".parse().unwrap(),
+            fwmark: 51820,
+            table: 51820,
+            rule_priority: 100,
+        }
+    }
+
+    fn peer(k: u8, ep: Option<&str>) -> PeerConfig {
+        PeerConfig {
+            public_key: [k; 32],
+            endpoint: ep.map(|e| e.parse().unwrap()),
+            allowed_ips: vec![format!("100.96.0.{k}/32").parse().unwrap()],
+            persistent_keepalive: Some(25),
+        }
+    }
+
+    fn state_of(peers: &[PeerConfig]) -> DeviceState {
+        DeviceState {
+            private_key: Some([1; 32]),
+            listen_port: 51820,
+            fwmark: 51820,
+            peers: peers
+                .iter()
+                .map(|p| PeerState {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.clone(),
+                    persistent_keepalive: p.persistent_keepalive.unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn memory_of(peers: &[PeerConfig]) -> EndpointMemory {
+        peers.iter().map(|p| (p.public_key, p.endpoint)).collect()
+    }
+
+    #[test]
+    fn converged_state_needs_nothing() {
+        let peers = vec![peer(2, Some("10.0.0.2:51820")), peer(3, None)];
+        let cur = state_of(&peers);
+        let ch = wg_changes(&cur, &iface(), &peers, &memory_of(&peers), SystemTime::now());
+        assert!(ch.is_empty(), "{ch:?}");
+    }
+
+    #[test]
+    fn roamed_endpoint_is_kept_while_desired_is_unchanged() {
+        let peers = vec![peer(2, Some("10.0.0.2:51820"))];
+        let mut cur = state_of(&peers);
+        cur.peers[0].endpoint = Some("198.18.0.11:59977".parse().unwrap());
+        let ch = wg_changes(&cur, &iface(), &peers, &memory_of(&peers), SystemTime::now());
+        assert!(ch.is_empty(), "{ch:?}");
+    }
+
+    #[test]
+    fn changed_desired_endpoint_is_pushed() {
+        let old = vec![peer(2, Some("10.0.0.2:51820"))];
+        let new = vec![peer(2, Some("127.0.0.1:40000"))];
+        let cur = state_of(&old);
+        let ch = wg_changes(&cur, &iface(), &new, &memory_of(&old), SystemTime::now());
+        assert_eq!(
+            ch,
+            vec![WgChange::Peer {
+                public_key: [2; 32],
+                create: false,
+                endpoint: Some("127.0.0.1:40000".parse().unwrap()),
+                persistent_keepalive: None,
+                allowed_ips: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn after_restart_fresh_roamed_endpoint_is_kept_but_stale_loopback_is_not() {
+        let now = SystemTime::now();
+        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() - 10;
+        let peers = vec![peer(2, Some("10.0.0.2:51820"))];
+        let mut cur = state_of(&peers);
+        cur.peers[0].endpoint = Some("198.18.0.11:59977".parse().unwrap());
+        cur.peers[0].handshake_sec = epoch;
+        assert!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).is_empty());
+        // Without a recent handshake the roamed endpoint is not proven; write the desired.
+        cur.peers[0].handshake_sec = epoch - 1000;
+        assert_eq!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(), 1);
+        // A loopback endpoint belonged to the previous process's relay bridge.
+        cur.peers[0].handshake_sec = epoch;
+        cur.peers[0].endpoint = Some("127.0.0.1:41234".parse().unwrap());
+        assert_eq!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(), 1);
+    }
+
+    #[test]
+    fn new_removed_and_changed_peers() {
+        let old = vec![peer(2, None), peer(3, None)];
+        let mut new = vec![peer(2, None), peer(4, Some("10.0.0.4:1"))];
+        new[0].allowed_ips.push("10.244.2.0/24".parse().unwrap());
+        let ch = wg_changes(&state_of(&old), &iface(), &new, &memory_of(&old), SystemTime::now());
+        assert_eq!(ch.len(), 3);
+        assert!(matches!(&ch[0], WgChange::Peer { create: false, allowed_ips: Some(v), .. } if v.len() == 2));
+        assert!(matches!(&ch[1], WgChange::Peer { create: true, .. }));
+        assert_eq!(ch[2], WgChange::Remove([3; 32]));
+    }
+
+    #[test]
+    fn allowed_ips_compare_masked() {
+        let mut p = peer(2, None);
+        p.allowed_ips = vec!["10.244.2.7/24".parse().unwrap()];
+        let mut cur = state_of(std::slice::from_ref(&p));
+        cur.peers[0].allowed_ips = vec!["10.244.2.0/24".parse().unwrap()];
+        assert!(wg_changes(&cur, &iface(), &[p], &EndpointMemory::new(), SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn interface_key_change() {
+        let mut cur = state_of(&[]);
+        cur.private_key = Some([9; 32]);
+        let ch = wg_changes(&cur, &iface(), &[], &EndpointMemory::new(), SystemTime::now());
+        assert_eq!(
+            ch,
+            vec![WgChange::Interface {
+                private_key: Some([1; 32]),
+                listen_port: None,
+                fwmark: None
+            }]
+        );
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate(&iface(), &[peer(2, None)]).is_ok());
+        assert!(validate(&iface(), &[peer(2, None), peer(2, None)]).is_err());
+        let mut bad = iface();
+        bad.address = "10.0.0.1/16".parse().unwrap();
+        assert!(validate(&bad, &[]).is_err());
+    }
+}

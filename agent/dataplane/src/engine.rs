@@ -56,3 +56,359 @@ pub struct EngineSelection {
     /// True when an existing interface (left by a previous agent run) was adopted.
     pub adopted: bool,
 }
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use defguard_wireguard_rs::{Userspace, WGApi, WireguardInterfaceApi};
+
+use crate::error::DataplaneError;
+use crate::kernel::KernelWg;
+use crate::netlink::{Netlink, is_kernel_wg, kernel_wireguard_available};
+use crate::uapi::{DeviceState, Uapi, WgChange};
+
+/// Default location of the Debian wireguard-go package's binary.
+pub const DEFAULT_WIREGUARD_GO: &str = "/usr/bin/wireguard-go";
+
+/// How long a freshly started userspace engine may take to serve its UAPI socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The configured engine behind one interface.
+pub(crate) enum Backend {
+    Kernel(KernelWg),
+    /// wireguard-go (or an adopted external daemon) over UAPI.
+    External(Uapi),
+    /// In-process boringtun; `_api` owns the device threads, dropping it stops the tunnel.
+    Embedded {
+        uapi: Uapi,
+        _api: Box<WGApi<Userspace>>,
+    },
+}
+
+impl Backend {
+    pub async fn get(&self) -> Result<DeviceState, DataplaneError> {
+        match self {
+            Backend::Kernel(k) => k.get(),
+            Backend::External(u) | Backend::Embedded { uapi: u, .. } => u.get().await,
+        }
+    }
+
+    /// Applies changes; true when the peers were wiped and the diff must be recomputed.
+    pub async fn set(
+        &self,
+        current: &DeviceState,
+        changes: &[WgChange],
+    ) -> Result<bool, DataplaneError> {
+        match self {
+            Backend::Kernel(k) => k.set(current, changes),
+            Backend::External(u) | Backend::Embedded { uapi: u, .. } => {
+                u.set(changes).await.map(|()| false)
+            }
+        }
+    }
+}
+
+fn wireguard_go_binary(choice: &EngineChoice) -> PathBuf {
+    match choice {
+        EngineChoice::WireguardGo { binary } => binary.clone(),
+        _ => PathBuf::from(DEFAULT_WIREGUARD_GO),
+    }
+}
+
+/// Opens or adopts the engine for `name`. The link may not exist yet for external engines
+/// until the daemon has started; the caller looks it up afterwards.
+pub(crate) async fn open_engine(
+    choice: &EngineChoice,
+    name: &str,
+    nl: &Netlink,
+) -> Result<(Backend, EngineSelection), DataplaneError> {
+    let link = nl.link(name).await?;
+    let uapi = Uapi::new(name);
+    let alive = uapi.alive().await;
+    let kernel_link = link.as_ref().is_some_and(|l| is_kernel_wg(&l.kind));
+    let sel = |kind, reason: String, adopted| EngineSelection {
+        kind,
+        reason,
+        adopted,
+    };
+
+    // Adoption first: whatever a previous agent run left working is kept, so that a
+    // restart does not interrupt traffic.
+    if kernel_link && matches!(choice, EngineChoice::Auto | EngineChoice::Kernel) {
+        let reason = format!("adopted existing kernel WireGuard link {name}");
+        return Ok((
+            Backend::Kernel(KernelWg::new(name)?),
+            sel(EngineKind::Kernel, reason, true),
+        ));
+    }
+    if alive && !matches!(choice, EngineChoice::Kernel) {
+        if link.is_none() {
+            return Err(DataplaneError::EngineMismatch {
+                iface: name.into(),
+                found: format!(
+                    "a live UAPI socket {} whose link is not in this network namespace (interface names must be unique per host)",
+                    uapi.path.display()
+                ),
+            });
+        }
+        let reason = format!(
+            "adopted running userspace WireGuard daemon on {}",
+            uapi.path.display()
+        );
+        return Ok((
+            Backend::External(uapi),
+            sel(EngineKind::UserspaceExternal, reason, true),
+        ));
+    }
+    if let Some(l) = &link {
+        if kernel_link || alive {
+            return Err(DataplaneError::EngineMismatch {
+                iface: name.into(),
+                found: if kernel_link {
+                    "a kernel WireGuard link".into()
+                } else {
+                    "a userspace engine".into()
+                },
+            });
+        }
+        // A link without a live engine (e.g. a persistent TUN left behind): remove it so
+        // the new engine can create its own.
+        tracing::warn!(iface = name, kind = ?l.kind, "removing orphaned link without a live WireGuard engine");
+        nl.delete_link(l.index).await?;
+    }
+    remove_stale_socket(&uapi.path);
+
+    let try_kernel = matches!(choice, EngineChoice::Auto | EngineChoice::Kernel);
+    let kernel_err = if try_kernel {
+        match kernel_wireguard_available(nl).await {
+            Ok(()) => {
+                nl.create_kernel_wg(name).await?;
+                let why = "kernel WireGuard available".to_string();
+                return Ok((
+                    Backend::Kernel(KernelWg::new(name)?),
+                    sel(EngineKind::Kernel, why, false),
+                ));
+            }
+            Err(e) if matches!(choice, EngineChoice::Kernel) => {
+                return Err(DataplaneError::KernelUnavailable(e));
+            }
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
+    let prefix = kernel_err
+        .map(|e| format!("kernel WireGuard unavailable ({e}); "))
+        .unwrap_or_default();
+
+    if matches!(choice, EngineChoice::Auto | EngineChoice::WireguardGo { .. }) {
+        let bin = wireguard_go_binary(choice);
+        if bin.is_file() {
+            start_wireguard_go(&bin, name, &uapi).await?;
+            let why = format!("{prefix}started wireguard-go {}", bin.display());
+            return Ok((
+                Backend::External(uapi),
+                sel(EngineKind::UserspaceExternal, why, false),
+            ));
+        }
+        if matches!(choice, EngineChoice::WireguardGo { .. }) {
+            return Err(DataplaneError::WireguardGoNotFound(bin));
+        }
+    }
+    let api = start_embedded(name).await?;
+    let why = format!(
+        "{prefix}{}embedded boringtun",
+        if matches!(choice, EngineChoice::Auto) {
+            "wireguard-go not found at /usr/bin/wireguard-go; "
+        } else {
+            ""
+        }
+    );
+    Ok((
+        Backend::Embedded {
+            uapi,
+            _api: Box::new(api),
+        },
+        sel(EngineKind::UserspaceEmbedded, why, false),
+    ))
+}
+
+fn remove_stale_socket(path: &Path) {
+    // A dead daemon (e.g. boringtun-cli exiting on a privilege error) can leave its socket
+    // file; the next daemon could not bind it.
+    if path.exists() {
+        tracing::info!(path = %path.display(), "removing stale UAPI socket");
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Starts wireguard-go so that it outlives this process: it daemonises itself (the parent
+/// we spawn exits once the TUN and UAPI socket exist), and `setsid` puts it in its own
+/// session, so neither our exit nor a SIGINT/SIGHUP to our process group reaches it.
+async fn start_wireguard_go(bin: &Path, name: &str, uapi: &Uapi) -> Result<(), DataplaneError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg(name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Silent daemon: with LOG_LEVEL set it would inherit our stderr pipe and
+        // `output()` would wait for its exit.
+        .env_remove("LOG_LEVEL")
+        .env_remove("WG_PROCESS_FOREGROUND")
+        // Explicitly requested userspace must not refuse to run on a kernel with the module.
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| DataplaneError::DaemonStart {
+            iface: name.into(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| DataplaneError::io(format!("spawn {}", bin.display()), e))?;
+    if !out.status.success() {
+        return Err(DataplaneError::DaemonStart {
+            iface: name.into(),
+            reason: format!(
+                "wireguard-go exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    wait_alive(uapi, name).await
+}
+
+async fn wait_alive(uapi: &Uapi, name: &str) -> Result<(), DataplaneError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if uapi.alive().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(DataplaneError::DaemonStart {
+        iface: name.into(),
+        reason: format!("no answer on {} after {START_TIMEOUT:?}", uapi.path.display()),
+    })
+}
+
+/// Creates the embedded boringtun device on a dedicated thread.
+///
+/// boringtun blocks SIGINT/SIGTERM with `sigprocmask` in the creating thread (inherited by
+/// its worker threads) and consumes them through a `signalfd`, exiting its event loop —
+/// the tunnel dies while the agent keeps running and never sees the signal. Two measures:
+/// the mask is confined to a throwaway thread instead of a tokio worker, and the signalfds
+/// it opened are neutralised afterwards (replaced by /dev/null via `dup2`, which drops them
+/// from boringtun's epoll set; the fd numbers stay valid for boringtun to close later), so
+/// SIGTERM reaches the agent's own handler deterministically.
+async fn start_embedded(name: &str) -> Result<WGApi<Userspace>, DataplaneError> {
+    let owned = name.to_string();
+    let join = std::thread::Builder::new()
+        .name("wk-embedded-init".into())
+        .spawn(move || {
+            let before = signalfds();
+            let mut api = WGApi::<Userspace>::new(owned.clone())?;
+            api.create_interface()?;
+            for fd in signalfds().difference(&before) {
+                neutralize_fd(*fd);
+            }
+            Ok::<_, defguard_wireguard_rs::error::WireguardInterfaceError>(api)
+        })
+        .map_err(|e| DataplaneError::io("spawn embedded engine thread", e))?;
+    let res = tokio::task::spawn_blocking(move || join.join())
+        .await
+        .map_err(|e| DataplaneError::Embedded {
+            iface: name.into(),
+            reason: e.to_string(),
+        })?
+        .map_err(|_| DataplaneError::Embedded {
+            iface: name.into(),
+            reason: "engine thread panicked".into(),
+        })?;
+    let api = res.map_err(|e| DataplaneError::Embedded {
+        iface: name.into(),
+        reason: e.to_string(),
+    })?;
+    wait_alive(&Uapi::new(name), name).await?;
+    Ok(api)
+}
+
+pub(crate) fn signalfds() -> std::collections::BTreeSet<i32> {
+    let mut out = std::collections::BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read_link(e.path())
+                && t.to_string_lossy() == "anon_inode:[signalfd]"
+                && let Some(fd) = e.file_name().to_str().and_then(|s| s.parse().ok())
+            {
+                out.insert(fd);
+            }
+        }
+    }
+    out
+}
+
+fn neutralize_fd(fd: i32) {
+    // SAFETY: plain fd syscalls; dup2 atomically replaces `fd` with /dev/null.
+    unsafe {
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if devnull >= 0 {
+            libc::dup2(devnull, fd);
+            libc::close(devnull);
+        }
+    }
+}
+
+/// PIDs of wireguard-go processes serving `name` (matched by command line).
+pub(crate) fn daemon_pids(name: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        let is_wg = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"wireguard-go") || a.ends_with(b"boringtun-cli"));
+        if is_wg && args.last().is_some_and(|a| *a == name.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Terminates the external daemons of `name`: TERM, up to 3 s grace, then KILL.
+pub(crate) async fn stop_daemons(name: &str) -> usize {
+    let pids = daemon_pids(name);
+    for &p in &pids {
+        // SAFETY: sending a signal to a PID we just matched by command line.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &p in &pids {
+        if Path::new(&format!("/proc/{p}")).exists() {
+            // SAFETY: as above.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    pids.len()
+}

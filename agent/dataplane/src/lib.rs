@@ -25,3 +25,14 @@ pub use error::DataplaneError;
 pub use relay_bridge::{RelayBridge, RelayBridgeCounters};
 pub use stats::PeerStats;
 pub use types::{InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark};
+
+#[cfg(test)]
+mod send_check {
+    // The agent holds these across await points in spawned tasks.
+    fn assert_send<T: Send>() {}
+    #[test]
+    fn handles_are_send() {
+        assert_send::<crate::Dataplane>();
+        assert_send::<crate::RelayBridge>();
+    }
+}

@@ -1,1 +1,476 @@
-//! TODO
+//! rtnetlink: the link's MTU/state/address, peer routes in the dedicated table and the two
+//! ip rules. Every function reads first and writes only what differs, returning the number
+//! of writes so that reconcile can prove idempotency by counting.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+
+use crate::error::DataplaneError;
+use crate::types::InterfaceConfig;
+
+/// Table id of the main routing table; the fwmark bypass rule points there.
+const RT_TABLE_MAIN: u32 = 254;
+
+/// A link as netlink reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkState {
+    pub index: u32,
+    pub mtu: u32,
+    pub up: bool,
+    /// `wireguard` for kernel links, `tun` for userspace engines.
+    pub kind: Option<String>,
+}
+
+/// One ip rule, reduced to the fields WireKube sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleKey {
+    family_v6: bool,
+    priority: u32,
+    table: u32,
+    dst: Option<IpNet>,
+    fwmark: Option<u32>,
+    invert: bool,
+}
+
+pub(crate) struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a route netlink socket in the calling thread's network namespace and drives it
+    /// on the current tokio runtime.
+    pub fn connect() -> Result<Self, DataplaneError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DataplaneError::io("open rtnetlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let msg = match req.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            // ENODEV comes back as an error, not an empty dump.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Ok(None);
+            }
+            Err(e) => return Err(DataplaneError::netlink(format!("get link {name}"), e)),
+        };
+        let mut st = LinkState {
+            index: msg.header.index,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::Mtu(m) => st.mtu = *m,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            st.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(st))
+    }
+
+    /// Creates a kernel WireGuard link (fails with EOPNOTSUPP without the module).
+    pub async fn create_kernel_wg(&self, name: &str) -> Result<(), DataplaneError> {
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("add link {name} type wireguard"), e))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), DataplaneError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("delete link #{index}"), e))
+    }
+
+    /// MTU, up, and exactly one address (the mesh IP) on the link.
+    pub async fn reconcile_link(
+        &self,
+        link: &LinkState,
+        iface: &InterfaceConfig,
+    ) -> Result<usize, DataplaneError> {
+        let mut changes = 0;
+        if link.mtu != iface.mtu {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.index).mtu(iface.mtu).build())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("set mtu {}", iface.mtu), e))?;
+            changes += 1;
+        }
+        let addrs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list addresses", e))?;
+        let mut have_desired = false;
+        for a in addrs {
+            let Some(ip) = address_of(&a) else { continue };
+            if ip == iface.address.addr() && a.header.prefix_len == iface.address.prefix_len() {
+                have_desired = true;
+                continue;
+            }
+            // Link-local IPv6 is the kernel's, not ours.
+            if let IpAddr::V6(v6) = ip
+                && v6.segments()[0] & 0xffc0 == 0xfe80
+            {
+                continue;
+            }
+            self.handle
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("delete stale address {ip}"), e))?;
+            changes += 1;
+        }
+        if !have_desired {
+            let mut req = self.handle.address().add(
+                link.index,
+                iface.address.addr(),
+                iface.address.prefix_len(),
+            );
+            // No connected route for the mesh prefix in the main table: mesh routing lives
+            // only in the dedicated table, so the main table stays exactly as CNI left it.
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            req.execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("add address {}", iface.address), e))?;
+            changes += 1;
+        }
+        if !link.up {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.index).up().build())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink("set link up", e))?;
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    async fn routes_in_table(&self, table: u32) -> Result<Vec<RouteMessage>, DataplaneError> {
+        let mut out = Vec::new();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let query = match v {
+                IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+                IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            };
+            let all: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| DataplaneError::netlink("list routes", e))?;
+            out.extend(all.into_iter().filter(|r| route_table(r) == table));
+        }
+        Ok(out)
+    }
+
+    /// Exactly one route per distinct prefix in `prefixes`, via the link, in `table`.
+    pub async fn reconcile_routes(
+        &self,
+        link_index: u32,
+        table: u32,
+        prefixes: &BTreeSet<IpNet>,
+    ) -> Result<usize, DataplaneError> {
+        let mut changes = 0;
+        let mut present = BTreeSet::new();
+        for r in self.routes_in_table(table).await? {
+            let dst = route_dst(&r);
+            let ours = dst.is_some_and(|d| prefixes.contains(&d))
+                && route_oif(&r) == Some(link_index)
+                && present.insert(dst.unwrap_or_else(|| unreachable!()));
+            if !ours {
+                // The table is dedicated to the mesh, so anything else in it is stale.
+                self.handle
+                    .route()
+                    .del(r)
+                    .execute()
+                    .await
+                    .map_err(|e| DataplaneError::netlink(format!("delete route {dst:?}"), e))?;
+                changes += 1;
+            }
+        }
+        for p in prefixes.difference(&present) {
+            let msg = route_message(*p, link_index, table);
+            self.handle
+                .route()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("add route {p} table {table}"), e))?;
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    async fn rules(&self) -> Result<Vec<RuleMessage>, DataplaneError> {
+        let mut out = Vec::new();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let r: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(v)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| DataplaneError::netlink("list rules", e))?;
+            out.extend(r);
+        }
+        Ok(out)
+    }
+
+    /// The select rule (`to mesh_cidr lookup table`, priority P) and, with a fwmark, the
+    /// bypass rule (`fwmark F lookup main`, priority P-1).
+    pub async fn reconcile_rules(&self, iface: &InterfaceConfig) -> Result<usize, DataplaneError> {
+        let v6 = iface.mesh_cidr.addr().is_ipv6();
+        let mut desired = vec![RuleKey {
+            family_v6: v6,
+            priority: iface.rule_priority,
+            table: iface.table,
+            dst: Some(iface.mesh_cidr.trunc()),
+            fwmark: None,
+            invert: false,
+        }];
+        if iface.fwmark != 0 {
+            desired.push(RuleKey {
+                family_v6: v6,
+                priority: iface.rule_priority.saturating_sub(1),
+                table: RT_TABLE_MAIN,
+                dst: None,
+                fwmark: Some(iface.fwmark),
+                invert: false,
+            });
+        }
+        self.sync_rules(&desired, iface.table, iface.rule_priority)
+            .await
+    }
+
+    /// Deletes rules that are ours but not desired, adds the missing ones. "Ours" means
+    /// lookup `table` at any priority, or a fwmark rule to main at `priority - 1`.
+    async fn sync_rules(
+        &self,
+        desired: &[RuleKey],
+        table: u32,
+        priority: u32,
+    ) -> Result<usize, DataplaneError> {
+        let mut changes = 0;
+        let mut found = vec![false; desired.len()];
+        for msg in self.rules().await? {
+            let key = rule_key(&msg);
+            let ours = key.table == table
+                || (key.priority == priority.saturating_sub(1)
+                    && key.table == RT_TABLE_MAIN
+                    && key.fwmark.is_some());
+            if !ours {
+                continue;
+            }
+            match desired.iter().position(|d| *d == key) {
+                Some(i) if !found[i] => found[i] = true,
+                _ => {
+                    self.handle
+                        .rule()
+                        .del(msg)
+                        .execute()
+                        .await
+                        .map_err(|e| DataplaneError::netlink("delete stale rule", e))?;
+                    changes += 1;
+                }
+            }
+        }
+        for (d, f) in desired.iter().zip(found) {
+            if !f {
+                self.add_rule(d).await?;
+                changes += 1;
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn add_rule(&self, d: &RuleKey) -> Result<(), DataplaneError> {
+        let op = format!("add rule {d:?}");
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .priority(d.priority)
+            .table_id(d.table)
+            .action(RuleAction::ToTable);
+        if let Some(m) = d.fwmark {
+            req = req.fw_mark(m);
+            req.message_mut().attributes.push(RuleAttribute::FwMask(u32::MAX));
+        }
+        let res = match d.dst {
+            Some(IpNet::V4(n)) => {
+                req.v4()
+                    .destination_prefix(n.addr(), n.prefix_len())
+                    .execute()
+                    .await
+            }
+            Some(IpNet::V6(n)) => {
+                req.v6()
+                    .destination_prefix(n.addr(), n.prefix_len())
+                    .execute()
+                    .await
+            }
+            None if d.family_v6 => req.v6().execute().await,
+            None => req.v4().execute().await,
+        };
+        res.map_err(|e| DataplaneError::netlink(op, e))
+    }
+
+    /// Removes the routes in `table` and every rule `reconcile_rules` could have created.
+    pub async fn cleanup(&self, table: u32, priority: u32) -> Result<usize, DataplaneError> {
+        let mut n = self.sync_rules(&[], table, priority).await?;
+        for r in self.routes_in_table(table).await? {
+            self.handle
+                .route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink("delete route", e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn address_of(a: &AddressMessage) -> Option<IpAddr> {
+    // For point-to-point links IFA_ADDRESS is the peer and IFA_LOCAL our address; prefer local.
+    let mut addr = None;
+    for at in &a.attributes {
+        match at {
+            AddressAttribute::Local(ip) => return Some(*ip),
+            AddressAttribute::Address(ip) => addr = Some(*ip),
+            _ => {}
+        }
+    }
+    addr
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table as u32)
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn route_dst(r: &RouteMessage) -> Option<IpNet> {
+    let len = r.header.destination_prefix_length;
+    let ip = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        })
+        .or(match r.header.address_family {
+            // A default route carries no destination attribute.
+            AddressFamily::Inet if len == 0 => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            AddressFamily::Inet6 if len == 0 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            _ => None,
+        })?;
+    IpNet::new(ip, len).ok()
+}
+
+fn route_message(p: IpNet, oif: u32, table: u32) -> RouteMessage {
+    match p {
+        IpNet::V4(n) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .output_interface(oif)
+            .table_id(table)
+            .scope(RouteScope::Link)
+            .build(),
+        IpNet::V6(n) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .output_interface(oif)
+            .table_id(table)
+            .build(),
+    }
+}
+
+fn rule_key(m: &RuleMessage) -> RuleKey {
+    let mut k = RuleKey {
+        family_v6: m.header.family == AddressFamily::Inet6,
+        priority: 0,
+        table: m.header.table as u32,
+        dst: None,
+        fwmark: None,
+        invert: m.header.flags.contains(RuleFlags::Invert),
+    };
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => k.priority = *p,
+            RuleAttribute::Table(t) => k.table = *t,
+            RuleAttribute::Destination(ip) => k.dst = IpNet::new(*ip, m.header.dst_len).ok(),
+            RuleAttribute::FwMark(f) => k.fwmark = Some(*f),
+            _ => {}
+        }
+    }
+    k
+}
+
+/// True when this kernel can create WireGuard links; the probe link is deleted at once.
+pub(crate) async fn kernel_wireguard_available(nl: &Netlink) -> Result<(), String> {
+    let probe = format!("wkprobe{}", std::process::id() % 100_000);
+    match nl.create_kernel_wg(&probe).await {
+        Ok(()) => {
+            if let Ok(Some(l)) = nl.link(&probe).await {
+                let _ = nl.delete_link(l.index).await;
+            }
+            Ok(())
+        }
+        Err(DataplaneError::Netlink { reason, .. }) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub(crate) fn is_kernel_wg(kind: &Option<String>) -> bool {
+    kind.as_deref() == Some(InfoKind::Wireguard.to_string().as_str())
+}

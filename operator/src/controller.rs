@@ -1,0 +1,445 @@
+//! The mesh controller: watches meshes, nodes, peers and the relay objects; each reconcile
+//! selects nodes, runs the relay part, calls the planner and writes what changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Config as CtrlConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+use wirekube_crds::{
+    MESH_LABEL, OPERATOR_MANAGER, WireKubeMesh, WireKubePeer, WireKubePeerSpec, WireKubePeerStatus,
+    validate_mesh,
+};
+
+use crate::apply::{RecentWrites, Writer};
+use crate::diff::{self, Decision};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::nodes::{NodeFacts, select_nodes};
+use crate::plan::{self, PlanRequest};
+use crate::relay::{self, Exposure, RelayKind};
+use crate::status::{self, Cond};
+
+/// Settings of the controllers.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// Namespace of the managed relay objects (the operator's namespace).
+    pub namespace: String,
+    /// Reporting instance for events (the pod name).
+    pub identity: String,
+    /// Relay image instead of the mesh's `relay.managed.image`.
+    pub relay_image_override: Option<String>,
+    /// Quiet time before a reconcile runs, so bursts of peer updates coalesce.
+    pub debounce: Duration,
+    /// Periodic full resync.
+    pub resync: Duration,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            namespace: "wirekube-system".into(),
+            identity: "wirekube-operator".into(),
+            relay_image_override: None,
+            debounce: Duration::from_millis(200),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of one controller run.
+pub struct Context {
+    pub writer: Writer,
+    pub settings: ControllerSettings,
+    pub recorder: Recorder,
+    pub nodes: Store<Node>,
+    pub peers: Store<WireKubePeer>,
+}
+
+/// Runs the mesh controller until `stop` resolves. Writes happen only while `leader` is set.
+pub async fn run(
+    client: Client,
+    settings: ControllerSettings,
+    metrics: Metrics,
+    leader: Arc<AtomicBool>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (peers, peer_writer) = reflector::store::<WireKubePeer>();
+    let peer_events = reflector::reflector(
+        peer_writer,
+        watcher(
+            Api::<WireKubePeer>::all(client.clone()),
+            watcher::Config::default().labels(MESH_LABEL),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let relay_sel = watcher::Config::default().labels("app.kubernetes.io/name=wirekube-relay");
+    let ns = settings.namespace.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        writer: Writer {
+            client: client.clone(),
+            namespace: ns.clone(),
+            metrics,
+            leader,
+            recent: RecentWrites::default(),
+        },
+        settings: settings.clone(),
+        recorder,
+        nodes,
+        peers,
+    });
+    let ctrl = Controller::new(
+        Api::<WireKubeMesh>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(CtrlConfig::default().debounce(settings.debounce));
+    let meshes = ctrl.store();
+    ctrl.watches_stream(node_events, move |_: Node| {
+        meshes
+            .state()
+            .iter()
+            .map(|m| ObjectRef::from_obj(m.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .watches_stream(peer_events, |p: WireKubePeer| {
+        diff::peer_mesh(&p).map(ObjectRef::<WireKubeMesh>::new)
+    })
+    .owns(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        relay_sel.clone(),
+    )
+    .owns(Api::<Service>::namespaced(client.clone(), &ns), relay_sel)
+    .graceful_shutdown_on(stop)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            debug!(error = %e, "controller event");
+        }
+    })
+    .await;
+}
+
+fn error_policy(mesh: Arc<WireKubeMesh>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.writer.metrics.failure(err.metric_reason());
+    warn!(mesh = %mesh.name_any(), error = %err, "reconcile failed");
+    Action::requeue(err.retry_after())
+}
+
+async fn reconcile(mesh: Arc<WireKubeMesh>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        mesh = %mesh.name_any(),
+        generation = mesh.metadata.generation.unwrap_or(0)
+    );
+    let started = Instant::now();
+    ctx.writer.metrics.reconciles.inc();
+    let r = reconcile_inner(&mesh, &ctx).instrument(span).await;
+    ctx.writer
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    r
+}
+
+async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
+    if mesh.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    // Never plan on a half-filled cache: that would delete the peers of unseen nodes.
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.peers.wait_until_ready().await;
+    let name = mesh.name_any();
+    let generation = mesh.metadata.generation.unwrap_or(0);
+    let prev_status = mesh.status.as_ref();
+    let now = Time(Timestamp::now());
+
+    if let Err(problems) = validate_mesh(&mesh.spec) {
+        let st = status::invalid_status(prev_status, &problems, generation, &now);
+        if Some(&st) != prev_status {
+            ctx.writer.apply_status(mesh, &st).await?;
+            let msg = status::problems_message(&problems);
+            warn!(%msg, "invalid mesh spec; nothing applied");
+            publish(ctx, mesh, EventType::Warning, "InvalidSpec", msg).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let node_objs = ctx.nodes.state();
+    let nodes = select_nodes(
+        node_objs.iter().map(|n| n.as_ref()),
+        &mesh.spec.node_selector,
+    );
+    let RelayOutcome {
+        endpoints,
+        cond: relay_cond,
+        token_secret,
+        stun,
+    } = reconcile_relay(mesh, &nodes, ctx).await?;
+
+    let all_peers: BTreeMap<String, Arc<WireKubePeer>> = ctx
+        .peers
+        .state()
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let mine = |p: &WireKubePeer| diff::peer_mesh(p) == Some(name.as_str());
+    let previous: BTreeMap<String, WireKubePeerSpec> = all_peers
+        .values()
+        .filter(|p| mine(p))
+        .map(|p| (p.name_any(), p.spec.clone()))
+        .collect();
+    let statuses: BTreeMap<String, WireKubePeerStatus> = nodes
+        .iter()
+        .filter_map(|n| {
+            let p = all_peers.get(&n.name)?;
+            Some((n.name.clone(), p.status.clone()?))
+        })
+        .collect();
+    let planned = plan::plan(&PlanRequest {
+        mesh_name: &name,
+        spec: &mesh.spec,
+        relay_endpoints: &endpoints,
+        relay_token_secret: token_secret.as_deref(),
+        relay_stun_servers: &stun,
+        nodes: &nodes,
+        statuses: &statuses,
+        previous: &previous,
+    });
+    let mut outcome = match planned {
+        Ok(o) => o,
+        Err(issue) => {
+            // Keep every stored spec: report and wait for a spec change.
+            let mut st = prev_status.cloned().unwrap_or_default();
+            st.observed_generation = Some(generation);
+            let c = Cond::new(
+                wirekube_crds::conditions::READY,
+                false,
+                &issue.reason,
+                issue.message.clone(),
+            );
+            status::merge_condition(&mut st.conditions, &c, generation, &now);
+            if Some(&st) != prev_status {
+                ctx.writer.apply_status(mesh, &st).await?;
+                publish(ctx, mesh, EventType::Warning, &issue.reason, issue.message).await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    let by_name: BTreeMap<&str, &NodeFacts> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut written = 0usize;
+    for (node, spec) in &outcome.specs {
+        let observed = all_peers.get(node).map(|p| p.as_ref());
+        if let Some(other) = observed.and_then(diff::peer_mesh).filter(|m| *m != name) {
+            outcome.issues.push(plan::PlanIssue {
+                reason: "NodeInOtherMesh".into(),
+                message: format!(
+                    "node {node} already belongs to mesh {other}; a node can be in one mesh only"
+                ),
+            });
+            continue;
+        }
+        let uid = by_name
+            .get(node.as_str())
+            .map(|n| n.uid.as_str())
+            .unwrap_or("");
+        if diff::needs_write(observed, spec, &name, uid) {
+            let rv = observed.and_then(|p| p.resource_version());
+            ctx.writer
+                .apply_peer(&name, node, uid, spec, rv.as_deref())
+                .await?;
+            written += 1;
+        }
+    }
+    let selected: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let removed = diff::peers_to_delete(&name, all_peers.values().map(|p| p.as_ref()), &selected);
+    for p in &removed {
+        ctx.writer.delete_peer(p).await?;
+    }
+    let prev_endpoints = prev_status
+        .map(|s| s.relay_endpoints.clone())
+        .unwrap_or_default();
+    for d in diff::decisions(
+        &previous,
+        &outcome.specs,
+        &removed,
+        &prev_endpoints,
+        &endpoints,
+    ) {
+        let (reason, note) = d.reason_note();
+        info!(reason, %note, "decision");
+        let ty = match d {
+            Decision::PairToRelay { .. } | Decision::PairsToRelay(_) => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        publish(ctx, mesh, ty, reason, note).await;
+    }
+
+    let counts = status::node_counts(nodes.len(), statuses.values(), outcome.pending.len());
+    ctx.writer
+        .metrics
+        .mesh(&name, counts.total, &outcome.summary);
+    let st = status::computed_status(
+        prev_status,
+        generation,
+        &outcome,
+        counts,
+        endpoints,
+        &relay_cond,
+        &now,
+    );
+    let status_changed = Some(&st) != prev_status;
+    if status_changed {
+        ctx.writer.apply_status(mesh, &st).await?;
+    }
+    info!(
+        nodes = nodes.len(),
+        peers_written = written,
+        peers_deleted = removed.len(),
+        status_changed,
+        "reconciled"
+    );
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// What the relay part decided.
+struct RelayOutcome {
+    /// Published endpoints, best first.
+    endpoints: Vec<String>,
+    /// RelayReady.
+    cond: Cond,
+    /// Secret the peers read the token from.
+    token_secret: Option<String>,
+    /// The relay's STUN responder addresses.
+    stun: Vec<String>,
+}
+
+/// The relay part: ensures (or removes) the managed objects and says what to publish.
+async fn reconcile_relay(
+    mesh: &WireKubeMesh,
+    nodes: &[NodeFacts],
+    ctx: &Context,
+) -> Result<RelayOutcome> {
+    let w = &ctx.writer;
+    let secret_name = relay::relay_name(&mesh.name_any());
+    match relay::relay_kind(&mesh.spec) {
+        RelayKind::Disabled => {
+            if w.delete_managed(mesh).await? {
+                info!("relay.mode is never: managed relay objects deleted");
+            }
+            let c = status::relay_cond(
+                false,
+                "RelayDisabled",
+                "relay.mode is never: no relay is run or published",
+            );
+            Ok(RelayOutcome {
+                endpoints: Vec::new(),
+                cond: c,
+                token_secret: None,
+                stun: Vec::new(),
+            })
+        }
+        RelayKind::External(ep) => {
+            if w.delete_managed(mesh).await? {
+                info!("relay.provider is external: managed relay objects deleted");
+            }
+            let msg = format!(
+                "external relay {ep} published; agents read the token from Secret {}/{secret_name}",
+                w.namespace
+            );
+            Ok(RelayOutcome {
+                stun: relay::external_stun(&ep),
+                endpoints: vec![ep],
+                cond: status::relay_cond(true, "ExternalEndpoint", msg),
+                token_secret: Some(secret_name),
+            })
+        }
+        RelayKind::Managed => {
+            let ns = &w.namespace;
+            let secret: Option<Secret> = w.get(&secret_name).await?;
+            if secret.as_ref().and_then(relay::existing_token).is_none() {
+                if secret.is_some() {
+                    let msg = format!(
+                        "Secret {ns}/{secret_name} exists without a non-empty '{}' key; add one or delete the Secret so the operator generates it",
+                        relay::TOKEN_KEY
+                    );
+                    return Ok(RelayOutcome {
+                        endpoints: Vec::new(),
+                        cond: status::relay_cond(false, "TokenSecretInvalid", msg),
+                        token_secret: Some(secret_name),
+                        stun: Vec::new(),
+                    });
+                }
+                let token = relay::generate_token();
+                w.create_secret(&relay::desired_secret(mesh, ns, token.as_bytes())?)
+                    .await?;
+                info!(secret = %secret_name, "relay token generated");
+            }
+            let image = ctx.settings.relay_image_override.as_deref();
+            let dep = relay::desired_deployment(mesh, ns, image)?;
+            let dep = w
+                .apply_relay_object(w.get(&secret_name).await?, &dep)
+                .await?;
+            let svc = relay::desired_service(mesh, ns)?;
+            let svc = w
+                .apply_relay_object(w.get(&secret_name).await?, &svc)
+                .await?;
+            let m = &mesh.spec.relay.managed;
+            let exposure = relay::exposure(Some(&svc), m.port, nodes);
+            if let Exposure::Waiting(reason, _) = &exposure {
+                debug!(reason, "relay endpoints not available yet");
+            }
+            let (endpoints, cond) =
+                relay::managed_outcome(exposure, relay::available_replicas(Some(&dep)), m.replicas);
+            Ok(RelayOutcome {
+                endpoints,
+                cond,
+                stun: relay::managed_stun(Some(&svc), m.port, nodes),
+                token_secret: Some(secret_name),
+            })
+        }
+    }
+}
+
+async fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {
+    if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&ev, &mesh.object_ref(&())).await {
+        Ok(()) => ctx.writer.metrics.write("Event", "create"),
+        Err(e) => warn!(error = %e, reason, "publishing event failed"),
+    }
+}

@@ -1,0 +1,177 @@
+//! Prometheus metrics (one registry per operator instance, so tests can run several).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use wirekube_crds::PathSummary;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshLabel {
+    pub mesh: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub mesh: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabel {
+    pub kind: String,
+    pub verb: String,
+}
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub reconciles: Counter,
+    pub failures: Family<ReasonLabel, Counter>,
+    pub duration: Histogram,
+    pub nodes: Family<MeshLabel, Gauge>,
+    pub pairs: Family<PathLabel, Gauge>,
+    pub writes: Family<WriteLabel, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("wirekube_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let nodes = Family::<MeshLabel, Gauge>::default();
+        let pairs = Family::<PathLabel, Gauge>::default();
+        let writes = Family::<WriteLabel, Counter>::default();
+        let leader = Gauge::default();
+        r.register("reconciles", "Mesh reconciles run", reconciles.clone());
+        r.register(
+            "reconcile_failures",
+            "Failed reconciles by reason",
+            failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of one mesh reconcile",
+            duration.clone(),
+        );
+        r.register("mesh_nodes", "Selected nodes per mesh", nodes.clone());
+        r.register(
+            "mesh_pairs",
+            "Node pairs per mesh by planned path",
+            pairs.clone(),
+        );
+        r.register("api_writes", "API writes by kind and verb", writes.clone());
+        r.register(
+            "is_leader",
+            "1 while this replica holds the lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            reconciles,
+            failures,
+            duration,
+            nodes,
+            pairs,
+            writes,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn failure(&self, reason: &str) {
+        self.failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn write(&self, kind: &str, verb: &str) {
+        self.writes
+            .get_or_create(&WriteLabel {
+                kind: kind.into(),
+                verb: verb.into(),
+            })
+            .inc();
+    }
+
+    /// Total API writes so far (all kinds and verbs).
+    pub fn total_writes(&self) -> u64 {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text.lines()
+            .filter(|l| l.starts_with("wirekube_operator_api_writes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn mesh(&self, mesh: &str, nodes: u32, paths: &PathSummary) {
+        self.nodes
+            .get_or_create(&MeshLabel { mesh: mesh.into() })
+            .set(nodes.into());
+        for (path, n) in [
+            ("direct", paths.direct),
+            ("relay", paths.relay),
+            ("down", paths.down),
+        ] {
+            self.pairs
+                .get_or_create(&PathLabel {
+                    mesh: mesh.into(),
+                    path: path.into(),
+                })
+                .set(n.into());
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_counts_writes() {
+        let m = Metrics::default();
+        m.reconciles.inc();
+        m.failure("conflict");
+        m.write("WireKubePeer", "apply");
+        m.write("WireKubePeer", "apply");
+        m.write("Secret", "create");
+        m.mesh(
+            "default",
+            3,
+            &PathSummary {
+                direct: 2,
+                relay: 1,
+                down: 0,
+            },
+        );
+        m.duration.observe(0.01);
+        let t = m.encode();
+        assert!(t.contains("wirekube_operator_reconciles_total 1"), "{t}");
+        assert!(t.contains("wirekube_operator_reconcile_failures_total{reason=\"conflict\"} 1"));
+        assert!(t.contains("wirekube_operator_mesh_pairs{mesh=\"default\",path=\"relay\"} 1"));
+        assert!(t.contains("wirekube_operator_reconcile_duration_seconds_bucket"));
+        assert_eq!(m.total_writes(), 3);
+    }
+}

@@ -1,0 +1,192 @@
+//! The one place the controller calls the PathPlanner.
+//!
+//! The controller builds a [`PlanRequest`] from what it observed and gets a [`PlanOutcome`]
+//! back. [`plan`] adapts these to the PathPlanner's own types (`crate::planner`), so the rest
+//! of the controller does not depend on them.
+
+use std::collections::BTreeMap;
+
+use wirekube_crds::{PathSummary, WireKubeMeshSpec, WireKubePeerSpec, WireKubePeerStatus};
+
+use crate::nodes::NodeFacts;
+use crate::planner::{self, NodeAddress, NodeAddressKind, NodeInfo, PlannerInput};
+
+/// Everything the planner needs, borrowed from the controller's observations.
+#[derive(Debug)]
+pub struct PlanRequest<'a> {
+    pub mesh_name: &'a str,
+    pub spec: &'a WireKubeMeshSpec,
+    /// Published relay endpoints (`host:port`), best first.
+    pub relay_endpoints: &'a [String],
+    /// Secret (operator namespace) holding the relay token, if there is a relay.
+    pub relay_token_secret: Option<&'a str>,
+    /// The relay's STUN responder addresses (used when the mesh lists no STUN servers).
+    pub relay_stun_servers: &'a [String],
+    /// Selected nodes, sorted by name.
+    pub nodes: &'a [NodeFacts],
+    /// Agent-reported status per node name.
+    pub statuses: &'a BTreeMap<String, WireKubePeerStatus>,
+    /// The specs currently stored, per node name (for stable mesh IPs).
+    pub previous: &'a BTreeMap<String, WireKubePeerSpec>,
+}
+
+/// A problem the planner found that the user should see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanIssue {
+    /// PascalCase condition reason, e.g. `MeshCIDRFull`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanOutcome {
+    /// Desired spec per node name (nodes that could not be planned are absent).
+    pub specs: BTreeMap<String, WireKubePeerSpec>,
+    /// Pair counts by planned path (each unordered pair once).
+    pub summary: PathSummary,
+    /// Nodes without a public key yet, sorted.
+    pub pending: Vec<String>,
+    pub issues: Vec<PlanIssue>,
+}
+
+/// The planner's view of a node.
+pub fn node_info(n: &NodeFacts) -> NodeInfo {
+    let addresses = n
+        .addresses
+        .iter()
+        .filter_map(|(t, a)| {
+            let kind = match t.as_str() {
+                "InternalIP" => NodeAddressKind::InternalIp,
+                "ExternalIP" => NodeAddressKind::ExternalIp,
+                _ => return None,
+            };
+            Some(NodeAddress {
+                kind,
+                ip: a.parse().ok()?,
+            })
+        })
+        .collect();
+    NodeInfo {
+        name: n.name.clone(),
+        addresses,
+        labels: n.labels.clone(),
+        deleting: n.deleting,
+    }
+}
+
+/// Runs the planner. `Err` means planning could not start at all (the stored specs must stay
+/// untouched); the issue says why.
+pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
+    let input = PlannerInput {
+        mesh_name: req.mesh_name.to_string(),
+        mesh: req.spec.clone(),
+        relay_endpoints: req.relay_endpoints.to_vec(),
+        relay_token_secret: req.relay_token_secret.map(str::to_string),
+        relay_stun_servers: req.relay_stun_servers.to_vec(),
+        nodes: req.nodes.iter().map(node_info).collect(),
+        statuses: req.statuses.clone(),
+        previous: req.previous.clone(),
+    };
+    let p = planner::plan(&input).map_err(|e| PlanIssue {
+        reason: "PlanningFailed".into(),
+        message: e.to_string(),
+    })?;
+    Ok(PlanOutcome {
+        specs: p.specs,
+        summary: p.summary,
+        pending: p.pending_nodes,
+        issues: p
+            .issues
+            .iter()
+            .map(|i| PlanIssue {
+                reason: i.reason().into(),
+                message: i.to_string(),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{mesh, peer_status};
+    use wirekube_crds::NatType;
+
+    fn facts(name: &str, ip: &str) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            addresses: vec![
+                ("Hostname".into(), name.into()),
+                ("InternalIP".into(), ip.into()),
+            ],
+            ..NodeFacts::default()
+        }
+    }
+
+    #[test]
+    fn node_info_keeps_ip_addresses_only() {
+        let i = node_info(&facts("a", "10.0.0.1"));
+        assert_eq!(i.addresses.len(), 1);
+        assert_eq!(
+            i.address(NodeAddressKind::InternalIp),
+            Some("10.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn adapts_plan_and_keeps_previous_ips() {
+        let m = mesh("m", serde_json::json!({"meshCIDR": "10.1.0.0/29"}));
+        let nodes = [facts("a", "10.0.0.1"), facts("b", "10.0.0.2")];
+        let statuses = BTreeMap::from([(
+            "a".to_string(),
+            peer_status("ka", NatType::FullCone, "10.0.0.1:51820", Some("1.1.1.1:1")),
+        )]);
+        let previous = BTreeMap::from([(
+            "b".to_string(),
+            WireKubePeerSpec {
+                mesh_ip: "10.1.0.5".into(),
+                mesh_cidr: "10.1.0.0/29".into(),
+                ..WireKubePeerSpec::default()
+            },
+        )]);
+        let eps = vec!["203.0.113.9:3478".to_string()];
+        let out = plan(&PlanRequest {
+            mesh_name: "m",
+            spec: &m.spec,
+            relay_endpoints: &eps,
+            relay_token_secret: Some("wirekube-relay-m"),
+            relay_stun_servers: &[],
+            nodes: &nodes,
+            statuses: &statuses,
+            previous: &previous,
+        })
+        .unwrap();
+        assert_eq!(out.specs["b"].mesh_ip, "10.1.0.5");
+        assert_eq!(out.specs["a"].relay_endpoints, eps);
+        assert_eq!(out.pending, ["b"]);
+        assert_eq!(
+            out.specs["a"].relay_token_secret.as_deref(),
+            Some("wirekube-relay-m")
+        );
+    }
+
+    #[test]
+    fn unusable_cidr_is_an_error() {
+        let mut m = mesh("m", serde_json::json!({}));
+        m.spec.mesh_cidr = "nonsense".into();
+        let e = plan(&PlanRequest {
+            mesh_name: "m",
+            spec: &m.spec,
+            relay_endpoints: &[],
+            relay_token_secret: None,
+            relay_stun_servers: &[],
+            nodes: &[],
+            statuses: &BTreeMap::new(),
+            previous: &BTreeMap::new(),
+        })
+        .unwrap_err();
+        assert_eq!(e.reason, "PlanningFailed");
+    }
+}

@@ -1,0 +1,266 @@
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+use serde_json::json;
+use wirekube_crds::RelayMode;
+
+use super::*;
+use crate::fixtures::{mesh, node};
+
+fn managed(extra: serde_json::Value) -> WireKubeMesh {
+    let mut spec = json!({"relay": {"managed": {"port": 3478, "replicas": 2, "image": "relay:1"}}});
+    if let (Some(r), Some(e)) = (spec["relay"]["managed"].as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    mesh("default", spec)
+}
+
+fn facts() -> Vec<NodeFacts> {
+    vec![
+        NodeFacts::from_node(&node(
+            "a",
+            &[("InternalIP", "10.0.0.1"), ("ExternalIP", "198.51.100.1")],
+            &[],
+        )),
+        NodeFacts::from_node(&node("b", &[("InternalIP", "10.0.0.2")], &[])),
+        NodeFacts::from_node(&node("c", &[("Hostname", "c")], &[])),
+    ]
+}
+
+#[test]
+fn deployment_has_image_replicas_args_secret_and_owner() {
+    let m = managed(json!({}));
+    let d = desired_deployment(&m, "wk", None).unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("wirekube-relay-default"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("wk"));
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("WireKubeMesh", "uid-default")
+    );
+    assert_eq!(owner.controller, Some(true));
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("relay:1"));
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &[
+            "--listen=0.0.0.0:3478",
+            "--stun-port=3478",
+            "--stun-alt-port=3479",
+            "--metrics-listen=0.0.0.0:9090",
+            "--token-file=/etc/wirekube/token/token",
+        ]
+    );
+    assert_eq!(c.env.as_ref().unwrap()[0].name, "WIREKUBE_RELAY_STUN_IP");
+    let vol = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(
+        vol.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("wirekube-relay-default")
+    );
+    assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, TOKEN_DIR);
+    assert_eq!(
+        spec.selector.match_labels,
+        spec.template.metadata.as_ref().unwrap().labels
+    );
+    let d2 = desired_deployment(&m, "wk", Some("local/relay:dev")).unwrap();
+    assert_eq!(
+        d2.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("local/relay:dev")
+    );
+}
+
+#[test]
+fn hash_is_stable_and_tracks_changes() {
+    let m = managed(json!({}));
+    let a = desired_deployment(&m, "wk", None).unwrap();
+    let b = desired_deployment(&m, "wk", None).unwrap();
+    assert!(up_to_date(&a.metadata, &b.metadata));
+    let c = desired_deployment(&managed(json!({"replicas": 3})), "wk", None).unwrap();
+    assert!(!up_to_date(&a.metadata, &c.metadata));
+    // An object without the annotation (created by someone else) is rewritten.
+    assert!(!up_to_date(&ObjectMeta::default(), &a.metadata));
+    assert_eq!(
+        hash_json(&json!({"a": 1})).unwrap(),
+        hash_json(&json!({"a": 1})).unwrap()
+    );
+    assert_ne!(
+        hash_json(&json!({"a": 1})).unwrap(),
+        hash_json(&json!({"a": 2})).unwrap()
+    );
+}
+
+#[test]
+fn service_ports_and_types() {
+    let s = desired_service(&managed(json!({"annotations": {"x": "y"}})), "wk").unwrap();
+    let spec = s.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    let ports: Vec<_> = spec
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone().unwrap(),
+                p.port,
+                p.protocol.clone().unwrap(),
+                p.node_port,
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("relay".into(), 3478, "TCP".into(), None),
+            ("stun".into(), 3478, "UDP".into(), None),
+            ("stun-alt".into(), 3479, "UDP".into(), None),
+        ]
+    );
+    assert_eq!(s.metadata.annotations.as_ref().unwrap()["x"], "y");
+    let np = desired_service(
+        &managed(json!({"serviceType": "NodePort", "nodePort": 31000})),
+        "wk",
+    )
+    .unwrap();
+    let spec = np.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    assert_eq!(spec.ports.unwrap()[0].node_port, Some(31000));
+}
+
+#[test]
+fn secret_and_token() {
+    let t1 = generate_token();
+    let t2 = generate_token();
+    assert_ne!(t1, t2);
+    assert_eq!(t1.len(), 44); // 32 bytes in base64
+    let m = managed(json!({}));
+    let s = desired_secret(&m, "wk", t1.as_bytes()).unwrap();
+    assert_eq!(existing_token(&s), Some(t1.as_bytes()));
+    let empty = desired_secret(&m, "wk", b" \n").unwrap();
+    assert_eq!(existing_token(&empty), None);
+    assert_eq!(existing_token(&Secret::default()), None);
+    assert!(owned_by(&s.metadata, &m));
+    assert!(!owned_by(&ObjectMeta::default(), &m));
+}
+
+fn lb(ingress: Vec<LoadBalancerIngress>) -> Service {
+    let mut s = desired_service(&managed(json!({})), "wk").unwrap();
+    s.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(ingress),
+        }),
+        ..ServiceStatus::default()
+    });
+    s
+}
+
+#[test]
+fn load_balancer_exposure() {
+    assert!(matches!(
+        exposure(None, 3478, &[]),
+        Exposure::Waiting("WaitingForService", _)
+    ));
+    assert!(matches!(
+        exposure(Some(&lb(vec![])), 3478, &[]),
+        Exposure::Waiting("WaitingForLoadBalancer", _)
+    ));
+    let s = lb(vec![
+        LoadBalancerIngress {
+            ip: Some("203.0.113.7".into()),
+            ..Default::default()
+        },
+        LoadBalancerIngress {
+            hostname: Some("lb.example.com".into()),
+            ..Default::default()
+        },
+    ]);
+    assert_eq!(
+        exposure(Some(&s), 3478, &[]),
+        Exposure::Endpoints(vec![
+            "203.0.113.7:3478".into(),
+            "lb.example.com:3478".into()
+        ])
+    );
+    assert_eq!(
+        managed_stun(Some(&s), 3478, &[]),
+        ["203.0.113.7:3478", "203.0.113.7:3479"]
+    );
+}
+
+#[test]
+fn node_port_exposure() {
+    let mut s = desired_service(&managed(json!({"serviceType": "NodePort"})), "wk").unwrap();
+    assert!(matches!(
+        exposure(Some(&s), 3478, &facts()),
+        Exposure::Waiting("WaitingForNodePort", _)
+    ));
+    for (p, np) in s
+        .spec
+        .as_mut()
+        .unwrap()
+        .ports
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .zip([31000, 31001, 31002])
+    {
+        p.node_port = Some(np);
+    }
+    assert_eq!(
+        exposure(Some(&s), 3478, &facts()),
+        Exposure::Endpoints(vec!["198.51.100.1:31000".into(), "10.0.0.2:31000".into()])
+    );
+    assert!(matches!(
+        exposure(Some(&s), 3478, &[]),
+        Exposure::Waiting("NoNodeAddresses", _)
+    ));
+    assert_eq!(
+        managed_stun(Some(&s), 3478, &facts()),
+        ["198.51.100.1:31001", "198.51.100.1:31002"]
+    );
+}
+
+#[test]
+fn relay_kinds() {
+    let mut m = managed(json!({}));
+    assert_eq!(relay_kind(&m.spec), RelayKind::Managed);
+    m.spec.relay.provider = wirekube_crds::RelayProvider::External;
+    m.spec.relay.external = Some(wirekube_crds::ExternalRelay {
+        endpoint: "relay.example.com:443".into(),
+    });
+    assert_eq!(
+        relay_kind(&m.spec),
+        RelayKind::External("relay.example.com:443".into())
+    );
+    m.spec.relay.mode = RelayMode::Never;
+    assert_eq!(relay_kind(&m.spec), RelayKind::Disabled);
+    assert_eq!(
+        external_stun("relay.example.com:443"),
+        ["relay.example.com:443", "relay.example.com:444"]
+    );
+    assert_eq!(
+        external_stun("[fd00::1]:3478"),
+        ["[fd00::1]:3478", "[fd00::1]:3479"]
+    );
+    assert!(external_stun("nonsense").is_empty());
+}
+
+#[test]
+fn managed_outcome_conditions() {
+    let (e, c) = managed_outcome(
+        Exposure::Waiting("WaitingForLoadBalancer", "m".into()),
+        0,
+        1,
+    );
+    assert!(e.is_empty() && !c.status && c.reason == "WaitingForLoadBalancer");
+    let (e, c) = managed_outcome(Exposure::Endpoints(vec!["1.2.3.4:3478".into()]), 0, 2);
+    assert_eq!(e, ["1.2.3.4:3478"]);
+    assert!(!c.status && c.reason == "RelayUnavailable" && c.message.contains("0/2"));
+    let (_, c) = managed_outcome(Exposure::Endpoints(vec!["1.2.3.4:3478".into()]), 2, 2);
+    assert!(c.status && c.reason == "EndpointsPublished");
+    assert_eq!(c.type_, wirekube_crds::conditions::RELAY_READY);
+}

@@ -1,0 +1,164 @@
+//! Mesh status computation and condition merging (pure).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use wirekube_crds::conditions::{READY, RELAY_READY};
+use wirekube_crds::{NodeCounts, Problem, WireKubeMeshStatus, WireKubePeerStatus};
+
+use crate::plan::PlanOutcome;
+
+/// A condition as decided by the controller, before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Cond {
+        Cond {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Sets `c` in `conditions`: lastTransitionTime moves only when the status flips (or the
+/// condition is new); reason, message and observedGeneration are always updated. Other
+/// condition types are kept; the list stays sorted by type.
+pub fn merge_condition(conditions: &mut Vec<Condition>, c: &Cond, generation: i64, now: &Time) {
+    let status = if c.status { "True" } else { "False" }.to_string();
+    let ltt = conditions
+        .iter()
+        .find(|x| x.type_ == c.type_ && x.status == status)
+        .map(|x| x.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    conditions.retain(|x| x.type_ != c.type_);
+    conditions.push(Condition {
+        type_: c.type_.into(),
+        status,
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        observed_generation: Some(generation),
+        last_transition_time: ltt,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// One line naming every problem's field and fix.
+pub fn problems_message(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}; fix: {}", p.field, p.message, p.fix))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Status for an invalid spec: only Ready (False, InvalidSpec) and observedGeneration change;
+/// everything else (endpoints, counts, RelayReady) is the previous good state.
+pub fn invalid_status(
+    prev: Option<&WireKubeMeshStatus>,
+    problems: &[Problem],
+    generation: i64,
+    now: &Time,
+) -> WireKubeMeshStatus {
+    let mut s = prev.cloned().unwrap_or_default();
+    s.observed_generation = Some(generation);
+    merge_condition(
+        &mut s.conditions,
+        &Cond::new(READY, false, "InvalidSpec", problems_message(problems)),
+        generation,
+        now,
+    );
+    s
+}
+
+/// Node counts from the selected nodes' statuses and the planner's pending list.
+pub fn node_counts<'a>(
+    total: usize,
+    statuses: impl IntoIterator<Item = &'a WireKubePeerStatus>,
+    pending: usize,
+) -> NodeCounts {
+    let ready = statuses
+        .into_iter()
+        .filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == READY && c.status == "True")
+        })
+        .count();
+    NodeCounts {
+        total: total as u32,
+        ready: ready as u32,
+        pending: pending as u32,
+    }
+}
+
+/// The Ready condition after a successful plan.
+pub fn ready_condition(outcome: &PlanOutcome, nodes: &NodeCounts) -> Cond {
+    if let Some(first) = outcome.issues.first() {
+        let msg = outcome
+            .issues
+            .iter()
+            .map(|i| i.message.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        return Cond::new(READY, false, &first.reason, msg);
+    }
+    let mut msg = format!(
+        "{} node(s) planned: {} direct, {} relay, {} down pair(s)",
+        nodes.total, outcome.summary.direct, outcome.summary.relay, outcome.summary.down
+    );
+    if nodes.pending > 0 {
+        msg.push_str(&format!(
+            "; {} node(s) waiting for their agent's public key",
+            nodes.pending
+        ));
+    }
+    Cond::new(READY, true, "Reconciled", msg)
+}
+
+/// The full status after a successful reconcile.
+pub fn computed_status(
+    prev: Option<&WireKubeMeshStatus>,
+    generation: i64,
+    outcome: &PlanOutcome,
+    nodes: NodeCounts,
+    relay_endpoints: Vec<String>,
+    relay: &Cond,
+    now: &Time,
+) -> WireKubeMeshStatus {
+    let mut conditions = prev.map(|p| p.conditions.clone()).unwrap_or_default();
+    merge_condition(
+        &mut conditions,
+        &ready_condition(outcome, &nodes),
+        generation,
+        now,
+    );
+    merge_condition(&mut conditions, relay, generation, now);
+    WireKubeMeshStatus {
+        observed_generation: Some(generation),
+        conditions,
+        relay_endpoints,
+        nodes,
+        paths: outcome.summary.clone(),
+        pending_nodes: outcome.pending.clone(),
+    }
+}
+
+/// Whether `RELAY_READY` is the type of `c` (helper for callers building relay conditions).
+pub fn relay_cond(status: bool, reason: &str, message: impl Into<String>) -> Cond {
+    Cond::new(RELAY_READY, status, reason, message)
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;

@@ -1,2 +1,3 @@
 //! WireKube end-to-end: network-namespace lab, Kubernetes API test server, scenarios
 pub mod apiserver;
+pub mod scenario;

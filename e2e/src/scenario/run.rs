@@ -1,0 +1,773 @@
+//! Building a topology in the lab, running the real binaries in it, waiting for convergence and
+//! checking every pair.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use wirekube_crds::{
+    ActualPath, ExternalRelay, ManagedRelay, PathReason, RelayProvider, RelaySpec, ServiceType,
+    WireKubeMesh, WireKubeMeshSpec, WireKubePeer,
+};
+use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
+
+use super::bins::{binary, repo_root};
+use super::cluster::Cluster;
+use super::hosts::{LabNodes, NodeAccess, wg_dump};
+use super::report::{PairReport, Timings};
+use super::topology::{RelaySetup, Topology};
+
+/// The relay's TCP port and STUN port (the seed's "TCP 3478").
+pub const RELAY_PORT: u16 = 3478;
+/// The API server's port in the DMZ.
+pub const APISERVER_PORT: u16 = 6443;
+/// Namespace of the operator, the managed relay and the token Secret.
+pub const SYSTEM_NAMESPACE: &str = "wirekube-system";
+/// Name of the mesh every scenario applies.
+pub const MESH_NAME: &str = "default";
+/// Secret holding the external relay's token (key `token`), readable by agents.
+pub const TOKEN_SECRET: &str = "wirekube-relay-token";
+
+/// Knobs of a run.
+pub struct Options {
+    /// Lab prefix tag (3 letters).
+    pub tag: String,
+    /// Exact lab prefix (overrides `tag`), e.g. so a signal handler can purge it.
+    pub prefix: Option<String>,
+    /// How long agents get to report every pair as expected.
+    pub converge_timeout: Duration,
+    /// Bytes of the verified TCP transfer per direction.
+    pub transfer_bytes: u64,
+    /// Progress lines (the demo prints them; tests log them to stderr).
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tag: "sc".into(),
+            prefix: None,
+            converge_timeout: Duration::from_secs(60),
+            transfer_bytes: 1 << 20,
+            progress: Box::new(|m| eprintln!("[scenario] {m}")),
+        }
+    }
+}
+
+/// A topology built in a lab with the control plane and agents running.
+pub struct Scenario {
+    pub topo: Topology,
+    pub lab: Arc<Lab>,
+    pub dmz: Host,
+    /// Node name → lab host.
+    pub hosts: BTreeMap<String, Host>,
+    pub nodes: Arc<LabNodes>,
+    /// Admin client (runs in the DMZ namespace).
+    pub cluster: Cluster,
+    /// Kubeconfigs: `admin.kubeconfig`, `operator.kubeconfig`, `agent-<node>.kubeconfig`.
+    pub kube_dir: PathBuf,
+    pub apiserver: Proc,
+    pub relay: Option<Proc>,
+    pub operator: Option<Proc>,
+    pub agents: BTreeMap<String, Proc>,
+    pub timings: Timings,
+    agents_started: Option<Instant>,
+    opts: Options,
+    first_pings: Arc<Mutex<BTreeMap<(String, String), Duration>>>,
+    probers: Vec<JoinHandle<()>>,
+    stop_probers: Arc<AtomicBool>,
+}
+
+impl Scenario {
+    /// Builds the lab and starts the API server, the relay (external) and the operator, registers
+    /// the nodes and applies the mesh. Agents are started by [`Scenario::start_agents`].
+    pub fn build(topo: Topology, opts: Options) -> Result<Scenario> {
+        topo.validate().map_err(|e| anyhow!(e))?;
+        let t0 = Instant::now();
+        (opts.progress)(&format!("building lab for {topo}"));
+        let lab = Arc::new(match &opts.prefix {
+            Some(p) => Lab::new(p)?,
+            None => Lab::new_unique(&opts.tag)?,
+        });
+        let mut hosts = BTreeMap::new();
+        for s in &topo.sites {
+            lab.add_site(SiteSpec::new(&s.name, s.nat, &s.cidr))?;
+            for n in &s.nodes {
+                hosts.insert(n.clone(), lab.add_node(&s.name, n)?);
+            }
+        }
+        for n in &topo.public_nodes {
+            hosts.insert(n.clone(), lab.add_public_node(n)?);
+        }
+        let dmz = lab.add_dmz("dmz", &[])?;
+        let lab_build = t0.elapsed();
+        let nodes = Arc::new(LabNodes::new(lab.clone(), hosts.clone()));
+
+        let t1 = Instant::now();
+        (opts.progress)("starting API server in the DMZ");
+        let kube_dir = lab.dir().join("kube");
+        std::fs::create_dir_all(&kube_dir)?;
+        let apiserver = start_apiserver(&lab, &topo, &dmz, &hosts, &kube_dir)?;
+        let admin = kube_dir.join("admin.kubeconfig");
+        let fail = |lab: &Lab, e: anyhow::Error| e.context(lab.logs_tail(30));
+        let mut exited = false;
+        wait_until(Duration::from_secs(20), "API server kubeconfigs", || {
+            exited = !lab.is_running(&apiserver);
+            exited || (admin.is_file() && lab.tcp_listening(&dmz, APISERVER_PORT))
+        })
+        .map_err(|e| fail(&lab, e.into()))?;
+        if exited {
+            return Err(fail(&lab, anyhow!("wirekube-apiserver exited")));
+        }
+        let cluster = Cluster::connect(&admin, Some(&wirekube_lab::netns::ns_path(&dmz.ns)))?;
+        wait_until(Duration::from_secs(10), "API server answers", || {
+            cluster.ready()
+        })
+        .map_err(|e| fail(&lab, e.into()))?;
+
+        cluster.create_namespace(SYSTEM_NAMESPACE)?;
+        for (name, h) in &hosts {
+            let site = h.site.clone().unwrap_or_else(|| "public".into());
+            let external = topo.public_nodes.contains(name).then(|| h.ip().to_string());
+            cluster.register_node(
+                name,
+                &h.ip().to_string(),
+                external.as_deref(),
+                &[("topology.wirekube.io/site".into(), site)],
+            )?;
+        }
+
+        let mut relay = None;
+        if matches!(topo.relay, RelaySetup::External | RelaySetup::None) {
+            (opts.progress)("starting wirekube-relay in the DMZ");
+            let token = random_token();
+            let token_file = lab.dir().join("relay-token");
+            std::fs::write(&token_file, &token)?;
+            cluster.put_secret(
+                SYSTEM_NAMESPACE,
+                TOKEN_SECRET,
+                &[("token", token.as_bytes())],
+            )?;
+            let p = start_relay(&lab, &dmz, &token_file)?;
+            wait_until(Duration::from_secs(10), "relay listening", || {
+                lab.tcp_listening(&dmz, RELAY_PORT) || !lab.is_running(&p)
+            })
+            .map_err(|e| fail(&lab, e.into()))?;
+            if !lab.is_running(&p) {
+                return Err(fail(&lab, anyhow!("wirekube-relay exited")));
+            }
+            relay = Some(p);
+        }
+
+        (opts.progress)("starting wirekube-operator in the DMZ");
+        let operator = start_operator(&lab, &dmz, &kube_dir)?;
+        (opts.progress)(&format!(
+            "applying WireKubeMesh {MESH_NAME} (mode {:?}, {})",
+            topo.mode,
+            topo.relay.describe()
+        ));
+        cluster.apply_mesh(&mesh_for(&topo, &dmz, &hosts))?;
+
+        let timings = Timings {
+            lab_build,
+            control_plane: t1.elapsed(),
+            ..Timings::default()
+        };
+        Ok(Scenario {
+            topo,
+            lab,
+            dmz,
+            hosts,
+            nodes,
+            cluster,
+            kube_dir,
+            apiserver,
+            relay,
+            operator: Some(operator),
+            agents: BTreeMap::new(),
+            timings,
+            agents_started: None,
+            opts,
+            first_pings: Arc::default(),
+            probers: Vec::new(),
+            stop_probers: Arc::default(),
+        })
+    }
+
+    /// Starts one agent per node (each in its own namespace with its own kubeconfig).
+    pub fn start_agents(&mut self) -> Result<()> {
+        (self.opts.progress)(&format!("starting {} agents", self.hosts.len()));
+        self.agents_started = Some(Instant::now());
+        for (name, h) in &self.hosts {
+            let p = start_agent(&self.lab, h, name, &self.kube_dir)?;
+            self.agents.insert(name.clone(), p);
+        }
+        Ok(())
+    }
+
+    fn since_agents(&self) -> Duration {
+        self.agents_started.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// The peers, by name.
+    pub fn peers(&self) -> Result<BTreeMap<String, WireKubePeer>> {
+        Ok(self
+            .cluster
+            .peers()?
+            .into_iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+            .collect())
+    }
+
+    /// Mesh IP of each node (from the operator's peer specs).
+    pub fn mesh_ips(&self, peers: &BTreeMap<String, WireKubePeer>) -> BTreeMap<String, Ipv4Addr> {
+        peers
+            .iter()
+            .filter_map(|(n, p)| {
+                let ip = p.spec.mesh_ip.split('/').next()?.parse().ok()?;
+                Some((n.clone(), ip))
+            })
+            .collect()
+    }
+
+    /// Waits for the operator to give every node a mesh IP, then starts one ping prober per pair
+    /// (records the first reply after the agents started).
+    fn start_probers(&mut self, deadline: Instant) -> Result<BTreeMap<String, Ipv4Addr>> {
+        let want: BTreeSet<String> = self.hosts.keys().cloned().collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (ips, _) = wait_for(left, "a mesh IP for every node in the peer specs", || {
+            let ips = self.mesh_ips(&self.peers().ok()?);
+            want.iter().all(|n| ips.contains_key(n)).then_some(ips)
+        })?;
+        let started = self.agents_started.unwrap_or_else(Instant::now);
+        for (a, b) in self.topo.pairs() {
+            let (nodes, stop, firsts) = (
+                self.nodes.clone(),
+                self.stop_probers.clone(),
+                self.first_pings.clone(),
+            );
+            let ip = ips[&b];
+            self.probers.push(std::thread::spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = wait_until(left, "prober", || {
+                    if stop.load(Ordering::Relaxed) {
+                        return true;
+                    }
+                    if nodes.ping(&a, ip).is_ok() {
+                        firsts
+                            .lock()
+                            .expect("pings lock")
+                            .insert((a.clone(), b.clone()), started.elapsed());
+                        return true;
+                    }
+                    false
+                });
+            }));
+        }
+        Ok(ips)
+    }
+
+    /// The (path, reason) node `a`'s agent reports for peer `b`.
+    fn reported(
+        peers: &BTreeMap<String, WireKubePeer>,
+        a: &str,
+        b: &str,
+    ) -> Option<(ActualPath, Option<PathReason>)> {
+        let c = peers
+            .get(a)?
+            .status
+            .as_ref()?
+            .connections
+            .iter()
+            .find(|c| c.name == b)?;
+        Some((c.path, c.reason))
+    }
+
+    /// Waits until every agent reports every peer on the expected path with the expected reason.
+    pub fn converge(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.opts.converge_timeout;
+        if self.agents_started.is_none() {
+            self.start_agents()?;
+        }
+        (self.opts.progress)("waiting for the operator to allocate mesh IPs");
+        self.start_probers(deadline)?;
+        (self.opts.progress)("waiting for every agent to report every peer as the seed expects");
+        let pairs = self.topo.pairs();
+        let direct_pairs: Vec<&(String, String)> = pairs
+            .iter()
+            .filter(|(a, b)| {
+                self.topo
+                    .expectation(a, b)
+                    .is_some_and(|e| e.path == ActualPath::Direct)
+            })
+            .collect();
+        let mut last = String::new();
+        let mut all_direct = None;
+        let mut reported_before = 0usize;
+        let res = wait_until(
+            deadline.saturating_duration_since(Instant::now()),
+            "every pair reported as expected",
+            || {
+                let Ok(peers) = self.peers() else {
+                    return false;
+                };
+                let dir_ok = |a: &str, b: &str| {
+                    Scenario::reported(&peers, a, b).map(|r| r.0) == Some(ActualPath::Direct)
+                };
+                if all_direct.is_none()
+                    && direct_pairs
+                        .iter()
+                        .all(|(a, b)| dir_ok(a, b) && dir_ok(b, a))
+                {
+                    all_direct = Some(self.since_agents());
+                }
+                let mut wrong = Vec::new();
+                let mut reported = 0;
+                for (a, b) in &pairs {
+                    let e = self.topo.expectation(a, b).expect("validated");
+                    for (x, y) in [(a, b), (b, a)] {
+                        let r = Scenario::reported(&peers, x, y);
+                        if matches!(r, Some((ActualPath::Direct | ActualPath::Relay, _))) {
+                            reported += 1;
+                        }
+                        if r != Some((e.path, Some(e.reason))) {
+                            wrong.push(format!("{x}->{y}: {r:?}"));
+                        }
+                    }
+                }
+                if reported > reported_before {
+                    reported_before = reported;
+                    (self.opts.progress)(&format!(
+                        "{reported}/{} directions report a path ({:.1} s)",
+                        pairs.len() * 2,
+                        self.since_agents().as_secs_f64()
+                    ));
+                }
+                last = wrong.join(", ");
+                wrong.is_empty()
+            },
+        );
+        self.timings.all_direct = all_direct;
+        match res {
+            Ok(_) => {
+                self.timings.converged = Some(self.since_agents());
+                (self.opts.progress)(&format!(
+                    "converged {:.1} s after the agents started",
+                    self.since_agents().as_secs_f64()
+                ));
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(e).context(format!("still not as expected: {last}"))),
+        }
+    }
+
+    /// Address `a` must see as `b`'s WireGuard endpoint on a direct path: the LAN address on the
+    /// same site, the public address of a public node, else the NAT gateway's WAN address.
+    pub fn direct_endpoint_ip(&self, a: &str, b: &str) -> Option<Ipv4Addr> {
+        let (ha, hb) = (self.hosts.get(a)?, self.hosts.get(b)?);
+        if hb.site.is_some() && ha.site == hb.site {
+            return Some(hb.ip());
+        }
+        match &hb.site {
+            None => Some(hb.ip()),
+            Some(s) => self.lab.site(s).ok().map(|s| s.wan_ip),
+        }
+    }
+
+    /// Checks every pair in both directions: reported path and reason, `wg show`, ping and a
+    /// verified TCP transfer over the mesh IPs.
+    pub fn verify(&mut self) -> Result<Vec<PairReport>> {
+        let t = Instant::now();
+        (self.opts.progress)("checking every pair: status, wg show, ping, TCP");
+        let peers = self.peers()?;
+        let ips = self.mesh_ips(&peers);
+        let mut out = Vec::new();
+        for (a, b) in self.topo.pairs() {
+            for (x, y) in [(&a, &b), (&b, &a)] {
+                let r = self.verify_one(&peers, &ips, x, y);
+                (self.opts.progress)(&format!(
+                    "{x} -> {y}: {:?} ({}) {}",
+                    r.actual_path.unwrap_or_default(),
+                    r.actual_reason.map(|r| r.to_string()).unwrap_or_default(),
+                    if r.ok() { "ok" } else { "FAIL" }
+                ));
+                out.push(r);
+            }
+        }
+        // Pings that never answered during convergence count from now on.
+        self.stop_probers.store(true, Ordering::Relaxed);
+        for p in self.probers.drain(..) {
+            let _ = p.join();
+        }
+        let firsts = self.first_pings.lock().expect("pings lock").clone();
+        self.timings.first_ping = firsts.values().min().copied();
+        if firsts.len() == self.topo.pairs().len() {
+            self.timings.all_pinged = firsts.values().max().copied();
+        }
+        self.timings.verify = t.elapsed();
+        Ok(out)
+    }
+
+    fn verify_one(
+        &self,
+        peers: &BTreeMap<String, WireKubePeer>,
+        ips: &BTreeMap<String, Ipv4Addr>,
+        a: &str,
+        b: &str,
+    ) -> PairReport {
+        let e = self.topo.expectation(a, b).expect("validated");
+        let mut r = PairReport {
+            from: a.into(),
+            to: b.into(),
+            expected_path: e.path,
+            expected_reason: e.reason,
+            why: e.why.clone(),
+            actual_path: None,
+            actual_reason: None,
+            wg_endpoint: None,
+            handshake: false,
+            rtt: None,
+            throughput: None,
+            transfer_bytes: self.opts.transfer_bytes,
+            problems: Vec::new(),
+        };
+        match Scenario::reported(peers, a, b) {
+            Some((p, reason)) => {
+                r.actual_path = Some(p);
+                r.actual_reason = reason;
+                if p != e.path || reason != Some(e.reason) {
+                    r.problems.push(format!(
+                        "status says {p:?} ({}), seed expects {:?} ({})",
+                        reason.map(|x| x.to_string()).unwrap_or("no reason".into()),
+                        e.path,
+                        e.reason
+                    ));
+                }
+            }
+            None => r
+                .problems
+                .push(format!("{a}'s status has no connection to {b}")),
+        }
+        // wg show: the peer's key, endpoint kind and a handshake.
+        let key = peers
+            .get(b)
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.public_key.clone());
+        let iface = peers
+            .get(a)
+            .map(|p| p.spec.interface_name.clone())
+            .unwrap_or_else(|| "wirekube0".into());
+        match key {
+            None => r.problems.push(format!("{b} has published no public key")),
+            Some(key) => {
+                let want_direct = self.direct_endpoint_ip(a, b);
+                let check = |ep: &str| -> Option<String> {
+                    let ip = ep.rsplit_once(':').map(|(h, _)| h).unwrap_or(ep);
+                    match e.path {
+                        ActualPath::Relay if ip != "127.0.0.1" => Some(format!(
+                            "wg endpoint {ep} is not a relay bridge socket (127.0.0.1)"
+                        )),
+                        ActualPath::Direct
+                            if want_direct.map(|w| w.to_string()).as_deref() != Some(ip) =>
+                        {
+                            Some(format!(
+                                "wg endpoint {ep}, expected {b}'s address {}",
+                                want_direct.map(|w| w.to_string()).unwrap_or_default()
+                            ))
+                        }
+                        _ => None,
+                    }
+                };
+                let mut last = None;
+                let res = wait_until(Duration::from_secs(12), "wg handshake", || {
+                    let peer = wg_dump(self.nodes.as_ref(), a, &iface)
+                        .ok()
+                        .and_then(|ps| ps.into_iter().find(|p| p.public_key == key));
+                    let ok = peer
+                        .as_ref()
+                        .is_some_and(|p| p.latest_handshake > 0 && check(&p.endpoint).is_none());
+                    last = peer;
+                    ok
+                });
+                match (&last, res) {
+                    (None, _) => r
+                        .problems
+                        .push(format!("wg show {iface} on {a} has no peer {key}")),
+                    (Some(p), res) => {
+                        r.wg_endpoint = Some(p.endpoint.clone());
+                        r.handshake = p.latest_handshake > 0;
+                        if !r.handshake {
+                            r.problems.push(format!("no WireGuard handshake with {b}"));
+                        }
+                        if let Some(m) = check(&p.endpoint) {
+                            r.problems.push(m);
+                        }
+                        if res.is_err() && r.problems.is_empty() {
+                            r.problems.push("wg show did not settle".into());
+                        }
+                    }
+                }
+            }
+        }
+        // Traffic over the mesh.
+        match ips.get(b) {
+            None => r.problems.push(format!("{b} has no mesh IP")),
+            Some(&ip) => {
+                match wait_for(Duration::from_secs(10), "ping", || {
+                    self.nodes.ping(a, ip).ok()
+                }) {
+                    Ok((rtt, _)) => r.rtt = Some(rtt),
+                    Err(_) => r.problems.push(format!("no ping reply from {ip}")),
+                }
+                match self.nodes.transfer(a, b, ip, self.opts.transfer_bytes) {
+                    Ok(d) => {
+                        r.throughput =
+                            Some(self.opts.transfer_bytes as f64 * 8.0 / d.as_secs_f64().max(1e-9))
+                    }
+                    Err(e) => r.problems.push(format!("TCP transfer: {e:#}")),
+                }
+            }
+        }
+        r
+    }
+
+    /// The tail of every process log, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        self.lab.logs_tail(lines)
+    }
+
+    /// `kubectl <args>` with the admin kubeconfig, run in the DMZ (where the API server is).
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let kc = self.kube_dir.join("admin.kubeconfig");
+        let kc = kc.to_string_lossy();
+        let mut argv = vec!["kubectl", "--kubeconfig", &kc];
+        argv.extend_from_slice(args);
+        let out = self.lab.exec(&self.dmz, &argv)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Tears the lab down (also on drop) and reports leftovers.
+    pub fn shutdown(&mut self) -> Result<()> {
+        self.stop_probers.store(true, Ordering::Relaxed);
+        for p in self.probers.drain(..) {
+            let _ = p.join();
+        }
+        Ok(self.lab.shutdown()?)
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.stop_probers.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of [`run`].
+pub struct Outcome {
+    pub pairs: Vec<PairReport>,
+    pub timings: Timings,
+}
+
+/// Builds, converges and verifies `topo`, then tears down. Errors carry a table of every pair and
+/// the tail of every process log.
+pub fn run(topo: Topology, opts: Options) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let mut sc = Scenario::build(topo, opts)?;
+    let res = sc.converge().and_then(|()| sc.verify());
+    let pairs = match res {
+        Ok(p) if p.iter().all(PairReport::ok) => p,
+        Ok(p) => {
+            let msg = format!(
+                "{}: pairs failed\n{}\n---- process logs ----\n{}",
+                sc.topo,
+                super::report::table(&p),
+                sc.logs(40)
+            );
+            sc.shutdown()?;
+            bail!(msg);
+        }
+        Err(e) => {
+            let peers = sc
+                .kubectl(&["get", "wirekubepeers", "-o", "yaml"])
+                .unwrap_or_else(|e| e.to_string());
+            let msg = format!(
+                "{}: {e:#}\n---- peers ----\n{peers}\n---- process logs ----\n{}",
+                sc.topo,
+                sc.logs(40)
+            );
+            sc.shutdown()?;
+            bail!(msg);
+        }
+    };
+    sc.shutdown()?;
+    let mut timings = sc.timings.clone();
+    timings.total = t0.elapsed();
+    Ok(Outcome { pairs, timings })
+}
+
+// ---- how each binary is started (flags documented in docs/{apiserver,operator,agent,relay}.md)
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn start_apiserver(
+    lab: &Lab,
+    topo: &Topology,
+    dmz: &Host,
+    hosts: &BTreeMap<String, Host>,
+    kube_dir: &Path,
+) -> Result<Proc> {
+    let root = repo_root();
+    let mut cmd = Command::new(binary("wirekube-apiserver")?);
+    cmd.arg(format!("--listen={}:{APISERVER_PORT}", dmz.ips[0]))
+        .arg(format!("--kubeconfig-dir={}", path_str(kube_dir)))
+        // Preloaded in this order: the namespace the RBAC objects live in first.
+        .arg(format!(
+            "--manifests={}",
+            path_str(&root.join("config/operator/namespace.yaml"))
+        ))
+        .arg(format!(
+            "--manifests={}",
+            path_str(&root.join("config/crd"))
+        ))
+        .arg(format!(
+            "--manifests={}",
+            path_str(&root.join("config/rbac"))
+        ));
+    for n in hosts.keys() {
+        cmd.arg(format!("--agent-node={n}"));
+    }
+    let relay_bin = binary("wirekube-relay")?;
+    let kubelet = |cmd: &mut Command, ns: &str, ip: Ipv4Addr| {
+        cmd.arg("--enable-kubelet")
+            .arg(format!("--image=*={}", path_str(&relay_bin)))
+            .arg(format!("--pod-netns={ns}"))
+            .arg(format!("--pod-ip={ip}"));
+    };
+    match &topo.relay {
+        RelaySetup::ManagedLoadBalancer => {
+            cmd.arg(format!("--lb-pool={}", dmz.ips[1]));
+            kubelet(&mut cmd, &dmz.ns, dmz.ips[1]);
+        }
+        RelaySetup::ManagedNodePort { node, .. } => {
+            let h = &hosts[node];
+            kubelet(&mut cmd, &h.ns, h.ip());
+        }
+        RelaySetup::External | RelaySetup::None => {}
+    }
+    cmd.env("RUST_LOG", "info");
+    Ok(lab.spawn(dmz, cmd)?)
+}
+
+fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(binary("wirekube-relay")?);
+    cmd.arg(format!("--listen=0.0.0.0:{RELAY_PORT}"))
+        .arg(format!("--stun-ip={}", dmz.ips[0]))
+        .arg(format!("--stun-port={RELAY_PORT}"))
+        .arg(format!("--stun-alt-port={}", RELAY_PORT + 1))
+        .arg(format!("--stun-alt-ip={}", dmz.ips[1]))
+        .arg("--metrics-listen=127.0.0.1:9090")
+        .arg(format!("--token-file={}", path_str(token_file)))
+        .env("RUST_LOG", "info");
+    Ok(lab.spawn(dmz, cmd)?)
+}
+
+fn start_operator(lab: &Lab, dmz: &Host, kube_dir: &Path) -> Result<Proc> {
+    let kc = kube_dir.join("operator.kubeconfig");
+    let mut cmd = Command::new(binary("wirekube-operator")?);
+    cmd.arg(format!("--namespace={SYSTEM_NAMESPACE}"))
+        .arg("--metrics-listen=127.0.0.1:8080")
+        .env("KUBECONFIG", &kc)
+        .env("POD_NAME", "wirekube-operator-lab")
+        .env("RUST_LOG", "info,wirekube_operator=debug");
+    Ok(lab.spawn(dmz, cmd)?)
+}
+
+fn start_agent(lab: &Lab, host: &Host, node: &str, kube_dir: &Path) -> Result<Proc> {
+    let kc = kube_dir.join(format!("agent-{node}.kubeconfig"));
+    let mut cmd = Command::new(binary("wirekube-agent")?);
+    cmd.arg(format!("--node-name={node}"))
+        .arg("--state-dir=/var/lib/wirekube")
+        .arg("--engine=wireguard-go")
+        .arg("--metrics-listen=127.0.0.1:9473")
+        .env("KUBECONFIG", &kc)
+        .env("RUST_LOG", "info,wirekube_agent=debug");
+    Ok(lab.spawn(host, cmd)?)
+}
+
+/// The mesh a topology applies: the sample's defaults plus the relay the topology asks for.
+pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> WireKubeMesh {
+    let dmz_stun = vec![
+        format!("{}:{RELAY_PORT}", dmz.ips[0]),
+        format!("{}:{RELAY_PORT}", dmz.ips[1]),
+    ];
+    let mut relay = RelaySpec {
+        mode: topo.mode,
+        ..RelaySpec::default()
+    };
+    let stun_servers = match &topo.relay {
+        RelaySetup::None => dmz_stun,
+        RelaySetup::External => {
+            relay.provider = RelayProvider::External;
+            relay.external = Some(ExternalRelay {
+                endpoint: format!("{}:{RELAY_PORT}", dmz.ips[0]),
+            });
+            dmz_stun
+        }
+        RelaySetup::ManagedLoadBalancer => {
+            relay.provider = RelayProvider::Managed;
+            relay.managed = ManagedRelay {
+                service_type: ServiceType::LoadBalancer,
+                port: RELAY_PORT,
+                ..ManagedRelay::default()
+            };
+            Vec::new()
+        }
+        RelaySetup::ManagedNodePort { node, node_port } => {
+            relay.provider = RelayProvider::Managed;
+            relay.managed = ManagedRelay {
+                service_type: ServiceType::NodePort,
+                port: RELAY_PORT,
+                node_port: Some(*node_port),
+                ..ManagedRelay::default()
+            };
+            // The relay pod's STUN responder listens on the node's own address.
+            let ip = hosts[node].ip();
+            vec![
+                format!("{ip}:{RELAY_PORT}"),
+                format!("{ip}:{}", RELAY_PORT + 1),
+            ]
+        }
+    };
+    let spec = WireKubeMeshSpec {
+        mesh_cidr: wirekube_crds::mesh::default_mesh_cidr(),
+        listen_port: wirekube_crds::mesh::default_listen_port(),
+        interface_name: wirekube_crds::mesh::default_interface_name(),
+        mtu: wirekube_crds::mesh::default_mtu(),
+        persistent_keepalive: wirekube_crds::mesh::default_keepalive(),
+        node_selector: BTreeMap::new(),
+        stun_servers,
+        relay,
+    };
+    WireKubeMesh::new(MESH_NAME, spec)
+}
+
+fn random_token() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

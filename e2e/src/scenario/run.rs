@@ -739,17 +739,20 @@ pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> 
         }
         RelaySetup::ManagedNodePort { node, node_port } => {
             relay.provider = RelayProvider::Managed;
+            // The test kubelet has no kube-proxy: nothing forwards a nodePort to the container
+            // port. With port == nodePort the pod itself listens on the nodePort in the node's
+            // namespace, which is what kube-proxy would make reachable on a real cluster.
             relay.managed = ManagedRelay {
                 service_type: ServiceType::NodePort,
-                port: RELAY_PORT,
+                port: *node_port,
                 node_port: Some(*node_port),
                 ..ManagedRelay::default()
             };
             // The relay pod's STUN responder listens on the node's own address.
             let ip = hosts[node].ip();
             vec![
-                format!("{ip}:{RELAY_PORT}"),
-                format!("{ip}:{}", RELAY_PORT + 1),
+                format!("{ip}:{node_port}"),
+                format!("{ip}:{}", node_port + 1),
             ]
         }
     };

@@ -6,4 +6,9 @@
 
 pub mod discovery;
 pub mod identity;
+pub mod kubeapi;
+pub mod metrics;
 pub mod pathstate;
+pub mod reconcile;
+pub mod spec;
+pub mod status;

@@ -1,0 +1,182 @@
+//! Kubernetes I/O: watches (never polls) the node's own WireKubePeer and the relay token
+//! Secret, and server-side-applies the status subresource.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use wirekube_crds::{AGENT_MANAGER, WireKubePeer, WireKubePeerStatus};
+
+use crate::status::apply_body;
+
+/// Key of the token inside the relay Secret (the operator writes it, the relay reads it).
+pub const TOKEN_KEY: &str = "token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("patch status of WireKubePeer {name}: {source}")]
+    Patch { name: String, source: kube::Error },
+}
+
+/// Watches one object by name and publishes its latest version (`None` when it is absent or
+/// deleted) into a watch channel. Errors are retried by the watcher's default backoff, so
+/// the API server going away only pauses updates: the dataplane keeps running.
+fn watch_named<K>(
+    api: Api<K>,
+    name: String,
+    tx: watch::Sender<Option<Arc<K>>>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        // Objects seen during a (re)list; absent after InitDone means deleted meanwhile.
+        let mut init_seen = false;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(o)) => {
+                    tx.send_replace(Some(Arc::new(o)));
+                }
+                Ok(Event::Delete(_)) => {
+                    tx.send_replace(None);
+                }
+                Ok(Event::Init) => init_seen = false,
+                Ok(Event::InitApply(o)) => {
+                    init_seen = true;
+                    tx.send_replace(Some(Arc::new(o)));
+                }
+                Ok(Event::InitDone) => {
+                    if !init_seen {
+                        tx.send_replace(None);
+                    }
+                }
+                Err(e) => tracing::warn!(object = %name, error = %e, "watch error (retrying)"),
+            }
+        }
+    })
+}
+
+/// Starts the watch on this node's WireKubePeer.
+pub fn watch_peer(
+    client: kube::Client,
+    node: &str,
+) -> (
+    watch::Receiver<Option<Arc<WireKubePeer>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = watch::channel(None);
+    let h = watch_named(Api::<WireKubePeer>::all(client), node.to_string(), tx);
+    (rx, h)
+}
+
+/// Watches the relay token Secret `name` in `namespace`; publishes the trimmed token.
+pub struct TokenWatch {
+    pub name: Option<String>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    secret_rx: watch::Receiver<Option<Arc<Secret>>>,
+    secret_tx: watch::Sender<Option<Arc<Secret>>>,
+}
+
+impl TokenWatch {
+    pub fn new() -> Self {
+        let (secret_tx, secret_rx) = watch::channel(None);
+        Self {
+            name: None,
+            task: None,
+            secret_rx,
+            secret_tx,
+        }
+    }
+
+    /// (Re)targets the watch when the spec names another Secret.
+    pub fn set(&mut self, client: &kube::Client, namespace: &str, name: Option<&str>) {
+        if self.name.as_deref() == name {
+            return;
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.secret_tx.send_replace(None);
+        self.name = name.map(str::to_string);
+        if let Some(n) = name {
+            let api = Api::<Secret>::namespaced(client.clone(), namespace);
+            self.task = Some(watch_named(api, n.to_string(), self.secret_tx.clone()));
+        }
+    }
+
+    pub fn changed(&mut self) -> &mut watch::Receiver<Option<Arc<Secret>>> {
+        &mut self.secret_rx
+    }
+
+    /// The current token, if the Secret exists and has a non-empty `token` key.
+    pub fn token(&self) -> Option<Vec<u8>> {
+        token_of(self.secret_rx.borrow().as_deref()?)
+    }
+}
+
+impl Default for TokenWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TokenWatch {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The token bytes of a Secret, whitespace-trimmed like the relay does.
+pub fn token_of(s: &Secret) -> Option<Vec<u8>> {
+    let raw = s.data.as_ref()?.get(TOKEN_KEY)?;
+    let t = raw.0.trim_ascii();
+    (!t.is_empty()).then(|| t.to_vec())
+}
+
+/// Server-side apply of the status subresource with the agent's field manager. `force`
+/// because the agent is the only writer of this status by contract.
+pub async fn patch_status(
+    client: &kube::Client,
+    name: &str,
+    status: &WireKubePeerStatus,
+) -> Result<(), KubeError> {
+    let api = Api::<WireKubePeer>::all(client.clone());
+    let pp = PatchParams::apply(AGENT_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(apply_body(name, status)))
+        .await
+        .map(|_| ())
+        .map_err(|source| KubeError::Patch {
+            name: name.to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    #[test]
+    fn token_is_trimmed_and_empty_is_none() {
+        let mut s = Secret::default();
+        assert_eq!(token_of(&s), None);
+        s.data = Some([(TOKEN_KEY.to_string(), ByteString(b" abc\n".to_vec()))].into());
+        assert_eq!(token_of(&s), Some(b"abc".to_vec()));
+        s.data = Some([(TOKEN_KEY.to_string(), ByteString(b"\n".to_vec()))].into());
+        assert_eq!(token_of(&s), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! `wirekube-agent` binary: flags (with env fallbacks), logging to stderr, signals.
+//!
+//! Exit codes: 0 after a graceful shutdown or a successful cleanup; 1 on a runtime error
+//! (no kubeconfig, unusable state dir, cleanup failure); 2 on bad flags (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use wirekube_agent::identity::Identity;
+use wirekube_agent::metrics::{self, Metrics};
+use wirekube_agent::reconcile::{Agent, AgentConfig};
+use wirekube_agent::spec::LocalSettings;
+use wirekube_dataplane::{Dataplane, EngineChoice};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EngineFlag {
+    Auto,
+    Kernel,
+    WireguardGo,
+    Embedded,
+}
+
+/// WireKube node agent: WireGuard mesh with NAT discovery and relay fallback.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This node's name (its WireKubePeer has the same name).
+    #[arg(long, env = "NODE_NAME", global = true)]
+    node_name: Option<String>,
+    /// Kubeconfig file; default: $KUBECONFIG, then ~/.kube/config, then in-cluster.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the relay token Secret.
+    #[arg(
+        long,
+        env = "WIREKUBE_NAMESPACE",
+        default_value = "wirekube-system",
+        global = true
+    )]
+    namespace: String,
+    /// Directory for the private key (created 0700; key file 0600).
+    #[arg(
+        long,
+        env = "WIREKUBE_STATE_DIR",
+        default_value = "/var/lib/wirekube",
+        global = true
+    )]
+    state_dir: PathBuf,
+    /// WireGuard engine.
+    #[arg(
+        long,
+        env = "WIREKUBE_ENGINE",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    engine: EngineFlag,
+    /// wireguard-go executable for --engine wireguard-go.
+    #[arg(
+        long,
+        env = "WIREKUBE_WIREGUARD_GO_BINARY",
+        default_value = "wireguard-go",
+        global = true
+    )]
+    wireguard_go_binary: PathBuf,
+    /// Address for /metrics and /healthz; "off" disables it.
+    #[arg(
+        long,
+        env = "WIREKUBE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9091",
+        global = true
+    )]
+    metrics_listen: String,
+    /// fwmark on WireGuard's own packets (they bypass the mesh table).
+    #[arg(long, env = "WIREKUBE_FWMARK", default_value_t = 0xca6c, global = true)]
+    fwmark: u32,
+    /// Routing table for peer routes.
+    #[arg(long, env = "WIREKUBE_TABLE", default_value_t = 51820, global = true)]
+    table: u32,
+    /// Priority of the ip rule selecting the table.
+    #[arg(
+        long,
+        env = "WIREKUBE_RULE_PRIORITY",
+        default_value_t = 5200,
+        global = true
+    )]
+    rule_priority: u32,
+    /// Seconds between WireGuard stats reads (handshake and fallback detection).
+    #[arg(
+        long,
+        env = "WIREKUBE_STATS_INTERVAL",
+        default_value_t = 1.0,
+        global = true
+    )]
+    stats_interval: f64,
+    /// Seconds between status re-applies when nothing significant changed.
+    #[arg(long, env = "WIREKUBE_HEARTBEAT", default_value_t = 60, global = true)]
+    heartbeat: u64,
+    /// Seconds between NAT re-checks.
+    #[arg(
+        long,
+        env = "WIREKUBE_DISCOVERY_INTERVAL",
+        default_value_t = 300,
+        global = true
+    )]
+    discovery_interval: u64,
+    /// Interface to remove with `cleanup` (default: the name in this node's spec, else wirekube0).
+    #[arg(long, env = "WIREKUBE_INTERFACE", global = true)]
+    interface: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent (default).
+    Run,
+    /// Remove the interface, routes and rules the agent created (the key stays).
+    Cleanup,
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn kube_client(args: &Args) -> anyhow::Result<kube::Client> {
+    // KUBECONFIG is honoured by try_default itself; an explicit flag wins.
+    match &args.kubeconfig {
+        Some(path) if std::env::var_os("KUBECONFIG").as_deref() != Some(path.as_os_str()) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("kubeconfig")?;
+            Ok(kube::Client::try_from(cfg)?)
+        }
+        _ => kube::Client::try_default()
+            .await
+            .context("no Kubernetes config (KUBECONFIG, ~/.kube/config or in-cluster)"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let node = args
+        .node_name
+        .clone()
+        .context("--node-name or NODE_NAME is required")?;
+    let (id, created) = Identity::load_or_create(&args.state_dir)
+        .with_context(|| format!("key store in {}", args.state_dir.display()))?;
+    tracing::info!(public_key = %id.public_key(), created, "identity ready");
+    let client = kube_client(&args).await?;
+    let metrics = Metrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    if args.metrics_listen != "off" {
+        let addr: SocketAddr = args
+            .metrics_listen
+            .parse()
+            .context("--metrics-listen must be ip:port or off")?;
+        let (m, s) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, async move { s.cancelled().await }).await {
+                tracing::error!(%addr, error = %e, "metrics server failed");
+            }
+        });
+    }
+    let engine = match args.engine {
+        EngineFlag::Auto => EngineChoice::Auto,
+        EngineFlag::Kernel => EngineChoice::Kernel,
+        EngineFlag::WireguardGo => EngineChoice::WireguardGo {
+            binary: args.wireguard_go_binary.clone(),
+        },
+        EngineFlag::Embedded => EngineChoice::Embedded,
+    };
+    let cfg = AgentConfig {
+        node,
+        namespace: args.namespace.clone(),
+        engine,
+        local: LocalSettings {
+            fwmark: args.fwmark,
+            table: args.table,
+            rule_priority: args.rule_priority,
+        },
+        stats_interval: Duration::from_secs_f64(args.stats_interval.clamp(0.1, 60.0)),
+        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        discovery_interval: Duration::from_secs(args.discovery_interval.max(10)),
+    };
+    Agent::new(cfg, id, client, metrics).run(terminated()).await;
+    shutdown.cancel();
+    Ok(())
+}
+
+async fn cleanup(args: Args) -> anyhow::Result<()> {
+    let name = match &args.interface {
+        Some(n) => n.clone(),
+        None => spec_interface(&args)
+            .await
+            .unwrap_or_else(|| "wirekube0".into()),
+    };
+    Dataplane::cleanup(&name, args.table, args.rule_priority)
+        .await
+        .with_context(|| format!("cleanup of {name}"))?;
+    tracing::info!(interface = %name, "removed interface, routes and rules");
+    Ok(())
+}
+
+/// The interface name from this node's spec, if the API server is reachable.
+async fn spec_interface(args: &Args) -> Option<String> {
+    let node = args.node_name.as_deref()?;
+    let client = kube_client(args).await.ok()?;
+    let api = kube::Api::<wirekube_crds::WireKubePeer>::all(client);
+    let p = tokio::time::timeout(Duration::from_secs(5), api.get(node))
+        .await
+        .ok()?
+        .ok()?;
+    Some(p.spec.interface_name)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut args = Args::parse();
+    match args.cmd.take() {
+        None | Some(Cmd::Run) => run(args).await,
+        Some(Cmd::Cleanup) => cleanup(args).await,
+    }
+}

@@ -71,6 +71,14 @@ pub(crate) fn short(k: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(k)[..8].to_string()
 }
 
+/// X25519 scalar clamping, as WireGuard applies it to private keys.
+fn clamp(mut k: [u8; 32]) -> [u8; 32] {
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    k
+}
+
 fn ip_set(ips: &[IpNet]) -> BTreeSet<IpNet> {
     // WireGuard stores allowed IPs masked (10.0.0.5/24 reads back as 10.0.0.0/24).
     ips.iter().map(|n| n.trunc()).collect()
@@ -98,7 +106,9 @@ pub(crate) fn wg_changes(
     now: SystemTime,
 ) -> Vec<WgChange> {
     let mut out = Vec::new();
-    let key = (cur.private_key != Some(iface.private_key)).then_some(iface.private_key);
+    // Engines store and report the clamped scalar (wireguard-go does), so compare clamped.
+    let key = (cur.private_key.map(clamp) != Some(clamp(iface.private_key)))
+        .then_some(iface.private_key);
     let port = (cur.listen_port != iface.listen_port).then_some(iface.listen_port);
     let mark = (cur.fwmark != iface.fwmark).then_some(iface.fwmark);
     if key.is_some() || port.is_some() || mark.is_some() {
@@ -294,6 +304,15 @@ mod tests {
                 fwmark: None
             }]
         );
+    }
+
+    #[test]
+    fn clamped_private_key_is_the_same_key() {
+        let mut i = iface();
+        i.private_key = [0xff; 32];
+        let mut cur = state_of(&[]);
+        cur.private_key = Some(clamp([0xff; 32]));
+        assert!(wg_changes(&cur, &i, &[], &EndpointMemory::new(), SystemTime::now()).is_empty());
     }
 
     #[test]

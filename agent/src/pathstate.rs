@@ -298,12 +298,7 @@ impl PathState {
         // Bytes our own persistent keepalives account for in the window (32 B each), plus a
         // handshake initiation: sending only these is not "data that got no answer".
         let ka = u64::from(self.plan.keepalive);
-        let noise = 148
-            + if ka > 0 {
-                32 * (window.as_secs() / ka + 1)
-            } else {
-                0
-            };
+        let noise = 148 + window.as_secs().checked_div(ka).map_or(0, |n| 32 * (n + 1));
         self.tx.saturating_sub(self.tx_at_rx_change) > noise
     }
 

@@ -151,7 +151,7 @@ fn stable_direct_resets_backoff() {
     for _ in 0..400 {
         s.traffic(100, 100);
         s.run(1);
-        if s.elapsed() % 100 == 0 {
+        if s.elapsed().is_multiple_of(100) {
             s.handshake(DIRECT);
         }
     }

@@ -187,10 +187,10 @@ impl Agent {
                 // binds it (lab-notes §7.7). Publish the key and discovery result first: the
                 // operator needs both to plan anyone's path to us.
                 let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
-                if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port) {
-                    if let Ok(r) = h.await {
-                        self.on_discovery(r);
-                    }
+                if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
+                    && let Ok(r) = h.await
+                {
+                    self.on_discovery(r);
                 }
                 self.seed_srflx(&peer);
                 first_discovery_done = true;

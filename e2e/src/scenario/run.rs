@@ -31,8 +31,9 @@ pub const APISERVER_PORT: u16 = 6443;
 pub const SYSTEM_NAMESPACE: &str = "wirekube-system";
 /// Name of the mesh every scenario applies.
 pub const MESH_NAME: &str = "default";
-/// Secret holding the external relay's token (key `token`), readable by agents.
-pub const TOKEN_SECRET: &str = "wirekube-relay-token";
+/// Secret holding the external relay's token (key `token`): the operator tells agents to read
+/// `wirekube-relay-<mesh>` in its namespace (`spec.relayTokenSecret`), for external relays too.
+pub const TOKEN_SECRET: &str = "wirekube-relay-default";
 
 /// Knobs of a run.
 pub struct Options {
@@ -242,9 +243,16 @@ impl Scenario {
         let want: BTreeSet<String> = self.hosts.keys().cloned().collect();
         let left = deadline.saturating_duration_since(Instant::now());
         let (ips, _) = wait_for(left, "a mesh IP for every node in the peer specs", || {
+            if !self.dead_processes().is_empty() {
+                return Some(BTreeMap::new());
+            }
             let ips = self.mesh_ips(&self.peers().ok()?);
             want.iter().all(|n| ips.contains_key(n)).then_some(ips)
         })?;
+        let dead = self.dead_processes();
+        if !dead.is_empty() {
+            bail!("exited: {}", dead.join(", "));
+        }
         let started = self.agents_started.unwrap_or_else(Instant::now);
         for (a, b) in self.topo.pairs() {
             let (nodes, stop, firsts) = (
@@ -289,6 +297,18 @@ impl Scenario {
         Some((c.path, c.reason))
     }
 
+    /// Processes (agents, operator, API server, external relay) that are no longer running.
+    pub fn dead_processes(&self) -> Vec<String> {
+        let mut all: Vec<&Proc> = vec![&self.apiserver];
+        all.extend(self.relay.iter());
+        all.extend(self.operator.iter());
+        all.extend(self.agents.values());
+        all.into_iter()
+            .filter(|p| !self.lab.is_running(p))
+            .map(|p| format!("{} on {} (pid {})", p.label, p.host, p.pid))
+            .collect()
+    }
+
     /// Waits until every agent reports every peer on the expected path with the expected reason.
     pub fn converge(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.opts.converge_timeout;
@@ -314,6 +334,11 @@ impl Scenario {
             deadline.saturating_duration_since(Instant::now()),
             "every pair reported as expected",
             || {
+                let dead = self.dead_processes();
+                if !dead.is_empty() {
+                    last = format!("exited: {}", dead.join(", "));
+                    return true;
+                }
                 let Ok(peers) = self.peers() else {
                     return false;
                 };
@@ -355,6 +380,7 @@ impl Scenario {
         );
         self.timings.all_direct = all_direct;
         match res {
+            Ok(_) if last.starts_with("exited: ") => Err(anyhow!("{last}")),
             Ok(_) => {
                 self.timings.converged = Some(self.since_agents());
                 (self.opts.progress)(&format!(

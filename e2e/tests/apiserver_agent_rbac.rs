@@ -131,7 +131,7 @@ async fn agent_may_patch_only_its_own_peer_status() {
     );
     assert_eq!(code(secrets.get("other").await.unwrap_err()), 403);
     assert_eq!(
-        code(secrets.get("wirekube-relay-token").await.unwrap_err()),
+        code(secrets.get("wirekube-relay-default").await.unwrap_err()),
         404,
         "allowed by name, absent"
     );

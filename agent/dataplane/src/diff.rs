@@ -29,7 +29,10 @@ pub(crate) const ROAMED_FRESH: Duration = Duration::from_secs(180);
 /// Desired endpoint per peer as of the last successful reconcile.
 pub(crate) type EndpointMemory = HashMap<[u8; 32], Option<SocketAddr>>;
 
-pub(crate) fn validate(iface: &InterfaceConfig, peers: &[PeerConfig]) -> Result<(), DataplaneError> {
+pub(crate) fn validate(
+    iface: &InterfaceConfig,
+    peers: &[PeerConfig],
+) -> Result<(), DataplaneError> {
     if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains('/') {
         return Err(DataplaneError::InvalidConfig(format!(
             "interface name {:?} must be 1-15 bytes without '/'",
@@ -107,8 +110,8 @@ pub(crate) fn wg_changes(
 ) -> Vec<WgChange> {
     let mut out = Vec::new();
     // Engines store and report the clamped scalar (wireguard-go does), so compare clamped.
-    let key = (cur.private_key.map(clamp) != Some(clamp(iface.private_key)))
-        .then_some(iface.private_key);
+    let key =
+        (cur.private_key.map(clamp) != Some(clamp(iface.private_key))).then_some(iface.private_key);
     let port = (cur.listen_port != iface.listen_port).then_some(iface.listen_port);
     let mark = (cur.fwmark != iface.fwmark).then_some(iface.fwmark);
     if key.is_some() || port.is_some() || mark.is_some() {
@@ -221,7 +224,13 @@ mod tests {
     fn converged_state_needs_nothing() {
         let peers = vec![peer(2, Some("10.0.0.2:51820")), peer(3, None)];
         let cur = state_of(&peers);
-        let ch = wg_changes(&cur, &iface(), &peers, &memory_of(&peers), SystemTime::now());
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &peers,
+            &memory_of(&peers),
+            SystemTime::now(),
+        );
         assert!(ch.is_empty(), "{ch:?}");
     }
 
@@ -230,7 +239,13 @@ mod tests {
         let peers = vec![peer(2, Some("10.0.0.2:51820"))];
         let mut cur = state_of(&peers);
         cur.peers[0].endpoint = Some("198.18.0.11:59977".parse().unwrap());
-        let ch = wg_changes(&cur, &iface(), &peers, &memory_of(&peers), SystemTime::now());
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &peers,
+            &memory_of(&peers),
+            SystemTime::now(),
+        );
         assert!(ch.is_empty(), "{ch:?}");
     }
 
@@ -255,7 +270,11 @@ mod tests {
     #[test]
     fn after_restart_fresh_roamed_endpoint_is_kept_but_stale_loopback_is_not() {
         let now = SystemTime::now();
-        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() - 10;
+        let epoch = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 10;
         let peers = vec![peer(2, Some("10.0.0.2:51820"))];
         let mut cur = state_of(&peers);
         cur.peers[0].endpoint = Some("198.18.0.11:59977".parse().unwrap());
@@ -263,11 +282,17 @@ mod tests {
         assert!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).is_empty());
         // Without a recent handshake the roamed endpoint is not proven; write the desired.
         cur.peers[0].handshake_sec = epoch - 1000;
-        assert_eq!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(), 1);
+        assert_eq!(
+            wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(),
+            1
+        );
         // A loopback endpoint belonged to the previous process's relay bridge.
         cur.peers[0].handshake_sec = epoch;
         cur.peers[0].endpoint = Some("127.0.0.1:41234".parse().unwrap());
-        assert_eq!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(), 1);
+        assert_eq!(
+            wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(),
+            1
+        );
     }
 
     #[test]
@@ -275,9 +300,17 @@ mod tests {
         let old = vec![peer(2, None), peer(3, None)];
         let mut new = vec![peer(2, None), peer(4, Some("10.0.0.4:1"))];
         new[0].allowed_ips.push("10.244.2.0/24".parse().unwrap());
-        let ch = wg_changes(&state_of(&old), &iface(), &new, &memory_of(&old), SystemTime::now());
+        let ch = wg_changes(
+            &state_of(&old),
+            &iface(),
+            &new,
+            &memory_of(&old),
+            SystemTime::now(),
+        );
         assert_eq!(ch.len(), 3);
-        assert!(matches!(&ch[0], WgChange::Peer { create: false, allowed_ips: Some(v), .. } if v.len() == 2));
+        assert!(
+            matches!(&ch[0], WgChange::Peer { create: false, allowed_ips: Some(v), .. } if v.len() == 2)
+        );
         assert!(matches!(&ch[1], WgChange::Peer { create: true, .. }));
         assert_eq!(ch[2], WgChange::Remove([3; 32]));
     }
@@ -288,14 +321,29 @@ mod tests {
         p.allowed_ips = vec!["10.244.2.7/24".parse().unwrap()];
         let mut cur = state_of(std::slice::from_ref(&p));
         cur.peers[0].allowed_ips = vec!["10.244.2.0/24".parse().unwrap()];
-        assert!(wg_changes(&cur, &iface(), &[p], &EndpointMemory::new(), SystemTime::now()).is_empty());
+        assert!(
+            wg_changes(
+                &cur,
+                &iface(),
+                &[p],
+                &EndpointMemory::new(),
+                SystemTime::now()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn interface_key_change() {
         let mut cur = state_of(&[]);
         cur.private_key = Some([9; 32]);
-        let ch = wg_changes(&cur, &iface(), &[], &EndpointMemory::new(), SystemTime::now());
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &[],
+            &EndpointMemory::new(),
+            SystemTime::now(),
+        );
         assert_eq!(
             ch,
             vec![WgChange::Interface {

@@ -203,7 +203,10 @@ pub(crate) async fn open_engine(
         .map(|e| format!("kernel WireGuard unavailable ({e}); "))
         .unwrap_or_default();
 
-    if matches!(choice, EngineChoice::Auto | EngineChoice::WireguardGo { .. }) {
+    if matches!(
+        choice,
+        EngineChoice::Auto | EngineChoice::WireguardGo { .. }
+    ) {
         let bin = wireguard_go_binary(choice);
         if bin.is_file() {
             start_wireguard_go(&bin, name, &uapi).await?;
@@ -298,7 +301,10 @@ async fn wait_alive(uapi: &Uapi, name: &str) -> Result<(), DataplaneError> {
     }
     Err(DataplaneError::DaemonStart {
         iface: name.into(),
-        reason: format!("no answer on {} after {START_TIMEOUT:?}", uapi.path.display()),
+        reason: format!(
+            "no answer on {} after {START_TIMEOUT:?}",
+            uapi.path.display()
+        ),
     })
 }
 
@@ -401,7 +407,11 @@ pub(crate) async fn stop_daemons(name: &str) -> usize {
         unsafe { libc::kill(p, libc::SIGTERM) };
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+    while Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for &p in &pids {

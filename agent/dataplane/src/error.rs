@@ -73,7 +73,9 @@ pub enum DataplaneError {
     InvalidConfig(String),
     /// The interface exists but is not the engine asked for (e.g. a kernel link when
     /// wireguard-go was requested).
-    #[error("interface {iface} already exists as {found}; run `wirekube-agent cleanup` or pick the matching engine")]
+    #[error(
+        "interface {iface} already exists as {found}; run `wirekube-agent cleanup` or pick the matching engine"
+    )]
     EngineMismatch {
         /// Interface name.
         iface: String,

@@ -7,9 +7,9 @@
 
 use std::time::SystemTime;
 
-use defguard_wireguard_rs::peer::Peer;
 use defguard_wireguard_rs::key::Key;
 use defguard_wireguard_rs::net::IpAddrMask;
+use defguard_wireguard_rs::peer::Peer;
 use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi};
 
 use crate::error::DataplaneError;

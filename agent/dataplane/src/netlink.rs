@@ -56,7 +56,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         let msg = match req.try_next().await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
@@ -117,7 +122,11 @@ impl Netlink {
         if link.mtu != iface.mtu {
             self.handle
                 .link()
-                .set(LinkUnspec::new_with_index(link.index).mtu(iface.mtu).build())
+                .set(
+                    LinkUnspec::new_with_index(link.index)
+                        .mtu(iface.mtu)
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| DataplaneError::netlink(format!("set mtu {}", iface.mtu), e))?;
@@ -164,9 +173,9 @@ impl Netlink {
             req.message_mut()
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
-            req.execute()
-                .await
-                .map_err(|e| DataplaneError::netlink(format!("add address {}", iface.address), e))?;
+            req.execute().await.map_err(|e| {
+                DataplaneError::netlink(format!("add address {}", iface.address), e)
+            })?;
             changes += 1;
         }
         if !link.up {
@@ -333,7 +342,9 @@ impl Netlink {
             .action(RuleAction::ToTable);
         if let Some(m) = d.fwmark {
             req = req.fw_mark(m);
-            req.message_mut().attributes.push(RuleAttribute::FwMask(u32::MAX));
+            req.message_mut()
+                .attributes
+                .push(RuleAttribute::FwMask(u32::MAX));
         }
         let res = match d.dst {
             Some(IpNet::V4(n)) => {

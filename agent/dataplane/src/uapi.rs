@@ -166,7 +166,10 @@ pub(crate) fn parse_get(text: &str) -> Result<(DeviceState, i32), String> {
         let Some((k, v)) = line.split_once('=') else {
             return Err(format!("malformed UAPI line {line:?}"));
         };
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number in {line:?}"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("bad number in {line:?}"))
+        };
         match (k, cur.as_mut()) {
             ("public_key", _) => {
                 if let Some(p) = cur.take() {
@@ -325,7 +328,10 @@ mod tests {
         assert_eq!(p.public_key, K2);
         assert_eq!(p.endpoint, Some("[fd00::1]:51821".parse().unwrap()));
         assert_eq!((p.handshake_sec, p.handshake_nsec), (1764000000, 5));
-        assert_eq!((p.tx_bytes, p.rx_bytes, p.persistent_keepalive), (10, 20, 25));
+        assert_eq!(
+            (p.tx_bytes, p.rx_bytes, p.persistent_keepalive),
+            (10, 20, 25)
+        );
         assert_eq!(p.allowed_ips.len(), 2);
         assert_eq!(dev.peers[1].endpoint, None);
     }

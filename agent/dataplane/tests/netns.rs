@@ -38,22 +38,53 @@ fn tunnel_reconcile_routes_remove_restart() {
     in_ns(&lab.a, || async {
         let mut dp = Dataplane::open(EngineChoice::Auto, &ia).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::UserspaceExternal);
-        assert!(dp.selection().reason.contains("kernel WireGuard unavailable"), "{:?}", dp.selection());
+        assert!(
+            dp.selection()
+                .reason
+                .contains("kernel WireGuard unavailable"),
+            "{:?}",
+            dp.selection()
+        );
         dp.reconcile(&ia, &pa).await.unwrap();
         // Idempotency, proven by counting: nothing to write the second time.
         let again = dp.reconcile(&ia, &pa).await.unwrap();
-        assert!(again.is_noop(), "repeat reconcile changed things: {again:?}");
+        assert!(
+            again.is_noop(),
+            "repeat reconcile changed things: {again:?}"
+        );
     });
     assert!(lab.ping(&lab.a, "100.96.0.2", 15), "no ping over the mesh");
     assert!(lab.ping(&lab.b, "100.96.0.1", 3));
 
     // Routes live in the dedicated table behind the rules; main is as before.
-    let t = run(&["ip", "-n", &lab.a, "route", "show", "table", &TABLE.to_string()]);
+    let t = run(&[
+        "ip",
+        "-n",
+        &lab.a,
+        "route",
+        "show",
+        "table",
+        &TABLE.to_string(),
+    ]);
     assert!(t.contains("100.96.0.2 dev"), "table: {t}");
     let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
-    assert!(rules.contains(&format!("{PRIO}:\tfrom all to 100.96.0.0/16 lookup {TABLE}")), "{rules}");
-    assert!(rules.contains(&format!("{}:\tfrom all fwmark 0xca6c lookup main", PRIO - 1)), "{rules}");
-    assert_eq!(run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]), main_before);
+    assert!(
+        rules.contains(&format!(
+            "{PRIO}:\tfrom all to 100.96.0.0/16 lookup {TABLE}"
+        )),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!(
+            "{}:\tfrom all fwmark 0xca6c lookup main",
+            PRIO - 1
+        )),
+        "{rules}"
+    );
+    assert_eq!(
+        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        main_before
+    );
     let wg = run(&["wg", "show", &ia.name, "fwmark"]);
     assert_eq!(wg.trim(), "0xca6c");
 
@@ -79,7 +110,10 @@ fn tunnel_reconcile_routes_remove_restart() {
     });
     let key = run(&["wg", "show", &ia.name, "public-key"]);
     assert_eq!(key.trim(), b64(&pka));
-    assert!(lab.ping(&lab.a, "100.96.0.2", 3), "tunnel lost across restart");
+    assert!(
+        lab.ping(&lab.a, "100.96.0.2", 3),
+        "tunnel lost across restart"
+    );
 
     // Removing the peer removes it from WireGuard and its route.
     in_ns(&lab.a, || async {
@@ -90,7 +124,15 @@ fn tunnel_reconcile_routes_remove_restart() {
     });
     let peers = run(&["wg", "show", &ia.name, "peers"]);
     assert!(peers.trim().is_empty(), "peer still present: {peers}");
-    let t = run(&["ip", "-n", &lab.a, "route", "show", "table", &TABLE.to_string()]);
+    let t = run(&[
+        "ip",
+        "-n",
+        &lab.a,
+        "route",
+        "show",
+        "table",
+        &TABLE.to_string(),
+    ]);
     assert!(t.trim().is_empty(), "route still present: {t}");
     assert!(!lab.ping(&lab.a, "100.96.0.2", 1));
 
@@ -102,8 +144,14 @@ fn tunnel_reconcile_routes_remove_restart() {
     assert!(!try_run(&["ip", "-n", &lab.a, "link", "show", &ia.name]));
     assert!(!std::path::Path::new(&format!("/var/run/wireguard/{}.sock", ia.name)).exists());
     let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
-    assert!(!rules.contains(&TABLE.to_string()) && !rules.contains("0xca6c"), "{rules}");
-    assert_eq!(run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]), main_before);
+    assert!(
+        !rules.contains(&TABLE.to_string()) && !rules.contains("0xca6c"),
+        "{rules}"
+    );
+    assert_eq!(
+        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        main_before
+    );
     let left = run(&["ip", "netns", "pids", &lab.a]);
     assert!(left.trim().is_empty(), "daemon left running: {left}");
 }
@@ -150,7 +198,15 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
         let rules = "table inet wkblock {\n chain in { type filter hook input priority 0; iifname \"v0\" meta l4proto udp drop; }\n chain out { type filter hook output priority 0; oifname \"v0\" meta l4proto udp drop; }\n}\n";
         let file = std::env::temp_dir().join(format!("{ns}.nft"));
         std::fs::write(&file, rules).unwrap();
-        run(&["ip", "netns", "exec", ns, "nft", "-f", file.to_str().unwrap()]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
         let _ = std::fs::remove_file(&file);
     }
     let (ska, pka) = keypair(5);
@@ -186,7 +242,10 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
                 dp.reconcile(&ia, &[p]).await.unwrap();
                 go_tx.send(()).unwrap();
                 // Keep the relay and bridge alive until the test is done.
-                tokio::task::spawn_blocking(move || done_rx.recv()).await.unwrap().ok();
+                tokio::task::spawn_blocking(move || done_rx.recv())
+                    .await
+                    .unwrap()
+                    .ok();
                 let c = bridge.counters();
                 assert!(c.to_relay_packets > 0 && c.from_relay_packets > 0, "{c:?}");
                 let st = dp.peer_stats().await.unwrap();
@@ -215,7 +274,18 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
                     let ns = lab.b.clone();
                     move || {
                         (0..15).any(|_| {
-                            try_run(&["ip", "netns", "exec", &ns, "ping", "-c", "1", "-W", "1", "100.96.0.1"])
+                            try_run(&[
+                                "ip",
+                                "netns",
+                                "exec",
+                                &ns,
+                                "ping",
+                                "-c",
+                                "1",
+                                "-W",
+                                "1",
+                                "100.96.0.1",
+                            ])
                         })
                     }
                 })
@@ -267,7 +337,20 @@ fn embedded_engine_smoke() {
         assert!(dp.reconcile(&ia, &pa).await.unwrap().is_noop());
         let ns = lab.a.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            (0..15).any(|_| try_run(&["ip", "netns", "exec", &ns, "ping", "-c", "1", "-W", "1", "100.96.0.2"]))
+            (0..15).any(|_| {
+                try_run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    "100.96.0.2",
+                ])
+            })
         })
         .await
         .unwrap();

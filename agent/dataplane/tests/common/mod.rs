@@ -83,8 +83,7 @@ impl Lab {
         run(&["ip", "netns", "add", &a]);
         run(&["ip", "netns", "add", &b]);
         run(&[
-            "ip", "-n", &a, "link", "add", "v0", "type", "veth", "peer", "name", "v0", "netns",
-            &b,
+            "ip", "-n", &a, "link", "add", "v0", "type", "veth", "peer", "name", "v0", "netns", &b,
         ]);
         for (ns, ip) in [(&a, "10.77.0.1/24"), (&b, "10.77.0.2/24")] {
             run(&["ip", "-n", ns, "addr", "add", ip, "dev", "v0"]);

@@ -20,7 +20,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub causes: Vec<Cause>,
-    pub details: Option<(String, String, String)>, // (group, kind, name)
+    pub details: Option<Box<(String, String, String)>>, // (group, kind, name)
 }
 
 impl ApiError {
@@ -55,7 +55,11 @@ impl ApiError {
             "NotFound",
             format!("{} \"{name}\" not found", qualified(resource, group)),
         );
-        e.details = Some((group.to_string(), resource.to_string(), name.to_string()));
+        e.details = Some(Box::new((
+            group.to_string(),
+            resource.to_string(),
+            name.to_string(),
+        )));
         e
     }
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
@@ -64,7 +68,11 @@ impl ApiError {
             "AlreadyExists",
             format!("{} \"{name}\" already exists", qualified(resource, group)),
         );
-        e.details = Some((group.to_string(), resource.to_string(), name.to_string()));
+        e.details = Some(Box::new((
+            group.to_string(),
+            resource.to_string(),
+            name.to_string(),
+        )));
         e
     }
     pub fn conflict(resource: &str, group: &str, name: &str) -> Self {
@@ -76,7 +84,11 @@ impl ApiError {
                 qualified(resource, group)
             ),
         );
-        e.details = Some((group.to_string(), resource.to_string(), name.to_string()));
+        e.details = Some(Box::new((
+            group.to_string(),
+            resource.to_string(),
+            name.to_string(),
+        )));
         e
     }
     pub fn method_not_allowed(m: impl Into<String>) -> Self {
@@ -106,7 +118,11 @@ impl ApiError {
             format!("{gk} \"{name}\" is invalid: {summary}"),
         );
         e.causes = causes;
-        e.details = Some((group.to_string(), kind.to_string(), name.to_string()));
+        e.details = Some(Box::new((
+            group.to_string(),
+            kind.to_string(),
+            name.to_string(),
+        )));
         e
     }
     pub fn gone(m: impl Into<String>) -> Self {
@@ -132,7 +148,7 @@ impl ApiError {
         });
         if self.details.is_some() || !self.causes.is_empty() {
             let mut d = json!({});
-            if let Some((g, k, n)) = &self.details {
+            if let Some((g, k, n)) = self.details.as_deref() {
                 d["name"] = json!(n);
                 d["group"] = json!(g);
                 d["kind"] = json!(k);

@@ -49,10 +49,8 @@ pub fn builtin(
             }
         }
         ("", "Service") => service(st, obj, old)?,
-        ("", "Pod") => {
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"]["phase"] = json!("Pending");
-            }
+        ("", "Pod") if obj.pointer("/status/phase").is_none() => {
+            obj["status"]["phase"] = json!("Pending");
         }
         ("apps", "Deployment") => {
             if obj.pointer("/spec/replicas").is_none() {

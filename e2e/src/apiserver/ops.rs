@@ -237,7 +237,11 @@ fn admission_error(t: &Target, name: &str, msg: &str) -> ApiError {
         "RequestEntityTooLarge" => ApiError::new(413, "RequestEntityTooLarge", msg.to_string()),
         _ => ApiError::new(422, "Invalid", format!("{gk} \"{name}\" is invalid: {msg}")),
     };
-    e.details = Some((ri.group.clone(), ri.resource.clone(), name.to_string()));
+    e.details = Some(Box::new((
+        ri.group.clone(),
+        ri.resource.clone(),
+        name.to_string(),
+    )));
     e
 }
 

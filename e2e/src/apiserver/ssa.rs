@@ -228,11 +228,11 @@ pub fn apply(
             ),
         );
         err.causes = causes;
-        err.details = Some((
+        err.details = Some(Box::new((
             ri.group.clone(),
             ri.resource.clone(),
             util::meta_name(applied).to_string(),
-        ));
+        )));
         return Err(err);
     }
     for (i, p) in &conflicts {

@@ -63,7 +63,7 @@ impl Filter {
         let obj = match self.opts.table {
             Some(inc) => table::table(
                 &self.ri,
-                &[obj.clone()],
+                std::slice::from_ref(&obj),
                 util::str_at(&obj, "/metadata/resourceVersion"),
                 None,
                 inc,

@@ -729,6 +729,7 @@ fn start_agent(lab: &Lab, host: &Host, node: &str, kube_dir: &Path) -> Result<Pr
     cmd.arg(format!("--node-name={node}"))
         .arg("--state-dir=/var/lib/wirekube")
         .arg("--engine=wireguard-go")
+        .arg(format!("--wireguard-go-binary={}", which("wireguard-go")))
         .arg("--metrics-listen=127.0.0.1:9473")
         .env("KUBECONFIG", &kc)
         .env("RUST_LOG", "info,wirekube_agent=debug");
@@ -793,6 +794,17 @@ pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> 
         relay,
     };
     WireKubeMesh::new(MESH_NAME, spec)
+}
+
+/// `name` resolved in `PATH` (unchanged when not found, so the program reports it).
+fn which(name: &str) -> String {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_owned())
 }
 
 fn random_token() -> String {

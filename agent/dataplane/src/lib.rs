@@ -20,11 +20,11 @@ mod types;
 mod uapi;
 
 pub use dataplane::Dataplane;
-pub use engine::{EngineChoice, EngineKind, EngineSelection};
+pub use engine::{DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection};
 pub use error::DataplaneError;
 pub use relay_bridge::{RelayBridge, RelayBridgeCounters};
 pub use stats::PeerStats;
-pub use types::{InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark};
+pub use types::{DEFAULT_FWMARK, InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark};
 
 #[cfg(test)]
 mod send_check {

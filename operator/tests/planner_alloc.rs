@@ -31,11 +31,11 @@ fn fresh_nodes_fill_the_cidr_from_the_bottom_in_name_order() {
     ))
     .unwrap();
     assert_eq!(
-        ips(&p.specs),
+        ips(&p.to_specs()),
         [("a", "10.99.0.1"), ("b", "10.99.0.2"), ("c", "10.99.0.3")]
     );
-    assert_eq!(p.specs["a"].peers[0].allowed_ips, ["10.99.0.2/32"]);
-    assert_eq!(p.specs["a"].mesh_cidr, "10.99.0.0/24");
+    assert_eq!(p.spec("a").unwrap().peers[0].allowed_ips, ["10.99.0.2/32"]);
+    assert_eq!(p.spec("a").unwrap().mesh_cidr, "10.99.0.0/24");
 }
 
 #[test]
@@ -44,16 +44,16 @@ fn stored_ips_survive_restarts_and_others_joining_or_leaving() {
     let p1 = plan(&input(spec.clone(), &hosts(&["b", "c", "d"]), true)).unwrap();
     // An operator restart: same nodes, stored specs as truth. Nothing changes.
     let mut again = input(spec.clone(), &hosts(&["b", "c", "d"]), true);
-    again.previous = p1.specs.clone();
+    again.previous = p1.to_specs();
     let p2 = plan(&again).unwrap();
     assert!(p2.changed.is_empty());
     // "a" joins (sorts first), "c" leaves: b and d keep their IPs, a gets the lowest free
     // one, and c's address stays reserved while its spec still exists.
     let mut next = input(spec, &hosts(&["a", "b", "d"]), true);
-    next.previous = p1.specs.clone();
+    next.previous = p1.to_specs();
     let p3 = plan(&next).unwrap();
     assert_eq!(
-        ips(&p3.specs),
+        ips(&p3.to_specs()),
         [("a", "10.99.0.4"), ("b", "10.99.0.1"), ("d", "10.99.0.3")]
     );
     assert_eq!(p3.removed.iter().collect::<Vec<_>>(), ["c"]);
@@ -69,9 +69,9 @@ fn a_full_cidr_is_reported_and_nobody_is_dropped() {
         true,
     ))
     .unwrap();
-    assert_eq!(p.specs.len(), 8, "every node still gets a spec");
-    assert_eq!(p.specs["n6"].mesh_ip, "10.99.0.6");
-    assert_eq!(p.specs["n7"].mesh_ip, "");
+    assert_eq!(p.nodes().len(), 8, "every node still gets a spec");
+    assert_eq!(p.spec("n6").unwrap().mesh_ip, "10.99.0.6");
+    assert_eq!(p.spec("n7").unwrap().mesh_ip, "");
     assert_eq!(p.unallocated(), ["n7", "n8"]);
     let issue = p
         .issues
@@ -92,7 +92,8 @@ fn a_full_cidr_is_reported_and_nobody_is_dropped() {
         (pair.path, pair.reason),
         (PlannedPath::Down, PathReason::CidrFull)
     );
-    let e = p.specs["n1"].peers.iter().find(|e| e.name == "n7").unwrap();
+    let s1 = p.spec("n1").unwrap();
+    let e = s1.peers.iter().find(|e| e.name == "n7").unwrap();
     assert!(e.allowed_ips.is_empty());
     assert_eq!(p.pair("n1", "n2").unwrap().path, PlannedPath::Direct);
 }
@@ -101,14 +102,14 @@ fn a_full_cidr_is_reported_and_nobody_is_dropped() {
 fn a_conflict_keeps_the_first_name_and_reassigns_the_other() {
     let spec = mesh("10.99.0.0/24", RelayMode::Auto);
     let p1 = plan(&input(spec.clone(), &hosts(&["a", "b", "c"]), true)).unwrap();
-    let mut prev = p1.specs.clone();
+    let mut prev = p1.to_specs();
     prev.get_mut("c").unwrap().mesh_ip = "10.99.0.1".into(); // same as a
     prev.get_mut("b").unwrap().mesh_ip = "10.99.0.255".into(); // broadcast
     let mut inp = input(spec, &hosts(&["a", "b", "c"]), true);
     inp.previous = prev;
     let p = plan(&inp).unwrap();
     assert_eq!(
-        ips(&p.specs),
+        ips(&p.to_specs()),
         [("a", "10.99.0.1"), ("b", "10.99.0.2"), ("c", "10.99.0.3")]
     );
     assert!(p.issues.contains(&PlanIssue::IpConflict {
@@ -138,9 +139,9 @@ fn a_changed_cidr_reallocates_everybody() {
         &hosts(&["a", "b"]),
         true,
     );
-    inp.previous = p1.specs;
+    inp.previous = p1.to_specs();
     let p = plan(&inp).unwrap();
-    assert_eq!(ips(&p.specs), [("a", "10.77.0.1"), ("b", "10.77.0.2")]);
+    assert_eq!(ips(&p.to_specs()), [("a", "10.77.0.1"), ("b", "10.77.0.2")]);
     assert_eq!(
         p.issues,
         [PlanIssue::CidrChanged {
@@ -164,9 +165,9 @@ fn deleting_and_deselected_nodes_leave_the_mesh_but_hold_their_ip_for_a_round() 
         }
         n.deleting = n.name == "c";
     }
-    inp.previous = p1.specs;
+    inp.previous = p1.to_specs();
     let p = plan(&inp).unwrap();
-    assert_eq!(ips(&p.specs), [("a", "10.99.0.1"), ("d", "10.99.0.4")]);
+    assert_eq!(ips(&p.to_specs()), [("a", "10.99.0.1"), ("d", "10.99.0.4")]);
     assert_eq!(p.removed.iter().collect::<Vec<_>>(), ["b", "c"]);
 }
 
@@ -178,13 +179,14 @@ fn nodes_without_a_key_are_pending_and_listed_down() {
     inp.nodes.push(NodeInfo::new("d")); // no agent status at all yet
     let p = plan(&inp).unwrap();
     assert_eq!(p.pending_nodes, ["b", "d"]);
-    let e = p.specs["a"].peers.iter().find(|e| e.name == "b").unwrap();
+    let sa = p.spec("a").unwrap();
+    let e = sa.peers.iter().find(|e| e.name == "b").unwrap();
     assert_eq!(e.public_key, "");
     assert_eq!(
         (e.path, e.reason),
         (PlannedPath::Down, PathReason::KeyMissing)
     );
-    assert_eq!(p.specs["a"].peers.len(), 3);
+    assert_eq!(sa.peers.len(), 3);
     assert_eq!((p.summary.direct, p.summary.down), (1, 5));
 }
 
@@ -206,7 +208,7 @@ fn mesh_settings_are_copied_into_every_spec() {
     let mut inp = input(spec.clone(), &hosts(&["a", "b"]), true);
     inp.relay_stun_servers = vec!["198.18.0.51:3478".into(), "198.18.0.51:3479".into()];
     let p = plan(&inp).unwrap();
-    let s = &p.specs["a"];
+    let s = &p.spec("a").unwrap();
     assert_eq!(s.mesh, "default");
     assert_eq!(
         (s.listen_port, s.mtu, s.interface_name.as_str()),
@@ -225,7 +227,7 @@ fn mesh_settings_are_copied_into_every_spec() {
     spec.stun_servers = vec!["stun1:3478".into(), "stun2:3478".into()];
     inp.mesh = spec;
     assert_eq!(
-        plan(&inp).unwrap().specs["a"].stun_servers,
+        plan(&inp).unwrap().spec("a").unwrap().stun_servers,
         ["stun1:3478", "stun2:3478"]
     );
 }

@@ -78,7 +78,7 @@ fn expected(
         // A LAN path needs no NAT traversal, whatever the NATs at the edge are.
         (Direct, R::SameSite, Both)
     } else {
-        let row = CROSS_SITE_AUTO
+        CROSS_SITE_AUTO
             .iter()
             .find_map(|&(x, y, p, r, i)| {
                 if (x, y) == (a, b) {
@@ -94,8 +94,7 @@ fn expected(
                     None
                 }
             })
-            .expect("every NAT pair has a row");
-        row
+            .expect("every NAT pair has a row")
     };
     let relay_or_down = |reason| {
         if relay {
@@ -141,8 +140,9 @@ fn run_matrix(mode: RelayMode, relay: bool) -> usize {
                 let p = plan(&input(mesh("10.99.0.0/24", mode), &hosts, relay)).unwrap();
                 let (path, reason, init) = expected(a, b, same_site, mode, relay);
                 let pair = p.pair("a", "b").unwrap();
-                let ea = &p.specs["a"].peers[0];
-                let eb = &p.specs["b"].peers[0];
+                let (sa, sb) = (p.spec("a").unwrap(), p.spec("b").unwrap());
+                let ea = &sa.peers[0];
+                let eb = &sb.peers[0];
                 let got_init = match (pair.a_initiates, pair.b_initiates) {
                     (true, true) => Some(Both),
                     (true, false) => Some(First),
@@ -204,7 +204,8 @@ fn nat_matrix_keepalive() {
             for same_site in [false, true] {
                 let hosts = [host("a", a, 1, same_site), host("b", b, 2, same_site)];
                 let p = plan(&input(mesh("10.99.0.0/24", RelayMode::Auto), &hosts, true)).unwrap();
-                let (ea, eb) = (&p.specs["a"].peers[0], &p.specs["b"].peers[0]);
+                let (sa, sb) = (p.spec("a").unwrap(), p.spec("b").unwrap());
+                let (ea, eb) = (&sa.peers[0], &sb.peers[0]);
                 assert_eq!(ea.persistent_keepalive, eb.persistent_keepalive);
                 let nat_between = ea.path == Direct && !same_site && !(a == Open && b == Open);
                 let want = if nat_between { 10 } else { 25 };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode};
+use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode, WireKubePeerSpec};
 use wirekube_operator::planner::fixtures::{Host, LISTEN_PORT, input, mesh};
 use wirekube_operator::planner::{PathPlanner, Plan, PlannerInput, plan};
 
@@ -82,8 +82,12 @@ fn known_endpoints(h: &Host) -> HashSet<String> {
     v
 }
 
-fn entry_of<'p>(p: &'p Plan, from: &str, to: &str) -> &'p wirekube_crds::PeerEntry {
-    p.specs[from].peers.iter().find(|e| e.name == to).unwrap()
+fn entry_of<'p>(
+    specs: &'p BTreeMap<String, WireKubePeerSpec>,
+    from: &str,
+    to: &str,
+) -> &'p wirekube_crds::PeerEntry {
+    specs[from].peers.iter().find(|e| e.name == to).unwrap()
 }
 
 proptest! {
@@ -93,16 +97,17 @@ proptest! {
     fn plans_are_symmetric_and_consistent_with_candidates((hosts, inp) in arb_input()) {
         let p = plan(&inp).unwrap();
         let by_name: BTreeMap<&str, &Host> = hosts.iter().map(|h| (h.name.as_str(), h)).collect();
-        prop_assert_eq!(p.pairs.len(), hosts.len() * (hosts.len() - 1) / 2);
-        for pair in &p.pairs {
-            let ab = entry_of(&p, &pair.a, &pair.b);
-            let ba = entry_of(&p, &pair.b, &pair.a);
+        let specs = p.to_specs();
+        prop_assert_eq!(p.pairs().len(), hosts.len() * (hosts.len() - 1) / 2);
+        for pair in p.pairs() {
+            let ab = entry_of(&specs, pair.a, pair.b);
+            let ba = entry_of(&specs, pair.b, pair.a);
             // A→B Direct iff B→A Direct, with one reason for both.
             prop_assert_eq!((ab.path, ab.reason), (ba.path, ba.reason));
             prop_assert_eq!((ab.path, ab.reason), (pair.path, pair.reason));
             prop_assert_eq!(ab.persistent_keepalive, ba.persistent_keepalive);
             prop_assert_eq!((ab.initiate, ba.initiate), (pair.a_initiates, pair.b_initiates));
-            for (e, to) in [(ab, &*pair.b), (ba, &*pair.a)] {
+            for (e, to) in [(ab, pair.b), (ba, pair.a)] {
                 let known = known_endpoints(by_name[to]);
                 if let Some(ep) = &e.endpoint {
                     prop_assert!(known.contains(ep), "{} -> {}: {} not among {:?}", e.name, to, ep, known);
@@ -126,14 +131,14 @@ proptest! {
                 prop_assert!(!inp.relay_endpoints.is_empty());
             }
             // A node without a key is never silently dropped: its pairs are listed, Down.
-            if !by_name[&*pair.a].has_key || !by_name[&*pair.b].has_key {
+            if !by_name[pair.a].has_key || !by_name[pair.b].has_key {
                 prop_assert_eq!((pair.path, pair.reason), (PlannedPath::Down, PathReason::KeyMissing));
             }
         }
         let pending: Vec<String> = hosts.iter().filter(|h| !h.has_key).map(|h| h.name.clone()).collect();
         prop_assert_eq!(&p.pending_nodes, &pending);
         let s = &p.summary;
-        prop_assert_eq!((s.direct + s.relay + s.down) as usize, p.pairs.len());
+        prop_assert_eq!((s.direct + s.relay + s.down) as usize, p.pairs().len());
     }
 
     #[test]
@@ -149,10 +154,10 @@ proptest! {
         prop_assert_eq!(p1.changed.len(), hosts.len());
         // Applying the plan and planning again changes nothing.
         let mut again = inp.clone();
-        again.previous = p1.specs.clone();
+        again.previous = p1.to_specs();
         let p3 = plan(&again).unwrap();
         prop_assert!(p3.changed.is_empty(), "{:?}", p3.changed);
-        prop_assert_eq!(&p3.specs, &p1.specs);
+        prop_assert_eq!(p3.to_specs(), p1.to_specs());
     }
 
     #[test]
@@ -163,7 +168,7 @@ proptest! {
     ) {
         let p1 = plan(&inp).unwrap();
         let ips = |p: &Plan| -> BTreeMap<String, String> {
-            p.specs.iter().map(|(k, s)| (k.clone(), s.mesh_ip.clone())).collect()
+            p.specs().map(|(k, s)| (k.to_string(), s.mesh_ip)).collect()
         };
         let before = ips(&p1);
         let unique: BTreeSet<&String> = before.values().collect();
@@ -171,7 +176,7 @@ proptest! {
 
         // Some nodes leave (the operator deletes their specs), newcomers join.
         let mut next = inp.clone();
-        next.previous = p1.specs.clone();
+        next.previous = p1.to_specs();
         let stay: Vec<Host> = hosts.iter().enumerate().filter(|(i, _)| !leave[*i]).map(|(_, h)| h.clone()).collect();
         let mut all = stay.clone();
         for j in 0..join {
@@ -205,7 +210,7 @@ proptest! {
         change in arb_host(99),
     ) {
         let mut planner = PathPlanner::new(&inp).unwrap();
-        let before = planner.plan().specs.clone();
+        let before = planner.plan().to_specs();
         let k = who.index(hosts.len());
         let mut changed_host = change;
         changed_host.name = hosts[k].name.clone();
@@ -216,11 +221,12 @@ proptest! {
         let mut full_in = inp.clone();
         full_in.statuses.insert(hosts[k].name.clone(), status);
         let full = plan(&full_in).unwrap();
-        prop_assert_eq!(&planner.plan().specs, &full.specs);
-        prop_assert_eq!(&planner.plan().pairs, &full.pairs);
+        let full_specs = full.to_specs();
+        prop_assert_eq!(&planner.plan().to_specs(), &full_specs);
+        prop_assert_eq!(planner.plan().pairs().collect::<Vec<_>>(), full.pairs().collect::<Vec<_>>());
         prop_assert_eq!(&planner.plan().summary, &full.summary);
         prop_assert_eq!(&planner.plan().pending_nodes, &full.pending_nodes);
-        let really: BTreeSet<String> = full.specs.iter().filter(|(k, s)| before[*k] != **s).map(|(k, _)| k.clone()).collect();
+        let really: BTreeSet<String> = full_specs.iter().filter(|(k, s)| before[*k] != **s).map(|(k, _)| k.clone()).collect();
         prop_assert_eq!(changed, really);
     }
 }

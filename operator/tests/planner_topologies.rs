@@ -24,10 +24,11 @@ fn auto(hosts: &[Host]) -> Plan {
 }
 
 /// `from`'s entry for `to`.
-fn entry<'p>(plan: &'p Plan, from: &str, to: &str) -> &'p PeerEntry {
-    plan.specs[from]
+fn entry(plan: &Plan, from: &str, to: &str) -> PeerEntry {
+    plan.spec(from)
+        .expect("node in the mesh")
         .peers
-        .iter()
+        .into_iter()
         .find(|p| p.name == to)
         .unwrap_or_else(|| panic!("{from} has no entry for {to}"))
 }
@@ -377,8 +378,8 @@ fn choosing__all_public_nodes_need_no_relay_with_mode_never() {
         (p.summary.direct, p.summary.relay, p.summary.down),
         (3, 0, 0)
     );
-    assert!(p.pairs.iter().all(|x| x.reason == R::PublicPeer));
-    assert!(p.pairs.iter().all(|x| x.a_initiates && x.b_initiates));
+    assert!(p.pairs().all(|x| x.reason == R::PublicPeer));
+    assert!(p.pairs().all(|x| x.a_initiates && x.b_initiates));
     // Public to public: no NAT mapping to keep, the mesh keepalive applies.
     assert_eq!(entry(&p, "p1", "p2").persistent_keepalive, 25);
 }

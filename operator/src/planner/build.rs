@@ -1,15 +1,16 @@
-//! The planner itself: full plans, one-node re-plans, specs, the diff against stored specs and
-//! the summary.
+//! The planner itself: full plans, one-node re-plans, the diff against stored specs, the
+//! summary, and materialising specs.
 //!
 //! Layout for speed: nodes are kept sorted by name in a `Vec`, so node `i`'s spec lists peer
 //! `j` at position `j` (or `j - 1` when `j > i`), and pair `(i, j)` lives at a triangular
-//! index of `Plan::pairs`. A one-node re-plan therefore touches exactly `n - 1` pairs and
-//! `2(n - 1)` spec entries, with no searching.
+//! index of `Core::decisions`. A decision is a few bytes pointing into the two nodes' facts;
+//! spec entries are compared as borrowed views ([`EntryView`]) and only turned into owned
+//! `PeerEntry` values when a spec is asked for. A one-node re-plan therefore touches exactly
+//! `n - 1` decisions and allocates nothing.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
 
-use wirekube_crds::{PeerEntry, PlannedPath, WireKubePeerSpec, WireKubePeerStatus};
+use wirekube_crds::{PathReason, PeerEntry, PlannedPath, WireKubePeerSpec, WireKubePeerStatus};
 
 use super::alloc::{Pool, allocate};
 use super::facts::NodeFacts;
@@ -17,8 +18,181 @@ use super::rules::{Decision, Rules, Side};
 use super::select::selected;
 use super::types::{NodeInfo, PairPlan, Plan, PlanError, PlannerInput};
 
-/// Below this many nodes the spec build stays on one thread (spawning costs more).
-const PARALLEL_MIN_NODES: usize = 256;
+/// The compact plan: every node's facts and every pair's decision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Core {
+    /// Every spec minus `meshIP` and `peers`.
+    template: WireKubePeerSpec,
+    /// Nodes in the mesh, sorted by name.
+    pub facts: Vec<NodeFacts>,
+    /// Pair `(i, j)`, `i < j`, at `tri(n, i, j)`; `Decision::a` is node `i`'s side.
+    pub decisions: Vec<Decision>,
+}
+
+impl Core {
+    pub fn index_of(&self, node: &str) -> Option<usize> {
+        self.facts.binary_search_by(|f| (*f.name).cmp(node)).ok()
+    }
+
+    /// Decision of pair `(i, j)` in either order, and `i`'s and `j`'s sides of it.
+    fn sides(&self, i: usize, j: usize) -> (&Decision, &Side, &Side) {
+        let n = self.facts.len();
+        if i < j {
+            let d = &self.decisions[tri(n, i, j)];
+            (d, &d.a, &d.b)
+        } else {
+            let d = &self.decisions[tri(n, j, i)];
+            (d, &d.b, &d.a)
+        }
+    }
+
+    /// Node `i`'s entry for node `j`.
+    fn view(&self, i: usize, j: usize) -> EntryView<'_> {
+        let (d, side, _) = self.sides(i, j);
+        EntryView::new(&self.facts[j], side, d)
+    }
+
+    pub fn pair(&self, i: usize, j: usize) -> PairPlan<'_> {
+        let (a, b) = (&self.facts[i], &self.facts[j]);
+        let d = &self.decisions[tri(self.facts.len(), i, j)];
+        PairPlan {
+            a: &a.name,
+            b: &b.name,
+            path: d.path,
+            reason: d.reason,
+            a_initiates: d.a.initiate,
+            b_initiates: d.b.initiate,
+            fallback_reported: a.reports_fallback_to(&b.name) || b.reports_fallback_to(&a.name),
+        }
+    }
+
+    pub fn spec(&self, i: usize) -> WireKubePeerSpec {
+        let n = self.facts.len();
+        let peers = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| self.view(i, j).to_entry())
+            .collect();
+        WireKubePeerSpec {
+            mesh_ip: self.facts[i].mesh_ip_text.clone(),
+            peers,
+            ..self.template.clone()
+        }
+    }
+
+    /// The stored spec equals what [`Core::spec`] would build, compared without building it.
+    fn matches(&self, i: usize, stored: &WireKubePeerSpec) -> bool {
+        let n = self.facts.len();
+        header_eq(&self.template, stored)
+            && stored.mesh_ip == self.facts[i].mesh_ip_text
+            && stored.peers.len() == n.saturating_sub(1)
+            && (0..n)
+                .filter(|&j| j != i)
+                .zip(&stored.peers)
+                .all(|(j, e)| self.view(i, j).matches(e))
+    }
+}
+
+/// One spec entry, borrowed from the facts it is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryView<'a> {
+    name: &'a str,
+    public_key: &'a str,
+    allowed_ips: &'a [String],
+    endpoint: Option<&'a str>,
+    path: PlannedPath,
+    reason: PathReason,
+    initiate: bool,
+    punch_toward: Option<&'a str>,
+    persistent_keepalive: u32,
+}
+
+impl<'a> EntryView<'a> {
+    /// The entry by which one node reaches `peer`, given its `side` of decision `d`.
+    fn new(peer: &'a NodeFacts, side: &Side, d: &Decision) -> EntryView<'a> {
+        EntryView {
+            name: &peer.name,
+            public_key: peer.key.as_deref().unwrap_or(""),
+            allowed_ips: &peer.allowed_ips,
+            endpoint: side.endpoint.resolve(peer),
+            path: d.path,
+            reason: d.reason,
+            initiate: side.initiate,
+            punch_toward: if side.punch {
+                peer.punch_target.as_deref()
+            } else {
+                None
+            },
+            persistent_keepalive: d.keepalive,
+        }
+    }
+
+    fn to_entry(self) -> PeerEntry {
+        PeerEntry {
+            name: self.name.to_owned(),
+            public_key: self.public_key.to_owned(),
+            allowed_ips: self.allowed_ips.to_vec(),
+            endpoint: self.endpoint.map(str::to_owned),
+            path: self.path,
+            reason: self.reason,
+            initiate: self.initiate,
+            punch_toward: self.punch_toward.map(str::to_owned),
+            persistent_keepalive: self.persistent_keepalive,
+        }
+    }
+
+    fn matches(&self, e: &PeerEntry) -> bool {
+        // Destructured without `..`: a field added to PeerEntry must be handled here.
+        let PeerEntry {
+            name,
+            public_key,
+            allowed_ips,
+            endpoint,
+            path,
+            reason,
+            initiate,
+            punch_toward,
+            persistent_keepalive,
+        } = e;
+        self.name == name
+            && self.public_key == public_key
+            && self.allowed_ips == allowed_ips.as_slice()
+            && self.endpoint == endpoint.as_deref()
+            && self.path == *path
+            && self.reason == *reason
+            && self.initiate == *initiate
+            && self.punch_toward == punch_toward.as_deref()
+            && self.persistent_keepalive == *persistent_keepalive
+    }
+}
+
+/// Everything but `meshIP` and `peers` is equal.
+fn header_eq(a: &WireKubePeerSpec, b: &WireKubePeerSpec) -> bool {
+    // Destructured without `..`: a field added to the spec must be handled here.
+    let WireKubePeerSpec {
+        mesh,
+        mesh_ip: _,
+        mesh_cidr,
+        interface_name,
+        listen_port,
+        mtu,
+        relay_mode,
+        relay_endpoints,
+        relay_token_secret,
+        stun_servers,
+        direct_timeout,
+        peers: _,
+    } = a;
+    *mesh == b.mesh
+        && *mesh_cidr == b.mesh_cidr
+        && *interface_name == b.interface_name
+        && *listen_port == b.listen_port
+        && *mtu == b.mtu
+        && *relay_mode == b.relay_mode
+        && *relay_endpoints == b.relay_endpoints
+        && *relay_token_secret == b.relay_token_secret
+        && *stun_servers == b.stun_servers
+        && *direct_timeout == b.direct_timeout
+}
 
 /// A planner that keeps what it derived, so that a status change re-plans one node's pairs
 /// only. [`super::plan`] is the one-shot form.
@@ -26,9 +200,8 @@ const PARALLEL_MIN_NODES: usize = 256;
 pub struct PathPlanner {
     rules: Rules,
     listen_port: u16,
-    /// Nodes in the mesh, sorted by name, with their facts at the same index.
+    /// The nodes of the mesh, at the same index as their facts.
     infos: Vec<NodeInfo>,
-    facts: Vec<NodeFacts>,
     index: HashMap<String, usize>,
     plan: Plan,
 }
@@ -94,40 +267,45 @@ impl PathPlanner {
         };
 
         let n = facts.len();
-        let mut decisions = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-        let mut pairs = Vec::with_capacity(decisions.capacity());
         let mut plan = Plan::default();
+        let mut decisions = Vec::with_capacity(n * n.saturating_sub(1) / 2);
         for i in 0..n {
             for j in i + 1..n {
                 let d = rules.decide(&facts[i], &facts[j]);
-                pairs.push(pair_plan(&facts[i], &facts[j], &d));
                 count(&mut plan, d.path, 1);
                 decisions.push(d);
             }
         }
-        plan.pairs = pairs;
+        plan.core = Core {
+            template,
+            facts,
+            decisions,
+        };
 
-        let specs = build_specs(&template, &facts, &decisions);
-        for (f, spec) in facts.iter().zip(specs) {
-            if input.previous.get(&*f.name) != Some(&spec) {
-                plan.changed.insert(f.name.to_string());
-            }
-            plan.specs.insert(f.name.to_string(), spec);
-        }
+        let core = &plan.core;
+        plan.changed = (0..n)
+            .filter(|&i| {
+                let name = &*core.facts[i].name;
+                input
+                    .previous
+                    .get(name)
+                    .is_none_or(|stored| !core.matches(i, stored))
+            })
+            .map(|i| core.facts[i].name.to_string())
+            .collect();
         plan.removed = input
             .previous
             .keys()
-            .filter(|k| !plan.specs.contains_key(*k))
+            .filter(|k| core.index_of(k).is_none())
             .cloned()
             .collect();
-        plan.pending_nodes = pending(&facts);
+        plan.pending_nodes = pending(&core.facts);
         plan.issues = alloc.issues;
 
         Ok(PathPlanner {
             rules,
             listen_port: mesh.listen_port,
             infos,
-            facts,
             index,
             plan,
         })
@@ -144,9 +322,10 @@ impl PathPlanner {
     /// Re-plans after `node`'s agent reported a new status (`None`: the status is gone).
     ///
     /// Returns the names whose spec changed (also left in `plan().changed`): write exactly
-    /// those. Membership, mesh spec and relay changes need a new [`PathPlanner::new`]; a
-    /// node not in the mesh is ignored. A status change that alters none of the facts the
-    /// planner uses (byte counters, handshake times, conditions) costs one comparison.
+    /// those, e.g. from `plan().changed_specs()`. Membership, mesh spec and relay changes
+    /// need a new [`PathPlanner::new`]; a node not in the mesh is ignored. A status change
+    /// that alters none of the facts the planner uses (byte counters, handshake times,
+    /// conditions) costs one comparison.
     pub fn update_status(
         &mut self,
         node: &str,
@@ -156,54 +335,64 @@ impl PathPlanner {
         let Some(&k) = self.index.get(node) else {
             return &self.plan.changed;
         };
+        let core = &mut self.plan.core;
         let facts = NodeFacts::build(
             &self.infos[k],
             status,
-            self.facts[k].mesh_ip,
+            core.facts[k].mesh_ip,
             self.listen_port,
         );
-        if facts == self.facts[k] {
+        if facts == core.facts[k] {
             return &self.plan.changed;
         }
-        let key_changed = facts.key.is_some() != self.facts[k].key.is_some();
-        self.facts[k] = facts;
-        if key_changed {
-            self.plan.pending_nodes = pending(&self.facts);
-        }
+        let old = std::mem::replace(&mut core.facts[k], facts);
 
-        let n = self.facts.len();
-        let mut own = Vec::with_capacity(n.saturating_sub(1));
+        let n = core.facts.len();
         let mut changed = BTreeSet::new();
+        let mut own_changed = false;
+        let (mut direct, mut relay, mut down) = (0i64, 0i64, 0i64);
         for j in 0..n {
             if j == k {
                 continue;
             }
             let (lo, hi) = if k < j { (k, j) } else { (j, k) };
-            let d = self.rules.decide(&self.facts[lo], &self.facts[hi]);
-            let slot = &mut self.plan.pairs[tri(n, lo, hi)];
-            let old_path = slot.path;
-            *slot = pair_plan(&self.facts[lo], &self.facts[hi], &d);
-            count(&mut self.plan, old_path, -1);
-            count(&mut self.plan, d.path, 1);
-
-            let (toward_j, toward_k) = if k == lo { (d.a, d.b) } else { (d.b, d.a) };
-            own.push(entry(&self.facts[j], &toward_j, &d));
-            let theirs = entry(&self.facts[k], &toward_k, &d);
-            let fj = &self.facts[j];
-            if let Some(spec) = self.plan.specs.get_mut(&*fj.name) {
-                let slot = &mut spec.peers[position(j, k)];
-                if *slot != theirs {
-                    *slot = theirs;
-                    changed.insert(fj.name.to_string());
+            let t = tri(n, lo, hi);
+            let before = core.decisions[t];
+            let after = self.rules.decide(&core.facts[lo], &core.facts[hi]);
+            core.decisions[t] = after;
+            for (path, delta) in [(before.path, -1), (after.path, 1)] {
+                match path {
+                    PlannedPath::Direct => direct += delta,
+                    PlannedPath::Relay => relay += delta,
+                    PlannedPath::Down => down += delta,
                 }
             }
+            // Sides (k's, j's) of the decision before and after.
+            let side = |d: &Decision| if k == lo { (d.a, d.b) } else { (d.b, d.a) };
+            let ((k_before, j_before), (k_after, j_after)) = (side(&before), side(&after));
+            // j's entry for k: k's facts and j's side.
+            if EntryView::new(&old, &j_before, &before)
+                != EntryView::new(&core.facts[k], &j_after, &after)
+            {
+                changed.insert(core.facts[j].name.to_string());
+            }
+            // k's entry for j: j's facts (unchanged) and k's side.
+            own_changed |= EntryView::new(&core.facts[j], &k_before, &before)
+                != EntryView::new(&core.facts[j], &k_after, &after);
         }
-        let fk = &self.facts[k];
-        if let Some(spec) = self.plan.specs.get_mut(&*fk.name)
-            && spec.peers != own
-        {
-            spec.peers = own;
-            changed.insert(fk.name.to_string());
+        if own_changed {
+            changed.insert(core.facts[k].name.to_string());
+        }
+        let s = &mut self.plan.summary;
+        for (c, delta) in [
+            (&mut s.direct, direct),
+            (&mut s.relay, relay),
+            (&mut s.down, down),
+        ] {
+            *c = u32::try_from(i64::from(*c) + delta).unwrap_or(0);
+        }
+        if old.key.is_some() != self.plan.core.facts[k].key.is_some() {
+            self.plan.pending_nodes = pending(&self.plan.core.facts);
         }
         self.plan.changed = changed;
         &self.plan.changed
@@ -215,18 +404,13 @@ fn tri(n: usize, i: usize, j: usize) -> usize {
     i * (2 * n - i - 1) / 2 + (j - i - 1)
 }
 
-/// Position of peer `j` in node `i`'s (sorted, self-excluding) peer list.
-fn position(i: usize, j: usize) -> usize {
-    if j < i { j } else { j - 1 }
-}
-
-fn count(plan: &mut Plan, path: PlannedPath, delta: i32) {
+fn count(plan: &mut Plan, path: PlannedPath, delta: u32) {
     let c = match path {
         PlannedPath::Direct => &mut plan.summary.direct,
         PlannedPath::Relay => &mut plan.summary.relay,
         PlannedPath::Down => &mut plan.summary.down,
     };
-    *c = c.saturating_add_signed(delta);
+    *c += delta;
 }
 
 fn pending(facts: &[NodeFacts]) -> Vec<String> {
@@ -235,97 +419,6 @@ fn pending(facts: &[NodeFacts]) -> Vec<String> {
         .filter(|f| f.key.is_none())
         .map(|f| f.name.to_string())
         .collect()
-}
-
-fn pair_plan(a: &NodeFacts, b: &NodeFacts, d: &Decision) -> PairPlan {
-    PairPlan {
-        a: a.name.clone(),
-        b: b.name.clone(),
-        path: d.path,
-        reason: d.reason,
-        a_initiates: d.a.initiate,
-        b_initiates: d.b.initiate,
-        fallback_reported: a.reports_fallback_to(&b.name) || b.reports_fallback_to(&a.name),
-    }
-}
-
-/// The spec entry by which one node reaches `peer`, given its side of decision `d`.
-fn entry(peer: &NodeFacts, side: &Side, d: &Decision) -> PeerEntry {
-    PeerEntry {
-        name: peer.name.to_string(),
-        public_key: peer.key.clone().unwrap_or_default(),
-        allowed_ips: peer.allowed_ips.clone(),
-        endpoint: side.endpoint.resolve(peer),
-        path: d.path,
-        reason: d.reason,
-        initiate: side.initiate,
-        punch_toward: if side.punch {
-            peer.punch_target.clone()
-        } else {
-            None
-        },
-        persistent_keepalive: d.keepalive,
-    }
-}
-
-fn spec_for(
-    template: &WireKubePeerSpec,
-    facts: &[NodeFacts],
-    decisions: &[Decision],
-    i: usize,
-) -> WireKubePeerSpec {
-    let n = facts.len();
-    let mut peers = Vec::with_capacity(n.saturating_sub(1));
-    for (j, peer) in facts.iter().enumerate() {
-        if j == i {
-            continue;
-        }
-        let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-        let d = &decisions[tri(n, lo, hi)];
-        let side = if i == lo { &d.a } else { &d.b };
-        peers.push(entry(peer, side, d));
-    }
-    WireKubePeerSpec {
-        mesh_ip: facts[i]
-            .mesh_ip
-            .map(|ip: IpAddr| ip.to_string())
-            .unwrap_or_default(),
-        peers,
-        ..template.clone()
-    }
-}
-
-/// Every node's spec, in node order. Materialising ~n² entries dominates a full plan, so
-/// large meshes split the nodes across the machine's cores; the output does not depend on it.
-fn build_specs(
-    template: &WireKubePeerSpec,
-    facts: &[NodeFacts],
-    decisions: &[Decision],
-) -> Vec<WireKubePeerSpec> {
-    let n = facts.len();
-    let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
-    if n < PARALLEL_MIN_NODES || threads < 2 {
-        return (0..n)
-            .map(|i| spec_for(template, facts, decisions, i))
-            .collect();
-    }
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|start| {
-                s.spawn(move || {
-                    (start..(start + chunk).min(n))
-                        .map(|i| spec_for(template, facts, decisions, i))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("spec builder thread panicked"))
-            .collect()
-    })
 }
 
 #[cfg(test)]
@@ -342,7 +435,5 @@ mod tests {
                 k += 1;
             }
         }
-        assert_eq!(position(3, 1), 1);
-        assert_eq!(position(3, 5), 4);
     }
 }

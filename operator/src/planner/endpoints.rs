@@ -1,5 +1,6 @@
 //! Which address one side sends to. Decisions hold a small [`Ep`] that points into the peer's
-//! precomputed facts; the string is cloned only when the spec entry is materialised.
+//! precomputed facts; the string is borrowed for comparisons and cloned only when a spec is
+//! materialised.
 
 use super::facts::{NodeFacts, share_subnet};
 use wirekube_crds::NatType;
@@ -24,14 +25,14 @@ pub(crate) enum Ep {
 }
 
 impl Ep {
-    pub fn resolve(self, peer: &NodeFacts) -> Option<String> {
+    pub fn resolve(self, peer: &NodeFacts) -> Option<&str> {
         match self {
             Ep::None => None,
-            Ep::Host(i) => peer.hosts.get(usize::from(i)).map(|h| h.addr.clone()),
-            Ep::Internal => peer.internal.clone(),
-            Ep::Srflx => peer.srflx.clone(),
-            Ep::Public => peer.public_ep.clone(),
-            Ep::Prflx(i) => peer.prflx.get(usize::from(i)).map(|p| p.1.clone()),
+            Ep::Host(i) => peer.hosts.get(usize::from(i)).map(|h| h.addr.as_str()),
+            Ep::Internal => peer.internal.as_deref(),
+            Ep::Srflx => peer.srflx.as_deref(),
+            Ep::Public => peer.public_ep.as_deref(),
+            Ep::Prflx(i) => peer.prflx.get(usize::from(i)).map(|p| p.1.as_str()),
         }
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct NodeFacts {
     /// Peers this node reports a fallback to the relay for, sorted.
     pub fallback_peers: Vec<String>,
     pub mesh_ip: Option<IpAddr>,
+    /// `mesh_ip` as the spec writes it (empty when none could be allocated).
+    pub mesh_ip_text: String,
     /// `meshIP/32` (or `/128`); empty when no IP could be allocated.
     pub allowed_ips: Vec<String>,
 }
@@ -151,6 +153,7 @@ impl NodeFacts {
             prflx,
             fallback_peers,
             mesh_ip,
+            mesh_ip_text: mesh_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             allowed_ips,
         }
     }

@@ -15,7 +15,7 @@
 //! });
 //! input.nodes = vec![NodeInfo::new("a"), NodeInfo::new("b")];
 //! let plan = plan(&input).unwrap();
-//! assert_eq!(plan.specs["a"].mesh_ip, "10.99.0.1");
+//! assert_eq!(plan.spec("a").unwrap().mesh_ip, "10.99.0.1");
 //! assert_eq!(plan.pending_nodes, ["a", "b"]); // no agent has published a key yet
 //! ```
 //!

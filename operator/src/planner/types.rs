@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
+
+use super::build::Core;
 use wirekube_crds::{
     PathReason, PathSummary, PlannedPath, WireKubeMeshSpec, WireKubePeerSpec, WireKubePeerStatus,
 };
@@ -122,10 +123,10 @@ impl PlannerInput {
 }
 
 /// The decision for one unordered pair of nodes (`a < b` by name).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PairPlan {
-    pub a: Arc<str>,
-    pub b: Arc<str>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairPlan<'a> {
+    pub a: &'a str,
+    pub b: &'a str,
     pub path: PlannedPath,
     pub reason: PathReason,
     /// `a` sends first toward `b` (for Relay pairs both sides may start).
@@ -203,32 +204,78 @@ pub enum PlanError {
 }
 
 /// The result of a planning round.
+///
+/// Specs are materialised on demand ([`Plan::spec`], [`Plan::specs`], [`Plan::changed_specs`])
+/// from a compact per-pair core: at 1,000 nodes a full set of specs is ~1M `PeerEntry`
+/// values, and merely allocating those costs more than the whole plan (docs/benchmarks.md,
+/// "PathPlanner"). `changed` is computed against the stored specs without materialising
+/// anything, so the operator builds exactly the specs it writes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Desired spec of every node in the mesh, by name.
-    pub specs: BTreeMap<String, WireKubePeerSpec>,
     /// Names whose spec differs from the stored one (after [`crate::planner::PathPlanner::update_status`]:
     /// from the planner's previous state). Write exactly these.
     pub changed: BTreeSet<String>,
     /// Stored specs of nodes that are no longer in the mesh (deleted, deleting, deselected).
     pub removed: BTreeSet<String>,
-    /// Every unordered pair, sorted by `(a, b)`.
-    pub pairs: Vec<PairPlan>,
     /// Pair counts by planned path.
     pub summary: PathSummary,
     /// Nodes in the mesh whose agent has not published a public key yet, sorted.
     pub pending_nodes: Vec<String>,
     pub issues: Vec<PlanIssue>,
+    pub(crate) core: Core,
 }
 
 impl Plan {
+    /// Nodes in the mesh, sorted.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.core.facts.iter().map(|f| &*f.name)
+    }
+
+    /// The desired spec of `node`, if it is in the mesh.
+    pub fn spec(&self, node: &str) -> Option<WireKubePeerSpec> {
+        self.core.index_of(node).map(|i| self.core.spec(i))
+    }
+
+    /// Every node's desired spec, in name order, built one at a time.
+    pub fn specs(&self) -> impl Iterator<Item = (&str, WireKubePeerSpec)> + '_ {
+        (0..self.core.facts.len()).map(|i| (&*self.core.facts[i].name, self.core.spec(i)))
+    }
+
+    /// The specs to write: those in `changed`.
+    pub fn changed_specs(&self) -> impl Iterator<Item = (&str, WireKubePeerSpec)> + '_ {
+        self.changed
+            .iter()
+            .filter_map(|n| Some((n.as_str(), self.spec(n)?)))
+    }
+
+    /// Every spec in a map (convenient for tests and small meshes).
+    pub fn to_specs(&self) -> BTreeMap<String, WireKubePeerSpec> {
+        self.specs().map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
+    /// Every unordered pair, sorted by `(a, b)`.
+    pub fn pairs(&self) -> impl ExactSizeIterator<Item = PairPlan<'_>> + '_ {
+        let n = self.core.facts.len();
+        let mut i = 0;
+        let mut j = 0;
+        (0..self.core.decisions.len()).map(move |_| {
+            j += 1;
+            if j >= n {
+                i += 1;
+                j = i + 1;
+            }
+            self.core.pair(i, j)
+        })
+    }
+
     /// The pair of `x` and `y`, in either order.
-    pub fn pair(&self, x: &str, y: &str) -> Option<&PairPlan> {
-        let (a, b) = if x <= y { (x, y) } else { (y, x) };
-        self.pairs
-            .binary_search_by(|p| (&*p.a, &*p.b).cmp(&(a, b)))
-            .ok()
-            .map(|i| &self.pairs[i])
+    pub fn pair(&self, x: &str, y: &str) -> Option<PairPlan<'_>> {
+        let (i, j) = (self.core.index_of(x)?, self.core.index_of(y)?);
+        match i.cmp(&j) {
+            std::cmp::Ordering::Less => Some(self.core.pair(i, j)),
+            std::cmp::Ordering::Greater => Some(self.core.pair(j, i)),
+            std::cmp::Ordering::Equal => None,
+        }
     }
 
     /// Nodes that got no mesh IP because the CIDR is full.

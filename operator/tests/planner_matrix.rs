@@ -107,7 +107,8 @@ fn expected(
         RelayMode::Always => relay_or_down(R::ModeAlways),
         RelayMode::Auto if path == Relay => relay_or_down(reason),
         RelayMode::Auto => (path, reason, Some(init)),
-        RelayMode::Never if path == Direct => (path, reason, Some(init)),
+        // Always `mode-never`; the rule's initiators where it found a path.
+        RelayMode::Never if path == Direct => (Direct, R::ModeNever, Some(init)),
         RelayMode::Never => (Direct, R::ModeNever, None),
     }
 }

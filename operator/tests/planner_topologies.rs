@@ -378,7 +378,7 @@ fn choosing__all_public_nodes_need_no_relay_with_mode_never() {
         (p.summary.direct, p.summary.relay, p.summary.down),
         (3, 0, 0)
     );
-    assert!(p.pairs().all(|x| x.reason == R::PublicPeer));
+    assert!(p.pairs().all(|x| x.reason == R::ModeNever));
     assert!(p.pairs().all(|x| x.a_initiates && x.b_initiates));
     // Public to public: no NAT mapping to keep, the mesh keepalive applies.
     assert_eq!(entry(&p, "p1", "p2").persistent_keepalive, 25);

@@ -80,8 +80,14 @@ impl Rules {
                 Ok(d) => self.direct(d),
                 Err(reason) => self.relay(reason),
             },
+            // The reason is always `mode-never` (the design table's first row): the user ruled
+            // the relay out. Where a rule finds a path, its endpoints and initiators are the
+            // best candidates; elsewhere each side sends to its best guess.
             RelayMode::Never => match natural(a, b) {
-                Ok(d) => self.direct(d),
+                Ok(d) => self.direct(Direct {
+                    reason: PathReason::ModeNever,
+                    ..d
+                }),
                 Err(_) => self.direct(forced(a, b)),
             },
         }
@@ -226,8 +232,7 @@ impl Direct {
 }
 
 /// `mode: never` and no rule finds a path: Direct anyway (the user ruled the relay out), each
-/// side sending to its best guess. The reason `mode-never` marks these pairs as unlikely to
-/// come up, unlike the pairs that are Direct on their own merits.
+/// side sending to its best guess.
 fn forced(a: &NodeFacts, b: &NodeFacts) -> Direct {
     Direct {
         reason: PathReason::ModeNever,

@@ -32,6 +32,9 @@ use crate::plan::{self, PlanRequest};
 use crate::relay::{self, Exposure, RelayKind};
 use crate::status::{self, Cond};
 
+/// Peer writes in flight at once during one reconcile.
+const PARALLEL_WRITES: usize = 16;
+
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
 pub struct ControllerSettings {
@@ -253,7 +256,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         }
     };
     let by_name: BTreeMap<&str, &NodeFacts> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let mut written = 0usize;
+    let mut writes = Vec::new();
     for (node, spec) in &outcome.specs {
         let observed = all_peers.get(node).map(|p| p.as_ref());
         if let Some(other) = observed.and_then(diff::peer_mesh).filter(|m| *m != name) {
@@ -271,12 +274,20 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
             .unwrap_or("");
         if diff::needs_write(observed, spec, &name, uid) {
             let rv = observed.and_then(|p| p.resource_version());
-            ctx.writer
-                .apply_peer(&name, node, uid, spec, rv.as_deref())
-                .await?;
-            written += 1;
+            writes.push((node, uid, spec, rv));
         }
     }
+    let written = writes.len();
+    // Independent objects: apply them concurrently (bounded) rather than one round trip each.
+    let mut pending = Vec::with_capacity(writes.len());
+    for (node, uid, spec, rv) in &writes {
+        pending.push(ctx.writer.apply_peer(&name, node, uid, spec, rv.as_deref()));
+    }
+    let mut results = futures::stream::iter(pending).buffer_unordered(PARALLEL_WRITES);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    drop(results);
     let selected: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let removed = diff::peers_to_delete(&name, all_peers.values().map(|p| p.as_ref()), &selected);
     for p in &removed {

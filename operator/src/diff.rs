@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 use wirekube_crds::{MESH_LABEL, PathReason, PlannedPath, WireKubePeer, WireKubePeerSpec};
 
+/// Join/leave events per reconcile beyond which they are summarised in one event.
+pub const MAX_NODE_EVENTS: usize = 20;
 /// Pair events per reconcile beyond which they are summarised in one event.
 pub const MAX_PAIR_EVENTS: usize = 20;
 
@@ -54,6 +56,9 @@ pub fn peers_to_delete<'a>(
 pub enum Decision {
     NodeJoined(String),
     NodeLeft(String),
+    /// More nodes joined at once than are announced one by one.
+    NodesJoined(usize),
+    NodesLeft(usize),
     /// A pair that was planned direct (or down) is now relayed.
     PairToRelay {
         a: String,
@@ -73,6 +78,11 @@ impl Decision {
             Decision::NodeLeft(n) => (
                 "NodeLeft",
                 format!("node {n} left the mesh; its peer was deleted"),
+            ),
+            Decision::NodesJoined(n) => ("NodeJoined", format!("{n} nodes joined the mesh")),
+            Decision::NodesLeft(n) => (
+                "NodeLeft",
+                format!("{n} nodes left the mesh; their peers were deleted"),
             ),
             Decision::PairToRelay { a, b, reason } => (
                 "PairRelayed",
@@ -102,10 +112,17 @@ pub fn decisions(
     if endpoints != prev_endpoints && !endpoints.is_empty() {
         out.push(Decision::RelayEndpointsPublished(endpoints.to_vec()));
     }
-    for n in desired.keys().filter(|n| !prev.contains_key(*n)) {
-        out.push(Decision::NodeJoined(n.clone()));
+    let joined: Vec<&String> = desired.keys().filter(|n| !prev.contains_key(*n)).collect();
+    if joined.len() > MAX_NODE_EVENTS {
+        out.push(Decision::NodesJoined(joined.len()));
+    } else {
+        out.extend(joined.into_iter().cloned().map(Decision::NodeJoined));
     }
-    out.extend(removed.iter().cloned().map(Decision::NodeLeft));
+    if removed.len() > MAX_NODE_EVENTS {
+        out.push(Decision::NodesLeft(removed.len()));
+    } else {
+        out.extend(removed.iter().cloned().map(Decision::NodeLeft));
+    }
     let mut moved = 0usize;
     for (a, spec) in desired {
         let Some(before) = prev.get(a) else { continue };

@@ -136,3 +136,20 @@ fn many_moves_are_summarised() {
     assert_eq!(d.len(), MAX_PAIR_EVENTS + 1);
     assert_eq!(d.last(), Some(&Decision::PairsToRelay(5)));
 }
+
+#[test]
+fn mass_joins_are_summarised() {
+    let desired: BTreeMap<String, WireKubePeerSpec> = (0..=MAX_NODE_EVENTS)
+        .map(|i| (format!("n{i}"), WireKubePeerSpec::default()))
+        .collect();
+    let left: Vec<String> = (0..=MAX_NODE_EVENTS).map(|i| format!("x{i}")).collect();
+    let d = decisions(&BTreeMap::new(), &desired, &left, &[], &[]);
+    assert_eq!(
+        d,
+        [
+            Decision::NodesJoined(MAX_NODE_EVENTS + 1),
+            Decision::NodesLeft(MAX_NODE_EVENTS + 1)
+        ]
+    );
+    assert_eq!(d[0].reason_note().0, "NodeJoined");
+}

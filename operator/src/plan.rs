@@ -93,7 +93,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
         message: e.to_string(),
     })?;
     Ok(PlanOutcome {
-        specs: p.specs,
+        specs: p.to_specs(),
         summary: p.summary,
         pending: p.pending_nodes,
         issues: p

@@ -1,0 +1,244 @@
+//! Operator benchmark (not a timed test): the API test server in-process, N simulated nodes
+//! (default 1,000; `WIREKUBE_BENCH_NODES`) whose agents report statuses, one operator replica.
+//!
+//! Measures, with the operator's own write counter (peer applies, status applies, events):
+//! 1. mesh creation → every node has a peer listing every other node;
+//! 2. all agents report keys and NAT types → every peer entry carries its key;
+//! 3. one node changes NAT type → writes until quiet, and the time of the last one.
+//!
+//! Run: `cargo bench -p wirekube-operator --bench operator`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use wirekube_crds::{NatType, WireKubePeer};
+use wirekube_e2e::apiserver::{ApiServer, ApiServerConfig, Identity};
+use wirekube_operator::{ControllerSettings, Metrics, OperatorSettings};
+
+fn nat_of(i: usize) -> NatType {
+    [
+        NatType::FullCone,
+        NatType::AddressRestricted,
+        NatType::PortRestricted,
+        NatType::Symmetric,
+    ][i % 4]
+}
+
+fn name(i: usize) -> String {
+    format!("node-{i:04}")
+}
+
+async fn report(peers: &Api<WireKubePeer>, i: usize, nat: NatType) {
+    let (a, b) = (i / 250, i % 250);
+    let body = json!({"status": {
+        "publicKey": format!("key-{i:04}"),
+        "natType": nat,
+        "publicIP": format!("198.18.{a}.{b}"),
+        "candidates": [
+            {"kind": "host", "address": format!("10.{a}.{b}.10:51820"), "prefixLength": 24},
+            {"kind": "srflx", "address": format!("198.18.{a}.{b}:40000")},
+        ],
+    }});
+    peers
+        .patch_status(&name(i), &PatchParams::default(), &Patch::Merge(body))
+        .await
+        .expect("status patch");
+}
+
+/// Polls the peer list until `done` holds; returns the elapsed time since `since`.
+async fn until(
+    api: &Api<WireKubePeer>,
+    since: Instant,
+    what: &str,
+    done: impl Fn(&[WireKubePeer]) -> bool,
+) -> Duration {
+    loop {
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .expect("list peers")
+            .items;
+        if done(&list) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(600),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the write counter is quiet for `quiet`; returns (writes, time of last write).
+async fn quiet_writes(m: &Metrics, since: Instant, quiet: Duration) -> (u64, Duration) {
+    let mut last = m.total_writes();
+    let mut last_at = since.elapsed();
+    let mut still = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = m.total_writes();
+        if now != last {
+            last = now;
+            last_at = since.elapsed();
+            still = Instant::now();
+        } else if still.elapsed() >= quiet {
+            return (now, last_at);
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n: usize = std::env::var("WIREKUBE_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let server = ApiServer::start(ApiServerConfig {
+        preload: vec![
+            root.join("config/operator/namespace.yaml"),
+            root.join("config/crd"),
+            root.join("config/rbac"),
+        ],
+        watch_history: 2000,
+        ..ApiServerConfig::default()
+    })
+    .await
+    .expect("API test server");
+    let admin: Client = server.client(&Identity::Admin).await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let peers: Api<WireKubePeer> = Api::all(admin.clone());
+    let t = Instant::now();
+    stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let nodes = nodes.clone();
+            async move {
+                let node: Node = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": name(i)},
+                }))
+                .unwrap();
+                nodes
+                    .create(&PostParams::default(), &node)
+                    .await
+                    .expect("create node");
+                let (a, b) = (i / 250, i % 250);
+                nodes
+                    .patch_status(
+                        &name(i),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"addresses": [
+                            {"type": "InternalIP", "address": format!("10.{a}.{b}.10")}]}})),
+                    )
+                    .await
+                    .expect("node status");
+            }
+        })
+        .await;
+    eprintln!("{n} nodes registered in {:?}", t.elapsed());
+
+    let metrics = Metrics::default();
+    let stop = CancellationToken::new();
+    let client = server.client(&Identity::Operator).await.unwrap();
+    let settings = OperatorSettings {
+        controller: ControllerSettings {
+            namespace: "wirekube-system".into(),
+            identity: "bench".into(),
+            ..ControllerSettings::default()
+        },
+        lease_name: "wirekube-operator".into(),
+        lease_duration: 15,
+    };
+    let op = tokio::spawn(wirekube_operator::run(
+        client,
+        settings,
+        metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+        stop.clone(),
+    ));
+    while metrics.leader.get() != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 1. Mesh creation → every peer spec written.
+    let meshes: Api<wirekube_crds::WireKubeMesh> = Api::all(admin.clone());
+    let t0 = Instant::now();
+    let mesh = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
+        "metadata": {"name": "default"},
+        "spec": {"meshCIDR": "10.99.0.0/16",
+                 "relay": {"provider": "external", "external": {"endpoint": "203.0.113.1:3478"}}}});
+    meshes
+        .patch(
+            "default",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&mesh),
+        )
+        .await
+        .unwrap();
+    let d1 = until(&peers, t0, "all peers", |l| {
+        l.len() == n && l.iter().all(|p| p.spec.peers.len() == n - 1)
+    })
+    .await;
+    let (w1, _) = quiet_writes(&metrics, t0, Duration::from_secs(2)).await;
+    println!(
+        "| mesh created → {n} peer specs written | {:.2} s | {w1} writes |",
+        d1.as_secs_f64()
+    );
+
+    // 2. Every agent reports → every entry carries its peer's key.
+    let t1 = Instant::now();
+    stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let peers = peers.clone();
+            async move { report(&peers, i, nat_of(i)).await }
+        })
+        .await;
+    let reported = t1.elapsed();
+    let d2 = until(&peers, t1, "all keys", |l| {
+        l.iter()
+            .all(|p| p.spec.peers.iter().all(|e| !e.public_key.is_empty()))
+    })
+    .await;
+    let (w2, last2) = quiet_writes(&metrics, t1, Duration::from_secs(3)).await;
+    println!(
+        "| {n} agents report (took {:.2} s) → every key planned | {:.2} s (last write {:.2} s) | {} writes |",
+        reported.as_secs_f64(),
+        d2.as_secs_f64(),
+        last2.as_secs_f64(),
+        w2 - w1
+    );
+    println!(
+        "| full start (mesh created → converged with statuses) | {:.2} s | {w2} writes |",
+        (d1 + reported).as_secs_f64() + last2.as_secs_f64() - reported.as_secs_f64()
+    );
+
+    // 3. One node changes NAT type (full-cone → symmetric).
+    let t2 = Instant::now();
+    report(&peers, 0, NatType::Symmetric).await;
+    let (w3, last3) = quiet_writes(&metrics, t2, Duration::from_secs(3)).await;
+    println!(
+        "| one node changes NAT type | last write after {:.2} s | {} writes |",
+        last3.as_secs_f64(),
+        w3 - w2
+    );
+    let reconciles = metrics.reconciles.get();
+    let text = metrics.encode();
+    let sum = text
+        .lines()
+        .find(|l| l.starts_with("wirekube_operator_reconcile_duration_seconds_sum"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!(
+        "| reconciles | {reconciles} | mean {:.0} ms |",
+        1000.0 * sum / reconciles.max(1) as f64
+    );
+    stop.cancel();
+    let _ = op.await;
+}

@@ -179,7 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         EngineFlag::Auto => EngineChoice::Auto,
         EngineFlag::Kernel => EngineChoice::Kernel,
         EngineFlag::WireguardGo => EngineChoice::WireguardGo {
-            binary: args.wireguard_go_binary.clone(),
+            binary: resolve_in_path(&args.wireguard_go_binary),
         },
         EngineFlag::Embedded => EngineChoice::Embedded,
     };
@@ -242,5 +242,37 @@ async fn main() -> anyhow::Result<()> {
     match args.cmd.take() {
         None | Some(Cmd::Run) => run(args).await,
         Some(Cmd::Cleanup) => cleanup(args).await,
+    }
+}
+
+/// A bare program name (no `/`) is looked up in `PATH` the way a shell would; the dataplane
+/// only checks the path it is given, so `--wireguard-go-binary wireguard-go` (the default)
+/// would otherwise be taken relative to the working directory. Unresolvable names are
+/// returned unchanged (the dataplane then reports them as not found).
+fn resolve_in_path(bin: &std::path::Path) -> PathBuf {
+    if bin.components().count() != 1 || bin.is_absolute() {
+        return bin.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| bin.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_names_resolve_through_path() {
+        let sh = resolve_in_path(std::path::Path::new("sh"));
+        assert!(sh.is_absolute() && sh.is_file(), "{sh:?}");
+        let rel = std::path::Path::new("./x/wireguard-go");
+        assert_eq!(resolve_in_path(rel), rel);
+        let missing = std::path::Path::new("no-such-binary-wk");
+        assert_eq!(resolve_in_path(missing), missing);
     }
 }

@@ -25,6 +25,9 @@ use crate::pathstate::{Observation, PathState, Timing};
 use crate::spec::{self, Current, LocalSettings, PeerTarget};
 use crate::status::{self, CondInput};
 
+/// Trigger cadence while probing a direct path (well under the shortest `directTimeout`).
+const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(900);
+
 /// Settings from flags.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -452,13 +455,22 @@ impl Agent {
             // sending one datagram into the tunnel (WireGuard handshakes on demand). The
             // keepalive set for them keeps it going; this covers engines that do not send an
             // initiation when a peer is added (boringtun, lab-notes §4.1).
-            let attempting = matches!(rt.state.actual(), ActualPath::Connecting)
-                || matches!(rt.state.phase(), crate::pathstate::Phase::Probing { .. });
-            if rt.target.initiate
-                && attempting
+            // A probe (either side) is confirmed by traffic over the direct endpoint, i.e. rx
+            // growth between two samples (an existing session does not handshake again), so
+            // while probing it triggers every tick: the probe lasts only `directTimeout`, and
+            // one datagram per 5 s let an idle pair's probe expire unconfirmed (agent_lab).
+            let probing = matches!(rt.state.phase(), crate::pathstate::Phase::Probing { .. });
+            let attempting = probing
+                || (rt.target.initiate && matches!(rt.state.actual(), ActualPath::Connecting));
+            let every = if probing {
+                PROBE_TRIGGER_EVERY
+            } else {
+                Duration::from_secs(5)
+            };
+            if attempting
                 && rt
                     .last_trigger
-                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                    .is_none_or(|t| now.duration_since(t) >= every)
                 && let Some(ip) = rt.target.mesh_ip
             {
                 rt.last_trigger = Some(now);

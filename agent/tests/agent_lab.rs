@@ -1,0 +1,294 @@
+//! Two real `wirekube-agent` processes (engine wireguard-go) on two public lab nodes, with the
+//! real `wirekube-apiserver` (shipped CRDs + RBAC, per-node agent identities) and
+//! `wirekube-relay` in a DMZ. The test plays the operator: it writes each node's WireKubePeer
+//! spec (keys taken from the other agent's status) and checks what the agents do.
+//!
+//! Root only. Needs the binaries: `cargo build --bins -p wirekube-agent -p wirekube-relay
+//! -p wirekube-e2e` (or `WIREKUBE_BIN_DIR`). Run with `--nocapture` for step timings.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use common::*;
+use wirekube_crds::{ActualPath, CandidateKind, NatType, PathReason, PlannedPath};
+
+const A: &str = "a";
+const B: &str = "b";
+
+fn key(env: &Env, n: &str) -> String {
+    env.status(n).and_then(|s| s.public_key).unwrap_or_default()
+}
+
+/// Spec of both nodes with the pair planned as `path`.
+fn plan(env: &Env, path: Option<PlannedPath>) -> Result<()> {
+    let (ka, kb) = (key(env, A), key(env, B));
+    let (pa, pb): (Vec<_>, Vec<_>) = match path {
+        Some(p) => (vec![(B, kb.as_str(), p)], vec![(A, ka.as_str(), p)]),
+        None => (vec![], vec![]),
+    };
+    env.apply_spec(A, env.spec(A, &pa))?;
+    env.apply_spec(B, env.spec(B, &pb))
+}
+
+/// Both sides report `path` for each other (and a handshake when not down).
+fn both_report(env: &Env, path: ActualPath) -> bool {
+    [(A, B), (B, A)].iter().all(|(n, p)| {
+        env.status(n)
+            .as_ref()
+            .and_then(|s| conn(s, p).cloned())
+            .is_some_and(|c| c.path == path && c.last_handshake.is_some())
+    })
+}
+
+fn changes(env: &Env, n: &str) -> (f64, f64) {
+    (
+        env.metric(
+            n,
+            "wirekube_agent_dataplane_changes_total",
+            "kind=\"wireguard\"",
+        ),
+        env.metric(
+            n,
+            "wirekube_agent_dataplane_changes_total",
+            "kind=\"netlink\"",
+        ),
+    )
+}
+
+fn reconciles(env: &Env, n: &str) -> f64 {
+    env.metric(n, "wirekube_agent_reconciles_total", "")
+}
+
+#[test]
+fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let steps = Steps::new();
+    let mut env = Env::build("aglab", &[A, B])?;
+    let (ha, hb) = (env.host(A).clone(), env.host(B).clone());
+    let (ma, mb) = (env.mesh_ip(A), env.mesh_ip(B));
+    steps.log("lab, API server, relay up");
+
+    // (a) Each agent reports its key, NAT type and candidates before it has any peer.
+    plan(&env, None)?;
+    env.start_agent(A)?;
+    env.start_agent(B)?;
+    env.wait(30, "both agents report key, NAT type, candidates", || {
+        [A, B].iter().all(|n| {
+            env.status(n).is_some_and(|s| {
+                s.public_key.is_some()
+                    && s.nat_type == NatType::Open
+                    && s.candidates.iter().any(|c| c.kind == CandidateKind::Host)
+            })
+        })
+    })?;
+    let st_a = env.status(A).expect("status");
+    ensure!(
+        st_a.candidates
+            .iter()
+            .any(|c| c.address.starts_with(&ha.ip().to_string())),
+        "host candidate {} missing: {:?}",
+        ha.ip(),
+        st_a.candidates
+    );
+    let key_a = key(&env, A);
+    steps.log(&format!(
+        "(a) status: key, natType open, candidates {:?}",
+        st_a.candidates.len()
+    ));
+
+    // (b) Direct pair: tunnel, ping over mesh IPs, `wg show` agrees.
+    plan(&env, Some(PlannedPath::Direct))?;
+    let t = Instant::now();
+    env.lab
+        .ping_until(&ha, mb, Duration::from_secs(30))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    env.lab.ping(&hb, ma)?;
+    let x = env
+        .lab
+        .tcp_transfer(&hb, &ha, ma, 4 << 20)
+        .map_err(|e| env.fail(&e.to_string()))?;
+    steps.log(&format!(
+        "(b) direct tunnel pings after {:?}; 4 MiB TCP {:.0} Mbit/s",
+        t.elapsed(),
+        x.bits_per_second() / 1e6
+    ));
+    let wg = env.wg(A);
+    ensure!(wg.len() == 1, "wg show on a: {wg:?}");
+    ensure!(wg[0].public_key == key(&env, B), "wg peer key");
+    ensure!(
+        wg[0].endpoint == format!("{}:{LISTEN_PORT}", hb.ip()),
+        "wg endpoint {}",
+        wg[0].endpoint
+    );
+    ensure!(wg[0].latest_handshake > 0, "no handshake in wg show");
+    ensure!(
+        wg[0].allowed_ips == format!("{mb}/32"),
+        "allowed ips {}",
+        wg[0].allowed_ips
+    );
+
+    // (c) Status: direct with a handshake, both sides.
+    env.wait(15, "both report direct with handshake", || {
+        both_report(&env, ActualPath::Direct)
+    })?;
+    steps.log("(c) status direct with handshake on both sides");
+
+    // (d) Repeat reconciles write nothing.
+    for n in [A, B] {
+        let (c0, r0) = (changes(&env, n), reconciles(&env, n));
+        env.wait(15, "three more reconciles", || {
+            reconciles(&env, n) >= r0 + 3.0
+        })?;
+        let c1 = changes(&env, n);
+        ensure!(
+            c0 == c1,
+            "{n}: repeat reconciles changed the dataplane: {c0:?} -> {c1:?}"
+        );
+    }
+    steps.log("(d) 3+ repeat reconciles per agent: 0 wireguard/netlink changes");
+
+    // (h) Agent restart: same key and mesh IP, tunnel passes traffic throughout.
+    let pinger = Pinger::start(env.lab.clone(), ha.clone(), mb);
+    env.stop_agent(A)?;
+    ensure!(env.wg(A).len() == 1, "wireguard-go gone with the agent");
+    env.lab
+        .ping(&ha, mb)
+        .map_err(|e| env.fail(&format!("no traffic while the agent is down: {e}")))?;
+    let t = Instant::now();
+    env.start_agent(A)?;
+    env.wait(20, "restarted agent reports direct", || {
+        reconciles(&env, A) >= 2.0 && both_report(&env, ActualPath::Direct)
+    })?;
+    let (ok, lost) = pinger.finish();
+    ensure!(
+        lost == 0,
+        "{lost} of {} pings lost across the restart",
+        ok + lost
+    );
+    ensure!(key(&env, A) == key_a, "key changed across restart");
+    let addr = env
+        .lab
+        .run(&ha, &["ip", "-4", "-o", "addr", "show", IFACE])?;
+    ensure!(
+        addr.contains(&format!("{ma}/24")),
+        "mesh IP after restart: {addr}"
+    );
+    let (wgc, nlc) = changes(&env, A);
+    steps.log(&format!(
+        "(h) restart: {ok} pings, 0 lost; direct again after {:?}; adoption wrote {wgc} wg / {nlc} netlink changes",
+        t.elapsed()
+    ));
+
+    // (f) Established direct path dies under traffic: fallback to the relay, then back.
+    let pinger = Pinger::start(env.lab.clone(), ha.clone(), mb);
+    let t = Instant::now();
+    env.lab.block_udp(ha.ip(), hb.ip(), None)?;
+    env.wait(40, "fallback to relay reported", || {
+        [(A, B), (B, A)].iter().all(|(n, p)| {
+            env.status(n)
+                .as_ref()
+                .and_then(|s| conn(s, p).cloned())
+                .is_some_and(|c| {
+                    c.path == ActualPath::Relay
+                        && c.fallback
+                        && c.reason == Some(PathReason::DirectFailed)
+                })
+        })
+    })?;
+    let fell = t.elapsed();
+    env.lab
+        .ping_until(&ha, mb, Duration::from_secs(10))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    let (ok, lost) = pinger.finish();
+    steps.log(&format!(
+        "(f) established path blocked: both fell back to relay after {fell:?} ({ok} pings ok, {lost} lost meanwhile)"
+    ));
+    let t = Instant::now();
+    env.lab.heal_udp(ha.ip(), hb.ip())?;
+    env.wait(90, "back to direct after heal", || {
+        both_report(&env, ActualPath::Direct)
+    })?;
+    env.lab.ping(&ha, mb)?;
+    ensure!(
+        env.wg(A)[0].endpoint == format!("{}:{LISTEN_PORT}", hb.ip()),
+        "endpoint after heal"
+    );
+    steps.log(&format!("(f) healed: direct again after {:?}", t.elapsed()));
+
+    // (g) A removed peer disappears from WireGuard and routes.
+    plan(&env, None)?;
+    env.wait(15, "peer removed from wg and routes", || {
+        [A, B].iter().all(|n| {
+            env.wg(n).is_empty()
+                && !env
+                    .routes(n)
+                    .contains(&format!("{}/32", if *n == A { mb } else { ma }))
+        })
+    })?;
+    ensure!(
+        env.lab.ping(&ha, mb).is_err(),
+        "ping still works after removal"
+    );
+    steps.log("(g) removed peer gone from wg show and routing tables");
+
+    // (f') Planned direct over a dead path from the start: relay within directTimeout + 3 s.
+    env.lab.block_udp(ha.ip(), hb.ip(), None)?;
+    let t = Instant::now();
+    plan(&env, Some(PlannedPath::Direct))?;
+    env.wait(5 + 8, "fresh direct pair falls back to relay", || {
+        [(A, B), (B, A)].iter().all(|(n, p)| {
+            env.status(n)
+                .as_ref()
+                .and_then(|s| conn(s, p).cloned())
+                .is_some_and(|c| {
+                    c.path == ActualPath::Relay
+                        && c.fallback
+                        && c.reason == Some(PathReason::DirectFailed)
+                })
+        })
+    })?;
+    let fell = t.elapsed();
+    env.lab
+        .ping_until(&ha, mb, Duration::from_secs(10))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    steps.log(&format!(
+        "(f) dead direct path from the start: relay after {fell:?} (directTimeout 5 s)"
+    ));
+    ensure!(fell <= Duration::from_secs(5 + 5), "fallback took {fell:?}");
+
+    // (e) Planned relay with UDP blocked: carried by the relay, no fallback flag.
+    plan(&env, Some(PlannedPath::Relay))?;
+    env.wait(15, "planned relay reported", || {
+        both_report(&env, ActualPath::Relay)
+            && [(A, B), (B, A)].iter().all(|(n, p)| {
+                env.status(n)
+                    .as_ref()
+                    .and_then(|s| conn(s, p).cloned())
+                    .is_some_and(|c| !c.fallback)
+            })
+    })?;
+    env.lab
+        .ping_until(&ha, mb, Duration::from_secs(10))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    let x = env
+        .lab
+        .tcp_transfer(&hb, &ha, ma, 4 << 20)
+        .map_err(|e| env.fail(&e.to_string()))?;
+    let ep = env.wg(A)[0].endpoint.clone();
+    ensure!(ep.starts_with("127.0.0.1:"), "relay endpoint in wg: {ep}");
+    steps.log(&format!(
+        "(e) planned relay with UDP blocked: ping + 4 MiB TCP ({:.0} Mbit/s) via {ep}",
+        x.bits_per_second() / 1e6
+    ));
+    env.lab.heal_all()?;
+    for n in [A, B] {
+        env.stop_agent(n)?;
+    }
+    env.lab.shutdown()?;
+    steps.log("done");
+    Ok(())
+}

@@ -229,6 +229,9 @@ async fn spec_interface(args: &Args) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kube's rustls-tls feature selects no crypto provider, and a workspace build can enable
+    // two (ring and aws-lc-rs), in which case rustls refuses to guess: pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Plain text when stderr is a file (lab logs, kubectl logs).

@@ -91,6 +91,9 @@ async fn signal(shutdown: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kube's rustls-tls feature selects no crypto provider, and a workspace build can enable
+    // two (ring and aws-lc-rs), in which case rustls refuses to guess: pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     telemetry::init();
     let args = Args::parse();
     let client = client(args.kubeconfig.as_ref()).await?;

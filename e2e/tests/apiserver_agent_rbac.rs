@@ -130,6 +130,16 @@ async fn agent_may_patch_only_its_own_peer_status() {
         403
     );
     assert_eq!(code(secrets.get("other").await.unwrap_err()), 403);
+    // A list pinned to the allowed name (what a watcher on one Secret does) is authorized
+    // for that name, as in kube-apiserver; pinned to another name it is not.
+    let pinned = |n: &str| ListParams::default().fields(&format!("metadata.name={n}"));
+    assert!(
+        secrets
+            .list(&pinned("wirekube-relay-default"))
+            .await
+            .is_ok()
+    );
+    assert_eq!(code(secrets.list(&pinned("other")).await.unwrap_err()), 403);
     assert_eq!(
         code(secrets.get("wirekube-relay-default").await.unwrap_err()),
         404,

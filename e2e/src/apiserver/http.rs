@@ -220,6 +220,12 @@ async fn dispatch(sh: Arc<Shared>, req: Request) -> Result<Response, ApiError> {
             )));
         }
     };
+    // Like kube-apiserver, a list or watch pinned to one name by `fieldSelector=metadata.name=X`
+    // is authorized as a request for X, so RBAC rules with resourceNames cover it.
+    let selected_name = match (verb, &name) {
+        ("list" | "watch", None) => q.get("fieldSelector").and_then(|f| single_name_selector(f)),
+        _ => None,
+    };
     authorize(
         &sh,
         &user,
@@ -228,7 +234,7 @@ async fn dispatch(sh: Arc<Shared>, req: Request) -> Result<Response, ApiError> {
         &ri.resource,
         sub.as_deref(),
         ns.as_deref(),
-        name.as_deref(),
+        name.as_deref().or(selected_name.as_deref()),
     )?;
 
     let mut lopts = ListOpts::default();
@@ -438,6 +444,14 @@ fn decode(ct: &str, body: &[u8], yaml_ok: bool) -> Result<Value, ApiError> {
             "error decoding JSON body: {e}"
         ))),
     }
+}
+
+/// `metadata.name=X` (or `==`) as the whole selector gives X.
+fn single_name_selector(selector: &str) -> Option<String> {
+    let rest = selector
+        .strip_prefix("metadata.name==")
+        .or_else(|| selector.strip_prefix("metadata.name="))?;
+    (!rest.is_empty() && !rest.contains(',')).then(|| rest.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -28,6 +28,10 @@ use crate::status::{self, CondInput};
 /// Trigger cadence while probing a direct path (well under the shortest `directTimeout`).
 const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(900);
 
+/// How long the first discovery waits for STUN servers (the relay being published) before the
+/// dataplane takes the WireGuard port anyway.
+const FIRST_DISCOVERY_GRACE: Duration = Duration::from_secs(30);
+
 /// Settings from flags.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -130,6 +134,11 @@ impl Agent {
         disc_tick.reset();
         let mut disc_task: Option<tokio::task::JoinHandle<DiscoveryReport>> = None;
         let mut first_discovery_done = false;
+        // STUN servers the last discovery used: a change (typically the relay endpoint being
+        // published after the agent started) triggers a new round instead of waiting for the
+        // periodic re-check.
+        let mut discovered_with: Vec<String> = Vec::new();
+        let started = Instant::now();
         tracing::info!(node = %self.cfg.node, public_key = %self.id.public_key(), "agent running; waiting for this node's WireKubePeer");
         loop {
             let relay_changed = async {
@@ -185,7 +194,24 @@ impl Agent {
                 &self.cfg.namespace,
                 peer.spec.relay_token_secret.as_deref(),
             );
+            let servers = discovery::stun_servers(&peer.spec);
+            if !first_discovery_done
+                && servers.is_empty()
+                && peer.spec.relay_mode != wirekube_crds::RelayMode::Never
+                && started.elapsed() < FIRST_DISCOVERY_GRACE
+            {
+                // The relay's STUN responder is not published yet. The mapping of the
+                // WireGuard port can only be learned before the dataplane binds it, so wait
+                // (briefly) for a server rather than bind now and never know it.
+                self.metrics.tick();
+                continue;
+            }
+            if first_discovery_done && disc_task.is_none() && servers != discovered_with {
+                discovered_with = servers.clone();
+                disc_task = self.spawn_discovery(&Some(peer.clone()), None);
+            }
             if !first_discovery_done {
+                discovered_with = servers.clone();
                 // First discovery runs from the WireGuard port itself, before the dataplane
                 // binds it (lab-notes §7.7). Publish the key and discovery result first: the
                 // operator needs both to plan anyone's path to us.

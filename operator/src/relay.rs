@@ -320,11 +320,18 @@ pub fn exposure(service: Option<&Service>, port: u16, nodes: &[NodeFacts]) -> Ex
         let Some(np) = np.and_then(|n| u16::try_from(n).ok()) else {
             return Exposure::Waiting("WaitingForNodePort", "no nodePort allocated yet".into());
         };
-        let eps: Vec<String> = nodes
+        // ExternalIPs first: agents dial the first endpoint, and an InternalIP is usually
+        // only reachable from its own site.
+        let mut eps: Vec<(bool, String)> = nodes
             .iter()
-            .filter_map(|n| n.reachable_address())
-            .map(|a| host_port(a, np))
+            .filter_map(|n| {
+                let a = n.reachable_address()?;
+                let external = n.addresses.iter().any(|(t, x)| t == "ExternalIP" && x == a);
+                Some((!external, host_port(a, np)))
+            })
             .collect();
+        eps.sort_by_key(|(internal, _)| *internal);
+        let eps: Vec<String> = eps.into_iter().map(|(_, e)| e).collect();
         if eps.is_empty() {
             return Exposure::Waiting(
                 "NoNodeAddresses",

@@ -20,7 +20,9 @@ build:
 
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
 test: deps build
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_
+	@# The seed topologies each run a whole lab (API server, operator, relay, agents): one at a time.
+	$(CARGO) test -p wirekube-e2e --test topologies -- --test-threads=1
 
 manifests:
 	$(CARGO) run -q -p wirekube-crds --bin crdgen

@@ -155,7 +155,7 @@ fn run_one(topo: Topology, args: &Args, keep: bool) -> Result<()> {
     println!(
         "timings: {}\n",
         report::timings(&sc.timings)
-            .split(", total")
+            .split("; total")
             .next()
             .unwrap_or_default()
     );

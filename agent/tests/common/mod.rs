@@ -32,7 +32,9 @@ pub const IFACE: &str = "wirekube0";
 pub const LISTEN_PORT: u16 = 51820;
 pub const METRICS_PORT: u16 = 9473;
 pub const MESH_CIDR: &str = "10.77.0.0/24";
-pub const DIRECT_TIMEOUT: &str = "5s";
+/// Above two WireGuard handshake retries (REKEY_TIMEOUT 5 s, lab-notes §4.1): with 5 s a first
+/// initiation that reaches a not-yet-configured peer made a healthy pair fall back under load.
+pub const DIRECT_TIMEOUT: &str = "12s";
 
 pub fn root() -> bool {
     if wirekube_lab::is_root() {

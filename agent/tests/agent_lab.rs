@@ -255,7 +255,8 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     steps.log(&format!(
         "(f) dead direct path from the start: relay after {fell:?} (directTimeout 12 s)"
     ));
-    ensure!(fell <= Duration::from_secs(5 + 5), "fallback took {fell:?}");
+    // directTimeout + 5 s: the issue asks for a fallback within the timeout plus a few seconds.
+    ensure!(fell <= Duration::from_secs(12 + 5), "fallback took {fell:?}");
 
     // (e) Planned relay with UDP blocked: carried by the relay, no fallback flag.
     plan(&env, Some(PlannedPath::Relay))?;

@@ -256,7 +256,10 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         "(f) dead direct path from the start: relay after {fell:?} (directTimeout 12 s)"
     ));
     // directTimeout + 5 s: the issue asks for a fallback within the timeout plus a few seconds.
-    ensure!(fell <= Duration::from_secs(12 + 5), "fallback took {fell:?}");
+    ensure!(
+        fell <= Duration::from_secs(12 + 5),
+        "fallback took {fell:?}"
+    );
 
     // (e) Planned relay with UDP blocked: carried by the relay, no fallback flag.
     plan(&env, Some(PlannedPath::Relay))?;

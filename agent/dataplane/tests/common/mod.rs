@@ -123,7 +123,18 @@ impl Drop for Lab {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // Give TERM a chance (wireguard-go removes its UAPI socket on TERM), then KILL.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline
+            && [&self.a, &self.b].iter().any(|ns| {
+                Command::new("ip")
+                    .args(["netns", "pids", ns])
+                    .output()
+                    .is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
+            })
+        {
+            std::thread::yield_now();
+        }
         for ns in [&self.a, &self.b] {
             if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {

@@ -42,6 +42,20 @@ fn both_report(env: &Env, path: ActualPath) -> bool {
     })
 }
 
+/// Both sides report the pair moved to the relay because direct failed.
+fn both_fell_back(env: &Env) -> bool {
+    [(A, B), (B, A)].iter().all(|(n, p)| {
+        env.status(n)
+            .as_ref()
+            .and_then(|s| conn(s, p).cloned())
+            .is_some_and(|c| {
+                c.path == ActualPath::Relay
+                    && c.fallback
+                    && c.reason == Some(PathReason::DirectFailed)
+            })
+    })
+}
+
 fn changes(env: &Env, n: &str) -> (f64, f64) {
     (
         env.metric(
@@ -187,18 +201,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     let pinger = Pinger::start(env.lab.clone(), ha.clone(), mb);
     let t = Instant::now();
     env.lab.block_udp(ha.ip(), hb.ip(), None)?;
-    env.wait(60, "fallback to relay reported", || {
-        [(A, B), (B, A)].iter().all(|(n, p)| {
-            env.status(n)
-                .as_ref()
-                .and_then(|s| conn(s, p).cloned())
-                .is_some_and(|c| {
-                    c.path == ActualPath::Relay
-                        && c.fallback
-                        && c.reason == Some(PathReason::DirectFailed)
-                })
-        })
-    })?;
+    env.wait(60, "fallback to relay reported", || both_fell_back(&env))?;
     let fell = t.elapsed();
     env.lab
         .ping_until(&ha, mb, Duration::from_secs(10))
@@ -237,16 +240,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     let t = Instant::now();
     plan(&env, Some(PlannedPath::Direct))?;
     env.wait(12 + 8, "fresh direct pair falls back to relay", || {
-        [(A, B), (B, A)].iter().all(|(n, p)| {
-            env.status(n)
-                .as_ref()
-                .and_then(|s| conn(s, p).cloned())
-                .is_some_and(|c| {
-                    c.path == ActualPath::Relay
-                        && c.fallback
-                        && c.reason == Some(PathReason::DirectFailed)
-                })
-        })
+        both_fell_back(&env)
     })?;
     let fell = t.elapsed();
     env.lab

@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod diagnose;
 pub mod hosts;
 pub mod report;
 pub mod run;

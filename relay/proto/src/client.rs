@@ -112,6 +112,7 @@ pub enum SendError {
 struct Counters {
     send_dropped: AtomicU64,
     recv_dropped: AtomicU64,
+    unknown_destination: AtomicU64,
 }
 
 /// Handle for sending through the relay. Cheap to clone; the connection task stops when
@@ -225,6 +226,12 @@ impl RelayClient {
     /// Inbound packets dropped because the receiver was not keeping up.
     pub fn recv_dropped(&self) -> u64 {
         self.counters.recv_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Non-fatal `UnknownDestination` notices received from the relay (sent only when
+    /// the relay runs with `--notify-unknown-destination`).
+    pub fn unknown_destination_notices(&self) -> u64 {
+        self.counters.unknown_destination.load(Ordering::Relaxed)
     }
 
     /// Stops the connection task (closing the socket) and waits until it has ended.
@@ -348,59 +355,113 @@ impl Task {
             s.connected_since = Some(Instant::now());
             s.sessions += 1;
         });
-        let (mut sink, mut stream) = framed.split();
-        let mut last_rx = Instant::now();
-        let mut ping = tokio::time::interval(self.config.keepalive_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut ping_seq = 0u64;
-        loop {
-            tokio::select! {
-                p = self.out_rx.recv() => {
-                    let Some((key, payload)) = p else { return End::Stop };
-                    // Batch whatever else is already queued into one flush (one syscall).
+        let (sink, stream) = framed.split();
+        let started = Instant::now();
+        // Milliseconds after `started` when something last arrived.
+        let last_rx = AtomicU64::new(0);
+        // Pongs the reading half asks the writing half to send.
+        let (pong_tx, pong_rx) = mpsc::channel(8);
+        let Task {
+            config,
+            out_rx,
+            in_tx,
+            counters,
+            ..
+        } = self;
+        // Reading and writing run concurrently, so a write blocked by the relay's
+        // back-pressure never stops us from draining what the relay sends us (which
+        // would stall both directions).
+        let writing = write_half(config, out_rx, sink, pong_rx, started, &last_rx);
+        let reading = read_half(in_tx, counters, stream, pong_tx, started, &last_rx);
+        tokio::select! {
+            e = writing => e,
+            e = reading => e,
+        }
+    }
+}
+
+type Sink = futures::stream::SplitSink<Framed<TcpStream, FrameCodec>, Frame>;
+type Stream = futures::stream::SplitStream<Framed<TcpStream, FrameCodec>>;
+
+async fn write_half(
+    config: &RelayClientConfig,
+    out_rx: &mut mpsc::Receiver<(PublicKey, Bytes)>,
+    mut sink: Sink,
+    mut pong_rx: mpsc::Receiver<u64>,
+    started: Instant,
+    last_rx: &AtomicU64,
+) -> End {
+    let mut ping = tokio::time::interval(config.keepalive_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut ping_seq = 0u64;
+    loop {
+        tokio::select! {
+            p = out_rx.recv() => {
+                let Some((key, payload)) = p else { return End::Stop };
+                // Batch whatever else is already queued into one flush (one syscall).
+                if let Err(e) = sink.feed(Frame::Data { key, payload }).await {
+                    return fail(e);
+                }
+                for _ in 0..64 {
+                    let Ok((key, payload)) = out_rx.try_recv() else { break };
                     if let Err(e) = sink.feed(Frame::Data { key, payload }).await {
                         return fail(e);
                     }
-                    for _ in 0..64 {
-                        let Ok((key, payload)) = self.out_rx.try_recv() else { break };
-                        if let Err(e) = sink.feed(Frame::Data { key, payload }).await {
-                            return fail(e);
-                        }
-                    }
-                    if let Err(e) = sink.flush().await {
-                        return fail(e);
-                    }
                 }
-                f = stream.next() => {
-                    last_rx = Instant::now();
-                    match f {
-                        None => return fail("relay closed the connection"),
-                        Some(Err(e)) => return fail(e),
-                        Some(Ok(Frame::Data { key, payload })) => {
-                            if self.in_tx.try_send((key, payload)).is_err() {
-                                self.counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Some(Ok(Frame::Ping(v))) => {
-                            if let Err(e) = sink.send(Frame::Pong(v)).await {
-                                return fail(e);
-                            }
-                        }
-                        Some(Ok(Frame::Pong(_))) => {}
-                        Some(Ok(other)) => return unexpected(other),
-                    }
-                }
-                _ = ping.tick() => {
-                    if last_rx.elapsed() > self.config.keepalive_timeout {
-                        return fail("keepalive timeout");
-                    }
-                    ping_seq += 1;
-                    if let Err(e) = sink.send(Frame::Ping(ping_seq)).await {
-                        return fail(e);
-                    }
+                if let Err(e) = sink.flush().await {
+                    return fail(e);
                 }
             }
+            v = pong_rx.recv() => {
+                let Some(v) = v else { return fail("reader ended") };
+                if let Err(e) = sink.send(Frame::Pong(v)).await {
+                    return fail(e);
+                }
+            }
+            _ = ping.tick() => {
+                let since = started + Duration::from_millis(last_rx.load(Ordering::Relaxed));
+                if since.elapsed() > config.keepalive_timeout {
+                    return fail("keepalive timeout");
+                }
+                ping_seq += 1;
+                if let Err(e) = sink.send(Frame::Ping(ping_seq)).await {
+                    return fail(e);
+                }
+            }
+        }
+    }
+}
+
+async fn read_half(
+    in_tx: &mpsc::Sender<(PublicKey, Bytes)>,
+    counters: &Counters,
+    mut stream: Stream,
+    pong_tx: mpsc::Sender<u64>,
+    started: Instant,
+    last_rx: &AtomicU64,
+) -> End {
+    loop {
+        let f = stream.next().await;
+        last_rx.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match f {
+            None => return fail("relay closed the connection"),
+            Some(Err(e)) => return fail(e),
+            Some(Ok(Frame::Data { key, payload })) => {
+                if in_tx.try_send((key, payload)).is_err() {
+                    counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Ok(Frame::Ping(v))) => {
+                // A full pong queue means pongs are already on their way.
+                let _ = pong_tx.try_send(v);
+            }
+            Some(Ok(Frame::Pong(_))) => {}
+            Some(Ok(Frame::Error { code, message })) if !code.is_fatal() => {
+                counters.unknown_destination.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%message, "relay: destination not connected");
+            }
+            Some(Ok(other)) => return unexpected(other),
         }
     }
 }

@@ -54,6 +54,16 @@ pub enum ErrorCode {
     Replaced,
     /// The relay is shutting down.
     ShuttingDown,
+    /// The Auth frame is a replay of one the relay already accepted on another
+    /// connection (a recorded login, not a wrong key).
+    Replayed,
+    /// Not fatal: the relay has no client registered for the destination of a Data
+    /// frame (sent rate-limited, only when the relay is configured to). The message is
+    /// the destination key in base64. The connection stays open.
+    UnknownDestination,
+    /// The authenticated connection sent nothing (not even a Ping) for the relay's idle
+    /// timeout.
+    IdleTimeout,
     /// A code this version does not know.
     Other(u8),
 }
@@ -72,6 +82,9 @@ impl ErrorCode {
             Self::RateLimited => 8,
             Self::Replaced => 9,
             Self::ShuttingDown => 10,
+            Self::Replayed => 11,
+            Self::UnknownDestination => 12,
+            Self::IdleTimeout => 13,
             Self::Other(c) => c,
         }
     }
@@ -89,9 +102,75 @@ impl ErrorCode {
             8 => Self::RateLimited,
             9 => Self::Replaced,
             10 => Self::ShuttingDown,
+            11 => Self::Replayed,
+            12 => Self::UnknownDestination,
+            13 => Self::IdleTimeout,
             c => Self::Other(c),
         }
     }
+
+    /// Whether the sender closes the connection after an Error frame with this code.
+    /// Only [`ErrorCode::UnknownDestination`] is a notice that leaves it open.
+    pub fn is_fatal(self) -> bool {
+        !matches!(self, Self::UnknownDestination)
+    }
+}
+
+/// Offset of the key inside an encoded Data frame (after the length prefix and type).
+pub const DATA_KEY_OFFSET: usize = LEN_PREFIX + 1;
+
+/// What [`peek`] found at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameHead {
+    /// Not a whole frame yet. `need` is the total size of the frame (length prefix
+    /// included) once the prefix is known, so the caller can reserve exactly that;
+    /// otherwise [`LEN_PREFIX`].
+    Incomplete {
+        /// Bytes the whole frame occupies.
+        need: usize,
+    },
+    /// A complete, well-formed Data frame of `len` bytes (length prefix included). Its
+    /// key is at `DATA_KEY_OFFSET..DATA_KEY_OFFSET + 32` and may be rewritten in place
+    /// (destination → source) before the bytes are forwarded unchanged otherwise.
+    Data {
+        /// Total encoded length.
+        len: usize,
+    },
+    /// A complete frame of another type: decode it with [`Frame::decode`].
+    Other,
+}
+
+/// Looks at the frame at the front of `src` without consuming or copying it, so a
+/// forwarder can move Data frames as raw bytes. Applies the same limits as
+/// [`Frame::decode`]: a Data frame reported here decodes successfully.
+pub fn peek(src: &[u8]) -> Result<FrameHead, DecodeError> {
+    let Some(prefix) = src.get(..LEN_PREFIX) else {
+        return Ok(FrameHead::Incomplete { need: LEN_PREFIX });
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(DecodeError::EmptyFrame);
+    }
+    let total = LEN_PREFIX + len;
+    if src.len() < total {
+        return Ok(FrameHead::Incomplete { need: total });
+    }
+    if src[LEN_PREFIX] != T_DATA {
+        return Ok(FrameHead::Other);
+    }
+    if len - 1 < 32 {
+        return Err(DecodeError::BadLength {
+            frame: "data",
+            len: len - 1,
+        });
+    }
+    Ok(FrameHead::Data { len: total })
 }
 
 /// One protocol message.

@@ -37,7 +37,7 @@ pub use client::{
 };
 pub use codec::{CodecError, FrameCodec};
 pub use frame::{
-    DecodeError, EncodeError, ErrorCode, Frame, MAX_FRAME_LEN, MAX_PACKET_LEN, MAX_TOKEN_LEN,
-    PROTOCOL_VERSION,
+    DATA_KEY_OFFSET, DecodeError, EncodeError, ErrorCode, Frame, FrameHead, LEN_PREFIX,
+    MAX_FRAME_LEN, MAX_PACKET_LEN, MAX_TOKEN_LEN, PROTOCOL_VERSION, peek,
 };
 pub use key::{KeyError, PrivateKey, PublicKey};

@@ -3,8 +3,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use wirekube_relay_proto::{
-    DecodeError, EncodeError, ErrorCode, Frame, MAX_FRAME_LEN, MAX_PACKET_LEN, MAX_TOKEN_LEN,
-    PublicKey,
+    DecodeError, EncodeError, ErrorCode, Frame, FrameHead, MAX_FRAME_LEN, MAX_PACKET_LEN,
+    MAX_TOKEN_LEN, PublicKey, peek,
 };
 
 fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -79,6 +79,28 @@ proptest! {
     fn typed_body_garbage(ty in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut buf = raw(ty, &body);
         let _ = Frame::decode(&mut buf);
+    }
+
+    /// The zero-copy `peek` used by the relay's forwarding path agrees with `decode`:
+    /// same errors, Data exactly when decode yields Data of the same length.
+    #[test]
+    fn peek_agrees_with_decode(ty in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..200), cut in any::<prop::sample::Index>()) {
+        let full = raw(ty, &body);
+        let cut = cut.index(full.len() + 1);
+        let mut buf = BytesMut::from(&full[..cut]);
+        let head = peek(&buf);
+        let before = buf.len();
+        match (head, Frame::decode(&mut buf)) {
+            (Ok(FrameHead::Incomplete { need }), Ok(None)) => prop_assert!(need > cut),
+            (Ok(FrameHead::Data { len }), Ok(Some(Frame::Data { .. }))) => prop_assert_eq!(len, before - buf.len()),
+            (Ok(FrameHead::Other), Ok(Some(f))) => {
+                let is_data = matches!(f, Frame::Data { .. });
+                prop_assert!(!is_data);
+            }
+            (Ok(FrameHead::Other), Err(_)) => {}
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (h, d) => prop_assert!(false, "peek {:?} vs decode {:?}", h, d),
+        }
     }
 }
 
@@ -233,5 +255,8 @@ fn unknown_error_code_is_preserved() {
     assert_eq!(Frame::decode(&mut buf).unwrap(), Some(f));
     for c in 0..=255u8 {
         assert_eq!(ErrorCode::from_u8(c).to_u8(), c);
+        assert_eq!(ErrorCode::from_u8(c).is_fatal(), c != 12);
     }
+    assert_eq!(ErrorCode::from_u8(11), ErrorCode::Replayed);
+    assert_eq!(ErrorCode::from_u8(13), ErrorCode::IdleTimeout);
 }

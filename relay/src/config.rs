@@ -46,6 +46,16 @@ pub struct RelayConfig {
     pub registration_burst: u32,
     /// How long shutdown waits for connections to drain.
     pub drain_timeout: Duration,
+    /// A client whose writer made no progress for this long while frames wait for it is
+    /// stalled: frames for it are dropped when its queue is full. While it still makes
+    /// progress, a sender targeting its full queue is paused instead (TCP back-pressure).
+    pub stall_timeout: Duration,
+    /// Disconnect an authenticated client that sends nothing for this long; `None`
+    /// disables.
+    pub idle_timeout: Option<Duration>,
+    /// Answer a Data frame for an unregistered key with a rate-limited, non-fatal
+    /// `UnknownDestination` Error frame.
+    pub notify_unknown_destination: bool,
 }
 
 impl RelayConfig {
@@ -64,6 +74,9 @@ impl RelayConfig {
             registration_rate: 5.0,
             registration_burst: 20,
             drain_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_millis(250),
+            idle_timeout: Some(Duration::from_secs(60)),
+            notify_unknown_destination: false,
         }
     }
 }

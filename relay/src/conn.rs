@@ -1,27 +1,22 @@
-//! One client connection: handshake, then a reader (this task) and a writer task.
+//! One client connection: handshake, then a reader (this task) and a writer task
+//! (`pump`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_util::codec::{Framed, FramedRead};
-use tokio_util::sync::CancellationToken;
+use tokio_util::codec::Framed;
 use wirekube_relay_proto::{
     CodecError, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, PublicKey, ServerChallenge,
 };
 
+use crate::outbox::{Chunk, Outbox};
+use crate::pump::{Reader, write_loop};
 use crate::shared::{Peer, Shared};
-
-/// Stop filling a write batch beyond this many bytes so one busy sender cannot
-/// monopolise the writer's buffer.
-const BATCH_BYTES: usize = 256 * 1024;
 /// How long we keep reading (and discarding) after sending an Error frame, so the peer
 /// receives it instead of a TCP reset caused by unread data in our receive buffer.
 const LINGER: Duration = Duration::from_millis(500);
@@ -154,12 +149,20 @@ async fn handshake(
         ));
     }
     if challenge.verify(&key, &mac, &token).is_err() {
+        if shared.replays.seen(&mac) {
+            return Err(Refusal::new(
+                ErrorCode::Replayed,
+                "replay",
+                "replayed authentication",
+            ));
+        }
         return Err(Refusal::new(
             ErrorCode::BadProof,
             "bad_proof",
             "key possession proof failed",
         ));
     }
+    shared.replays.remember(mac);
     Ok(key)
 }
 
@@ -205,32 +208,33 @@ pub(crate) async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Share
     }
     shared.metrics.auth_ok.inc();
     let parts = framed.into_parts();
-    let (rd, wr) = parts.io.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec);
-    reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let (mut rd, wr) = parts.io.into_split();
+    let mut buf = parts.read_buf;
 
-    let (tx, rx) = mpsc::channel(shared.cfg.queue_depth.max(1));
+    let outbox = Arc::new(Outbox::new(shared.cfg.queue_depth));
     let kick = shared.shutdown.child_token();
     let id = shared.register(
         key,
         Peer {
             id: 0,
-            tx: tx.clone(),
+            outbox: outbox.clone(),
             kick: kick.clone(),
         },
     );
     tracing::debug!(%addr, %key, "client registered");
-    let writer = tokio::spawn(write_loop(wr, rx, kick.clone(), shared.clone()));
+    let writer = tokio::spawn(write_loop(wr, outbox.clone(), kick.clone(), shared.clone()));
 
-    let (reason, error) = read_loop(&mut reader, key, &tx, &kick, &shared).await;
+    let (reason, error) = Reader::new(key, &outbox, &kick, &shared)
+        .run(&mut rd, &mut buf)
+        .await;
     let (reason, error) = if reason == "kicked" {
         if shared.shutdown.is_cancelled() {
             (
                 "shutdown",
                 Some(Frame::error(ErrorCode::ShuttingDown, "relay shutting down")),
             )
-        } else if tx.is_closed() {
-            // The writer closes its queue before kicking us when the socket write fails.
+        } else if outbox.failed() {
+            // The writer kicks us when the socket write fails.
             ("write_failed", None)
         } else {
             (
@@ -245,126 +249,14 @@ pub(crate) async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Share
         (reason, error)
     };
     shared.deregister(&key, id);
-    let sent_error = match error {
-        Some(f) => shared.enqueue(&tx, f).is_ok(),
-        None => false,
-    };
-    drop(tx);
+    let last = error
+        .and_then(|f| f.to_bytes().ok())
+        .map(|b| Chunk::control(b, true));
+    let sent_error = outbox.close_with(last);
     let _ = writer.await;
     if sent_error {
-        linger(reader.get_mut()).await;
+        linger(&mut rd).await;
     }
     shared.metrics.disconnect(reason);
     tracing::debug!(%addr, %key, reason, "client disconnected");
-}
-
-/// Returns the disconnect reason and an optional Error frame to send.
-async fn read_loop(
-    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
-    me: PublicKey,
-    tx: &mpsc::Sender<Frame>,
-    kick: &CancellationToken,
-    shared: &Shared,
-) -> (&'static str, Option<Frame>) {
-    loop {
-        let f = tokio::select! {
-            _ = kick.cancelled() => return ("kicked", None),
-            f = reader.next() => f,
-        };
-        match f {
-            None => return ("closed", None),
-            Some(Ok(Frame::Data { key, payload })) => shared.forward(me, key, payload),
-            Some(Ok(Frame::Ping(v))) => {
-                let _ = shared.enqueue(tx, Frame::Pong(v));
-            }
-            Some(Ok(Frame::Pong(_))) => {}
-            Some(Ok(other)) => {
-                let msg = format!("unexpected {} after auth", frame_name(&other));
-                return (
-                    "protocol",
-                    Some(Frame::error(ErrorCode::ProtocolViolation, msg)),
-                );
-            }
-            Some(Err(CodecError::Decode(e))) => {
-                return (
-                    "malformed",
-                    Some(Frame::error(ErrorCode::MalformedFrame, e.to_string())),
-                );
-            }
-            Some(Err(_)) => return ("io", None),
-        }
-    }
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "Hello",
-        Frame::Challenge { .. } => "Challenge",
-        Frame::Auth { .. } => "Auth",
-        Frame::AuthOk => "AuthOk",
-        Frame::Data { .. } => "Data",
-        Frame::Ping(_) => "Ping",
-        Frame::Pong(_) => "Pong",
-        Frame::Error { .. } => "Error",
-    }
-}
-
-/// Drains the queue into the socket, batching everything already queued into one write.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Frame>,
-    kick: CancellationToken,
-    shared: Arc<Shared>,
-) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let m = &shared.metrics;
-    let mut failed = false;
-    'outer: while let Some(first) = rx.recv().await {
-        let (mut frames, mut bytes, mut closing) = (0u64, 0u64, false);
-        let mut next = Some(first);
-        while let Some(f) = next.take() {
-            m.queue_depth.dec();
-            match &f {
-                Frame::Data { payload, .. } => {
-                    frames += 1;
-                    bytes += payload.len() as u64;
-                }
-                Frame::Error { .. } => closing = true,
-                _ => {}
-            }
-            // Frames built by the relay are within protocol limits.
-            let _ = f.encode(&mut buf);
-            if closing || buf.len() >= BATCH_BYTES {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        match timeout(shared.cfg.write_timeout, wr.write_all(&buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                failed = true;
-                m.drop_n("write_failed", frames);
-                break 'outer;
-            }
-        }
-        buf.clear();
-        m.forwarded_frames.inc_by(frames);
-        m.forwarded_bytes.inc_by(bytes);
-        if closing {
-            break;
-        }
-    }
-    // Stop producers first, then account for what they had queued.
-    rx.close();
-    while let Ok(f) = rx.try_recv() {
-        m.queue_depth.dec();
-        if matches!(f, Frame::Data { .. }) {
-            m.dropped("connection_closed");
-        }
-    }
-    // Wake the reader so a stalled or finished client releases its slot now.
-    kick.cancel();
-    if !failed {
-        let _ = timeout(Duration::from_secs(1), wr.shutdown()).await;
-    }
 }

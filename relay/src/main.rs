@@ -69,6 +69,20 @@ struct Args {
     /// Seconds to wait for connections to drain on shutdown.
     #[arg(long, env = "WIREKUBE_RELAY_DRAIN_TIMEOUT", default_value_t = 5)]
     drain_timeout: u64,
+    /// Milliseconds without write progress after which a client with queued frames counts
+    /// as stalled: frames for it are then dropped at once instead of pausing the sender.
+    #[arg(long, env = "WIREKUBE_RELAY_STALL_TIMEOUT_MS", default_value_t = 250)]
+    stall_timeout_ms: u64,
+    /// Seconds an authenticated client may send nothing (not even a Ping) before it is
+    /// disconnected; 0 disables. Agents ping every 15 s.
+    #[arg(long, env = "WIREKUBE_RELAY_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Tell a sender (rate-limited, at most once per second per destination) when the
+    /// destination of its Data frame is not connected, with a non-fatal Error frame
+    /// (code UnknownDestination). Off by default: clients older than this relay treat
+    /// any Error frame as fatal and reconnect.
+    #[arg(long, env = "WIREKUBE_RELAY_NOTIFY_UNKNOWN_DESTINATION")]
+    notify_unknown_destination: bool,
 }
 
 impl Args {
@@ -96,6 +110,9 @@ impl Args {
         c.registration_rate = self.registration_rate;
         c.registration_burst = self.registration_burst;
         c.drain_timeout = Duration::from_secs(self.drain_timeout);
+        c.stall_timeout = Duration::from_millis(self.stall_timeout_ms);
+        c.idle_timeout = (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
+        c.notify_unknown_destination = self.notify_unknown_destination;
         Ok(c)
     }
 }

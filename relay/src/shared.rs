@@ -4,20 +4,23 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wirekube_relay_proto::{Frame, PublicKey};
+use wirekube_relay_proto::PublicKey;
 
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::ratelimit::RateLimiter;
+use crate::replay::ReplayCache;
 use crate::token::TokenStore;
+
+/// Successful logins whose proofs are remembered to recognise replays.
+const REPLAY_MEMORY: usize = 4096;
 
 /// A registered, authenticated connection.
 pub(crate) struct Peer {
     pub id: u64,
-    pub tx: mpsc::Sender<Frame>,
+    pub outbox: Arc<Outbox>,
     pub kick: CancellationToken,
 }
 
@@ -26,6 +29,7 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub tokens: TokenStore,
     pub limiter: RateLimiter,
+    pub replays: ReplayCache,
     pub shutdown: CancellationToken,
     peers: RwLock<HashMap<PublicKey, Peer>>,
     next_id: AtomicU64,
@@ -44,6 +48,7 @@ impl Shared {
             metrics,
             tokens,
             limiter,
+            replays: ReplayCache::new(REPLAY_MEMORY),
             shutdown,
             peers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -90,33 +95,9 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Queues a frame on a connection without waiting.
-    pub fn enqueue(&self, tx: &mpsc::Sender<Frame>, f: Frame) -> Result<(), ()> {
-        match tx.try_send(f) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-                Ok(())
-            }
-            Err(_) => Err(()),
-        }
-    }
-
-    /// Hands a data frame from `src` to `dest`'s queue, or drops it. Never waits: a full
-    /// queue means that reader is slow, and waiting would slow the sender down too.
-    pub fn forward(&self, src: PublicKey, dest: PublicKey, payload: Bytes) {
+    /// The outbox of the connection registered for `dest`.
+    pub fn lookup(&self, dest: &PublicKey) -> Option<Arc<Outbox>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = peers.get(&dest) else {
-            self.metrics.drop_unknown.inc();
-            return;
-        };
-        match p.tx.try_send(Frame::Data { key: src, payload }) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.drop_queue_full.inc();
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.dropped("connection_closed"),
-        }
+        peers.get(dest).map(|p| p.outbox.clone())
     }
 }

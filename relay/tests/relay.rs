@@ -91,7 +91,7 @@ async fn misbehaving_clients_are_refused_while_others_keep_working() {
     let mut replay = Raw::connect(addr).await;
     replay.hello(ck.public_key()).await;
     replay.send(captured).await;
-    replay.expect_refused(ErrorCode::BadProof).await;
+    replay.expect_refused(ErrorCode::Replayed).await;
 
     // Garbage.
     let mut garbage = Raw::connect(addr).await;
@@ -115,7 +115,8 @@ async fn misbehaving_clients_are_refused_while_others_keep_working() {
     eager.expect_refused(ErrorCode::ProtocolViolation).await;
 
     assert!(auth_failures(&relay, "bad_token") >= 1);
-    assert_eq!(auth_failures(&relay, "bad_proof"), 3);
+    assert_eq!(auth_failures(&relay, "bad_proof"), 2);
+    assert_eq!(auth_failures(&relay, "replay"), 1);
     assert_eq!(auth_failures(&relay, "malformed"), 1);
     assert_eq!(auth_failures(&relay, "protocol"), 1);
     // The victims were never displaced and still talk.
@@ -163,6 +164,82 @@ async fn unknown_destination_is_dropped_and_counted() {
     .unwrap();
     wait_for("drop counted", || drops(&relay, "unknown_destination") == 1).await;
     assert_eq!(a.state().status, Status::Connected);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_destination_notice_is_optional_rate_limited_and_not_fatal() {
+    let mut cfg = config();
+    cfg.notify_unknown_destination = true;
+    let relay = Relay::start(cfg).await.unwrap();
+    let (mut raw, _) = Raw::login(relay.tcp_addr, &PrivateKey::generate()).await;
+    let nobody = PrivateKey::generate().public_key();
+    for _ in 0..50 {
+        raw.send(Frame::Data {
+            key: nobody,
+            payload: Bytes::from_static(b"void"),
+        })
+        .await;
+    }
+    // A Ping after the burst: its Pong arrives after whatever notices were sent.
+    raw.send(Frame::Ping(1)).await;
+    let mut notices = 0;
+    loop {
+        match raw.recv().await {
+            Some(Frame::Error { code, message }) => {
+                assert_eq!(code, ErrorCode::UnknownDestination);
+                assert_eq!(message, nobody.to_string());
+                notices += 1;
+            }
+            Some(Frame::Pong(1)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(notices, 1, "one notice per destination per second");
+    wait_for("drops counted", || {
+        drops(&relay, "unknown_destination") == 50
+    })
+    .await;
+    // The connection is still usable, and the async client keeps its session.
+    raw.send(Frame::Ping(2)).await;
+    assert_eq!(raw.recv().await, Some(Frame::Pong(2)));
+    let (a, _rx, _) = connected(&relay).await;
+    a.send(nobody, Bytes::from_static(b"void")).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while a.unknown_destination_notices() == 0 {
+        assert!(Instant::now() < deadline, "client never saw the notice");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(a.state().status, Status::Connected);
+    assert_eq!(a.state().sessions, 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_authenticated_connection_is_closed() {
+    let mut cfg = config();
+    cfg.idle_timeout = Some(Duration::from_millis(300));
+    let relay = Relay::start(cfg).await.unwrap();
+    // A client that pings more often than the idle timeout stays.
+    let key = PrivateKey::generate();
+    let mut ccfg = wirekube_relay_proto::RelayClientConfig::new(
+        relay.tcp_addr.to_string(),
+        key.clone(),
+        TOKEN.to_vec(),
+    );
+    ccfg.keepalive_interval = Duration::from_millis(50);
+    let (pinger, _rx) = wirekube_relay_proto::RelayClient::start(ccfg);
+    assert!(pinger.wait_connected(DEADLINE).await);
+    // A silent one is told why and closed.
+    let (mut silent, _) = Raw::login(relay.tcp_addr, &PrivateKey::generate()).await;
+    silent.expect_refused(ErrorCode::IdleTimeout).await;
+    wait_for("idle disconnect counted", || {
+        Metrics::count(&relay.metrics().disconnects, "reason", "idle") == 1
+    })
+    .await;
+    assert_eq!(pinger.state().status, Status::Connected);
+    assert_eq!(pinger.state().sessions, 1);
+    assert!(relay.is_registered(&key.public_key()));
     relay.shutdown().await;
 }
 

@@ -107,6 +107,16 @@ struct Args {
         global = true
     )]
     discovery_interval: u64,
+    /// Seconds before a fallen-back direct path is first probed again; later probes wait
+    /// twice as long each time, up to 8x. Probes start on wall-clock multiples of the wait so
+    /// that both nodes of a pair probe together (keep node clocks NTP-synchronised).
+    #[arg(
+        long,
+        env = "WIREKUBE_PROBE_INTERVAL",
+        default_value_t = 30,
+        global = true
+    )]
+    probe_interval: u64,
     /// Interface to remove with `cleanup` (default: the name in this node's spec, else wirekube0).
     #[arg(long, env = "WIREKUBE_INTERFACE", global = true)]
     interface: Option<String>,
@@ -195,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stats_interval: Duration::from_secs_f64(args.stats_interval.clamp(0.1, 60.0)),
         heartbeat: Duration::from_secs(args.heartbeat.max(1)),
         discovery_interval: Duration::from_secs(args.discovery_interval.max(10)),
+        probe_min: Duration::from_secs(args.probe_interval.max(1)),
     };
     Agent::new(cfg, id, client, metrics).run(terminated()).await;
     shutdown.cancel();

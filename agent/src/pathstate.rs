@@ -11,6 +11,13 @@
 //! Hysteresis against flapping: probes are spaced by a backoff that only resets after the
 //! direct path stayed up for `stable_after`; a path that fails again soon after an upgrade
 //! doubles the wait instead.
+//!
+//! Probes are short (`probe_window`, at most [`PROBE_WINDOW_MAX`]) because while one lasts our
+//! packets to the peer take the direct path and are lost if it is still broken. They start on
+//! wall-clock slots (multiples of the backoff in Unix time) so that both ends of a pair probe at
+//! the same moment: behind a restricted-cone NAT a direct packet only gets in after the other
+//! side sent one out, and a lone probe would never pass. Backoffs are `probe_min * 2^k`, so the
+//! slots of two nodes with different backoffs still coincide (every slot of the larger one).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,33 +28,88 @@ use wirekube_crds::{ActualPath, PlannedPath};
 /// than this proves nothing about the current path.
 pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
 
+/// Longest probe of a fallen-back path: a round trip plus a few trigger datagrams, and slack
+/// for two nodes' clocks disagreeing about the slot by a second or two.
+pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(5);
+
+/// Default wait before the first probe after a fallback.
+pub const PROBE_MIN_DEFAULT: Duration = Duration::from_secs(30);
+
 /// Timing knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub direct_timeout: Duration,
     /// First wait before probing direct again after a fallback.
     pub probe_min: Duration,
-    /// Longest wait between probes.
+    /// Longest wait between probes (`probe_min * 2^k`, see the module docs).
     pub probe_max: Duration,
+    /// How long one probe waits for direct traffic before returning to the relay.
+    pub probe_window: Duration,
     /// A direct path must last this long before the probe backoff resets.
     pub stable_after: Duration,
 }
 
 impl Timing {
     pub fn new(direct_timeout: Duration) -> Self {
+        Self::with_probe_min(direct_timeout, PROBE_MIN_DEFAULT)
+    }
+
+    pub fn with_probe_min(direct_timeout: Duration, probe_min: Duration) -> Self {
+        let probe_min = probe_min.max(Duration::from_secs(1));
         Self {
             direct_timeout,
-            probe_min: Duration::from_secs(30),
-            probe_max: Duration::from_secs(300),
-            stable_after: Duration::from_secs(300),
+            probe_min,
+            probe_max: probe_min * 8,
+            probe_window: direct_timeout.min(PROBE_WINDOW_MAX),
+            stable_after: Duration::from_secs(300).max(probe_min * 8),
         }
     }
 
     /// How long nothing may arrive while we keep sending before a direct path is declared
-    /// stalled. WireGuard answers data with a passive keepalive within 10 s, so 15 s of
-    /// silence while sending means the return path is broken.
+    /// stalled. WireGuard answers data with a passive keepalive 10 s after it last sent
+    /// anything, so 12 s of silence while sending means the return path is broken.
     fn stall_window(&self) -> Duration {
-        self.direct_timeout.max(Duration::from_secs(15))
+        self.direct_timeout.max(Duration::from_secs(12))
+    }
+}
+
+/// Maps the monotonic clock the machine runs on to Unix time, for probe slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    origin: Instant,
+    unix_at_origin: Duration,
+}
+
+impl WallClock {
+    pub fn new(origin: Instant, unix_at_origin: Duration) -> Self {
+        Self {
+            origin,
+            unix_at_origin,
+        }
+    }
+
+    /// The system clock as of `now`.
+    pub fn system(now: Instant) -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::new(now, unix)
+    }
+
+    /// The first instant at least `period / 2` from `now` at which Unix time is a multiple of
+    /// `period` (whole milliseconds).
+    pub fn next_slot(&self, now: Instant, period: Duration) -> Instant {
+        let unix_now = match now.checked_duration_since(self.origin) {
+            Some(d) => self.unix_at_origin + d,
+            None => self
+                .unix_at_origin
+                .saturating_sub(self.origin.duration_since(now)),
+        };
+        let p = period.as_millis().max(1);
+        let earliest = (unix_now + period / 2).as_millis();
+        let slot = earliest.div_ceil(p) * p;
+        let wait = slot.saturating_sub(unix_now.as_millis());
+        now + Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX / 2))
     }
 }
 
@@ -137,6 +199,7 @@ pub struct Transition {
 #[derive(Clone, Debug)]
 pub struct PathState {
     timing: Timing,
+    clock: WallClock,
     plan: Plan,
     phase: Phase,
     backoff: Duration,
@@ -160,6 +223,7 @@ impl PathState {
     pub fn new(timing: Timing, plan: Plan, now: Instant) -> Self {
         let mut s = Self {
             timing,
+            clock: WallClock::new(now, Duration::ZERO),
             plan,
             phase: Phase::Down,
             backoff: timing.probe_min,
@@ -197,6 +261,11 @@ impl PathState {
 
     pub fn set_timing(&mut self, timing: Timing) {
         self.timing = timing;
+    }
+
+    /// The wall clock probe slots are aligned to (defaults to slots counted from creation).
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.clock = clock;
     }
 
     /// The path to report.
@@ -279,7 +348,7 @@ impl PathState {
             }
             return self.go(Phase::DirectFailed { since: now }, cause, now);
         }
-        let next_probe = now + self.backoff;
+        let next_probe = self.clock.next_slot(now, self.backoff);
         self.go(
             Phase::Fallback {
                 since: now,
@@ -323,7 +392,9 @@ impl PathState {
         }
         let hs_after = |t: Instant| obs.last_handshake.is_some_and(|h| h >= t);
         let direct_ok = |t: Instant| (hs_after(t) && on_direct) || direct_traffic;
-        let relay_hs = |t: Instant| hs_after(t) && obs.via_relay;
+        // The peer talks to us through the relay: a handshake there, or (an existing session
+        // needs none) its packets arriving from the relay socket, which WireGuard roamed to.
+        let relay_hs = |t: Instant| (hs_after(t) || rx_grew) && obs.via_relay;
         match self.phase {
             Phase::Down | Phase::Relay { .. } => None,
             Phase::Connecting {
@@ -394,9 +465,9 @@ impl PathState {
                 if direct_ok(since) {
                     self.reset_stall(now);
                     self.go(Phase::Direct { since: now }, Cause::Handshake, now)
-                } else if now.duration_since(since) >= self.timing.direct_timeout {
+                } else if now.duration_since(since) >= self.timing.probe_window {
                     self.backoff = (self.backoff * 2).min(self.timing.probe_max);
-                    let next_probe = now + self.backoff;
+                    let next_probe = self.clock.next_slot(now, self.backoff);
                     self.go(
                         Phase::Fallback {
                             since: now,

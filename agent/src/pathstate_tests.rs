@@ -85,9 +85,10 @@ fn no_handshake_falls_back_after_direct_timeout_then_probes_with_backoff() {
     let fell_at = s.elapsed();
     // Relay handshake: stays on relay.
     s.handshake(RELAY);
-    s.run(29);
+    s.run(9);
     assert_eq!(s.ps.want(), Want::Relay);
-    // Probe after 30 s, lasting direct_timeout, then 60 s, then 120 s ...
+    // Probes on slots of the backoff (30 s, 60 s, 120 s, 240 s, capped at 8x) counted from
+    // the clock's origin, at least half a backoff after the previous try; each lasts 5 s.
     let mut probe_starts = vec![];
     let mut was_probing = false;
     for _ in 0..1200 {
@@ -103,7 +104,7 @@ fn no_handshake_falls_back_after_direct_timeout_then_probes_with_backoff() {
     }
     assert_eq!(
         &probe_starts[..5],
-        &[30, 100, 230, 480, 790],
+        &[20, 110, 230, 470, 710],
         "{probe_starts:?}"
     );
     // Probing is not a reported path change.
@@ -116,7 +117,7 @@ fn probe_success_upgrades_and_quick_failure_doubles_backoff() {
     s.run(10);
     assert!(s.ps.fallback());
     s.handshake(RELAY);
-    s.run(30);
+    s.run(20);
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
     s.run(2);
     s.handshake(DIRECT);
@@ -129,7 +130,7 @@ fn probe_success_upgrades_and_quick_failure_doubles_backoff() {
         s.traffic(1000, 1000);
         s.run(1);
     }
-    for _ in 0..15 {
+    for _ in 0..12 {
         s.traffic(0, 5000);
         s.run(1);
     }
@@ -300,4 +301,106 @@ fn restart_adopts_a_working_tunnel() {
     };
     ps.observe(&obs, t0 + Duration::from_secs(1));
     assert_eq!(ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn a_probe_lasts_the_short_probe_window_not_direct_timeout() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(10);
+    s.handshake(RELAY);
+    s.run(20);
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.run(4);
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.run(1);
+    assert!(
+        matches!(s.ps.phase(), Phase::Fallback { .. }),
+        "{:?}",
+        s.ps.phase()
+    );
+    assert_eq!(s.ps.backoff(), Duration::from_secs(60));
+}
+
+#[test]
+fn relay_traffic_without_a_handshake_moves_direct_to_relay() {
+    // An existing session needs no handshake when the peer moves to the relay: its packets
+    // simply start arriving from the relay socket and WireGuard roams there.
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    s.traffic(100, 100);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    s.run(5);
+    s.obs.endpoint = Some(RELAY.parse().unwrap());
+    s.obs.via_relay = true;
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct, "no new packets yet");
+    s.traffic(100, 0);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert_eq!(s.log.last().unwrap().cause, Cause::PeerOnRelay);
+}
+
+#[test]
+fn probe_slots_are_wall_clock_multiples_of_the_backoff() {
+    let t = Instant::now();
+    // Unix 1000.4 s at `t`.
+    let c = WallClock::new(t, Duration::from_millis(1_000_400));
+    let secs = |i: Instant| (i - t).as_millis();
+    // >= 1000.4 + 15 -> 1020 (a multiple of 30).
+    assert_eq!(secs(c.next_slot(t, Duration::from_secs(30))), 19_600);
+    // >= 1000.4 + 30 -> 1080.
+    assert_eq!(secs(c.next_slot(t, Duration::from_secs(60))), 79_600);
+    // Exactly on the half-way mark counts.
+    let at = t + Duration::from_millis(4_600); // unix 1005.0, +15 = 1020
+    assert_eq!(secs(c.next_slot(at, Duration::from_secs(30))), 19_600);
+}
+
+#[test]
+fn two_nodes_that_fell_back_apart_probe_together() {
+    // Nodes A and B share Unix time but not their monotonic clocks; B starts (and falls back)
+    // 7 s after A. Their first probes may land on different slots (one fell back just before
+    // the half-backoff mark of a slot, the other just after); from then on they coincide.
+    let (ta, tb) = (Instant::now(), Instant::now() + Duration::from_secs(5000));
+    let unix = Duration::from_secs(1_764_000_003);
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+    };
+    let timing = Timing::new(Duration::from_secs(10));
+    let mut a = PathState::new(timing, plan, ta);
+    a.set_clock(WallClock::new(ta, unix));
+    let mut b = PathState::new(timing, plan, tb + Duration::from_secs(7));
+    b.set_clock(WallClock::new(tb, unix));
+    let relay = Observation {
+        last_handshake: None,
+        endpoint: Some(RELAY.parse().unwrap()),
+        via_relay: true,
+        rx_bytes: 0,
+        tx_bytes: 0,
+    };
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    for sec in 1..2000u64 {
+        let d = Duration::from_secs(sec);
+        for (ps, t0, probes, from) in [(&mut a, ta, &mut pa, 1), (&mut b, tb, &mut pb, 8)] {
+            if sec < from {
+                continue;
+            }
+            let was = matches!(ps.phase(), Phase::Probing { .. });
+            ps.observe(&relay, t0 + d);
+            if !was && matches!(ps.phase(), Phase::Probing { .. }) {
+                probes.push(sec);
+            }
+        }
+    }
+    assert_eq!(
+        pa[0], 27,
+        "A: Unix ...030, the first multiple of 30 s 15 s after falling back"
+    );
+    assert_eq!(pb[0], 57, "B fell back at 17 s: 27 is too soon, next slot");
+    assert!(pb.len() >= 5, "{pb:?}");
+    for p in &pb[1..] {
+        assert!(pa.contains(p), "B probes at {p} s, A at {pa:?}");
+    }
 }

@@ -21,12 +21,16 @@ use crate::discovery::{self, DiscoveryReport, DiscoveryState, Retransmit, candid
 use crate::identity::Identity;
 use crate::kubeapi::{self, TokenWatch};
 use crate::metrics::{KindLabel, Metrics, PathLabel};
-use crate::pathstate::{Observation, PathState, Timing};
+use crate::pathstate::{Observation, PathState, Phase, Timing, WallClock};
 use crate::spec::{self, Current, LocalSettings, PeerTarget};
 use crate::status::{self, CondInput};
 
-/// Trigger cadence while probing a direct path (well under the shortest `directTimeout`).
-const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(900);
+/// Trigger cadence while probing a direct path (several per probe window).
+const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(300);
+
+/// Stats are read this often while a probe runs, so that it is confirmed (or given up) within
+/// its short window rather than at the next regular stats tick.
+const PROBE_TICK: Duration = Duration::from_millis(250);
 
 /// How long the first discovery waits for STUN servers (the relay being published) before the
 /// dataplane takes the WireGuard port anyway.
@@ -45,6 +49,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// NAT re-check period.
     pub discovery_interval: Duration,
+    /// First wait before probing a fallen-back direct path again (then doubling, up to 8x).
+    pub probe_min: Duration,
 }
 
 enum Wake {
@@ -91,8 +97,11 @@ fn engine_of(k: EngineKind) -> Engine {
     }
 }
 
-fn timing(spec: &wirekube_crds::WireKubePeerSpec) -> Timing {
-    Timing::new(parse_duration(&spec.direct_timeout).unwrap_or(Duration::from_secs(10)))
+fn timing(spec: &wirekube_crds::WireKubePeerSpec, probe_min: Duration) -> Timing {
+    Timing::with_probe_min(
+        parse_duration(&spec.direct_timeout).unwrap_or(Duration::from_secs(10)),
+        probe_min,
+    )
 }
 
 /// Converts a wall-clock handshake time to the monotonic clock the state machine uses.
@@ -155,8 +164,13 @@ impl Agent {
                     None => std::future::pending().await,
                 }
             };
+            let probing = self
+                .peers
+                .values()
+                .any(|p| matches!(p.state.phase(), Phase::Probing { .. }));
             let wake = tokio::select! {
                 _ = &mut shutdown => Wake::Shutdown,
+                _ = tokio::time::sleep(PROBE_TICK), if probing => Wake::Other,
                 r = peer_rx.changed() => if r.is_err() { Wake::WatchEnded } else { Wake::Other },
                 _ = token.changed().changed() => Wake::Other,
                 _ = relay_changed => Wake::Other,
@@ -337,7 +351,7 @@ impl Agent {
         for p in &problems {
             tracing::warn!("spec: {p}");
         }
-        self.update_peers(&targets, timing(spec), now);
+        self.update_peers(&targets, timing(spec, self.cfg.probe_min), now);
         if let Some(r) = &self.relay {
             let keys: HashSet<[u8; 32]> = targets.iter().map(|t| *t.key.as_bytes()).collect();
             r.bridge.set_authorized(keys);
@@ -375,11 +389,13 @@ impl Agent {
                     rt.target = t.clone();
                 }
                 None => {
+                    let mut state = PathState::new(timing, t.plan, now);
+                    state.set_clock(WallClock::system(now));
                     self.peers.insert(
                         t.name.clone(),
                         PeerRt {
                             target: t.clone(),
-                            state: PathState::new(timing, t.plan, now),
+                            state,
                             last_trigger: None,
                         },
                     );
@@ -431,6 +447,7 @@ impl Agent {
             ep.ip().is_loopback() || relay.is_some_and(|r| r.bridge.is_relay_endpoint(ep).is_some())
         };
         let mut configs = Vec::with_capacity(self.peers.len());
+        let (mut triggers, mut reassert) = (Vec::new(), Vec::new());
         for (name, rt) in self.peers.iter_mut() {
             let span = tracing::debug_span!("peer", peer = %name);
             let _g = span.enter();
@@ -483,9 +500,15 @@ impl Agent {
             // initiation when a peer is added (boringtun, lab-notes §4.1).
             // A probe (either side) is confirmed by traffic over the direct endpoint, i.e. rx
             // growth between two samples (an existing session does not handshake again), so
-            // while probing it triggers every tick: the probe lasts only `directTimeout`, and
-            // one datagram per 5 s let an idle pair's probe expire unconfirmed (agent_lab).
-            let probing = matches!(rt.state.phase(), crate::pathstate::Phase::Probing { .. });
+            // while probing it triggers every PROBE_TRIGGER_EVERY; the peer's kernel answers
+            // (port unreachable) through its tunnel, over the path it now uses.
+            let probing = matches!(rt.state.phase(), Phase::Probing { .. });
+            if probing && cur.via_relay {
+                // The peer's relay packets arrived after we pointed it at the direct address
+                // and WireGuard roamed back: point it there again, or the probe's triggers
+                // (and the reply to them) go through the relay and prove nothing.
+                reassert.push(*rt.target.key.as_bytes());
+            }
             let attempting = probing
                 || (rt.target.initiate && matches!(rt.state.actual(), ActualPath::Connecting));
             let every = if probing {
@@ -500,13 +523,22 @@ impl Agent {
                 && let Some(ip) = rt.target.mesh_ip
             {
                 rt.last_trigger = Some(now);
-                trigger_handshake(ip);
+                triggers.push(ip);
             }
         }
         let Some(dp) = self.dp.as_mut() else {
             return stats;
         };
-        match dp.reconcile(iface, &configs).await {
+        for k in &reassert {
+            dp.reassert_endpoint(k);
+        }
+        let result = dp.reconcile(iface, &configs).await;
+        // After the write: a trigger sent before it would leave through the old endpoint
+        // (the relay, at the start of a probe) and its reply would roam WireGuard back there.
+        for ip in triggers {
+            trigger_handshake(ip);
+        }
+        match result {
             Ok(rep) => {
                 self.dp_error = None;
                 if !rep.is_noop() {

@@ -56,6 +56,25 @@ fn both_fell_back(env: &Env) -> bool {
     })
 }
 
+/// Both sides report direct again, with the fallback flag cleared.
+fn back_to_direct(env: &Env) -> impl FnMut() -> bool + '_ {
+    move || {
+        [(A, B), (B, A)].iter().all(|(n, p)| {
+            env.status(n)
+                .as_ref()
+                .and_then(|s| conn(s, p).cloned())
+                .is_some_and(|c| c.path == ActualPath::Direct && !c.fallback)
+        })
+    }
+}
+
+/// `wg show` on `n` has its one peer at `ip` (not a relay bridge socket).
+fn wg_endpoint_is_direct(env: &Env, n: &str, ip: std::net::Ipv4Addr) -> bool {
+    env.wg(n)
+        .first()
+        .is_some_and(|p| p.endpoint.starts_with(&format!("{ip}:")))
+}
+
 fn changes(env: &Env, n: &str) -> (f64, f64) {
     (
         env.metric(
@@ -210,14 +229,28 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     steps.log(&format!(
         "(f) established path blocked: both fell back to relay after {fell:?} ({ok} pings ok, {lost} lost meanwhile)"
     ));
+    // Both ends must move (one by its stall rule, the other because the first one's packets
+    // now arrive through the relay): the stall window is max(directTimeout, 12 s).
+    ensure!(
+        fell <= Duration::from_secs(12 + 6),
+        "established path: fallback took {fell:?}"
+    );
     env.lab.heal_udp(ha.ip(), hb.ip())?;
-    // Known gap (issue 8, docs/agent.md): after a *stall* fallback the return to direct is
-    // not reliable yet: it took 60 s in one run and did not happen within 240 s in another.
-    // Until the probe logic is fixed this test only requires that traffic keeps flowing.
+    let t = Instant::now();
+    env.wait(60, "back to direct after the heal", back_to_direct(&env))?;
+    let back = t.elapsed();
     env.lab
         .ping_until(&ha, mb, Duration::from_secs(10))
         .map_err(|e| env.fail(&e.to_string()))?;
-    steps.log("(f) healed: traffic flows (return to direct after a stall is a known gap)");
+    ensure!(
+        wg_endpoint_is_direct(&env, A, hb.ip()) && wg_endpoint_is_direct(&env, B, ha.ip()),
+        "status says direct but wg show: {:?} / {:?}",
+        env.wg(A),
+        env.wg(B)
+    );
+    steps.log(&format!(
+        "(f) healed: both back to direct after {back:?} (probe interval {PROBE_INTERVAL_SECS} s)"
+    ));
 
     // (g) A removed peer disappears from WireGuard and routes.
     plan(&env, None)?;
@@ -254,6 +287,18 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         fell <= Duration::from_secs(12 + 5),
         "fallback took {fell:?}"
     );
+    // ... and back when it heals.
+    env.lab.heal_udp(ha.ip(), hb.ip())?;
+    let t = Instant::now();
+    env.wait(60, "back to direct after the heal", back_to_direct(&env))?;
+    env.lab
+        .ping_until(&ha, mb, Duration::from_secs(10))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    steps.log(&format!(
+        "(f) dead-from-the-start path healed: back to direct after {:?}",
+        t.elapsed()
+    ));
+    env.lab.block_udp(ha.ip(), hb.ip(), None)?;
 
     // (e) Planned relay with UDP blocked: carried by the relay, no fallback flag.
     plan(&env, Some(PlannedPath::Relay))?;

@@ -73,6 +73,14 @@ impl Dataplane {
         &self.name
     }
 
+    /// Forgets the endpoint the last reconcile wrote for `public_key`, so the next reconcile
+    /// writes the desired one again even though it did not change. For a direct probe that
+    /// WireGuard's roaming undid (the peer's relay packets arrived after we pointed the peer at
+    /// its direct address); a roamed-to *direct* endpoint that works is still kept.
+    pub fn reassert_endpoint(&mut self, public_key: &[u8; 32]) {
+        self.memory.remove(public_key);
+    }
+
     /// Converges WireGuard and netlink state to `iface` + `peers`: reads the current state,
     /// writes only differences, and returns how many writes it made (zero on a repeat call
     /// with the same input). Peers not in `peers` are removed, with their routes. An

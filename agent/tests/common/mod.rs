@@ -35,6 +35,9 @@ pub const MESH_CIDR: &str = "10.77.0.0/24";
 /// Above two WireGuard handshake retries (REKEY_TIMEOUT 5 s, lab-notes §4.1): with 5 s a first
 /// initiation that reaches a not-yet-configured peer made a healthy pair fall back under load.
 pub const DIRECT_TIMEOUT: &str = "12s";
+/// `--probe-interval` of the lab agents: the first probe after a fallback waits 4-12 s
+/// (30-90 s by default), so the return to direct fits in a test.
+pub const PROBE_INTERVAL_SECS: u64 = 4;
 
 pub fn root() -> bool {
     if wirekube_lab::is_root() {
@@ -216,6 +219,7 @@ impl Env {
             .arg("--engine=wireguard-go")
             .arg(format!("--metrics-listen=127.0.0.1:{METRICS_PORT}"))
             .arg(format!("--namespace={NS}"))
+            .arg(format!("--probe-interval={PROBE_INTERVAL_SECS}"))
             .env("KUBECONFIG", &kc)
             .env("RUST_LOG", "info,wirekube_agent=debug");
         let p = self.lab.spawn(self.host(node), cmd)?;

@@ -324,6 +324,34 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         "(e) planned relay with UDP blocked: ping + 4 MiB TCP ({:.0} Mbit/s) via {ep}",
         x.bits_per_second() / 1e6
     ));
+
+    // (i) The first relayEndpoints entry is dead (nothing listens there): after 10 s without a
+    // relay connection each agent moves to the next entry and the relayed pair works again.
+    let dead = format!("{}:{}", env.dmz.ips[0], RELAY_PORT - 1);
+    let (ka, kb) = (key(&env, A), key(&env, B));
+    for (n, p, k) in [(A, B, &kb), (B, A, &ka)] {
+        let mut spec = env.spec(n, &[(p, k.as_str(), PlannedPath::Relay)]);
+        spec.relay_endpoints.insert(0, dead.clone());
+        env.apply_spec(n, spec)?;
+    }
+    let t = Instant::now();
+    env.wait(
+        40,
+        "both agents connected to the second relay endpoint",
+        || {
+            [A, B].iter().all(|n| {
+                env.status(n).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "RelayConnected" && c.status == "True")
+                })
+            }) && env.lab.ping(&ha, mb).is_ok()
+        },
+    )?;
+    steps.log(&format!(
+        "(i) first relay endpoint dead: relayed pair pings again after {:?} (failover after 10 s)",
+        t.elapsed()
+    ));
     env.lab.heal_all()?;
     for n in [A, B] {
         env.stop_agent(n)?;

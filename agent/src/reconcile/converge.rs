@@ -1,0 +1,245 @@
+//! One reconcile pass: spec → per-peer state machines → dataplane, plus the datagrams that
+//! start handshakes and probes.
+
+use super::*;
+
+impl Agent {
+    pub(super) async fn reconcile(&mut self, peer: &WireKubePeer) {
+        self.metrics.reconciles.inc();
+        let now = Instant::now();
+        let now_sys = SystemTime::now();
+        let spec = &peer.spec;
+        let iface = spec::interface_config(spec, self.id.private_bytes(), self.cfg.local);
+        let (targets, problems) = spec::peer_targets(spec);
+        for p in &problems {
+            tracing::warn!("spec: {p}");
+        }
+        self.update_peers(&targets, timing(spec, self.cfg.probe_min), now);
+        if let Some(r) = &self.relay {
+            let keys: HashSet<[u8; 32]> = targets.iter().map(|t| *t.key.as_bytes()).collect();
+            r.bridge.set_authorized(keys);
+        }
+        let stats = match &iface {
+            Ok(i) => self.converge(i, now, now_sys).await,
+            Err(e) => {
+                self.dp_error = Some(format!("invalid spec: {e}"));
+                Vec::new()
+            }
+        };
+        let st = self.build_status(peer, &stats, now, now_sys);
+        self.maybe_patch(st, now).await;
+    }
+
+    pub(super) fn update_peers(&mut self, targets: &[PeerTarget], timing: Timing, now: Instant) {
+        self.peers
+            .retain(|name, _| targets.iter().any(|t| &t.name == name));
+        for t in targets {
+            match self.peers.get_mut(&t.name) {
+                Some(rt) => {
+                    rt.state.set_timing(timing);
+                    if let Some(tr) = rt.state.set_plan(t.plan, now) {
+                        self.metrics
+                            .transitions
+                            .get_or_create(&PathLabel {
+                                path: format!("{:?}", tr.to).to_lowercase(),
+                            })
+                            .inc();
+                        tracing::info!(peer = %t.name, from = ?tr.from, to = ?tr.to, cause = ?tr.cause, "path transition");
+                    }
+                    if rt.target.direct_endpoint != t.direct_endpoint {
+                        rt.state.retry_direct(now);
+                    }
+                    rt.target = t.clone();
+                }
+                None => {
+                    let mut state = PathState::new(timing, t.plan, now);
+                    state.set_clock(WallClock::system(now));
+                    self.peers.insert(
+                        t.name.clone(),
+                        PeerRt {
+                            target: t.clone(),
+                            state,
+                            last_trigger: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Opens the dataplane if needed, feeds stats to the state machines and converges.
+    /// Returns the stats read before converging (for status).
+    pub(super) async fn converge(
+        &mut self,
+        iface: &InterfaceConfig,
+        now: Instant,
+        now_sys: SystemTime,
+    ) -> Vec<PeerStats> {
+        if self.dp.is_none() {
+            match Dataplane::open(self.cfg.engine.clone(), iface).await {
+                Ok(dp) => {
+                    let sel = dp.selection();
+                    tracing::info!(
+                        engine = sel.kind.as_str(),
+                        adopted = sel.adopted,
+                        "dataplane open: {}",
+                        sel.reason
+                    );
+                    self.dp = Some(dp);
+                }
+                Err(e) => {
+                    self.metrics.reconcile_errors.inc();
+                    self.dp_error = Some(format!("open dataplane: {e}"));
+                    tracing::error!(error = %e, "cannot open dataplane (will retry)");
+                    return Vec::new();
+                }
+            }
+        }
+        let Some(dp) = self.dp.as_mut() else {
+            return Vec::new();
+        };
+        let stats = match dp.peer_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading peer stats failed");
+                Vec::new()
+            }
+        };
+        let relay = self.relay.as_ref();
+        let is_relay = |ep: SocketAddr| {
+            ep.ip().is_loopback() || relay.is_some_and(|r| r.bridge.is_relay_endpoint(ep).is_some())
+        };
+        let mut configs = Vec::with_capacity(self.peers.len());
+        let (mut triggers, mut reassert) = (Vec::new(), Vec::new());
+        for (name, rt) in self.peers.iter_mut() {
+            let span = tracing::debug_span!("peer", peer = %name);
+            let _g = span.enter();
+            let s = stats
+                .iter()
+                .find(|s| s.public_key == *rt.target.key.as_bytes());
+            let cur = Current {
+                endpoint: s.and_then(|s| s.endpoint),
+                last_handshake: s.and_then(|s| s.last_handshake),
+                via_relay: s.and_then(|s| s.endpoint).is_some_and(is_relay),
+            };
+            let obs = Observation {
+                last_handshake: cur.last_handshake.map(|t| to_instant(t, now_sys, now)),
+                endpoint: cur.endpoint,
+                via_relay: cur.via_relay,
+                rx_bytes: s.map_or(0, |s| s.rx_bytes),
+                tx_bytes: s.map_or(0, |s| s.tx_bytes),
+            };
+            if let Some(tr) = rt.state.observe(&obs, now) {
+                self.metrics
+                    .transitions
+                    .get_or_create(&PathLabel {
+                        path: format!("{:?}", tr.to).to_lowercase(),
+                    })
+                    .inc();
+                tracing::info!(from = ?tr.from, to = ?tr.to, cause = ?tr.cause, "path transition");
+            }
+            let relay_ep = match (rt.state.want(), relay) {
+                (crate::pathstate::Want::Relay, Some(r)) => {
+                    match r.bridge.endpoint_for(*rt.target.key.as_bytes()).await {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no relay socket for peer");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            configs.push(spec::peer_config(
+                &rt.target,
+                rt.state.want(),
+                cur,
+                relay_ep,
+                now_sys,
+            ));
+            // Initiation: make sure a handshake starts for peers we must initiate, by
+            // sending one datagram into the tunnel (WireGuard handshakes on demand). The
+            // keepalive set for them keeps it going; this covers engines that do not send an
+            // initiation when a peer is added (boringtun, lab-notes §4.1).
+            // A probe (either side) is confirmed by traffic over the direct endpoint, i.e. rx
+            // growth between two samples (an existing session does not handshake again), so
+            // while probing it triggers every PROBE_TRIGGER_EVERY; the peer's kernel answers
+            // (port unreachable) through its tunnel, over the path it now uses.
+            let probing = matches!(rt.state.phase(), Phase::Probing { .. });
+            if probing && cur.via_relay {
+                // The peer's relay packets arrived after we pointed it at the direct address
+                // and WireGuard roamed back: point it there again, or the probe's triggers
+                // (and the reply to them) go through the relay and prove nothing.
+                reassert.push(*rt.target.key.as_bytes());
+            }
+            let attempting = probing
+                || (rt.target.initiate && matches!(rt.state.actual(), ActualPath::Connecting));
+            let every = if probing {
+                PROBE_TRIGGER_EVERY
+            } else {
+                Duration::from_secs(5)
+            };
+            if attempting
+                && rt
+                    .last_trigger
+                    .is_none_or(|t| now.duration_since(t) >= every)
+                && let Some(ip) = rt.target.mesh_ip
+            {
+                rt.last_trigger = Some(now);
+                triggers.push(ip);
+            }
+        }
+        let Some(dp) = self.dp.as_mut() else {
+            return stats;
+        };
+        for k in &reassert {
+            dp.reassert_endpoint(k);
+        }
+        let result = dp.reconcile(iface, &configs).await;
+        // After the write: a trigger sent before it would leave through the old endpoint
+        // (the relay, at the start of a probe) and its reply would roam WireGuard back there.
+        for ip in triggers {
+            trigger_handshake(ip);
+        }
+        match result {
+            Ok(rep) => {
+                self.dp_error = None;
+                if !rep.is_noop() {
+                    tracing::info!(
+                        wireguard = rep.wireguard_changes,
+                        netlink = rep.netlink_changes,
+                        "dataplane changed"
+                    );
+                }
+                self.metrics
+                    .dataplane_changes
+                    .get_or_create(&KindLabel {
+                        kind: "wireguard".into(),
+                    })
+                    .inc_by(rep.wireguard_changes as u64);
+                self.metrics
+                    .dataplane_changes
+                    .get_or_create(&KindLabel {
+                        kind: "netlink".into(),
+                    })
+                    .inc_by(rep.netlink_changes as u64);
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                self.dp_error = Some(format!("reconcile dataplane: {e}"));
+                tracing::error!(error = %e, "dataplane reconcile failed");
+            }
+        }
+        stats
+    }
+}
+
+/// Sends one datagram to the peer's mesh IP; it is routed into the WireGuard interface, which
+/// starts a handshake if it has no session. Port 9 (discard): nothing answers it.
+pub(super) fn trigger_handshake(ip: std::net::IpAddr) {
+    let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
+    if let Ok(s) = UdpSocket::bind(bind) {
+        let _ = s.set_nonblocking(true);
+        let _ = s.send_to(b"wirekube-handshake-trigger", SocketAddr::new(ip, 9));
+    }
+}

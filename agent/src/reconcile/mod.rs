@@ -1,0 +1,309 @@
+//! The agent's main loop: spec, token and relay changes, a stats tick and discovery rounds
+//! all lead to one idempotent reconcile pass (dataplane converge + status).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+use wirekube_crds::{
+    ActualPath, Engine, PathReason, PeerConnection, WireKubePeer, WireKubePeerStatus,
+    conditions as ct, duration::parse_duration,
+};
+use wirekube_dataplane::{
+    Dataplane, EngineChoice, EngineKind, InterfaceConfig, PeerStats, RelayBridge,
+};
+use wirekube_relay_proto::{ConnectionState, RelayClient, RelayClientConfig, Status};
+
+use crate::discovery::{self, DiscoveryReport, DiscoveryState, Retransmit, candidates};
+use crate::identity::Identity;
+use crate::kubeapi::{self, TokenWatch};
+use crate::metrics::{KindLabel, Metrics, PathLabel};
+use crate::pathstate::{Observation, PathState, Phase, Timing, WallClock};
+use crate::spec::{self, Current, LocalSettings, PeerTarget};
+use crate::status::{self, CondInput};
+use relay::RelayRt;
+
+mod converge;
+mod relay;
+mod report;
+
+/// Trigger cadence while probing a direct path (several per probe window).
+const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(300);
+
+/// Stats are read this often while a probe runs, so that it is confirmed (or given up) within
+/// its short window rather than at the next regular stats tick.
+const PROBE_TICK: Duration = Duration::from_millis(250);
+
+/// A relay client that has not authenticated for this long moves on to the next
+/// `relayEndpoints` entry (round robin), e.g. when one address of the relay is unreachable
+/// from this node.
+const RELAY_FAILOVER_AFTER: Duration = Duration::from_secs(10);
+
+/// How long the first discovery waits for STUN servers (the relay being published) before the
+/// dataplane takes the WireGuard port anyway.
+const FIRST_DISCOVERY_GRACE: Duration = Duration::from_secs(30);
+
+/// Settings from flags.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub namespace: String,
+    pub engine: EngineChoice,
+    pub local: LocalSettings,
+    /// How often WireGuard stats are read (handshake detection).
+    pub stats_interval: Duration,
+    /// Status is re-applied at least this often even when nothing significant changed.
+    pub heartbeat: Duration,
+    /// NAT re-check period.
+    pub discovery_interval: Duration,
+    /// First wait before probing a fallen-back direct path again (then doubling, up to 8x).
+    pub probe_min: Duration,
+}
+
+enum Wake {
+    Shutdown,
+    WatchEnded,
+    Other,
+    DiscoveryDue,
+    Discovered(Option<DiscoveryReport>),
+}
+
+struct PeerRt {
+    target: PeerTarget,
+    state: PathState,
+    last_trigger: Option<Instant>,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    id: Identity,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    dp: Option<Dataplane>,
+    dp_error: Option<String>,
+    relay: Option<RelayRt>,
+    /// Index into `relayEndpoints` of the relay address in use.
+    relay_choice: usize,
+    peers: BTreeMap<String, PeerRt>,
+    discovery: DiscoveryState,
+    last_status: Option<WireKubePeerStatus>,
+    last_patch: Option<Instant>,
+}
+
+fn engine_of(k: EngineKind) -> Engine {
+    match k {
+        EngineKind::Kernel => Engine::Kernel,
+        EngineKind::UserspaceExternal => Engine::UserspaceExternal,
+        EngineKind::UserspaceEmbedded => Engine::UserspaceEmbedded,
+    }
+}
+
+fn timing(spec: &wirekube_crds::WireKubePeerSpec, probe_min: Duration) -> Timing {
+    Timing::with_probe_min(
+        parse_duration(&spec.direct_timeout).unwrap_or(Duration::from_secs(10)),
+        probe_min,
+    )
+}
+
+/// Converts a wall-clock handshake time to the monotonic clock the state machine uses.
+fn to_instant(t: SystemTime, now_sys: SystemTime, now: Instant) -> Instant {
+    let age = now_sys.duration_since(t).unwrap_or(Duration::ZERO);
+    now.checked_sub(age).unwrap_or(now)
+}
+
+impl Agent {
+    pub fn new(
+        cfg: AgentConfig,
+        id: Identity,
+        client: kube::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cfg,
+            id,
+            client,
+            metrics,
+            dp: None,
+            dp_error: None,
+            relay: None,
+            relay_choice: 0,
+            peers: BTreeMap::new(),
+            discovery: DiscoveryState::default(),
+            last_status: None,
+            last_patch: None,
+        }
+    }
+
+    /// Runs until `shutdown` resolves. Leaves the interface, routes and keys in place.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let (mut peer_rx, peer_task) = kubeapi::watch_peer(self.client.clone(), &self.cfg.node);
+        let mut token = TokenWatch::new();
+        let mut stats_tick = tokio::time::interval(self.cfg.stats_interval);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut disc_tick = tokio::time::interval(self.cfg.discovery_interval);
+        disc_tick.reset();
+        let mut disc_task: Option<tokio::task::JoinHandle<DiscoveryReport>> = None;
+        let mut first_discovery_done = false;
+        // STUN servers the last discovery used: a change (typically the relay endpoint being
+        // published after the agent started) triggers a new round instead of waiting for the
+        // periodic re-check.
+        let mut discovered_with: Vec<String> = Vec::new();
+        let started = Instant::now();
+        tracing::info!(node = %self.cfg.node, public_key = %self.id.public_key(), "agent running; waiting for this node's WireKubePeer");
+        loop {
+            let relay_changed = async {
+                match self.relay.as_mut() {
+                    Some(r) => {
+                        let _ = r.state_rx.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let disc_done = async {
+                match disc_task.as_mut() {
+                    Some(t) => t.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let probing = self
+                .peers
+                .values()
+                .any(|p| matches!(p.state.phase(), Phase::Probing { .. }));
+            let wake = tokio::select! {
+                _ = &mut shutdown => Wake::Shutdown,
+                _ = tokio::time::sleep(PROBE_TICK), if probing => Wake::Other,
+                r = peer_rx.changed() => if r.is_err() { Wake::WatchEnded } else { Wake::Other },
+                _ = token.changed().changed() => Wake::Other,
+                _ = relay_changed => Wake::Other,
+                _ = stats_tick.tick() => Wake::Other,
+                _ = disc_tick.tick() => Wake::DiscoveryDue,
+                r = disc_done => Wake::Discovered(r),
+            };
+            match wake {
+                Wake::Shutdown => break,
+                Wake::WatchEnded => {
+                    tracing::error!("peer watch ended");
+                    break;
+                }
+                Wake::Other => {}
+                Wake::DiscoveryDue => {
+                    if disc_task.is_none() && first_discovery_done {
+                        let p = peer_rx.borrow().clone();
+                        disc_task = self.spawn_discovery(&p, None);
+                    }
+                }
+                Wake::Discovered(r) => {
+                    disc_task = None;
+                    if let Some(r) = r {
+                        self.on_discovery(r);
+                    }
+                }
+            }
+            let peer = peer_rx.borrow_and_update().clone();
+            let Some(peer) = peer else {
+                self.metrics.tick();
+                continue;
+            };
+            token.set(
+                &self.client,
+                &self.cfg.namespace,
+                peer.spec.relay_token_secret.as_deref(),
+            );
+            let servers = discovery::stun_servers(&peer.spec);
+            if !first_discovery_done
+                && servers.is_empty()
+                && peer.spec.relay_mode != wirekube_crds::RelayMode::Never
+                && started.elapsed() < FIRST_DISCOVERY_GRACE
+            {
+                // The relay's STUN responder is not published yet. The mapping of the
+                // WireGuard port can only be learned before the dataplane binds it, so wait
+                // (briefly) for a server rather than bind now and never know it.
+                self.metrics.tick();
+                continue;
+            }
+            if first_discovery_done && disc_task.is_none() && servers != discovered_with {
+                discovered_with = servers.clone();
+                disc_task = self.spawn_discovery(&Some(peer.clone()), None);
+            }
+            if !first_discovery_done {
+                discovered_with = servers.clone();
+                // First discovery runs from the WireGuard port itself, before the dataplane
+                // binds it (lab-notes §7.7). Publish the key and discovery result first: the
+                // operator needs both to plan anyone's path to us.
+                let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
+                if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
+                    && let Ok(r) = h.await
+                {
+                    self.on_discovery(r);
+                }
+                self.seed_srflx(&peer);
+                first_discovery_done = true;
+            }
+            self.ensure_relay(&peer, token.token());
+            let span = tracing::info_span!("reconcile", node = %self.cfg.node, generation = ?peer.metadata.generation);
+            let t = Instant::now();
+            self.reconcile(&peer).instrument(span).await;
+            self.metrics
+                .reconcile_seconds
+                .observe(t.elapsed().as_secs_f64());
+            self.metrics.tick();
+        }
+        peer_task.abort();
+        if let Some(r) = self.relay.take() {
+            r.client.shutdown().await;
+        }
+        tracing::info!("shutting down; interface, routes and keys are left in place");
+    }
+
+    fn spawn_discovery(
+        &self,
+        peer: &Option<Arc<WireKubePeer>>,
+        port: Option<u16>,
+    ) -> Option<tokio::task::JoinHandle<DiscoveryReport>> {
+        let peer = peer.as_ref()?;
+        let servers = discovery::stun_servers(&peer.spec);
+        let local_ips: Vec<_> = candidates::local_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.ip)
+            .collect();
+        self.metrics.discovery_runs.inc();
+        Some(
+            tokio::spawn(
+                async move {
+                    discovery::discover(&servers, port, local_ips, Retransmit::default()).await
+                }
+                .instrument(tracing::debug_span!("discovery")),
+            ),
+        )
+    }
+
+    fn on_discovery(&mut self, r: DiscoveryReport) {
+        let msg = r.message.clone();
+        if self.discovery.update(r) {
+            tracing::info!(nat = ?self.discovery.nat_type(), public_ip = ?self.discovery.public_ip(), srflx = ?self.discovery.srflx, "discovery changed: {msg}");
+        }
+    }
+
+    /// After a restart the WireGuard port is already bound, so the first round could not
+    /// measure its mapping; keep the previous run's srflx if the public IP is unchanged.
+    fn seed_srflx(&mut self, peer: &WireKubePeer) {
+        let Some(st) = peer.status.as_ref() else {
+            return;
+        };
+        let prev = st
+            .candidates
+            .iter()
+            .filter(|c| c.kind == wirekube_crds::CandidateKind::Srflx)
+            .find_map(|c| c.address.parse::<SocketAddr>().ok());
+        if let Some(p) = prev
+            && self.discovery.public_ip() == Some(p.ip())
+        {
+            self.discovery.seed_srflx(p);
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! TCP accepts them and receivers decode every frame, identically in all setups; the
 //! throughput is what the receivers decoded (delivered), not what was sent. Frames the
 //! relay dropped at full queues (UDP semantics) are reported as a share of the frames it
-//! was offered.
+//! was offered. Each pair count runs `RELAY_BENCH_ROUNDS` (default 3) rounds of the three
+//! setups, interleaved, then a `med` line with the median of every column.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -29,6 +30,10 @@ use wirekube_relay_proto::{
 const PACKET: usize = 1400;
 const RUN: Duration = Duration::from_secs(3);
 const TOKEN: &[u8] = b"bench-token";
+
+/// Frames receivers decoded that were not the expected Data frames (must stay 0).
+static BAD: std::sync::LazyLock<Arc<AtomicU64>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicU64::new(0)));
 
 struct Rate {
     gbps: f64,
@@ -55,18 +60,32 @@ async fn sender<S: AsyncWriteExt + Unpin>(mut s: S, data: Bytes, stop: Arc<Atomi
     }
 }
 
-async fn receiver<R: AsyncReadExt + Unpin>(mut r: R, got: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+/// Counts the Data frames that decode with the expected key and packet size; anything
+/// else is counted in `bad` (and reported), so a forwarder cannot score by mangling frames.
+async fn receiver<R: AsyncReadExt + Unpin>(
+    mut r: R,
+    expect: PublicKey,
+    got: Arc<AtomicU64>,
+    bad: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     while !stop.load(Ordering::Relaxed) {
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut n = 0;
-        while let Ok(Some(_)) = Frame::decode(&mut buf) {
-            n += 1;
+        let (mut n, mut wrong) = (0, 0);
+        while let Ok(Some(f)) = Frame::decode(&mut buf) {
+            match f {
+                Frame::Data { key, payload } if key == expect && payload.len() == PACKET => n += 1,
+                _ => wrong += 1,
+            }
         }
         got.fetch_add(n, Ordering::Relaxed);
+        if wrong > 0 {
+            bad.fetch_add(wrong, Ordering::Relaxed);
+        }
         if buf.capacity() < 64 * 1024 {
             buf.reserve(256 * 1024);
         }
@@ -99,7 +118,8 @@ async fn plain(pairs: usize) -> Rate {
         let (rx, _) = l.accept().await.unwrap();
         tx.set_nodelay(true).unwrap();
         tokio::spawn(sender(tx, batch(PublicKey([1; 32])), stop.clone()));
-        tokio::spawn(receiver(rx, got.clone(), stop.clone()));
+        let dest = PublicKey([1; 32]);
+        tokio::spawn(receiver(rx, dest, got.clone(), BAD.clone(), stop.clone()));
     }
     measure(got, stop).await
 }
@@ -127,7 +147,8 @@ async fn proxy(pairs: usize) -> Rate {
             let _ = tokio::io::copy_buf(&mut pin, &mut pout).await;
         });
         tokio::spawn(sender(tx, batch(PublicKey([1; 32])), stop.clone()));
-        tokio::spawn(receiver(rx, got.clone(), stop.clone()));
+        let dest = PublicKey([1; 32]);
+        tokio::spawn(receiver(rx, dest, got.clone(), BAD.clone(), stop.clone()));
     }
     measure(got, stop).await
 }
@@ -169,7 +190,9 @@ async fn relayed(relay: &Relay, pairs: usize) -> Rate {
         let (_tx_r, tx_w) = tx.into_split();
         let (rx_r, rx_w) = rx.into_split();
         tokio::spawn(sender(tx_w, batch(rk.public_key()), stop.clone()));
-        tokio::spawn(receiver(rx_r, got.clone(), stop.clone()));
+        // Delivered frames must carry the sender's key (rewritten by the relay).
+        let src = sk.public_key();
+        tokio::spawn(receiver(rx_r, src, got.clone(), BAD.clone(), stop.clone()));
         std::mem::forget((_tx_r, rx_w));
     }
     measure(got, stop).await
@@ -235,6 +258,13 @@ async fn idle_rss(n: usize) -> (u64, u64) {
     (before, after)
 }
 
+fn print_row(label: &str, r: &[f64]) {
+    println!(
+        "{:<6} {:>13.2} {:>12.0} {:>13.2} {:>13.2} {:>12.0} {:>9.1}% {:>12.2} {:>12.2}",
+        label, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -260,20 +290,39 @@ fn main() {
                 .sum();
             (m.forwarded_frames.get(), d)
         };
+        let rounds: usize = std::env::var("RELAY_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
         for pairs in [1, 10] {
-            let p = plain(pairs).await;
-            let x = proxy(pairs).await;
-            let (f0, d0) = offered();
-            let r = relayed(&relay, pairs).await;
-            let (f1, d1) = offered();
-            let drop = (d1 - d0) as f64 / ((f1 - f0) + (d1 - d0)).max(1) as f64;
-            println!(
-                "{:<6} {:>13.2} {:>12.0} {:>13.2} {:>13.2} {:>12.0} {:>9.1}% {:>12.2} {:>12.2}",
-                pairs, p.gbps, p.pps, x.gbps, r.gbps, r.pps, drop * 100.0, r.gbps / p.gbps, r.gbps / x.gbps
-            );
+            // Rounds interleave the three setups so load from elsewhere hits all of them
+            // alike; the summary line holds the median of each column.
+            let mut rows: Vec<[f64; 8]> = Vec::new();
+            for _ in 0..rounds {
+                let p = plain(pairs).await;
+                let x = proxy(pairs).await;
+                let (f0, d0) = offered();
+                let r = relayed(&relay, pairs).await;
+                let (f1, d1) = offered();
+                let drop = (d1 - d0) as f64 / ((f1 - f0) + (d1 - d0)).max(1) as f64;
+                let row = [p.gbps, p.pps, x.gbps, r.gbps, r.pps, drop * 100.0, r.gbps / p.gbps, r.gbps / x.gbps];
+                print_row(&pairs.to_string(), &row);
+                rows.push(row);
+            }
+            let median: Vec<f64> = (0..8)
+                .map(|c| {
+                    let mut v: Vec<f64> = rows.iter().map(|r| r[c]).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                })
+                .collect();
+            print_row(&format!("{pairs} med"), &median);
         }
         let (f, d) = offered();
-        println!("relay forwarded {f} frames, dropped {d}");
+        println!(
+            "relay forwarded {f} frames, dropped {d}; frames receivers could not verify: {}",
+            BAD.load(Ordering::Relaxed)
+        );
         let (before, after) = idle_rss(1000).await;
         println!(
             "relay RSS: {:.1} MiB at start, {:.1} MiB with 1000 idle authenticated connections ({:.1} KiB/conn)",

@@ -26,9 +26,9 @@ use crate::outbox::{Chunk, Outbox, Push};
 use crate::shared::Shared;
 
 /// Read size. Large reads make per-read costs (syscall, wakeup, queue push) small.
-const READ_BUF: usize = 64 * 1024;
+const READ_BUF: usize = 256 * 1024;
 /// Reserve a new read buffer when less than this is left in the current one.
-const MIN_READ: usize = 16 * 1024;
+const MIN_READ: usize = 64 * 1024;
 /// Runs shorter than this are copied out of the read buffer instead of sharing it, so a
 /// few small frames do not pin a whole read buffer while they wait in a queue.
 const COPY_BELOW: usize = 8 * 1024;

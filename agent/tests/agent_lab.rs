@@ -320,6 +320,14 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         .map_err(|e| env.fail(&e.to_string()))?;
     let ep = env.wg(A)[0].endpoint.clone();
     ensure!(ep.starts_with("127.0.0.1:"), "relay endpoint in wg: {ep}");
+    // The relay connection carries WireGuard's fwmark (SO_MARK), so the bypass rule keeps it
+    // out of the mesh table.
+    let relay_addr = format!("{}:{RELAY_PORT}", env.dmz.ips[0]);
+    let ss = env.lab.run(&ha, &["ss", "-tnHe", "dst", &relay_addr])?;
+    ensure!(
+        ss.contains("fwmark:0xca6c"),
+        "relay TCP socket not marked: {ss}"
+    );
     steps.log(&format!(
         "(e) planned relay with UDP blocked: ping + 4 MiB TCP ({:.0} Mbit/s) via {ep}",
         x.bits_per_second() / 1e6

@@ -474,3 +474,40 @@ async fn ops_endpoints_and_token_reload() {
     }
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_socket_carries_the_configured_mark() {
+    // SO_MARK needs CAP_NET_ADMIN; the agent always has it, an unprivileged test run does not.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped: SO_MARK needs root");
+        return;
+    }
+    let relay = start().await;
+    let mut ccfg = wirekube_relay_proto::RelayClientConfig::new(
+        relay.tcp_addr.to_string(),
+        PrivateKey::generate(),
+        TOKEN.to_vec(),
+    );
+    ccfg.socket_mark = Some(0xca6d);
+    let (client, _rx) = wirekube_relay_proto::RelayClient::start(ccfg);
+    assert!(
+        client.wait_connected(DEADLINE).await,
+        "{:?}",
+        client.state()
+    );
+    // The kernel's view of the client's socket: `ss -e` prints the mark.
+    let out = std::process::Command::new("ss")
+        .args(["-tnHe", "dst", &relay.tcp_addr.to_string()])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fwmark:0xca6d"), "ss -tnHe: {text}");
+    client.shutdown().await;
+    relay.shutdown().await;
+}

@@ -50,11 +50,12 @@ impl Agent {
         }
         if let Some((addr, token)) = want {
             tracing::info!(relay = %addr, "starting relay client");
-            let (client, receiver) = RelayClient::start(RelayClientConfig::new(
-                addr.clone(),
-                self.id.relay_key(),
-                token.clone(),
-            ));
+            let mut cfg = RelayClientConfig::new(addr.clone(), self.id.relay_key(), token.clone());
+            // Marked like WireGuard's own packets, so the bypass rule keeps the relay
+            // connection out of the mesh table even if a relay address falls into AllowedIPs.
+            let mark = self.cfg.local.fwmark;
+            cfg.socket_mark = (mark != 0).then_some(mark);
+            let (client, receiver) = RelayClient::start(cfg);
             let bridge = RelayBridge::new(client.clone(), receiver, peer.spec.listen_port);
             let state_rx = client.watch_state();
             self.relay = Some(RelayRt {

@@ -32,6 +32,9 @@ pub struct RelayClientConfig {
     pub private_key: PrivateKey,
     /// Mesh token from the Secret.
     pub token: Bytes,
+    /// `SO_MARK` for the TCP socket (Linux; needs CAP_NET_ADMIN), so that policy routing can
+    /// keep relay traffic out of the tunnel it carries. `None` leaves the socket unmarked.
+    pub socket_mark: Option<u32>,
     /// How often to ping an otherwise idle connection.
     pub keepalive_interval: Duration,
     /// Give up on a connection after this long without receiving anything.
@@ -55,6 +58,7 @@ impl RelayClientConfig {
             addr: addr.into(),
             private_key,
             token: token.into(),
+            socket_mark: None,
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
             connect_timeout: Duration::from_secs(10),
@@ -320,7 +324,12 @@ impl Task {
     }
 
     async fn handshake(&self) -> Result<Framed<TcpStream, FrameCodec>, End> {
-        let stream = TcpStream::connect(&self.config.addr).await.map_err(fail)?;
+        let stream = match self.config.socket_mark {
+            None => TcpStream::connect(&self.config.addr).await.map_err(fail)?,
+            Some(mark) => connect_marked(&self.config.addr, mark)
+                .await
+                .map_err(fail)?,
+        };
         stream.set_nodelay(true).map_err(fail)?;
         let mut framed = Framed::new(stream, FrameCodec);
         let key = &self.config.private_key;
@@ -481,4 +490,42 @@ fn unexpected(f: Frame) -> End {
         }
         other => fail(format!("unexpected frame from relay: {other:?}")),
     }
+}
+
+/// Connects to the first address of `addr` that accepts, from a socket carrying `mark`.
+async fn connect_marked(addr: &str, mark: u32) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        set_mark(&sock, mark)?;
+        match sock.connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+#[cfg(target_os = "linux")]
+fn set_mark(sock: &tokio::net::TcpSocket, mark: u32) -> std::io::Result<()> {
+    socket2::SockRef::from(sock)
+        .set_mark(mark)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("set SO_MARK {mark:#x}: {e}")))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_mark(_: &tokio::net::TcpSocket, _: u32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SO_MARK exists only on Linux",
+    ))
 }

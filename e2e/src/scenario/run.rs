@@ -554,9 +554,7 @@ impl Scenario {
         match ips.get(b) {
             None => r.problems.push(format!("{b} has no mesh IP")),
             Some(&ip) => {
-                match wait_for(PING_DEADLINE, "ping", || {
-                    self.nodes.ping(a, ip).ok()
-                }) {
+                match wait_for(PING_DEADLINE, "ping", || self.nodes.ping(a, ip).ok()) {
                     Ok((rtt, _)) => r.rtt = Some(rtt),
                     Err(_) => {
                         r.problems.push(format!("no ping reply from {ip}"));

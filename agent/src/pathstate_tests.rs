@@ -130,7 +130,7 @@ fn probe_success_upgrades_and_quick_failure_doubles_backoff() {
         s.traffic(1000, 1000);
         s.run(1);
     }
-    for _ in 0..12 {
+    for _ in 0..15 {
         s.traffic(0, 5000);
         s.run(1);
     }

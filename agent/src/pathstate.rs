@@ -396,7 +396,7 @@ impl PathState {
         let direct_ok = |t: Instant| (hs_after(t) && on_direct) || direct_traffic;
         // The peer talks to us through the relay: a handshake there, or (an existing session
         // needs none) its packets arriving from the relay socket, which WireGuard roamed to.
-        let relay_hs = |t: Instant| (hs_after(t) || rx_grew) && obs.via_relay;
+        let peer_on_relay = |t: Instant| (hs_after(t) || rx_grew) && obs.via_relay;
         match self.phase {
             Phase::Down | Phase::Relay { .. } => None,
             Phase::Connecting {
@@ -406,7 +406,7 @@ impl PathState {
                 if direct_ok(evidence_after) {
                     self.reset_stall(now);
                     self.go(Phase::Direct { since: now }, Cause::Handshake, now)
-                } else if relay_hs(evidence_after) && self.plan.relay_allowed {
+                } else if peer_on_relay(evidence_after) && self.plan.relay_allowed {
                     // The peer already fell back (one-way loss): converge on the relay.
                     self.enter_fallback(Cause::PeerOnRelay, now)
                 } else if now.duration_since(since) >= self.timing.direct_timeout {
@@ -416,7 +416,7 @@ impl PathState {
                 }
             }
             Phase::Direct { since } => {
-                let failed = if relay_hs(since) {
+                let failed = if peer_on_relay(since) {
                     Some(Cause::PeerOnRelay)
                 } else if self.stalled(now) {
                     Some(Cause::Stall)
@@ -442,7 +442,7 @@ impl PathState {
                 if direct_ok(since) {
                     self.reset_stall(now);
                     self.go(Phase::Direct { since: now }, Cause::Handshake, now)
-                } else if relay_hs(since) && self.plan.relay_allowed {
+                } else if peer_on_relay(since) && self.plan.relay_allowed {
                     self.enter_fallback(Cause::PeerOnRelay, now)
                 } else {
                     None

@@ -68,6 +68,24 @@ fn back_to_direct(env: &Env) -> impl FnMut() -> bool + '_ {
     }
 }
 
+/// Unblocks UDP between the two hosts and waits (60 s) until both report direct again and
+/// `a` pings `b`'s mesh IP; returns how long the return to direct took.
+fn heal_and_return_to_direct(
+    env: &Env,
+    a: &wirekube_lab::Host,
+    b: &wirekube_lab::Host,
+    mb: std::net::Ipv4Addr,
+) -> Result<Duration> {
+    env.lab.heal_udp(a.ip(), b.ip())?;
+    let t = Instant::now();
+    env.wait(60, "back to direct after the heal", back_to_direct(env))?;
+    let back = t.elapsed();
+    env.lab
+        .ping_until(a, mb, Duration::from_secs(10))
+        .map_err(|e| env.fail(&e.to_string()))?;
+    Ok(back)
+}
+
 /// `wg show` on `n` has its one peer at `ip` (not a relay bridge socket).
 fn wg_endpoint_is_direct(env: &Env, n: &str, ip: std::net::Ipv4Addr) -> bool {
     env.wg(n)
@@ -235,13 +253,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         fell <= Duration::from_secs(15 + 6),
         "established path: fallback took {fell:?}"
     );
-    env.lab.heal_udp(ha.ip(), hb.ip())?;
-    let t = Instant::now();
-    env.wait(60, "back to direct after the heal", back_to_direct(&env))?;
-    let back = t.elapsed();
-    env.lab
-        .ping_until(&ha, mb, Duration::from_secs(10))
-        .map_err(|e| env.fail(&e.to_string()))?;
+    let back = heal_and_return_to_direct(&env, &ha, &hb, mb)?;
     ensure!(
         wg_endpoint_is_direct(&env, A, hb.ip()) && wg_endpoint_is_direct(&env, B, ha.ip()),
         "status says direct but wg show: {:?} / {:?}",
@@ -288,15 +300,9 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         "fallback took {fell:?}"
     );
     // ... and back when it heals.
-    env.lab.heal_udp(ha.ip(), hb.ip())?;
-    let t = Instant::now();
-    env.wait(60, "back to direct after the heal", back_to_direct(&env))?;
-    env.lab
-        .ping_until(&ha, mb, Duration::from_secs(10))
-        .map_err(|e| env.fail(&e.to_string()))?;
+    let back = heal_and_return_to_direct(&env, &ha, &hb, mb)?;
     steps.log(&format!(
-        "(f) dead-from-the-start path healed: back to direct after {:?}",
-        t.elapsed()
+        "(f) dead-from-the-start path healed: back to direct after {back:?}"
     ));
     env.lab.block_udp(ha.ip(), hb.ip(), None)?;
 

@@ -235,7 +235,8 @@ impl Agent {
 }
 
 /// Sends one datagram to the peer's mesh IP; it is routed into the WireGuard interface, which
-/// starts a handshake if it has no session. Port 9 (discard): nothing answers it.
+/// starts a handshake if it has no session. Port 9 (discard) has no listener, so the peer's
+/// kernel answers with ICMP port unreachable through its tunnel: probes count that reply.
 pub(super) fn trigger_handshake(ip: std::net::IpAddr) {
     let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
     if let Ok(s) = UdpSocket::bind(bind) {

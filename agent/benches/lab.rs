@@ -1,11 +1,12 @@
 //! Agent benchmarks in the network lab (root; not timed tests). Prints a table; the numbers go
 //! to docs/benchmarks.md.
 //!
-//! 1. TCP throughput (iperf3, 5 s, median of 5) between two public nodes over WireGuard
-//!    configured by hand (`wireguard-go` + `wg set` + `ip`, no agent), over the mesh the two
-//!    agents built (engine wireguard-go, planned Direct), and over the same pair planned Relay
-//!    with UDP between them blocked (agent relay bridge + `wirekube-relay`). Ratios: agent ÷
-//!    hand (target ≥ 0.95) and relayed ÷ direct (target ≥ 0.8).
+//! 1. TCP throughput (iperf3, 5 s, median of 5) from public node a: to b over WireGuard
+//!    configured by hand (`wireguard-go` + `wg set` + `ip`, no agent), to b over the mesh the
+//!    agents built (engine wireguard-go, planned Direct), and to the identical node c planned
+//!    Relay with UDP between a and c blocked (agent relay bridge + `wirekube-relay`). All three
+//!    tunnels exist at once and the runs alternate. Ratios: agent ÷ hand (target ≥ 0.95) and
+//!    relayed ÷ direct (target ≥ 0.8).
 //! 2. One agent with 100 peers (random keys, unreachable endpoints, so all end on the relay with
 //!    a bridge socket each): RSS and reconcile time.
 //!
@@ -277,14 +278,32 @@ fn key(env: &Env, n: &str) -> String {
     env.status(n).and_then(|s| s.public_key).unwrap_or_default()
 }
 
-fn plan(env: &Env, path: PlannedPath) -> Result<()> {
-    let (ka, kb) = (key(env, "a"), key(env, "b"));
-    env.apply_spec("a", env.spec("a", &[("b", kb.as_str(), path)]))?;
-    env.apply_spec("b", env.spec("b", &[("a", ka.as_str(), path)]))
+/// a plans b Direct and c Relay; b and c plan a the same way.
+fn plan(env: &Env) -> Result<()> {
+    let (ka, kb, kc) = (key(env, "a"), key(env, "b"), key(env, "c"));
+    env.apply_spec(
+        "a",
+        env.spec(
+            "a",
+            &[
+                ("b", kb.as_str(), PlannedPath::Direct),
+                ("c", kc.as_str(), PlannedPath::Relay),
+            ],
+        ),
+    )?;
+    env.apply_spec(
+        "b",
+        env.spec("b", &[("a", ka.as_str(), PlannedPath::Direct)]),
+    )?;
+    env.apply_spec(
+        "c",
+        env.spec("c", &[("a", ka.as_str(), PlannedPath::Relay)]),
+    )
 }
 
-fn both(env: &Env, path: ActualPath) -> bool {
-    [("a", "b"), ("b", "a")].iter().all(|(n, p)| {
+/// Both ends of `x`–`y` report `path` with a handshake.
+fn both(env: &Env, x: &str, y: &str, path: ActualPath) -> bool {
+    [(x, y), (y, x)].iter().all(|(n, p)| {
         env.status(n)
             .as_ref()
             .and_then(|s| conn(s, p).cloned())
@@ -293,52 +312,52 @@ fn both(env: &Env, path: ActualPath) -> bool {
 }
 
 fn throughput() -> Result<()> {
-    let mut env = Env::build("agthru", &["a", "b"])?;
-    let (ha, hb) = (env.host("a").clone(), env.host("b").clone());
+    let mut env = Env::build("agthru", &["a", "b", "c"])?;
+    let (ha, hb, hc) = (
+        env.host("a").clone(),
+        env.host("b").clone(),
+        env.host("c").clone(),
+    );
     let (_, hand_b) = hand_wireguard(&env, &ha, &hb)?;
     let dmz = env.dmz.clone();
-    let all = [&ha, &hb, &dmz];
+    let all = [&ha, &hb, &hc, &dmz];
 
-    for n in ["a", "b"] {
+    for n in ["a", "b", "c"] {
         env.apply_spec(n, env.spec(n, &[]))?;
         env.start_agent(n)?;
     }
-    env.wait(30, "both agents report their keys", || {
-        ["a", "b"]
+    env.wait(30, "all agents report their keys", || {
+        ["a", "b", "c"]
             .iter()
             .all(|n| env.status(n).is_some_and(|s| s.public_key.is_some()))
     })?;
-    plan(&env, PlannedPath::Direct)?;
-    env.wait(30, "both direct", || both(&env, ActualPath::Direct))?;
-    let mb = env.mesh_ip("b");
-    env.lab
-        .ping_until(&ha, mb, Duration::from_secs(15))
-        .map_err(|e| anyhow!("{e}"))?;
-    // Hand-configured and agent-built tunnels coexist (other port, other subnet): alternate
-    // the runs so that machine noise hits both alike.
-    let (mut hand, mut direct) = (Vec::new(), Vec::new());
+    // a–c is relayed because nothing else gets through, as on a real relayed pair.
+    env.lab.block_udp(ha.ip(), hc.ip(), None)?;
+    plan(&env)?;
+    env.wait(30, "a–b direct, a–c relayed", || {
+        both(&env, "a", "b", ActualPath::Direct) && both(&env, "a", "c", ActualPath::Relay)
+    })?;
+    let (mb, mc) = (env.mesh_ip("b"), env.mesh_ip("c"));
+    for m in [mb, mc] {
+        env.lab
+            .ping_until(&ha, m, Duration::from_secs(15))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    // All three tunnels exist at once (b and c are identical public nodes): alternate the runs
+    // so that machine noise hits every setup alike.
+    let (mut hand, mut direct, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_hand, mut cpu_direct, mut cpu_relayed) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for _ in 0..runs() {
         hand.push(measure(&env, &ha, &hb, hand_b, &all, &mut cpu_hand)?);
         direct.push(measure(&env, &ha, &hb, mb, &all, &mut cpu_direct)?);
+        relayed.push(measure(&env, &ha, &hc, mc, &all, &mut cpu_relayed)?);
     }
     let ((hand, hand_t), (direct, direct_t)) = (summary(hand), summary(direct));
-
-    env.lab.block_udp(ha.ip(), hb.ip(), None)?;
-    plan(&env, PlannedPath::Relay)?;
-    env.wait(30, "both relay", || both(&env, ActualPath::Relay))?;
-    env.lab
-        .ping_until(&ha, mb, Duration::from_secs(15))
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut relayed = Vec::new();
-    for _ in 0..runs() {
-        relayed.push(measure(&env, &ha, &hb, mb, &all, &mut cpu_relayed)?);
-    }
     let (relayed, relayed_t) = summary(relayed);
 
     println!(
-        "\nTCP throughput a → b, iperf3 {SECONDS} s, median (min–max) of {} runs, Gbit/s:\n",
+        "\nTCP throughput a → b (hand, direct) and a → c (relayed), iperf3 {SECONDS} s, median (min–max) of {} runs, Gbit/s:\n",
         runs()
     );
     println!(
@@ -354,7 +373,7 @@ fn throughput() -> Result<()> {
     print_cpu("hand-configured", &cpu_hand);
     print_cpu("agent, direct", &cpu_direct);
     print_cpu("agent, relayed", &cpu_relayed);
-    for n in ["a", "b"] {
+    for n in ["a", "b", "c"] {
         env.stop_agent(n)?;
     }
     env.lab.shutdown()?;

@@ -396,6 +396,8 @@ mod tests {
 
     #[tokio::test]
     async fn send_batch_delivers_every_datagram_in_order_and_intact() {
+        // A fresh socket, as for a relayed peer's first frame: tokio does not know it is
+        // writable yet, and a plain `try_send` dropped this batch whole.
         let rx = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");

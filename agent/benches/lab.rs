@@ -210,11 +210,9 @@ fn hand_wireguard(env: &Env, a: &Host, b: &Host) -> Result<(Ipv4Addr, Ipv4Addr)>
     let ips = [Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2)];
     let dir = tempfile::tempdir()?;
     for (i, (h, other)) in [(a, b), (b, a)].into_iter().enumerate() {
-        // Started the way a user (or wg-quick) starts it: daemonised, in its own session.
-        // That matters on a loaded 2-core box: with autogroup scheduling a session is one
-        // scheduling group, and a `-f` child of this process measured ~15% faster against the
-        // iperf3 processes than the same daemon in its own session (which is how the agent's
-        // wireguard-go runs).
+        // Started the way a user (or wg-quick) starts it: daemonised. wireguard-go does not
+        // `setsid`, so it stays in this bench's session, unlike the agent's (see
+        // `AutogroupOff` for why that mattered).
         let o = env.lab.exec(h, &["wireguard-go", iface])?;
         if !o.status.success() {
             bail!(

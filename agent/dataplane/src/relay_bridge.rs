@@ -303,15 +303,13 @@ const WRITABLE_WAIT: Duration = Duration::from_millis(5);
 /// many the kernel took. What a full socket buffer refuses is dropped like any UDP datagram
 /// (the caller counts it).
 async fn send_batch(sock: &UdpSocket, packets: &[(PublicKey, Bytes)]) -> usize {
-    let fd = sock.as_raw_fd();
     let mut sent = 0;
     let mut waited = false;
     // A connected UDP socket reports an ICMP error of an *earlier* datagram (WireGuard was
     // restarting its socket) on the next call; that call sent nothing, so try once more.
     let mut refused_retry = true;
     while sent < packets.len() {
-        let r = sendmmsg_once(sock, fd, &packets[sent..]);
-        match r {
+        match sendmmsg_once(sock, &packets[sent..]) {
             Ok(0) => break,
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && refused_retry => {
@@ -332,38 +330,31 @@ async fn send_batch(sock: &UdpSocket, packets: &[(PublicKey, Bytes)]) -> usize {
     sent
 }
 
-/// One `sendmmsg` of `packets` on `sock` (raw fd `fd`), through tokio's readiness tracking.
-fn sendmmsg_once(
-    sock: &UdpSocket,
-    fd: std::os::fd::RawFd,
-    packets: &[(PublicKey, Bytes)],
-) -> std::io::Result<usize> {
-    let mut iovs: Vec<libc::iovec> = packets
-        .iter()
-        .map(|(_, p)| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value
-            // (no address, no control data).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+/// One `sendmmsg` of up to [`INBOUND_BATCH`] of `packets` on `sock`, through tokio's
+/// readiness tracking. The message arrays live on the stack: this runs once per batch on the
+/// relay → WireGuard hot path.
+fn sendmmsg_once(sock: &UdpSocket, packets: &[(PublicKey, Bytes)]) -> std::io::Result<usize> {
+    let packets = &packets[..packets.len().min(INBOUND_BATCH)];
+    // SAFETY (both zeroed arrays): iovec and mmsghdr are plain C structs for which all-zero is
+    // a valid value (null buffers, no address, no control data).
+    let mut iovs: [libc::iovec; INBOUND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; INBOUND_BATCH] = unsafe { std::mem::zeroed() };
+    for ((iov, msg), (_, p)) in iovs.iter_mut().zip(msgs.iter_mut()).zip(packets) {
+        iov.iov_base = p.as_ptr() as *mut libc::c_void;
+        iov.iov_len = p.len();
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+    }
+    let fd = sock.as_raw_fd();
     sock.try_io(Interest::WRITABLE, || {
-        // SAFETY: `msgs` points at `iovs`, which point into `packets`' payloads; all of them
-        // outlive the call, and the kernel only reads them.
+        // SAFETY: the first `packets.len()` entries of `msgs` point at `iovs`, which point
+        // into `packets`' payloads; all of them outlive the call, and the kernel only reads
+        // them.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
                 msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
+                packets.len() as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };

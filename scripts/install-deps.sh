@@ -4,15 +4,17 @@
 set -euo pipefail
 
 APT_PACKAGES=(wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 conntrack
-  coturn stun-client netcat-openbsd)
+  coturn stun-client netcat-openbsd containernetworking-plugins iptables)
 # binary -> package, to decide cheaply whether apt is needed at all
 declare -A PROBE=([wireguard-go]=wireguard-go [wg]=wireguard-tools [nft]=nftables [ip]=iproute2
   [ping]=iputils-ping [iperf3]=iperf3 [conntrack]=conntrack [turnutils_natdiscovery]=coturn
-  [stun]=stun-client [nc]=netcat-openbsd)
+  [stun]=stun-client [nc]=netcat-openbsd [/usr/lib/cni/bridge]=containernetworking-plugins
+  [iptables]=iptables)
 
 missing=()
 for bin in "${!PROBE[@]}"; do
-  command -v "$bin" >/dev/null 2>&1 || missing+=("${PROBE[$bin]}")
+  if [[ $bin == /* ]]; then [[ -x $bin ]] && continue; else command -v "$bin" >/dev/null 2>&1 && continue; fi
+  missing+=("${PROBE[$bin]}")
 done
 
 if ((${#missing[@]})); then

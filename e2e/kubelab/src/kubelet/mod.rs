@@ -1,0 +1,1 @@
+//! The lab kubelet (being written).

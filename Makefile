@@ -2,7 +2,12 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all test demo manifests lint fmt deps build help
+.PHONY: all test demo manifests lint fmt deps build help k8s
+
+# The Kubernetes release the lab's control plane runs (the oldest we support; README).
+# `make test K8S_VERSION=v1.37.2` selects another; the build is cached per version.
+K8S_VERSION ?= v1.34.4
+export K8S_VERSION
 
 all: build
 
@@ -18,8 +23,13 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy, built from their Go
+# modules into ~/.cache/wirekube/k8s/<version> (once; later runs only print the directory).
+k8s:
+	./scripts/build-k8s.sh >/dev/null
+
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
-test: deps build
+test: deps k8s build
 	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_
 	@# The seed topologies each run a whole lab (API server, operator, relay, agents): one at a time.
 	$(CARGO) test -p wirekube-e2e --test topologies -- --test-threads=1
@@ -34,5 +44,5 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-demo: deps build
+demo: deps k8s build
 	./target/debug/wirekube-demo $(DEMO_ARGS)

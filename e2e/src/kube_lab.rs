@@ -1,0 +1,114 @@
+//! A lab with the real Kubernetes control plane in its DMZ, and the admin's view of it: what
+//! the API conformance tests and the scenarios start from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use wirekube_kubelab::controlplane::{ControlPlane, ControlPlaneConfig};
+use wirekube_lab::{Host, Lab};
+
+use crate::scenario::Cluster;
+
+/// A lab, its DMZ host and the control plane running there.
+pub struct KubeLab {
+    pub lab: Arc<Lab>,
+    pub dmz: Host,
+    pub cp: ControlPlane,
+    /// Admin client (its threads live in the DMZ namespace).
+    pub admin: Cluster,
+}
+
+impl KubeLab {
+    /// Builds a lab with only a DMZ and starts the control plane in it.
+    pub fn start(tag: &str) -> Result<KubeLab> {
+        let lab = Arc::new(Lab::new_unique(tag).context("lab (needs root)")?);
+        let dmz = lab.add_dmz("dmz", &[])?;
+        Self::start_in(lab, dmz)
+    }
+
+    /// Starts the control plane in `dmz` of an existing lab.
+    pub fn start_in(lab: Arc<Lab>, dmz: Host) -> Result<KubeLab> {
+        let cp = ControlPlane::start(&lab, &dmz, ControlPlaneConfig::new()?)
+            .with_context(|| format!("control plane; process logs:\n{}", lab.logs_tail(20)))?;
+        let admin = Cluster::connect(&cp.admin_kubeconfig(), Some(&netns_path(&dmz)))?;
+        Ok(KubeLab {
+            lab,
+            dmz,
+            cp,
+            admin,
+        })
+    }
+
+    /// `kubectl <args>` as the admin, run in the DMZ; stdout, or an error with stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_as(&self.cp.admin_kubeconfig(), args)
+    }
+
+    /// `kubectl <args>` with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+        let kc = kubeconfig.to_string_lossy();
+        let mut argv = vec!["kubectl", "--kubeconfig", &kc];
+        argv.extend_from_slice(args);
+        let out = self.lab.exec(&self.dmz, &argv)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Installs WireKube as a user does (`kubectl apply -k config/default`) and waits until its
+    /// CRDs are established.
+    pub fn install(&self) -> Result<String> {
+        let root = crate::scenario::bins::repo_root();
+        let out = self.kubectl(&[
+            "apply",
+            "--server-side",
+            "-k",
+            &root.join("config/default").to_string_lossy(),
+        ])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/wirekubemeshes.wirekube.io",
+            "crd/wirekubepeers.wirekube.io",
+        ])?;
+        Ok(out)
+    }
+
+    /// A kubeconfig that authenticates with a bearer `token` (a service-account token).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.cp.pki.ca.cert_pem);
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "lab", "cluster": {
+                "server": self.cp.url, "certificate-authority-data": ca}}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "lab", "user": name}}],
+            "current-context": name,
+        });
+        let path = self.cp.dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, doc.to_string())?;
+        Ok(path)
+    }
+
+    /// A client for `kubeconfig`, in the DMZ namespace.
+    pub fn client(&self, kubeconfig: &Path) -> Result<Cluster> {
+        Cluster::connect(kubeconfig, Some(&netns_path(&self.dmz)))
+    }
+
+    /// Stops every process and removes the lab (also done on drop of the lab).
+    pub fn shutdown(&self) -> Result<()> {
+        Ok(self.lab.shutdown()?)
+    }
+}
+
+fn netns_path(h: &Host) -> PathBuf {
+    wirekube_lab::netns::ns_path(&h.ns)
+}

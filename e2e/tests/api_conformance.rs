@@ -1,0 +1,389 @@
+//! Our API on the real Kubernetes API server (`scripts/build-k8s.sh`, run in a lab DMZ): the
+//! install (`kubectl apply -k config/default`) is accepted, every sample is admitted and
+//! defaulted, every bad example is refused with the field named, and an agent's pod-bound
+//! service-account token may write its own node's WireKubePeer status and nothing else.
+//! Needs root.
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use wirekube_crds::WireKubePeer;
+use wirekube_e2e::kube_lab::KubeLab;
+use wirekube_e2e::scenario::bins::repo_root;
+
+const NS: &str = "wirekube-system";
+
+fn mesh(spec: Value) -> Value {
+    json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
+           "metadata": {"name": "default"}, "spec": spec})
+}
+
+/// Creates `obj` as the admin; Ok(stored object) or Err(the API server's message).
+fn create_mesh(k: &KubeLab, obj: Value) -> Result<Value, String> {
+    k.admin
+        .run(move |c| async move {
+            let api: Api<kube::api::DynamicObject> = Api::all_with(c, &mesh_resource());
+            let obj: kube::api::DynamicObject = serde_json::from_value(obj)?;
+            let r = api.create(&PostParams::default(), &obj).await;
+            if r.is_ok() {
+                api.delete("default", &DeleteParams::default()).await?;
+            }
+            Ok(r.map(|o| serde_json::to_value(o).unwrap_or_default()))
+        })
+        .expect("API call")
+        .map_err(|e| match e {
+            kube::Error::Api(s) => s.message,
+            other => format!("{other}"),
+        })
+}
+
+fn mesh_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "wirekube.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "wirekube.io/v1alpha1".into(),
+        kind: "WireKubeMesh".into(),
+        plural: "wirekubemeshes".into(),
+    }
+}
+
+#[test]
+fn install_samples_and_bad_examples_on_the_real_api_server() {
+    let k = KubeLab::start("apc").unwrap();
+    let out = k.install().unwrap();
+    for want in [
+        "customresourcedefinition.apiextensions.k8s.io/wirekubemeshes.wirekube.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/wirekube-agent-own-peer",
+        "deployment.apps/wirekube-operator",
+        "daemonset.apps/wirekube-agent",
+    ] {
+        assert!(out.contains(want), "install output lacks {want}:\n{out}");
+    }
+
+    // Every sample is admitted and defaulted by the real server.
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo_root().join("config/samples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("mesh-") {
+            continue;
+        }
+        let obj: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let stored = create_mesh(&k, obj).unwrap_or_else(|e| panic!("{name} refused: {e}"));
+        assert_eq!(stored["spec"]["listenPort"], 51820, "{name}");
+        assert_eq!(stored["spec"]["mtu"], 1420, "{name}");
+        assert!(
+            stored["spec"]["relay"]["directTimeout"].is_string(),
+            "{name}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 4, "samples found");
+
+    // spec: {} gets every default.
+    let s = create_mesh(&k, mesh(json!({}))).unwrap()["spec"].clone();
+    assert_eq!(s["meshCIDR"], "10.99.0.0/16");
+    assert_eq!(s["interfaceName"], "wirekube0");
+    assert_eq!(s["relay"]["mode"], "auto");
+    assert_eq!(s["relay"]["provider"], "managed");
+    assert_eq!(s["relay"]["managed"]["port"], 3478);
+    assert_eq!(s["relay"]["managed"]["serviceType"], "LoadBalancer");
+    assert_eq!(s["relay"]["managed"]["replicas"], 1);
+
+    // Unknown fields are pruned, not kept.
+    let s = create_mesh(
+        &k,
+        mesh(json!({"meshCIDR": "10.99.0.0/16", "typo": true, "relay": {"mdoe": "always"}})),
+    )
+    .unwrap()["spec"]
+        .clone();
+    assert!(
+        s.get("typo").is_none() && s["relay"].get("mdoe").is_none(),
+        "{s}"
+    );
+
+    let mut wrong = Vec::new();
+    for (what, spec, field) in bad_examples() {
+        match create_mesh(&k, mesh(spec)) {
+            Ok(_) => wrong.push(format!("{what}: admitted, must be refused at {field}")),
+            Err(msg) if !msg.contains(field) => {
+                wrong.push(format!("{what}: refused without naming {field}: {msg}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    k.shutdown().unwrap();
+}
+
+/// Bad specs and the field the refusal must name (the same table as `docs/operator.md`'s
+/// validation section).
+fn bad_examples() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        (
+            "external without endpoint",
+            json!({"relay": {"provider": "external"}}),
+            "spec.relay.external.endpoint: Required value: relay.external.endpoint is required",
+        ),
+        (
+            "cidr not a cidr",
+            json!({"meshCIDR": "10.99.0.0"}),
+            "spec.meshCIDR",
+        ),
+        (
+            "cidr too large",
+            json!({"meshCIDR": "10.0.0.0/7"}),
+            "spec.meshCIDR",
+        ),
+        (
+            "cidr too small",
+            json!({"meshCIDR": "10.0.0.0/29"}),
+            "spec.meshCIDR",
+        ),
+        (
+            "cidr ipv6",
+            json!({"meshCIDR": "fd00::/64"}),
+            "spec.meshCIDR",
+        ),
+        (
+            "one stun server",
+            json!({"stunServers": ["1.2.3.4:3478"]}),
+            "spec.stunServers",
+        ),
+        (
+            "stun server without port",
+            json!({"stunServers": ["1.2.3.4:3478", "nope"]}),
+            "spec.stunServers[1]",
+        ),
+        ("mtu too small", json!({"mtu": 1000}), "spec.mtu"),
+        ("mtu too large", json!({"mtu": 9001}), "spec.mtu"),
+        ("port zero", json!({"listenPort": 0}), "spec.listenPort"),
+        (
+            "port too large",
+            json!({"listenPort": 70000}),
+            "spec.listenPort",
+        ),
+        (
+            "bad mode",
+            json!({"relay": {"mode": "sometimes"}}),
+            "spec.relay.mode",
+        ),
+        (
+            "bad provider",
+            json!({"relay": {"provider": "cloud"}}),
+            "spec.relay.provider",
+        ),
+        (
+            "bad service type",
+            json!({"relay": {"managed": {"serviceType": "ClusterIP"}}}),
+            "spec.relay.managed.serviceType",
+        ),
+        (
+            "nodePort out of range",
+            json!({"relay": {"managed": {"nodePort": 8080}}}),
+            "spec.relay.managed.nodePort",
+        ),
+        (
+            "zero replicas",
+            json!({"relay": {"managed": {"replicas": 0}}}),
+            "spec.relay.managed.replicas",
+        ),
+        (
+            "bad duration",
+            json!({"relay": {"directTimeout": "ten seconds"}}),
+            "spec.relay.directTimeout",
+        ),
+        (
+            "interface name too long",
+            json!({"interfaceName": "this-name-is-too-long"}),
+            "spec.interfaceName",
+        ),
+        ("mtu wrong type", json!({"mtu": "big"}), "spec.mtu"),
+    ]
+}
+
+fn peer(name: &str, ip: &str) -> WireKubePeer {
+    serde_json::from_value(json!({
+        "apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer", "metadata": {"name": name},
+        "spec": {"mesh": "default", "meshIP": ip, "meshCIDR": "10.99.0.0/16", "interfaceName": "wk0",
+            "listenPort": 51820, "mtu": 1380, "relayMode": "auto", "directTimeout": "30s"}
+    }))
+    .unwrap()
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other:?}"),
+    }
+}
+
+/// A token for the agent's service account bound to a pod on `node` (what the kubelet mounts).
+fn agent_token(k: &KubeLab, node: &str) -> String {
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("agent-{node}"), "namespace": NS},
+        "spec": {"nodeName": node, "serviceAccountName": "wirekube-agent",
+                 "containers": [{"name": "agent", "image": "ghcr.io/wirekube/wirekube-agent:test"}]}
+    }))
+    .unwrap();
+    k.admin
+        .run(move |c| async move {
+            let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+            let pod = pods.create(&PostParams::default(), &pod).await?;
+            let req: TokenRequest = serde_json::from_value(json!({
+                "spec": {"audiences": [], "expirationSeconds": 3600, "boundObjectRef": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "name": pod.metadata.name, "uid": pod.metadata.uid}}
+            }))?;
+            let sa: Api<ServiceAccount> = Api::namespaced(c, NS);
+            let tr = sa
+                .create_token_request("wirekube-agent", &PostParams::default(), &req)
+                .await?;
+            Ok(tr.status.map(|s| s.token).unwrap_or_default())
+        })
+        .unwrap()
+}
+
+#[test]
+fn agent_token_writes_only_its_own_peer_status() {
+    let k = KubeLab::start("apt").unwrap();
+    k.install().unwrap();
+    for n in ["n1", "n2"] {
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
+        let f = k.cp.dir.join(format!("{n}.json"));
+        std::fs::write(&f, node.to_string()).unwrap();
+        k.kubectl(&["create", "-f", &f.to_string_lossy()]).unwrap();
+    }
+    k.admin
+        .run(|c| async move {
+            let api: Api<WireKubePeer> = Api::all(c);
+            for (n, ip) in [("n1", "10.99.0.1/16"), ("n2", "10.99.0.2/16")] {
+                api.create(&PostParams::default(), &peer(n, ip)).await?;
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    let token = agent_token(&k, "n1");
+    let agent = k
+        .client(&k.token_kubeconfig("agent-n1", &token).unwrap())
+        .unwrap();
+    agent
+        .run(|c| async move {
+            let api: Api<WireKubePeer> = Api::all(c.clone());
+            assert_eq!(
+                api.list(&ListParams::default()).await?.items.len(),
+                2,
+                "reads allowed"
+            );
+            let st = json!({"status": {"observedGeneration": 1}});
+            api.patch_status("n1", &PatchParams::default(), &Patch::Merge(&st))
+                .await?;
+            let apply = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer",
+                "metadata": {"name": "n1"}, "status": {"observedGeneration": 2}});
+            api.patch_status(
+                "n1",
+                &// Forced, as the agent applies (the merge patch above made another manager).
+                &PatchParams::apply("wirekube-agent").force(),
+                &Patch::Apply(&apply),
+            )
+            .await?;
+            // Another node's status: refused by the ValidatingAdmissionPolicy, with its message.
+            let err = api
+                .patch_status("n2", &PatchParams::default(), &Patch::Merge(&st))
+                .await
+                .unwrap_err();
+            let msg = format!("{err}");
+            assert!(
+                msg.contains("may only write the WireKubePeer of its own node, not n2"),
+                "{msg}"
+            );
+            assert_eq!(code(err), 403);
+            // Spec, create, delete, PUT of status: refused by RBAC.
+            let spec = Patch::Merge(json!({"spec": {"mtu": 1280}}));
+            assert_eq!(
+                code(
+                    api.patch("n1", &PatchParams::default(), &spec)
+                        .await
+                        .unwrap_err()
+                ),
+                403
+            );
+            let new = peer("n3", "10.99.0.3/16");
+            assert_eq!(
+                code(api.create(&PostParams::default(), &new).await.unwrap_err()),
+                403
+            );
+            assert_eq!(
+                code(
+                    api.delete("n1", &DeleteParams::default())
+                        .await
+                        .unwrap_err()
+                ),
+                403
+            );
+            let cur = api.get("n1").await?;
+            assert_eq!(
+                code(
+                    api.replace_status("n1", &PostParams::default(), &cur)
+                        .await
+                        .unwrap_err()
+                ),
+                403
+            );
+            // Secrets: only the relay token Secret, by name; no Nodes list.
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), NS);
+            assert_eq!(
+                code(secrets.list(&ListParams::default()).await.unwrap_err()),
+                403
+            );
+            assert_eq!(code(secrets.get("other").await.unwrap_err()), 403);
+            let pinned = |n: &str| ListParams::default().fields(&format!("metadata.name={n}"));
+            assert!(
+                secrets
+                    .list(&pinned("wirekube-relay-default"))
+                    .await
+                    .is_ok()
+            );
+            assert_eq!(code(secrets.list(&pinned("other")).await.unwrap_err()), 403);
+            assert_eq!(
+                code(secrets.get("wirekube-relay-default").await.unwrap_err()),
+                404
+            );
+            Ok(())
+        })
+        .unwrap();
+
+    // A token of the same service account that is not bound to a pod carries no node name:
+    // the policy refuses its status writes.
+    let unbound: String = k
+        .admin
+        .run(|c| async move {
+            let sa: Api<ServiceAccount> = Api::namespaced(c, NS);
+            let req: TokenRequest = serde_json::from_value(
+                json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+            )?;
+            let tr = sa
+                .create_token_request("wirekube-agent", &PostParams::default(), &req)
+                .await?;
+            Ok(tr.status.map(|s| s.token).unwrap_or_default())
+        })
+        .unwrap();
+    let agent = k
+        .client(&k.token_kubeconfig("agent-unbound", &unbound).unwrap())
+        .unwrap();
+    let err = agent
+        .run(|c| async move {
+            let api: Api<WireKubePeer> = Api::all(c);
+            let st = json!({"status": {"observedGeneration": 3}});
+            Ok(api
+                .patch_status("n1", &PatchParams::default(), &Patch::Merge(&st))
+                .await)
+        })
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(err), 403);
+    k.shutdown().unwrap();
+}

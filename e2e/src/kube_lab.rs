@@ -98,6 +98,54 @@ impl KubeLab {
         Ok(path)
     }
 
+    /// A kubeconfig with a token of service account `ns/sa`, made with TokenRequest as a kubelet
+    /// does. With `node`, the token is bound to a Pod on that node (a placeholder Pod object
+    /// `<sa>-<node>` is created when no kubelet runs the workload), so it carries the
+    /// `authentication.kubernetes.io/node-name` extra that the agent's admission policy reads;
+    /// the Node must exist. Tokens live one hour.
+    pub fn service_account_kubeconfig(
+        &self,
+        ns: &str,
+        sa: &str,
+        node: Option<&str>,
+    ) -> Result<PathBuf> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+        use kube::api::{Api, PostParams};
+        use serde_json::json;
+        let (ns_, sa_, node_) = (ns.to_owned(), sa.to_owned(), node.map(str::to_owned));
+        let token = self.admin.run(move |c| async move {
+            let mut spec = json!({"audiences": [], "expirationSeconds": 3600});
+            if let Some(node) = node_ {
+                let pod: Pod = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("{sa_}-{node}"), "namespace": ns_},
+                    "spec": {"nodeName": node, "serviceAccountName": sa_,
+                             "containers": [{"name": "main", "image": "wirekube.test/placeholder"}]}
+                }))?;
+                let pod = Api::<Pod>::namespaced(c.clone(), &ns_)
+                    .create(&PostParams::default(), &pod)
+                    .await
+                    .context("placeholder pod for a bound token")?;
+                spec["boundObjectRef"] = json!({"apiVersion": "v1", "kind": "Pod",
+                    "name": pod.metadata.name, "uid": pod.metadata.uid});
+            }
+            let req: TokenRequest = serde_json::from_value(json!({ "spec": spec }))?;
+            let tr = Api::<ServiceAccount>::namespaced(c, &ns_)
+                .create_token_request(&sa_, &PostParams::default(), &req)
+                .await
+                .with_context(|| format!("TokenRequest for {ns_}/{sa_}"))?;
+            tr.status
+                .map(|s| s.token)
+                .ok_or_else(|| anyhow::anyhow!("TokenRequest for {ns_}/{sa_}: no token"))
+        })?;
+        let name = match node {
+            Some(n) => format!("{sa}-{n}"),
+            None => sa.to_owned(),
+        };
+        self.token_kubeconfig(&name, &token)
+    }
+
     /// A client for `kubeconfig`, in the DMZ namespace.
     pub fn client(&self, kubeconfig: &Path) -> Result<Cluster> {
         Cluster::connect(kubeconfig, Some(&netns_path(&self.dmz)))

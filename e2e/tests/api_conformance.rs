@@ -4,8 +4,7 @@
 //! service-account token may write its own node's WireKubePeer status and nothing else.
 //! Needs root.
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use wirekube_crds::WireKubePeer;
@@ -219,33 +218,6 @@ fn code(e: kube::Error) -> u16 {
     }
 }
 
-/// A token for the agent's service account bound to a pod on `node` (what the kubelet mounts).
-fn agent_token(k: &KubeLab, node: &str) -> String {
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("agent-{node}"), "namespace": NS},
-        "spec": {"nodeName": node, "serviceAccountName": "wirekube-agent",
-                 "containers": [{"name": "agent", "image": "ghcr.io/wirekube/wirekube-agent:test"}]}
-    }))
-    .unwrap();
-    k.admin
-        .run(move |c| async move {
-            let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
-            let pod = pods.create(&PostParams::default(), &pod).await?;
-            let req: TokenRequest = serde_json::from_value(json!({
-                "spec": {"audiences": [], "expirationSeconds": 3600, "boundObjectRef": {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "name": pod.metadata.name, "uid": pod.metadata.uid}}
-            }))?;
-            let sa: Api<ServiceAccount> = Api::namespaced(c, NS);
-            let tr = sa
-                .create_token_request("wirekube-agent", &PostParams::default(), &req)
-                .await?;
-            Ok(tr.status.map(|s| s.token).unwrap_or_default())
-        })
-        .unwrap()
-}
-
 #[test]
 fn agent_token_writes_only_its_own_peer_status() {
     let k = KubeLab::start("apt").unwrap();
@@ -266,10 +238,8 @@ fn agent_token_writes_only_its_own_peer_status() {
         })
         .unwrap();
 
-    let token = agent_token(&k, "n1");
-    let agent = k
-        .client(&k.token_kubeconfig("agent-n1", &token).unwrap())
-        .unwrap();
+    let kc = k.service_account_kubeconfig(NS, "wirekube-agent", Some("n1"));
+    let agent = k.client(&kc.unwrap()).unwrap();
     agent
         .run(|c| async move {
             let api: Api<WireKubePeer> = Api::all(c.clone());
@@ -358,22 +328,8 @@ fn agent_token_writes_only_its_own_peer_status() {
 
     // A token of the same service account that is not bound to a pod carries no node name:
     // the policy refuses its status writes.
-    let unbound: String = k
-        .admin
-        .run(|c| async move {
-            let sa: Api<ServiceAccount> = Api::namespaced(c, NS);
-            let req: TokenRequest = serde_json::from_value(
-                json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
-            )?;
-            let tr = sa
-                .create_token_request("wirekube-agent", &PostParams::default(), &req)
-                .await?;
-            Ok(tr.status.map(|s| s.token).unwrap_or_default())
-        })
-        .unwrap();
-    let agent = k
-        .client(&k.token_kubeconfig("agent-unbound", &unbound).unwrap())
-        .unwrap();
+    let kc = k.service_account_kubeconfig(NS, "wirekube-agent", None);
+    let agent = k.client(&kc.unwrap()).unwrap();
     let err = agent
         .run(|c| async move {
             let api: Api<WireKubePeer> = Api::all(c);

@@ -6,6 +6,7 @@
 //! production admission plugins; [`kubelet`] is the lab kubelet that runs a node's pods as
 //! processes in the lab. See `docs/lab.md`.
 
+pub mod cloud;
 pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubelet;

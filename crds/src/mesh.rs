@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -162,6 +163,25 @@ pub struct ManagedRelay {
     /// Annotations for the relay Service (e.g. cloud load-balancer settings).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Node labels a relay pod's node must have (the pod's `nodeSelector`; empty = any node).
+    /// A relay is only useful where the agents can reach it: pin it to a public node or one
+    /// in the network of the load balancer, not to a node behind NAT. With
+    /// `serviceType: NodePort` only nodes running a relay pod answer on the nodePort
+    /// (`externalTrafficPolicy: Local`, which keeps the agents' source addresses for STUN),
+    /// so pin the relay to the node whose address you give out, e.g.
+    /// `{"kubernetes.io/hostname": "gw-1"}`. Keys and values use Kubernetes label syntax.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = {
+        "type": "string",
+        "maxLength": 63,
+        "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+    }))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the relay pods, e.g. to run on a tainted public gateway or
+    /// control-plane node (empty = none). Same fields as a pod's `tolerations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
 }
 
 impl Default for ManagedRelay {
@@ -173,6 +193,8 @@ impl Default for ManagedRelay {
             replicas: default_replicas(),
             image: default_relay_image(),
             annotations: BTreeMap::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::duration::parse_duration;
 use crate::enums::RelayProvider;
 use crate::mesh::WireKubeMeshSpec;
 
+mod labels;
+
 /// One thing wrong with a spec: where, what, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -181,6 +183,12 @@ fn check_relay(spec: &WireKubeMeshSpec, problems: &mut Vec<Problem>) {
             "remove the field to use the default relay image",
         ));
     }
+    labels::check_labels(
+        "spec.relay.managed.nodeSelector",
+        &m.node_selector,
+        problems,
+    );
+    labels::check_tolerations("spec.relay.managed.tolerations", &m.tolerations, problems);
 }
 
 fn check_cidr(cidr: &str, problems: &mut Vec<Problem>) {

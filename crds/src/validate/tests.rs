@@ -138,3 +138,101 @@ fn host_port_forms() {
         assert!(check_host_port(bad).is_err(), "{bad}");
     }
 }
+
+fn with_placement(placement: serde_json::Value) -> WireKubeMeshSpec {
+    serde_json::from_value(serde_json::json!({"relay": {"managed": placement}}))
+        .expect("placement fixture parses")
+}
+
+#[test]
+fn relay_placement_good_examples_pass() {
+    let good = [
+        serde_json::json!({"nodeSelector": {"kubernetes.io/hostname": "gw-1"}}),
+        serde_json::json!({"nodeSelector": {"wirekube.io/relay": "", "zone": "eu-1.a_b"}}),
+        serde_json::json!({"tolerations": [
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "gateway", "effect": "NoExecute", "tolerationSeconds": 60},
+            {"operator": "Exists"}
+        ]}),
+    ];
+    for p in good {
+        assert_eq!(validate_mesh(&with_placement(p.clone())), Ok(()), "{p}");
+    }
+}
+
+#[test]
+fn relay_placement_bad_examples_name_their_field() {
+    let long = "a".repeat(64);
+    let cases = [
+        (
+            serde_json::json!({"nodeSelector": {"bad key": "x"}}),
+            r#"spec.relay.managed.nodeSelector["bad key"]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"": "x"}}),
+            r#"spec.relay.managed.nodeSelector[""]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"Example.COM/x": "y"}}),
+            r#"spec.relay.managed.nodeSelector["Example.COM/x"]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"example.com/": "y"}}),
+            r#"spec.relay.managed.nodeSelector["example.com/"]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"a/b/c": "y"}}),
+            r#"spec.relay.managed.nodeSelector["a/b/c"]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {long.clone(): "y"}}),
+            "spec.relay.managed.nodeSelector[\"aaaa",
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"zone": "-eu"}}),
+            r#"spec.relay.managed.nodeSelector["zone"]"#,
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"zone": long}}),
+            r#"spec.relay.managed.nodeSelector["zone"]"#,
+        ),
+        (
+            serde_json::json!({"tolerations": [{"key": "bad key", "operator": "Exists"}]}),
+            "spec.relay.managed.tolerations[0].key",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+            "spec.relay.managed.tolerations[0].value",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"value": "v"}]}),
+            "spec.relay.managed.tolerations[0].operator",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"key": "k", "operator": "In"}]}),
+            "spec.relay.managed.tolerations[0].operator",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"key": "k", "value": "a b"}]}),
+            "spec.relay.managed.tolerations[0].value",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"operator": "Exists"}, {"key": "k", "effect": "NoRun"}]}),
+            "spec.relay.managed.tolerations[1].effect",
+        ),
+        (
+            serde_json::json!({"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}),
+            "spec.relay.managed.tolerations[0].tolerationSeconds",
+        ),
+    ];
+    for (placement, field) in cases {
+        let spec = with_placement(placement.clone());
+        let problems = validate_mesh(&spec).expect_err(field);
+        assert_eq!(problems.len(), 1, "{placement}: {problems:?}");
+        assert!(
+            problems[0].field.starts_with(field),
+            "{placement}: {problems:?}"
+        );
+        assert!(!problems[0].fix.is_empty());
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Config as CtrlConfig, Controller};
@@ -27,7 +27,8 @@ use crate::apply::{RecentWrites, Writer};
 use crate::diff::{self, Decision};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::nodes::{NodeFacts, select_nodes};
+use crate::nodes::{NodeFacts, matches_selector, select_nodes};
+use crate::placement::RelayPlacement;
 use crate::plan::{self, PlanRequest};
 use crate::relay::{self, Exposure, RelayKind};
 use crate::status::{self, Cond};
@@ -69,6 +70,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub nodes: Store<Node>,
     pub peers: Store<WireKubePeer>,
+    /// Pods of the managed relays (operator namespace): where they run decides the
+    /// NodePort endpoints.
+    pub relay_pods: Store<Pod>,
 }
 
 /// Runs the mesh controller until `stop` resolves. Writes happen only while `leader` is set.
@@ -98,6 +102,16 @@ pub async fn run(
     .touched_objects();
     let relay_sel = watcher::Config::default().labels("app.kubernetes.io/name=wirekube-relay");
     let ns = settings.namespace.clone();
+    let (relay_pods, pod_writer) = reflector::store::<Pod>();
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher(
+            Api::<Pod>::namespaced(client.clone(), &ns),
+            relay_sel.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -117,6 +131,7 @@ pub async fn run(
         recorder,
         nodes,
         peers,
+        relay_pods,
     });
     let ctrl = Controller::new(
         Api::<WireKubeMesh>::all(client.clone()),
@@ -133,6 +148,12 @@ pub async fn run(
     })
     .watches_stream(peer_events, |p: WireKubePeer| {
         diff::peer_mesh(&p).map(ObjectRef::<WireKubeMesh>::new)
+    })
+    // A relay pod becoming ready, or moving, changes the NodePort endpoints.
+    .watches_stream(pod_events, |p: Pod| {
+        p.labels()
+            .get("app.kubernetes.io/instance")
+            .map(|m| ObjectRef::<WireKubeMesh>::new(m))
     })
     .owns(
         Api::<Deployment>::namespaced(client.clone(), &ns),
@@ -204,7 +225,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         cond: relay_cond,
         token_secret,
         stun,
-    } = reconcile_relay(mesh, &nodes, ctx).await?;
+    } = reconcile_relay(mesh, ctx).await?;
 
     let all_peers: BTreeMap<String, Arc<WireKubePeer>> = ctx
         .peers
@@ -352,11 +373,7 @@ struct RelayOutcome {
 }
 
 /// The relay part: ensures (or removes) the managed objects and says what to publish.
-async fn reconcile_relay(
-    mesh: &WireKubeMesh,
-    nodes: &[NodeFacts],
-    ctx: &Context,
-) -> Result<RelayOutcome> {
+async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutcome> {
     let w = &ctx.writer;
     let secret_name = relay::relay_name(&mesh.name_any());
     match relay::relay_kind(&mesh.spec) {
@@ -422,7 +439,8 @@ async fn reconcile_relay(
                 .apply_relay_object(w.get(&secret_name).await?, &svc)
                 .await?;
             let m = &mesh.spec.relay.managed;
-            let exposure = relay::exposure(Some(&svc), m.port, nodes);
+            let hosts = relay_hosts(ctx, &mesh.name_any(), &svc).await?;
+            let exposure = relay::exposure(Some(&svc), m.port, &hosts);
             if let Exposure::Waiting(reason, _) = &exposure {
                 debug!(reason, "relay endpoints not available yet");
             }
@@ -431,11 +449,37 @@ async fn reconcile_relay(
             Ok(RelayOutcome {
                 endpoints,
                 cond,
-                stun: relay::managed_stun(Some(&svc), m.port, nodes),
+                stun: relay::managed_stun(Some(&svc), m.port, &hosts),
                 token_secret: Some(secret_name),
             })
         }
     }
+}
+
+/// How long a NodePort reconcile waits for the first list of relay pods.
+const POD_CACHE_WAIT: Duration = Duration::from_secs(10);
+
+/// Nodes running this mesh's relay pods, in publishing order (any node, not only the mesh's:
+/// the relay may be pinned to a gateway that is not a member). Only a NodePort Service needs
+/// them; its reconcile fails (keeping the published endpoints) rather than publish from a
+/// pod cache that never synced, e.g. when the operator's Role cannot list pods.
+async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<NodeFacts>> {
+    let node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort");
+    if !node_port {
+        return Ok(Vec::new());
+    }
+    tokio::time::timeout(POD_CACHE_WAIT, ctx.relay_pods.wait_until_ready())
+        .await
+        .map_err(|_| Error::CacheNotSynced("relay pods"))?
+        .map_err(|_| Error::CacheNotSynced("relay pods"))?;
+    let labels = relay::relay_labels(mesh);
+    let pods = ctx.relay_pods.state();
+    let mine = pods
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| matches_selector(p.labels(), &labels));
+    let nodes = ctx.nodes.state();
+    Ok(RelayPlacement::from_pods(mine).hosts(nodes.iter().map(|n| n.as_ref())))
 }
 
 async fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {

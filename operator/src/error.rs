@@ -23,6 +23,9 @@ pub enum Error {
     /// The mesh object lacks metadata the operator needs (e.g. uid).
     #[error("{0} has no {1}")]
     MissingField(String, &'static str),
+    /// A watch cache did not fill in time (often missing RBAC for that resource).
+    #[error("the {0} cache has not synced; check that the operator may get/list/watch them")]
+    CacheNotSynced(&'static str),
     /// This replica is not (or no longer) the leader; it must not write.
     #[error("not the leader: write to {0} skipped")]
     NotLeader(String),
@@ -51,6 +54,7 @@ impl Error {
             },
             Error::Serde { .. } => "serialization",
             Error::MissingField(..) => "missing-field",
+            Error::CacheNotSynced(_) => "cache-not-synced",
             Error::NotLeader(_) => "not-leader",
             Error::Lease(_) => "lease",
             Error::Http { .. } => "http",

@@ -169,6 +169,10 @@ pub fn desired_deployment(
                         }),
                         ..Volume::default()
                     }]),
+                    // Unset when empty, so meshes without placement keep their hash and
+                    // their relay pods are not rolled on upgrade.
+                    node_selector: Some(m.node_selector.clone()).filter(|s| !s.is_empty()),
+                    tolerations: Some(m.tolerations.clone()).filter(|t| !t.is_empty()),
                     ..PodSpec::default()
                 }),
             },
@@ -209,9 +213,13 @@ pub fn desired_service(mesh: &WireKubeMesh, namespace: &str) -> Result<Service> 
                 sp("stun", m.port, "UDP", None),
                 sp("stun-alt", m.port + 1, "UDP", None),
             ]),
-            // A LoadBalancer keeps client source addresses so STUN answers are right; with
-            // NodePort every node forwards (Cluster), so any published node address works.
-            external_traffic_policy: Some(if node_port { "Cluster" } else { "Local" }.into()),
+            // Local for both types: the relay's STUN responder must see each agent's own
+            // public mapping, and with Cluster kube-proxy SNATs forwarded traffic to the
+            // node's address, so every agent would be told the node's address and classify
+            // its NAT wrongly. The price with NodePort is that only nodes running a relay pod
+            // answer on the nodePort; that is why the relay can be pinned (nodeSelector,
+            // tolerations) and why `exposure` publishes only the nodes running one.
+            external_traffic_policy: Some("Local".into()),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -300,45 +308,16 @@ pub enum Exposure {
 }
 
 /// Endpoints of the relay Service as observed: LoadBalancer ingress (IP or hostname) with the
-/// relay port, or every selected node's address (ExternalIP, else InternalIP) with the nodePort.
-pub fn exposure(service: Option<&Service>, port: u16, nodes: &[NodeFacts]) -> Exposure {
+/// relay port, or for NodePort the address (ExternalIP, else InternalIP) of each node in
+/// `relay_hosts` with the nodePort. `relay_hosts` are the nodes running the relay's pods, in
+/// publishing order ([`crate::placement::RelayPlacement::hosts`]): with
+/// `externalTrafficPolicy: Local` no other node answers on the nodePort.
+pub fn exposure(service: Option<&Service>, port: u16, relay_hosts: &[NodeFacts]) -> Exposure {
     let Some(svc) = service else {
         return Exposure::Waiting("WaitingForService", "relay Service not created yet".into());
     };
-    let ty = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .unwrap_or("");
-    if ty == "NodePort" {
-        let np = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("relay")))
-            .and_then(|p| p.node_port);
-        let Some(np) = np.and_then(|n| u16::try_from(n).ok()) else {
-            return Exposure::Waiting("WaitingForNodePort", "no nodePort allocated yet".into());
-        };
-        // ExternalIPs first: agents dial the first endpoint, and an InternalIP is usually
-        // only reachable from its own site.
-        let mut eps: Vec<(bool, String)> = nodes
-            .iter()
-            .filter_map(|n| {
-                let a = n.reachable_address()?;
-                let external = n.addresses.iter().any(|(t, x)| t == "ExternalIP" && x == a);
-                Some((!external, host_port(a, np)))
-            })
-            .collect();
-        eps.sort_by_key(|(internal, _)| *internal);
-        let eps: Vec<String> = eps.into_iter().map(|(_, e)| e).collect();
-        if eps.is_empty() {
-            return Exposure::Waiting(
-                "NoNodeAddresses",
-                "no selected node reports an ExternalIP or InternalIP".into(),
-            );
-        }
-        return Exposure::Endpoints(eps);
+    if is_node_port(svc) {
+        return node_port_exposure(svc, relay_hosts);
     }
     let eps: Vec<String> = svc
         .status
@@ -364,29 +343,73 @@ pub fn exposure(service: Option<&Service>, port: u16, nodes: &[NodeFacts]) -> Ex
     }
 }
 
+fn is_node_port(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort")
+}
+
+/// The nodePort allocated to the Service port named `name`.
+fn node_port_of(svc: &Service, name: &str) -> Option<u16> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some(name)))
+        .and_then(|p| p.node_port)
+        .and_then(|n| u16::try_from(n).ok())
+}
+
+fn node_port_exposure(svc: &Service, relay_hosts: &[NodeFacts]) -> Exposure {
+    let Some(np) = node_port_of(svc, "relay") else {
+        return Exposure::Waiting("WaitingForNodePort", "no nodePort allocated yet".into());
+    };
+    if relay_hosts.is_empty() {
+        return Exposure::Waiting(
+            "WaitingForRelayPod",
+            "no relay pod runs on a node yet, and with externalTrafficPolicy Local only such \
+             nodes answer on the nodePort; check that spec.relay.managed.nodeSelector and \
+             tolerations match a node and the relay Deployment's events"
+                .into(),
+        );
+    }
+    let eps: Vec<String> = relay_hosts
+        .iter()
+        .filter_map(|n| Some(host_port(n.reachable_address()?, np)))
+        .collect();
+    if eps.is_empty() {
+        let names: Vec<&str> = relay_hosts.iter().map(|n| n.name.as_str()).collect();
+        return Exposure::Waiting(
+            "NoNodeAddresses",
+            format!(
+                "nodes running the relay ({}) report no ExternalIP or InternalIP",
+                names.join(", ")
+            ),
+        );
+    }
+    Exposure::Endpoints(eps)
+}
+
 /// STUN responder addresses of a managed relay: the first published host with the STUN and
-/// STUN-alt ports (for NodePort, their nodePorts on the first node address).
-pub fn managed_stun(service: Option<&Service>, port: u16, nodes: &[NodeFacts]) -> Vec<String> {
+/// STUN-alt ports (for NodePort, their nodePorts on the first node in `relay_hosts` with an
+/// address).
+pub fn managed_stun(
+    service: Option<&Service>,
+    port: u16,
+    relay_hosts: &[NodeFacts],
+) -> Vec<String> {
     let Some(svc) = service else {
         return Vec::new();
     };
-    let node_port = |name: &str| {
-        svc.spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some(name)))
-            .and_then(|p| p.node_port)
-            .and_then(|n| u16::try_from(n).ok())
-    };
-    let is_node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort");
-    if is_node_port {
-        let host = nodes.iter().find_map(|n| n.reachable_address());
-        return match (host, node_port("stun"), node_port("stun-alt")) {
+    if is_node_port(svc) {
+        let host = relay_hosts.iter().find_map(|n| n.reachable_address());
+        return match (
+            host,
+            node_port_of(svc, "stun"),
+            node_port_of(svc, "stun-alt"),
+        ) {
             (Some(h), Some(a), Some(b)) => vec![host_port(h, a), host_port(h, b)],
             _ => Vec::new(),
         };
     }
-    match exposure(Some(svc), port, nodes) {
+    match exposure(Some(svc), port, relay_hosts) {
         Exposure::Endpoints(eps) => external_stun(&eps[0]),
         Exposure::Waiting(..) => Vec::new(),
     }

@@ -132,6 +132,96 @@ fn service_ports_and_types() {
 }
 
 #[test]
+fn both_service_types_keep_client_addresses() {
+    // Cluster would SNAT NodePort traffic to the node's address and break STUN.
+    for ty in ["LoadBalancer", "NodePort"] {
+        let s = desired_service(&managed(json!({"serviceType": ty})), "wk").unwrap();
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some(ty));
+        assert_eq!(
+            spec.external_traffic_policy.as_deref(),
+            Some("Local"),
+            "{ty}"
+        );
+    }
+}
+
+#[test]
+fn deployment_placement() {
+    type Want = (Option<Vec<(&'static str, &'static str)>>, Option<usize>);
+    let cases: [(&str, serde_json::Value, Want); 4] = [
+        ("none", json!({}), (None, None)),
+        (
+            "empty",
+            json!({"nodeSelector": {}, "tolerations": []}),
+            (None, None),
+        ),
+        (
+            "selector",
+            json!({"nodeSelector": {"kubernetes.io/hostname": "gw-1", "wirekube.io/relay": ""}}),
+            (
+                Some(vec![
+                    ("kubernetes.io/hostname", "gw-1"),
+                    ("wirekube.io/relay", ""),
+                ]),
+                None,
+            ),
+        ),
+        (
+            "selector and tolerations",
+            json!({
+                "nodeSelector": {"topology.kubernetes.io/zone": "cloud-a"},
+                "tolerations": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "dedicated", "value": "relay", "effect": "NoExecute", "tolerationSeconds": 30}
+                ]
+            }),
+            (
+                Some(vec![("topology.kubernetes.io/zone", "cloud-a")]),
+                Some(2),
+            ),
+        ),
+    ];
+    for (name, extra, (selector, tolerations)) in cases {
+        let m = managed(extra);
+        let d = desired_deployment(&m, "wk", None).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let want = selector.map(|s| crate::fixtures::labels(&s));
+        assert_eq!(pod.node_selector, want, "{name}");
+        assert_eq!(
+            pod.tolerations.as_ref().map(Vec::len),
+            tolerations,
+            "{name}"
+        );
+        if let Some(t) = pod.tolerations {
+            assert_eq!(
+                t, m.spec.relay.managed.tolerations,
+                "{name}: copied as given"
+            );
+        }
+    }
+}
+
+#[test]
+fn placement_changes_the_hash_and_no_placement_keeps_it() {
+    let plain = desired_deployment(&managed(json!({})), "wk", None).unwrap();
+    let empty = desired_deployment(
+        &managed(json!({"nodeSelector": {}, "tolerations": []})),
+        "wk",
+        None,
+    )
+    .unwrap();
+    assert!(up_to_date(&plain.metadata, &empty.metadata));
+    let pinned = desired_deployment(
+        &managed(json!({"nodeSelector": {"kubernetes.io/hostname": "gw-1"}})),
+        "wk",
+        None,
+    )
+    .unwrap();
+    assert!(!up_to_date(&plain.metadata, &pinned.metadata));
+}
+
+#[test]
 fn secret_and_token() {
     let t1 = generate_token();
     let t2 = generate_token();
@@ -210,18 +300,110 @@ fn node_port_exposure() {
     {
         p.node_port = Some(np);
     }
+    // `facts()` stand for the nodes running relay pods, in publishing order.
     assert_eq!(
         exposure(Some(&s), 3478, &facts()),
         Exposure::Endpoints(vec!["198.51.100.1:31000".into(), "10.0.0.2:31000".into()])
     );
     assert!(matches!(
         exposure(Some(&s), 3478, &[]),
-        Exposure::Waiting("NoNodeAddresses", _)
+        Exposure::Waiting("WaitingForRelayPod", _)
+    ));
+    assert!(matches!(
+        exposure(Some(&s), 3478, &facts()[2..]),
+        Exposure::Waiting("NoNodeAddresses", m) if m.contains("(c)")
     ));
     assert_eq!(
         managed_stun(Some(&s), 3478, &facts()),
         ["198.51.100.1:31001", "198.51.100.1:31002"]
     );
+    assert!(managed_stun(Some(&s), 3478, &[]).is_empty());
+}
+
+#[test]
+fn node_port_endpoints_are_the_nodes_running_the_relay() {
+    use crate::placement::RelayPlacement;
+    let mut s = desired_service(&managed(json!({"serviceType": "NodePort"})), "wk").unwrap();
+    for (p, np) in s
+        .spec
+        .as_mut()
+        .unwrap()
+        .ports
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .zip([31000, 31001, 31002])
+    {
+        p.node_port = Some(np);
+    }
+    let nodes = [
+        node("behind-nat", &[("InternalIP", "10.0.0.1")], &[]),
+        node(
+            "gw",
+            &[("InternalIP", "10.1.0.1"), ("ExternalIP", "198.51.100.9")],
+            &[],
+        ),
+        node("site-b", &[("InternalIP", "10.2.0.1")], &[]),
+    ];
+    let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+    type Case = (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        Result<&'static [&'static str], &'static str>,
+        &'static [&'static str],
+    );
+    let cases: [Case; 5] = [
+        ("no pod", &[], &[], Err("WaitingForRelayPod"), &[]),
+        (
+            "pinned, starting",
+            &[],
+            &["gw"],
+            Ok(&["198.51.100.9:31000"]),
+            &["198.51.100.9:31001", "198.51.100.9:31002"],
+        ),
+        (
+            "pinned, ready",
+            &["gw"],
+            &["gw"],
+            Ok(&["198.51.100.9:31000"]),
+            &["198.51.100.9:31001", "198.51.100.9:31002"],
+        ),
+        (
+            "ready beats starting",
+            &["site-b"],
+            &["gw", "site-b"],
+            Ok(&["10.2.0.1:31000"]),
+            &["10.2.0.1:31001", "10.2.0.1:31002"],
+        ),
+        (
+            "two ready, external first",
+            &["behind-nat", "gw"],
+            &["behind-nat", "gw"],
+            Ok(&["198.51.100.9:31000", "10.0.0.1:31000"]),
+            &["198.51.100.9:31001", "198.51.100.9:31002"],
+        ),
+    ];
+    for (name, ready, scheduled, want, stun) in cases {
+        let hosts = RelayPlacement {
+            ready: set(ready),
+            scheduled: set(scheduled),
+        }
+        .hosts(&nodes);
+        let got = exposure(Some(&s), 3478, &hosts);
+        match want {
+            Ok(eps) => assert_eq!(
+                got,
+                Exposure::Endpoints(eps.iter().map(|e| e.to_string()).collect()),
+                "{name}"
+            ),
+            Err(reason) => assert!(
+                matches!(got, Exposure::Waiting(r, _) if r == reason),
+                "{name}: {got:?}"
+            ),
+        }
+        assert_eq!(managed_stun(Some(&s), 3478, &hosts), stun, "{name}");
+    }
 }
 
 #[test]

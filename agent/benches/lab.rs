@@ -11,9 +11,11 @@
 //!    a bridge socket each): RSS and reconcile time.
 //!
 //! ```text
-//! cargo build --release --bins -p wirekube-agent -p wirekube-relay -p wirekube-e2e
+//! cargo build --release --bins -p wirekube-agent -p wirekube-relay
 //! cargo bench -p wirekube-agent --bench lab
 //! ```
+//!
+//! The lab runs the real Kubernetes control plane in its DMZ (see `tests/common/mod.rs`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

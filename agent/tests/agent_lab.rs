@@ -1,10 +1,12 @@
 //! Two real `wirekube-agent` processes (engine wireguard-go) on two public lab nodes, with the
-//! real `wirekube-apiserver` (shipped CRDs + RBAC, per-node agent identities) and
-//! `wirekube-relay` in a DMZ. The test plays the operator: it writes each node's WireKubePeer
-//! spec (keys taken from the other agent's status) and checks what the agents do.
+//! real Kubernetes control plane (kube-apiserver etc., shipped CRDs + RBAC, per-node agent
+//! tokens bound to the node) and `wirekube-relay` in a DMZ. The test plays the operator: it
+//! writes each node's WireKubePeer spec (keys taken from the other agent's status) and checks
+//! what the agents do.
 //!
-//! Root only. Needs the binaries: `cargo build --bins -p wirekube-agent -p wirekube-relay
-//! -p wirekube-e2e` (or `WIREKUBE_BIN_DIR`). Run with `--nocapture` for step timings.
+//! Root only. Needs the binaries: `cargo build --bins -p wirekube-agent -p wirekube-relay` (or
+//! `WIREKUBE_BIN_DIR`), and the Kubernetes binaries of `scripts/build-k8s.sh` (built on first
+//! use). Run with `--nocapture` for step timings.
 
 mod common;
 
@@ -121,7 +123,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     let mut env = Env::build("aglab", &[A, B])?;
     let (ha, hb) = (env.host(A).clone(), env.host(B).clone());
     let (ma, mb) = (env.mesh_ip(A), env.mesh_ip(B));
-    steps.log("lab, API server, relay up");
+    steps.log("lab, control plane, relay up");
 
     // (a) Each agent reports its key, NAT type and candidates before it has any peer.
     plan(&env, None)?;

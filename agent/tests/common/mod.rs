@@ -1,6 +1,22 @@
-//! Harness for the agent lab tests: a lab with a DMZ running `wirekube-apiserver` (shipped CRDs
-//! and RBAC) and `wirekube-relay`, two public nodes, and helpers to write WireKubePeer specs the
-//! way the operator would, run `wirekube-agent` processes and read what they report.
+//! Harness for the agent lab tests: a lab whose DMZ runs the real Kubernetes control plane
+//! (etcd, kube-apiserver, controller-manager, scheduler, started by
+//! [`wirekube_e2e::kube_lab::KubeLab`]) and `wirekube-relay`, two public nodes, and helpers to
+//! write WireKubePeer specs the way the operator would, run `wirekube-agent` processes and read
+//! what they report.
+//!
+//! WireKube is installed as a user would, with only what the agents need (no kubelets run here,
+//! so the Deployments and DaemonSets of `config/default` would only leave pending pods):
+//! `kubectl apply --server-side` of `config/operator/namespace.yaml`, `-k config/crd` and
+//! `-k config/rbac`, unchanged. Each node is registered as a Node object (as its kubelet would)
+//! and each agent runs as a process on its lab node with a kubeconfig holding a
+//! `wirekube-agent` service-account token bound to a placeholder Pod on that node, so the
+//! token carries the node-name claim that `config/rbac/agent-policy.yaml` checks. The agent
+//! talks to the API server at its DMZ address.
+//!
+//! No kubelet renews the Nodes' heartbeats: about 50 s after registration the node lifecycle
+//! controller taints them unreachable, and 300 s later (the default toleration) the placeholder
+//! Pods are evicted, which invalidates the bound tokens. A test that runs agents for longer than
+//! about five minutes needs fresh tokens.
 
 #![allow(dead_code)]
 
@@ -19,11 +35,11 @@ use wirekube_crds::{
     PathReason, PeerEntry, PlannedPath, RelayMode, WireKubePeer, WireKubePeerSpec,
     WireKubePeerStatus,
 };
+use wirekube_e2e::kube_lab::KubeLab;
 use wirekube_e2e::scenario::bins::{binary, repo_root};
-use wirekube_e2e::scenario::{Cluster, WgPeer, parse_wg_dump};
+use wirekube_e2e::scenario::{WgPeer, parse_wg_dump};
 use wirekube_lab::{Host, Lab, Proc, wait_until};
 
-pub const APISERVER_PORT: u16 = 6443;
 pub const RELAY_PORT: u16 = 3478;
 pub const NS: &str = "wirekube-system";
 /// The Secret name the shipped agent RBAC (`config/rbac/agent.yaml`) lets agents read.
@@ -63,8 +79,10 @@ pub struct Env {
     pub lab: Arc<Lab>,
     pub dmz: Host,
     pub nodes: BTreeMap<String, Host>,
-    pub cluster: Cluster,
-    pub kube_dir: PathBuf,
+    /// The control plane and its admin client (`kube.admin`, what the test writes and reads with).
+    pub kube: KubeLab,
+    /// Each node's agent kubeconfig (bound service-account token).
+    pub agent_kubeconfigs: BTreeMap<String, PathBuf>,
     pub agents: BTreeMap<String, Proc>,
 }
 
@@ -73,7 +91,7 @@ fn s(p: &Path) -> String {
 }
 
 impl Env {
-    /// Lab with the DMZ (API server + relay, token Secret) and one public node per name.
+    /// Lab with the DMZ (control plane + relay, token Secret) and one public node per name.
     pub fn build(tag: &str, names: &[&str]) -> Result<Env> {
         let lab = Arc::new(Lab::new_unique(tag)?);
         let mut nodes = BTreeMap::new();
@@ -81,38 +99,36 @@ impl Env {
             nodes.insert(n.to_string(), lab.add_public_node(n)?);
         }
         let dmz = lab.add_dmz("dmz", &[])?;
-        let kube_dir = lab.dir().join("kube");
-        std::fs::create_dir_all(&kube_dir)?;
+        let kube = KubeLab::start_in(lab.clone(), dmz.clone())?;
         let root = repo_root();
-        let mut cmd = Command::new(binary("wirekube-apiserver")?);
-        cmd.arg(format!("--listen={}:{APISERVER_PORT}", dmz.ips[0]))
-            .arg(format!("--kubeconfig-dir={}", s(&kube_dir)))
-            .arg(format!(
-                "--manifests={}",
-                s(&root.join("config/operator/namespace.yaml"))
-            ))
-            .arg(format!("--manifests={}", s(&root.join("config/crd"))))
-            .arg(format!("--manifests={}", s(&root.join("config/rbac"))));
-        for n in names {
-            cmd.arg(format!("--agent-node={n}"));
+        kube.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &s(&root.join("config/operator/namespace.yaml")),
+        ])?;
+        for dir in ["config/crd", "config/rbac"] {
+            kube.kubectl(&["apply", "--server-side", "-k", &s(&root.join(dir))])?;
         }
-        let api = lab.spawn(&dmz, cmd)?;
-        let admin = kube_dir.join("admin.kubeconfig");
-        wait_until(Duration::from_secs(20), "API server up", || {
-            !lab.is_running(&api) || (admin.is_file() && lab.tcp_listening(&dmz, APISERVER_PORT))
-        })?;
-        anyhow::ensure!(lab.is_running(&api), "apiserver exited: {}", lab.log(&api));
-        let cluster = Cluster::connect(&admin, Some(&wirekube_lab::netns::ns_path(&dmz.ns)))?;
-        wait_until(Duration::from_secs(10), "API server answers", || {
-            cluster.ready()
-        })?;
-        cluster.create_namespace(NS)?;
-        grant_named_secret_list(&cluster)?;
-
+        kube.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/wirekubemeshes.wirekube.io",
+            "crd/wirekubepeers.wirekube.io",
+        ])?;
+        let mut agent_kubeconfigs = BTreeMap::new();
+        for (n, h) in &nodes {
+            kube.admin
+                .register_node(n, &h.ip().to_string(), None, &[])?;
+            let kc = kube.service_account_kubeconfig(NS, "wirekube-agent", Some(n))?;
+            agent_kubeconfigs.insert(n.clone(), kc);
+        }
         let token = format!("agent-lab-{}", std::process::id());
         let token_file = lab.dir().join("relay-token");
         std::fs::write(&token_file, &token)?;
-        cluster.put_secret(NS, TOKEN_SECRET, &[("token", token.as_bytes())])?;
+        kube.admin
+            .put_secret(NS, TOKEN_SECRET, &[("token", token.as_bytes())])?;
         let mut cmd = Command::new(binary("wirekube-relay")?);
         cmd.arg(format!("--listen=0.0.0.0:{RELAY_PORT}"))
             .arg(format!("--stun-ip={}", dmz.ips[0]))
@@ -131,8 +147,8 @@ impl Env {
             lab,
             dmz,
             nodes,
-            cluster,
-            kube_dir,
+            kube,
+            agent_kubeconfigs,
             agents: BTreeMap::new(),
         })
     }
@@ -190,7 +206,7 @@ impl Env {
             "metadata": {"name": node}, "spec": spec,
         });
         let node = node.to_owned();
-        self.cluster.run(move |c| async move {
+        self.kube.admin.run(move |c| async move {
             Api::<WireKubePeer>::all(c)
                 .patch(
                     &node,
@@ -205,7 +221,8 @@ impl Env {
 
     pub fn status(&self, node: &str) -> Option<WireKubePeerStatus> {
         let node = node.to_owned();
-        self.cluster
+        self.kube
+            .admin
             .run(move |c| async move { Ok(Api::<WireKubePeer>::all(c).get_opt(&node).await?) })
             .ok()
             .flatten()
@@ -213,7 +230,11 @@ impl Env {
     }
 
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
-        let kc = self.kube_dir.join(format!("agent-{node}.kubeconfig"));
+        let kc = self
+            .agent_kubeconfigs
+            .get(node)
+            .ok_or_else(|| anyhow!("no kubeconfig for node {node}"))?
+            .clone();
         let mut cmd = Command::new(binary("wirekube-agent")?);
         cmd.arg(format!("--node-name={node}"))
             .arg("--engine=wireguard-go")
@@ -326,33 +347,4 @@ impl Pinger {
         let ok = r.iter().filter(|x| x.1).count();
         (ok, r.len() - ok)
     }
-}
-
-/// Workaround for a gap in `wirekube-apiserver`: real Kubernetes authorizes a list/watch with
-/// `fieldSelector=metadata.name=X` as a request for the object `X` (so `resourceNames` in the
-/// agent's Role covers the agent's token watch); the test server authorizes it as a list of
-/// every Secret and answers 403. Until it does the same, the lab grants the agent list/watch
-/// on Secrets in the namespace (get stays limited to the token by the shipped Role).
-fn grant_named_secret_list(cluster: &Cluster) -> Result<()> {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let name = "wirekube-agent-lab-list";
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}],
-    }))?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "wirekube-agent", "namespace": NS}],
-    }))?;
-    cluster.run(move |c| async move {
-        let pp = kube::api::PostParams::default();
-        Api::<Role>::namespaced(c.clone(), NS)
-            .create(&pp, &role)
-            .await?;
-        Api::<RoleBinding>::namespaced(c, NS)
-            .create(&pp, &binding)
-            .await?;
-        Ok(())
-    })
 }

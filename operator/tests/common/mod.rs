@@ -1,47 +1,131 @@
-//! Harness for the operator's integration tests: the in-process API test server (CRDs, the
-//! operator's RBAC, LoadBalancer pool), nodes, simulated agents, and operator replicas run as
-//! library tasks with their own metrics.
+//! Harness for the operator's integration tests: the real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler) in a lab DMZ with WireKube installed as a user does
+//! (namespace, CRDs, RBAC; no workloads), Nodes created by the admin, simulated agents, and
+//! operator replicas run as library tasks with their own metrics, each authenticated with a
+//! TokenRequest token of the shipped `wirekube-operator` ServiceAccount.
+//!
+//! The API server listens on the DMZ address only, so a test body runs on a tokio runtime whose
+//! threads all live in the DMZ network namespace ([`run`]). Needs root.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wirekube_crds::{NatType, WireKubeMesh, WireKubePeer};
-use wirekube_e2e::apiserver::{ApiServer, ApiServerConfig, ApiServerHandle, Identity};
+use wirekube_e2e::kube_lab::KubeLab;
+use wirekube_kubelab::cloud::LabCloud;
 use wirekube_operator::{ControllerSettings, Metrics, OperatorSettings};
 
 pub const NS: &str = "wirekube-system";
+/// The lab cloud's LoadBalancer pool (one address).
 pub const LB_IP: &str = "203.0.113.10";
 
-pub struct Env {
-    pub server: ApiServerHandle,
-    pub admin: Client,
+/// Starts a lab control plane tagged `tag`, installs WireKube's namespace, CRDs and RBAC, and
+/// runs `body` with an [`Env`] on a runtime inside the DMZ. Panics in `body` fail the test;
+/// the lab is torn down either way.
+pub fn run<F, Fut>(tag: &str, body: F)
+where
+    F: FnOnce(Env) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let lab = lab(tag);
+    let admin_kc = lab.cp.admin_kubeconfig();
+    let operator_kc = lab
+        .service_account_kubeconfig(NS, "wirekube-operator", None)
+        .expect("operator service-account token");
+    // What a cloud controller does for `type: LoadBalancer` Services: an address from the pool.
+    let cloud = LabCloud::start(
+        &admin_kc,
+        Some(&wirekube_lab::netns::ns_path(&lab.dmz.ns)),
+        vec![LB_IP.parse().unwrap()],
+        None,
+    )
+    .expect("lab cloud");
+    in_dmz(&lab, move || async move {
+        let admin = client(&admin_kc).await;
+        body(Env {
+            admin,
+            admin_kubeconfig: admin_kc,
+            operator_kubeconfig: operator_kc,
+        })
+        .await
+    });
+    drop(cloud);
+    lab.shutdown().expect("lab shutdown");
 }
 
-pub async fn start() -> Env {
+/// A lab with the control plane running and WireKube installed minus workloads:
+/// `kubectl apply --server-side` of the namespace, `-k config/crd` and `-k config/rbac`, then
+/// the CRDs Established.
+pub fn lab(tag: &str) -> KubeLab {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let lab = KubeLab::start(tag).expect("lab control plane (needs root)");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cfg = ApiServerConfig {
-        preload: vec![
-            root.join("config/operator/namespace.yaml"),
-            root.join("config/crd"),
-            root.join("config/rbac"),
-        ],
-        lb_pool: vec![LB_IP.parse().unwrap()],
-        bookmark_interval: Duration::from_secs(1),
-        ..ApiServerConfig::default()
-    };
-    let server = ApiServer::start(cfg).await.expect("API test server");
-    let admin = server.client(&Identity::Admin).await.unwrap();
-    Env { server, admin }
+    let path = |p: &str| root.join(p).to_string_lossy().into_owned();
+    for args in [
+        ["-f", &path("config/operator/namespace.yaml")],
+        ["-k", &path("config/crd")],
+        ["-k", &path("config/rbac")],
+    ] {
+        lab.kubectl(&["apply", "--server-side", args[0], args[1]])
+            .expect("install");
+    }
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/wirekubemeshes.wirekube.io",
+        "crd/wirekubepeers.wirekube.io",
+    ])
+    .expect("CRDs established");
+    lab
+}
+
+/// Runs the future made by `f` to completion on a multi-thread runtime whose threads (workers
+/// and blocking pool alike) are created from a thread that joined the DMZ namespace, so every
+/// socket it opens is there.
+pub fn in_dmz<T, F, Fut>(lab: &KubeLab, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    lab.lab
+        .in_host(&lab.dmz, move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(f())
+        })
+        .expect("thread in the DMZ namespace")
+}
+
+/// A client for `kubeconfig` (call on a DMZ runtime).
+pub async fn client(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(cfg).expect("client")
+}
+
+pub struct Env {
+    pub admin: Client,
+    pub admin_kubeconfig: PathBuf,
+    /// TokenRequest token of `wirekube-system/wirekube-operator`.
+    pub operator_kubeconfig: PathBuf,
 }
 
 /// One operator replica running in this process.
@@ -80,7 +164,7 @@ impl Replica {
 impl Env {
     pub async fn operator(&self, identity: &str, lease_secs: u64) -> Replica {
         // The operator runs with its own service account, so the shipped RBAC is exercised.
-        let client = self.server.client(&Identity::Operator).await.unwrap();
+        let client = client(&self.operator_kubeconfig).await;
         let metrics = Metrics::default();
         let stop = CancellationToken::new();
         let settings = OperatorSettings {
@@ -119,6 +203,7 @@ impl Env {
         Api::all(self.admin.clone())
     }
 
+    /// Creates a Node as the admin (no kubelet runs in these tests) and sets its addresses.
     pub async fn add_node(&self, name: &str, internal: &str, external: Option<&str>) {
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
@@ -158,7 +243,8 @@ impl Env {
             .unwrap();
     }
 
-    /// Reports a status for `node` as its agent would (merge patch of the status subresource).
+    /// Reports a status for `node` as its agent would (merge patch of the status subresource,
+    /// as the admin).
     pub async fn report(
         &self,
         node: &str,
@@ -184,6 +270,38 @@ impl Env {
             .unwrap();
     }
 
+    /// Waits for pods matching `selector` in `ns` and marks each Running and Ready, as the
+    /// kubelet of its node would (these tests run no kubelet); their ReplicaSet and Deployment
+    /// then count them available.
+    pub async fn pods_ready(&self, ns: &str, selector: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
+        let lp = ListParams::default().labels(selector);
+        let list = eventually(Duration::from_secs(30), selector, || async {
+            let l = pods.list(&lp).await.unwrap().items;
+            (!l.is_empty()).then_some(l)
+        })
+        .await;
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        for p in list {
+            let status = json!({"status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                ],
+            }});
+            pods.patch_status(
+                &p.metadata.name.unwrap(),
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
     pub async fn mesh(&self, name: &str) -> WireKubeMesh {
         self.meshes().get(name).await.unwrap()
     }
@@ -192,6 +310,16 @@ impl Env {
         let mut v = self.peers().list(&Default::default()).await.unwrap().items;
         v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         v
+    }
+
+    /// The cluster's current resourceVersion (etcd revision), read from a list.
+    pub async fn resource_version(&self) -> String {
+        let l = self
+            .peers()
+            .list_metadata(&Default::default())
+            .await
+            .unwrap();
+        l.metadata.resource_version.unwrap_or_default()
     }
 }
 

@@ -15,6 +15,7 @@ use wirekube_crds::{NatType, PathReason, PlannedPath};
 
 const T: Duration = Duration::from_secs(20);
 const NAME: &str = "wirekube-relay-default";
+const RELAY_PODS: &str = "app.kubernetes.io/instance=default";
 
 fn spec(relay: serde_json::Value) -> serde_json::Value {
     json!({"meshCIDR": "10.99.0.0/24", "relay": relay})
@@ -74,10 +75,9 @@ fn managed_relay_lifecycle() {
             (rr.status.as_str(), rr.reason.as_str()),
             ("False", "RelayUnavailable")
         );
-        // The relay pod comes up (no kubelet runs here, so the harness marks the Deployment's
-        // pod Running and Ready as its kubelet would): RelayReady turns True.
-        env.pods_ready(NS, "app.kubernetes.io/instance=default")
-            .await;
+        // The relay pod comes up on node a (the harness binds it and marks it Running and Ready,
+        // as the scheduler and a's kubelet would): RelayReady turns True.
+        env.run_pods(NS, RELAY_PODS, &["a"]).await;
         eventually(T, "RelayReady=True", || async {
             let m = env.mesh("default").await;
             condition(&m, "RelayReady")
@@ -94,12 +94,14 @@ fn managed_relay_lifecycle() {
         })
         .await;
 
-        // NodePort: every node's address (ExternalIP first, then InternalIP) with the nodePort.
+        // NodePort with a relay pod on each node: every node running one is published, its
+        // address (ExternalIP first, then InternalIP) with the nodePort.
         env.apply_mesh(
             "default",
-            spec(json!({"managed": {"serviceType": "NodePort", "nodePort": 31478}})),
+            spec(json!({"managed": {"serviceType": "NodePort", "nodePort": 31478, "replicas": 2}})),
         )
         .await;
+        env.run_pods(NS, RELAY_PODS, &["a", "b"]).await;
         eventually(T, "NodePort endpoints", || async {
             let m = env.mesh("default").await;
             (m.status.as_ref()?.relay_endpoints == ["198.51.100.1:31478", "10.0.0.2:31478"])

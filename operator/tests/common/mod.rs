@@ -270,19 +270,45 @@ impl Env {
             .unwrap();
     }
 
-    /// Waits for pods matching `selector` in `ns` and marks each Running and Ready, as the
-    /// kubelet of its node would (these tests run no kubelet); their ReplicaSet and Deployment
-    /// then count them available.
-    pub async fn pods_ready(&self, ns: &str, selector: &str) {
+    /// Runs the pods matching `selector` in `ns` on `nodes`, as the scheduler and the nodes'
+    /// kubelets would (none runs here; Nodes without allocatable resources are never picked by
+    /// the real scheduler): waits until there are as many live pods as `nodes`, binds each
+    /// unbound one to a node that has none yet (Binding subresource), and marks each Running and
+    /// Ready. Their ReplicaSet and Deployment then count them available.
+    pub async fn run_pods(&self, ns: &str, selector: &str, nodes: &[&str]) {
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), ns);
         let lp = ListParams::default().labels(selector);
-        let list = eventually(Duration::from_secs(30), selector, || async {
-            let l = pods.list(&lp).await.unwrap().items;
-            (!l.is_empty()).then_some(l)
+        let mut live = eventually(Duration::from_secs(30), selector, || async {
+            let l: Vec<Pod> = (pods.list(&lp).await.unwrap().items.into_iter())
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            (l.len() >= nodes.len()).then_some(l)
         })
         .await;
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        for p in list {
+        let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+        // Bound pods first, so they keep their nodes.
+        live.sort_by_key(|p| node_of(p).is_none());
+        let mut free: Vec<&str> = nodes.to_vec();
+        for p in live {
+            let name = p.metadata.name.clone().unwrap();
+            match node_of(&p) {
+                Some(n) => free.retain(|f| *f != n),
+                None => {
+                    let Some(node) = free.pop() else { continue };
+                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": name},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                    pods.create_subresource::<_, serde_json::Value>(
+                        "binding",
+                        &name,
+                        &PostParams::default(),
+                        &binding,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let status = json!({"status": {
                 "phase": "Running",
                 "conditions": [
@@ -292,13 +318,9 @@ impl Env {
                     {"type": "Ready", "status": "True", "lastTransitionTime": now},
                 ],
             }});
-            pods.patch_status(
-                &p.metadata.name.unwrap(),
-                &PatchParams::default(),
-                &Patch::Merge(status),
-            )
-            .await
-            .unwrap();
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .unwrap();
         }
     }
 

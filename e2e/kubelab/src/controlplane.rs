@@ -319,7 +319,7 @@ impl ControlPlane {
     }
 
     /// Waits for `ready`, failing early (with its log) when the process exits.
-    fn wait_started(
+    pub(crate) fn wait_started(
         &self,
         lab: &Lab,
         component: &str,

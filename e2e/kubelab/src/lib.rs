@@ -10,4 +10,5 @@ pub mod cloud;
 pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod node;
 pub mod pki;

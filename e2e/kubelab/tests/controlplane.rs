@@ -88,3 +88,80 @@ fn control_plane_authorizes_nodes_and_allocates_pod_cidrs() {
     assert!(cp.dead(&lab).is_empty(), "{:?}", cp.dead(&lab));
     lab.shutdown().unwrap();
 }
+
+#[test]
+fn kube_proxy_takes_a_node_to_the_api_server_through_the_kubernetes_service() {
+    use wirekube_lab::{NatKind, SiteSpec, wait_until};
+    let lab = Lab::new_unique("kpx").expect("lab (needs root)");
+    lab.add_site(SiteSpec::new(
+        "s",
+        NatKind::PortRestrictedCone,
+        "10.1.0.0/24",
+    ))
+    .unwrap();
+    let node = lab.add_node("s", "a").unwrap();
+    let dmz = lab.add_dmz("dmz", &[]).unwrap();
+    let cp = ControlPlane::start(&lab, &dmz, ControlPlaneConfig::new().unwrap())
+        .unwrap_or_else(|e| panic!("control plane: {e}\n{}", lab.logs_tail(20)));
+    // kube-proxy reads its node's addresses from the Node object (the kubelet registers it).
+    let f = lab.dir().join("node-a.json");
+    std::fs::write(
+        &f,
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"a"}}"#,
+    )
+    .unwrap();
+    let (ok, out) = kubectl(
+        &lab,
+        &dmz,
+        &cp.admin_kubeconfig(),
+        &["create", "-f", &f.to_string_lossy()],
+    );
+    assert!(ok, "{out}");
+    let addr = format!(
+        r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{}"}}]}}}}"#,
+        node.ip()
+    );
+    let (ok, out) = kubectl(
+        &lab,
+        &dmz,
+        &cp.admin_kubeconfig(),
+        &[
+            "patch",
+            "node",
+            "a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &addr,
+        ],
+    );
+    assert!(ok, "{out}");
+    let proxy = cp.start_kube_proxy(&lab, &node, "a").unwrap();
+    // From the node (behind its NAT), the kubernetes Service's ClusterIP reaches the API server.
+    let server = format!("https://{}:443", cp.kubernetes_service_ip());
+    let admin = cp.admin_kubeconfig();
+    let admin = admin.to_string_lossy();
+    let argv = [
+        "kubectl",
+        "--kubeconfig",
+        &admin,
+        "--server",
+        &server,
+        "--request-timeout=3s",
+        "get",
+        "--raw",
+        "/readyz",
+    ];
+    let res = wait_until(
+        Duration::from_secs(20),
+        "readyz through the ClusterIP",
+        || {
+            // A SYN sent before the rules exist is retransmitted for seconds: bound each try.
+            lab.exec_timeout(&node, &argv, Duration::from_secs(3))
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    assert!(res.is_ok(), "{res:?}\nkube-proxy log:\n{}", lab.log(&proxy));
+    assert!(lab.is_running(&proxy), "{}", lab.log(&proxy));
+    lab.shutdown().unwrap();
+}

@@ -1,0 +1,129 @@
+//! A lab node's Kubernetes processes, started in the node's lab host: the lab kubelet
+//! ([`crate::kubelet`], binary `wirekube-lab-kubelet`) and the real kube-proxy (nftables mode),
+//! so ClusterIP, NodePort and LoadBalancer Services work on the node as on a cluster's.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wirekube_lab::{Host, Lab, Proc};
+
+use crate::controlplane::{ControlPlane, ControlPlaneError};
+
+/// What the kubelet of one node is told.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub internal_ip: Ipv4Addr,
+    pub external_ip: Option<Ipv4Addr>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// The processes of one node.
+pub struct LabNode {
+    pub spec: NodeSpec,
+    pub host: Host,
+    pub kubelet: Proc,
+    pub kube_proxy: Proc,
+}
+
+/// Image reference pattern → local binary, given to every kubelet.
+pub type ImageMap = Vec<(String, PathBuf)>;
+
+impl ControlPlane {
+    /// Starts the lab kubelet and kube-proxy of `spec` in `host`.
+    pub fn start_node(
+        &self,
+        lab: &Lab,
+        host: &Host,
+        spec: NodeSpec,
+        kubelet_bin: &Path,
+        images: &ImageMap,
+    ) -> Result<LabNode, ControlPlaneError> {
+        let kubelet = self.start_kubelet(lab, host, &spec, kubelet_bin, images)?;
+        // kube-proxy takes its node's addresses from the Node object; started before the
+        // kubelet registered it, it guesses and waits about 30 s before programming rules.
+        let admin = self.admin_kubeconfig();
+        let jsonpath = "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}";
+        let registered = |lab: &Lab, h: &Host| {
+            let kc = admin.to_string_lossy();
+            let argv = [
+                "kubectl",
+                "--kubeconfig",
+                &kc,
+                "get",
+                "node",
+                &spec.name,
+                "-o",
+                jsonpath,
+            ];
+            lab.exec(h, &argv)
+                .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+        };
+        self.wait_started(
+            lab,
+            "lab kubelet",
+            &kubelet,
+            Duration::from_secs(30),
+            registered,
+        )?;
+        let kube_proxy = self.start_kube_proxy(lab, host, &spec.name)?;
+        Ok(LabNode {
+            spec,
+            host: host.clone(),
+            kubelet,
+            kube_proxy,
+        })
+    }
+
+    fn start_kubelet(
+        &self,
+        lab: &Lab,
+        host: &Host,
+        spec: &NodeSpec,
+        bin: &Path,
+        images: &ImageMap,
+    ) -> Result<Proc, ControlPlaneError> {
+        let kc = self.node_kubeconfig(&spec.name)?;
+        let root = lab.host_dir(&host.name).join("kubelet");
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--kubeconfig={}", kc.display()))
+            .arg(format!("--node-name={}", spec.name))
+            .arg(format!("--node-ip={}", spec.internal_ip))
+            .arg(format!("--root-dir={}", root.display()))
+            .arg(format!("--netns-prefix={}", lab.prefix()))
+            .env("RUST_LOG", "info");
+        if let Some(e) = spec.external_ip {
+            cmd.arg(format!("--external-ip={e}"));
+        }
+        for (k, v) in &spec.labels {
+            cmd.arg(format!("--label={k}={v}"));
+        }
+        for (pattern, b) in images {
+            cmd.arg(format!("--image={pattern}={}", b.display()));
+        }
+        Ok(lab.spawn(host, cmd)?)
+    }
+
+    /// kube-proxy in nftables mode for node `name`. Conntrack limits are left alone
+    /// (`--conntrack-max-per-core=0`): they are global, not per lab namespace.
+    pub fn start_kube_proxy(
+        &self,
+        lab: &Lab,
+        host: &Host,
+        name: &str,
+    ) -> Result<Proc, ControlPlaneError> {
+        let kc = self.kube_proxy_kubeconfig()?;
+        let mut cmd = Command::new(self.cfg.bin_dir.join("kube-proxy"));
+        cmd.arg(format!("--kubeconfig={}", kc.display()))
+            .arg(format!("--hostname-override={name}"))
+            .arg("--proxy-mode=nftables")
+            .arg(format!("--cluster-cidr={}", self.cfg.cluster_cidr))
+            .arg("--metrics-bind-address=127.0.0.1:10249")
+            .arg("--healthz-bind-address=127.0.0.1:10256")
+            .arg("--conntrack-max-per-core=0")
+            .arg("--v=1");
+        Ok(lab.spawn(host, cmd)?)
+    }
+}

@@ -175,7 +175,7 @@ fn run_one(topo: Topology, args: &Args, keep: bool) -> Result<()> {
 
 fn finish(mut sc: Scenario, keep: bool) -> Result<()> {
     let prefix = sc.lab.prefix().to_owned();
-    let kc = sc.kube_dir.join("admin.kubeconfig");
+    let kc = sc.kube.cp.admin_kubeconfig();
     if keep {
         println!("\nThe lab stays up (--keep). Its API server listens inside the DMZ namespace:");
         println!(
@@ -207,7 +207,7 @@ fn finish(mut sc: Scenario, keep: bool) -> Result<()> {
     set_current_lab(None);
     println!(
         "lab removed. Run with --keep to leave it up and point kubectl at it:\n  \
-         ip netns exec {prefix}-dmz kubectl --kubeconfig <lab>/kube/admin.kubeconfig get wkpeer"
+         ip netns exec {prefix}-dmz kubectl --kubeconfig <lab>/k8s/admin.kubeconfig get wkpeer"
     );
     Ok(())
 }

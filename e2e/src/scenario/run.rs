@@ -3,21 +3,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use wirekube_crds::{
     ActualPath, ExternalRelay, ManagedRelay, PathReason, RelayProvider, RelaySpec, ServiceType,
     WireKubeMesh, WireKubeMeshSpec, WireKubePeer,
 };
+use wirekube_kubelab::cloud::{Announcer, LabCloud};
+use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
 use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
 
-use super::bins::{binary, repo_root};
+use crate::kube_lab::KubeLab;
+
+use super::bins::binary;
 
 /// How long a pair may take to pass its first ping once both agents report the path. Seen twice
 /// in about 100 runs of `seed_decision_mode_never` (once in CI, once locally with the CPUs
@@ -78,14 +82,14 @@ pub struct Scenario {
     /// Node name → lab host.
     pub hosts: BTreeMap<String, Host>,
     pub nodes: Arc<LabNodes>,
-    /// Admin client (runs in the DMZ namespace).
-    pub cluster: Cluster,
-    /// Kubeconfigs: `admin.kubeconfig`, `operator.kubeconfig`, `agent-<node>.kubeconfig`.
-    pub kube_dir: PathBuf,
-    pub apiserver: Proc,
+    /// The real control plane in the DMZ and the admin's client.
+    pub kube: KubeLab,
+    /// Each node's lab kubelet and kube-proxy.
+    pub kube_nodes: BTreeMap<String, LabNode>,
+    /// The lab cloud (LoadBalancer addresses), for a managed LoadBalancer relay.
+    pub cloud: Option<LabCloud>,
+    /// The external relay process (`provider: external`).
     pub relay: Option<Proc>,
-    pub operator: Option<Proc>,
-    pub agents: BTreeMap<String, Proc>,
     pub timings: Timings,
     agents_started: Option<Instant>,
     opts: Options,
@@ -95,8 +99,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Builds the lab and starts the API server, the relay (external) and the operator, registers
-    /// the nodes and applies the mesh. Agents are started by [`Scenario::start_agents`].
+    /// Builds the lab, starts the real control plane in the DMZ, installs WireKube as a user
+    /// does (`kubectl apply -k config/default`), starts every node's lab kubelet and kube-proxy
+    /// (so the operator and the agents run as the pods the real Deployment and DaemonSet
+    /// controllers create), the external relay when the topology has one, and applies the mesh.
     pub fn build(topo: Topology, opts: Options) -> Result<Scenario> {
         topo.validate().map_err(|e| anyhow!(e))?;
         let t0 = Instant::now();
@@ -120,38 +126,13 @@ impl Scenario {
         let nodes = Arc::new(LabNodes::new(lab.clone(), hosts.clone()));
 
         let t1 = Instant::now();
-        (opts.progress)("starting API server in the DMZ");
-        let kube_dir = lab.dir().join("kube");
-        std::fs::create_dir_all(&kube_dir)?;
-        let apiserver = start_apiserver(&lab, &topo, &dmz, &hosts, &kube_dir)?;
-        let admin = kube_dir.join("admin.kubeconfig");
+        (opts.progress)(
+            "starting the control plane in the DMZ (etcd, kube-apiserver, controllers, scheduler)",
+        );
+        let kube = KubeLab::start_in(lab.clone(), dmz.clone())?;
+        (opts.progress)("installing WireKube: kubectl apply -k config/default");
+        kube.install()?;
         let fail = |lab: &Lab, e: anyhow::Error| e.context(lab.logs_tail(30));
-        let mut exited = false;
-        wait_until(Duration::from_secs(20), "API server kubeconfigs", || {
-            exited = !lab.is_running(&apiserver);
-            exited || (admin.is_file() && lab.tcp_listening(&dmz, APISERVER_PORT))
-        })
-        .map_err(|e| fail(&lab, e.into()))?;
-        if exited {
-            return Err(fail(&lab, anyhow!("wirekube-apiserver exited")));
-        }
-        let cluster = Cluster::connect(&admin, Some(&wirekube_lab::netns::ns_path(&dmz.ns)))?;
-        wait_until(Duration::from_secs(10), "API server answers", || {
-            cluster.ready()
-        })
-        .map_err(|e| fail(&lab, e.into()))?;
-
-        cluster.create_namespace(SYSTEM_NAMESPACE)?;
-        for (name, h) in &hosts {
-            let site = h.site.clone().unwrap_or_else(|| "public".into());
-            let external = topo.public_nodes.contains(name).then(|| h.ip().to_string());
-            cluster.register_node(
-                name,
-                &h.ip().to_string(),
-                external.as_deref(),
-                &[("topology.wirekube.io/site".into(), site)],
-            )?;
-        }
 
         let mut relay = None;
         if matches!(topo.relay, RelaySetup::External | RelaySetup::None) {
@@ -159,7 +140,7 @@ impl Scenario {
             let token = random_token();
             let token_file = lab.dir().join("relay-token");
             std::fs::write(&token_file, &token)?;
-            cluster.put_secret(
+            kube.admin.put_secret(
                 SYSTEM_NAMESPACE,
                 TOKEN_SECRET,
                 &[("token", token.as_bytes())],
@@ -174,15 +155,23 @@ impl Scenario {
             }
             relay = Some(p);
         }
+        let cloud = match &topo.relay {
+            RelaySetup::ManagedLoadBalancer { .. } => Some(start_cloud(&lab, &kube, &hosts)?),
+            _ => None,
+        };
 
-        (opts.progress)("starting wirekube-operator in the DMZ");
-        let operator = start_operator(&lab, &dmz, &kube_dir)?;
+        (opts.progress)(&format!(
+            "starting {} lab kubelets and kube-proxies; the operator and agents run as their pods",
+            hosts.len()
+        ));
+        let agents_started = Instant::now();
+        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts)?;
         (opts.progress)(&format!(
             "applying WireKubeMesh {MESH_NAME} (mode {:?}, {})",
             topo.mode,
             topo.relay.describe()
         ));
-        cluster.apply_mesh(&mesh_for(&topo, &dmz, &hosts))?;
+        kube.admin.apply_mesh(&mesh_for(&topo, &dmz))?;
 
         let timings = Timings {
             lab_build,
@@ -195,14 +184,12 @@ impl Scenario {
             dmz,
             hosts,
             nodes,
-            cluster,
-            kube_dir,
-            apiserver,
+            kube,
+            kube_nodes,
+            cloud,
             relay,
-            operator: Some(operator),
-            agents: BTreeMap::new(),
             timings,
-            agents_started: None,
+            agents_started: Some(agents_started),
             opts,
             first_pings: Arc::default(),
             probers: Vec::new(),
@@ -210,15 +197,9 @@ impl Scenario {
         })
     }
 
-    /// Starts one agent per node (each in its own namespace with its own kubeconfig).
-    pub fn start_agents(&mut self) -> Result<()> {
-        (self.opts.progress)(&format!("starting {} agents", self.hosts.len()));
-        self.agents_started = Some(Instant::now());
-        for (name, h) in &self.hosts {
-            let p = start_agent(&self.lab, h, name, &self.kube_dir)?;
-            self.agents.insert(name.clone(), p);
-        }
-        Ok(())
+    /// The admin's client.
+    pub fn cluster(&self) -> &Cluster {
+        &self.kube.admin
     }
 
     fn since_agents(&self) -> Duration {
@@ -228,7 +209,8 @@ impl Scenario {
     /// The peers, by name.
     pub fn peers(&self) -> Result<BTreeMap<String, WireKubePeer>> {
         Ok(self
-            .cluster
+            .kube
+            .admin
             .peers()?
             .into_iter()
             .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
@@ -306,24 +288,25 @@ impl Scenario {
         Some((c.path, c.reason))
     }
 
-    /// Processes (agents, operator, API server, external relay) that are no longer running.
+    /// Lab processes that are no longer running: control plane, kubelets, kube-proxies, the
+    /// external relay. (Containers are the kubelets' business: they restart them.)
     pub fn dead_processes(&self) -> Vec<String> {
-        let mut all: Vec<&Proc> = vec![&self.apiserver];
-        all.extend(self.relay.iter());
-        all.extend(self.operator.iter());
-        all.extend(self.agents.values());
-        all.into_iter()
+        let mut all: Vec<&Proc> = self.relay.iter().collect();
+        for n in self.kube_nodes.values() {
+            all.extend([&n.kubelet, &n.kube_proxy]);
+        }
+        let mut dead: Vec<String> = all
+            .into_iter()
             .filter(|p| !self.lab.is_running(p))
             .map(|p| format!("{} on {} (pid {})", p.label, p.host, p.pid))
-            .collect()
+            .collect();
+        dead.extend(self.kube.cp.dead(&self.lab));
+        dead
     }
 
     /// Waits until every agent reports every peer on the expected path with the expected reason.
     pub fn converge(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.opts.converge_timeout;
-        if self.agents_started.is_none() {
-            self.start_agents()?;
-        }
         (self.opts.progress)("waiting for the operator to allocate mesh IPs");
         self.start_probers(deadline)?;
         (self.opts.progress)("waiting for every agent to report every peer as the seed expects");
@@ -579,26 +562,18 @@ impl Scenario {
         r
     }
 
-    /// The tail of every process log, for failure messages.
+    /// The tail of every process log and every container log, for failure messages.
     pub fn logs(&self, lines: usize) -> String {
-        self.lab.logs_tail(lines)
+        let mut out = self.lab.logs_tail(lines);
+        for name in self.hosts.keys() {
+            out += &container_logs(&self.lab.host_dir(name).join("kubelet/pods"), name, lines);
+        }
+        out
     }
 
     /// `kubectl <args>` with the admin kubeconfig, run in the DMZ (where the API server is).
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let kc = self.kube_dir.join("admin.kubeconfig");
-        let kc = kc.to_string_lossy();
-        let mut argv = vec!["kubectl", "--kubeconfig", &kc];
-        argv.extend_from_slice(args);
-        let out = self.lab.exec(&self.dmz, &argv)?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.kube.kubectl(args)
     }
 
     /// Tears the lab down (also on drop) and reports leftovers.
@@ -666,53 +641,88 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn start_apiserver(
+/// Image → binary under test, for every kubelet: the images `config/` and the operator name.
+fn image_map() -> Result<ImageMap> {
+    Ok(["operator", "agent", "relay"]
+        .into_iter()
+        .map(|c| {
+            let bin = binary(&format!("wirekube-{c}"))?;
+            Ok((format!("ghcr.io/wirekube/wirekube-{c}:*"), bin))
+        })
+        .collect::<Result<Vec<_>>>()?)
+}
+
+/// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
+/// label; public nodes also get their address as ExternalIP).
+fn start_nodes(
     lab: &Lab,
+    kube: &KubeLab,
     topo: &Topology,
-    dmz: &Host,
     hosts: &BTreeMap<String, Host>,
-    kube_dir: &Path,
-) -> Result<Proc> {
-    let root = repo_root();
-    let mut cmd = Command::new(binary("wirekube-apiserver")?);
-    cmd.arg(format!("--listen={}:{APISERVER_PORT}", dmz.ips[0]))
-        .arg(format!("--kubeconfig-dir={}", path_str(kube_dir)))
-        // Preloaded in this order: the namespace the RBAC objects live in first.
-        .arg(format!(
-            "--manifests={}",
-            path_str(&root.join("config/operator/namespace.yaml"))
-        ))
-        .arg(format!(
-            "--manifests={}",
-            path_str(&root.join("config/crd"))
-        ))
-        .arg(format!(
-            "--manifests={}",
-            path_str(&root.join("config/rbac"))
-        ));
-    for n in hosts.keys() {
-        cmd.arg(format!("--agent-node={n}"));
+) -> Result<BTreeMap<String, LabNode>> {
+    let images = image_map()?;
+    let kubelet = binary("wirekube-lab-kubelet")?;
+    let mut out = BTreeMap::new();
+    for (name, h) in hosts {
+        let site = h.site.clone().unwrap_or_else(|| "public".into());
+        let spec = NodeSpec {
+            name: name.clone(),
+            internal_ip: h.ip(),
+            external_ip: topo.public_nodes.contains(name).then(|| h.ip()),
+            labels: vec![("topology.wirekube.io/site".into(), site)],
+        };
+        let node = kube
+            .cp
+            .start_node(lab, h, spec, &kubelet, &images)
+            .with_context(|| format!("node {name}"))?;
+        out.insert(name.clone(), node);
     }
-    let relay_bin = binary("wirekube-relay")?;
-    let kubelet = |cmd: &mut Command, ns: &str, ip: Ipv4Addr| {
-        cmd.arg("--enable-kubelet")
-            .arg(format!("--image=*={}", path_str(&relay_bin)))
-            .arg(format!("--pod-netns={ns}"))
-            .arg(format!("--pod-ip={ip}"));
+    Ok(out)
+}
+
+/// The public address the lab cloud hands to a LoadBalancer Service: high in the lab's internet
+/// range, where the lab's own allocation (from .10 upwards) never reaches.
+pub const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 240);
+
+/// The lab cloud, announcing LoadBalancer addresses on the public node that runs the endpoint
+/// (a second address on its NIC, as a cloud's floating IP).
+fn start_cloud(lab: &Arc<Lab>, kube: &KubeLab, hosts: &BTreeMap<String, Host>) -> Result<LabCloud> {
+    let (lab, hosts) = (lab.clone(), hosts.clone());
+    let announce: Announcer = Arc::new(move |node: &str, ip: Ipv4Addr, up: bool| {
+        let Some(h) = hosts.get(node).filter(|h| h.site.is_none()) else {
+            tracing::warn!("lab cloud: {node} is not a public lab host; {ip} not announced");
+            return;
+        };
+        let verb = if up { "add" } else { "del" };
+        let addr = format!("{ip}/32");
+        if let Err(e) = lab.run(h, &["ip", "addr", verb, &addr, "dev", "eth0"]) {
+            tracing::warn!("lab cloud: {verb} {addr} on {node}: {e}");
+        }
+    });
+    let ns = wirekube_lab::netns::ns_path(&kube.dmz.ns);
+    Ok(LabCloud::start(
+        &kube.cp.admin_kubeconfig(),
+        Some(&ns),
+        vec![LB_ADDRESS],
+        Some(announce),
+    )?)
+}
+
+/// The last `lines` lines of each container log under a kubelet's pods directory.
+fn container_logs(pods: &Path, node: &str, lines: usize) -> String {
+    let mut out = String::new();
+    let Ok(dirs) = std::fs::read_dir(pods) else {
+        return out;
     };
-    match &topo.relay {
-        RelaySetup::ManagedLoadBalancer => {
-            cmd.arg(format!("--lb-pool={}", dmz.ips[1]));
-            kubelet(&mut cmd, &dmz.ns, dmz.ips[1]);
+    for d in dirs.flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            out += &format!("==== {node} container {}\n{tail}\n", f.path().display());
         }
-        RelaySetup::ManagedNodePort { node, .. } => {
-            let h = &hosts[node];
-            kubelet(&mut cmd, &h.ns, h.ip());
-        }
-        RelaySetup::External | RelaySetup::None => {}
     }
-    cmd.env("RUST_LOG", "info");
-    Ok(lab.spawn(dmz, cmd)?)
+    out
 }
 
 fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
@@ -728,32 +738,8 @@ fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
     Ok(lab.spawn(dmz, cmd)?)
 }
 
-fn start_operator(lab: &Lab, dmz: &Host, kube_dir: &Path) -> Result<Proc> {
-    let kc = kube_dir.join("operator.kubeconfig");
-    let mut cmd = Command::new(binary("wirekube-operator")?);
-    cmd.arg(format!("--namespace={SYSTEM_NAMESPACE}"))
-        .arg("--metrics-listen=127.0.0.1:8080")
-        .env("KUBECONFIG", &kc)
-        .env("POD_NAME", "wirekube-operator-lab")
-        .env("RUST_LOG", "info,wirekube_operator=debug");
-    Ok(lab.spawn(dmz, cmd)?)
-}
-
-fn start_agent(lab: &Lab, host: &Host, node: &str, kube_dir: &Path) -> Result<Proc> {
-    let kc = kube_dir.join(format!("agent-{node}.kubeconfig"));
-    let mut cmd = Command::new(binary("wirekube-agent")?);
-    cmd.arg(format!("--node-name={node}"))
-        .arg("--state-dir=/var/lib/wirekube")
-        .arg("--engine=wireguard-go")
-        .arg(format!("--wireguard-go-binary={}", which("wireguard-go")))
-        .arg("--metrics-listen=127.0.0.1:9473")
-        .env("KUBECONFIG", &kc)
-        .env("RUST_LOG", "info,wirekube_agent=debug");
-    Ok(lab.spawn(host, cmd)?)
-}
-
 /// The mesh a topology applies: the sample's defaults plus the relay the topology asks for.
-pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> WireKubeMesh {
+pub fn mesh_for(topo: &Topology, dmz: &Host) -> WireKubeMesh {
     let dmz_stun = vec![
         format!("{}:{RELAY_PORT}", dmz.ips[0]),
         format!("{}:{RELAY_PORT}", dmz.ips[1]),
@@ -762,6 +748,9 @@ pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> 
         mode: topo.mode,
         ..RelaySpec::default()
     };
+    // A managed relay is pinned to its public node; the operator publishes its STUN addresses.
+    let pinned =
+        |node: &str| BTreeMap::from([("kubernetes.io/hostname".to_string(), node.to_string())]);
     let stun_servers = match &topo.relay {
         RelaySetup::None => dmz_stun,
         RelaySetup::External => {
@@ -771,32 +760,26 @@ pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> 
             });
             dmz_stun
         }
-        RelaySetup::ManagedLoadBalancer => {
+        RelaySetup::ManagedLoadBalancer { node } => {
             relay.provider = RelayProvider::Managed;
             relay.managed = ManagedRelay {
                 service_type: ServiceType::LoadBalancer,
                 port: RELAY_PORT,
+                node_selector: pinned(node),
                 ..ManagedRelay::default()
             };
             Vec::new()
         }
         RelaySetup::ManagedNodePort { node, node_port } => {
             relay.provider = RelayProvider::Managed;
-            // The test kubelet has no kube-proxy: nothing forwards a nodePort to the container
-            // port. With port == nodePort the pod itself listens on the nodePort in the node's
-            // namespace, which is what kube-proxy would make reachable on a real cluster.
             relay.managed = ManagedRelay {
                 service_type: ServiceType::NodePort,
-                port: *node_port,
+                port: RELAY_PORT,
                 node_port: Some(*node_port),
+                node_selector: pinned(node),
                 ..ManagedRelay::default()
             };
-            // The relay pod's STUN responder listens on the node's own address.
-            let ip = hosts[node].ip();
-            vec![
-                format!("{ip}:{node_port}"),
-                format!("{ip}:{}", node_port + 1),
-            ]
+            Vec::new()
         }
     };
     let spec = WireKubeMeshSpec {
@@ -810,17 +793,6 @@ pub fn mesh_for(topo: &Topology, dmz: &Host, hosts: &BTreeMap<String, Host>) -> 
         relay,
     };
     WireKubeMesh::new(MESH_NAME, spec)
-}
-
-/// `name` resolved in `PATH` (unchanged when not found, so the program reports it).
-fn which(name: &str) -> String {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| name.to_owned())
 }
 
 fn random_token() -> String {

@@ -26,11 +26,12 @@ pub enum RelaySetup {
     None,
     /// `provider: external`: the harness runs `wirekube-relay` in the DMZ.
     External,
-    /// `provider: managed`, `serviceType: LoadBalancer`: the operator's Deployment runs in the DMZ
-    /// (the API server's kubelet) and the "cloud" hands out a DMZ address.
-    ManagedLoadBalancer,
-    /// `provider: managed`, `serviceType: NodePort`: the operator's Deployment runs on the public
-    /// node `node`, reached at its address and `node_port`.
+    /// `provider: managed`, `serviceType: LoadBalancer`: the operator's relay Deployment is pinned
+    /// (`relay.managed.nodeSelector`) to the public node `node`; the lab cloud gives the Service
+    /// a public address and announces it from that node, where kube-proxy takes it to the pod.
+    ManagedLoadBalancer { node: String },
+    /// `provider: managed`, `serviceType: NodePort`: the operator's relay Deployment is pinned to
+    /// the public node `node`, reached at its address and `node_port` through kube-proxy.
     ManagedNodePort { node: String, node_port: u16 },
 }
 
@@ -39,7 +40,9 @@ impl RelaySetup {
         match self {
             RelaySetup::None => "no relay".into(),
             RelaySetup::External => "external relay in the DMZ".into(),
-            RelaySetup::ManagedLoadBalancer => "managed relay, LoadBalancer (DMZ)".into(),
+            RelaySetup::ManagedLoadBalancer { node } => {
+                format!("managed relay, LoadBalancer in front of {node}")
+            }
             RelaySetup::ManagedNodePort { node, node_port } => {
                 format!("managed relay, NodePort {node_port} on {node}")
             }
@@ -190,11 +193,12 @@ impl Topology {
                 }
             }
         }
-        if let RelaySetup::ManagedNodePort { node, .. } = &self.relay
+        if let RelaySetup::ManagedNodePort { node, .. } | RelaySetup::ManagedLoadBalancer { node } =
+            &self.relay
             && !self.public_nodes.contains(node)
         {
             return Err(format!(
-                "{}: NodePort relay node {node} is not public",
+                "{}: managed relay node {node} is not public",
                 self.id
             ));
         }
@@ -256,7 +260,9 @@ pub fn seed_2_mixed() -> Topology {
         .site("vpc-a", NatKind::Symmetric, "10.1.0.0/24", &["node-1"])
         .public("node-2")
         .site("vpc-b", NatKind::Symmetric, "10.2.0.0/24", &["node-3"])
-        .relay(RelaySetup::ManagedLoadBalancer)
+        .relay(RelaySetup::ManagedLoadBalancer {
+            node: "node-2".into(),
+        })
         .direct(
             "node-1",
             "node-2",

@@ -75,7 +75,7 @@ struct Args {
     )]
     metrics_listen: String,
     /// fwmark on WireGuard's own packets (they bypass the mesh table).
-    #[arg(long, env = "WIREKUBE_FWMARK", default_value_t = 0xca6c, global = true)]
+    #[arg(long, env = "WIREKUBE_FWMARK", default_value_t = wirekube_dataplane::DEFAULT_FWMARK, global = true)]
     fwmark: u32,
     /// Routing table for peer routes.
     #[arg(long, env = "WIREKUBE_TABLE", default_value_t = 51820, global = true)]

@@ -333,7 +333,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     let relay_addr = format!("{}:{RELAY_PORT}", env.dmz.ips[0]);
     let ss = env.lab.run(&ha, &["ss", "-tnHe", "dst", &relay_addr])?;
     ensure!(
-        ss.contains("fwmark:0xca6c"),
+        ss.contains(&format!("fwmark:{:#x}", wirekube_dataplane::DEFAULT_FWMARK)),
         "relay TCP socket not marked: {ss}"
     );
     steps.log(&format!(

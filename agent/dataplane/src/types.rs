@@ -59,8 +59,13 @@ impl ReconcileReport {
 }
 
 /// Default fwmark for WireGuard's and the relay client's own packets when the caller has no
-/// preference (0xca6c = 51820, as wg-quick uses).
-pub const DEFAULT_FWMARK: u32 = 0xca6c;
+/// preference. It must not share a bit with the marks other node components test with a mask:
+/// kube-proxy masquerades packets carrying 0x4000 (`masquerade fully-random`, which re-maps
+/// WireGuard's source port and breaks the relay bridge and NAT traversal) and its iptables mode
+/// drops 0x8000; Cilium uses 0x0f00 and the upper 16 bits, Calico 0xffff0000, Tailscale
+/// 0xff0000. wg-quick's 51820 (0xca6c) has both kube-proxy bits set, which the real kube-proxy
+/// in the lab showed. 0x206c is clear of all of them (docs/agent.md).
+pub const DEFAULT_FWMARK: u32 = 0x206c;
 
 /// The mark the agent should set (`SO_MARK`) on its relay TCP socket so that relay traffic
 /// bypasses the mesh table, the same way WireGuard's UDP does. Returns `iface.fwmark`, or

@@ -1,26 +1,35 @@
-//! Operator benchmark (not a timed test): the API test server in-process, N simulated nodes
-//! (default 1,000; `WIREKUBE_BENCH_NODES`) whose agents report statuses, one operator replica.
+//! Operator benchmark (not a timed test): the real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler; `wirekube_e2e::kube_lab`) in a lab DMZ with the
+//! namespace, CRDs and RBAC applied as shipped, N simulated nodes (default 1,000;
+//! `WIREKUBE_BENCH_NODES`; Node objects created by the admin, no kubelets) whose agents report
+//! statuses, one operator replica with a TokenRequest token of its ServiceAccount. Needs root.
 //!
 //! Measures, with the operator's own write counter (peer applies, status applies, events):
 //! 1. mesh creation → every node has a peer listing every other node;
 //! 2. all agents report keys and NAT types → every peer entry carries its key;
 //! 3. one node changes NAT type → writes until quiet, and the time of the last one.
 //!
-//! Run: `cargo bench -p wirekube-operator --bench operator`.
+//! Run: `cargo bench -p wirekube-operator --bench operator` (as root).
 
-use std::path::Path;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wirekube_crds::{NatType, WireKubePeer};
-use wirekube_e2e::apiserver::{ApiServer, ApiServerConfig, Identity};
+use wirekube_e2e::kube_lab::KubeLab;
+use wirekube_e2e::scenario::Cluster;
+use wirekube_kubelab::controlplane::{ControlPlane, ControlPlaneConfig};
+use wirekube_lab::Lab;
 use wirekube_operator::{ControllerSettings, Metrics, OperatorSettings};
 
 fn nat_of(i: usize) -> NatType {
@@ -101,25 +110,46 @@ async fn quiet_writes(m: &Metrics, since: Instant, quiet: Duration) -> (u64, Dur
     }
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+/// `KubeLab::start` with a cluster CIDR large enough for one /24 podCIDR per node (node IPAM
+/// in the controller-manager; the default /16 holds 256).
+fn start_lab() -> KubeLab {
+    let lab = Arc::new(Lab::new_unique("opb").expect("lab (needs root)"));
+    let dmz = lab.add_dmz("dmz", &[]).expect("dmz");
+    let mut cfg = ControlPlaneConfig::new().expect("Kubernetes binaries");
+    cfg.cluster_cidr = "172.16.0.0/12".parse().unwrap();
+    let cp = ControlPlane::start(&lab, &dmz, cfg).expect("control plane");
+    let ns = wirekube_lab::netns::ns_path(&dmz.ns);
+    let admin = Cluster::connect(&cp.admin_kubeconfig(), Some(&ns)).expect("admin client");
+    KubeLab {
+        lab,
+        dmz,
+        cp,
+        admin,
+    }
+}
+
+fn main() {
     let n: usize = std::env::var("WIREKUBE_BENCH_NODES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let server = ApiServer::start(ApiServerConfig {
-        preload: vec![
-            root.join("config/operator/namespace.yaml"),
-            root.join("config/crd"),
-            root.join("config/rbac"),
-        ],
-        watch_history: 2000,
-        ..ApiServerConfig::default()
-    })
-    .await
-    .expect("API test server");
-    let admin: Client = server.client(&Identity::Admin).await.unwrap();
+    let t = Instant::now();
+    let lab = start_lab();
+    common::install(&lab);
+    eprintln!(
+        "control plane up and WireKube installed in {:?}",
+        t.elapsed()
+    );
+    let admin_kc = lab.cp.admin_kubeconfig();
+    let operator_kc = lab
+        .service_account_kubeconfig(common::NS, "wirekube-operator", None)
+        .expect("operator token");
+    common::in_dmz(&lab, move || bench(n, admin_kc, operator_kc));
+    lab.shutdown().expect("lab shutdown");
+}
+
+async fn bench(n: usize, admin_kc: PathBuf, operator_kc: PathBuf) {
+    let admin = common::client(&admin_kc).await;
     let nodes: Api<Node> = Api::all(admin.clone());
     let peers: Api<WireKubePeer> = Api::all(admin.clone());
     let t = Instant::now();
@@ -152,7 +182,7 @@ async fn main() {
 
     let metrics = Metrics::default();
     let stop = CancellationToken::new();
-    let client = server.client(&Identity::Operator).await.unwrap();
+    let client = common::client(&operator_kc).await;
     let settings = OperatorSettings {
         controller: ControllerSettings {
             namespace: "wirekube-system".into(),
@@ -261,6 +291,13 @@ async fn main() {
         "| reconciles | {reconciles} | mean {:.0} ms |",
         1000.0 * sum / reconciles.max(1) as f64
     );
+    // Where the writes went, and why reconciles failed (conflicts, ...).
+    for l in text.lines().filter(|l| {
+        l.starts_with("wirekube_operator_api_writes_total")
+            || l.starts_with("wirekube_operator_reconcile_failures_total")
+    }) {
+        println!("  {l}");
+    }
     stop.cancel();
     let _ = op.await;
 }

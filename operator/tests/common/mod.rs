@@ -64,12 +64,17 @@ where
     lab.shutdown().expect("lab shutdown");
 }
 
-/// A lab with the control plane running and WireKube installed minus workloads:
-/// `kubectl apply --server-side` of the namespace, `-k config/crd` and `-k config/rbac`, then
-/// the CRDs Established.
+/// A lab with the control plane running and WireKube installed minus workloads ([`install`]).
 pub fn lab(tag: &str) -> KubeLab {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let lab = KubeLab::start(tag).expect("lab control plane (needs root)");
+    install(&lab);
+    lab
+}
+
+/// Installs WireKube as a user does, minus workloads: `kubectl apply --server-side` of the
+/// namespace, `-k config/crd` and `-k config/rbac`, then waits for the CRDs to be Established.
+pub fn install(lab: &KubeLab) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = |p: &str| root.join(p).to_string_lossy().into_owned();
     for args in [
@@ -88,7 +93,6 @@ pub fn lab(tag: &str) -> KubeLab {
         "crd/wirekubepeers.wirekube.io",
     ])
     .expect("CRDs established");
-    lab
 }
 
 /// Runs the future made by `f` to completion on a multi-thread runtime whose threads (workers

@@ -368,11 +368,17 @@ where
     }
 }
 
-/// Waits until `counter` has not moved for `quiet`, returning its value.
+/// Waits until `counter` has not moved for `quiet`, returning its value; panics if it is still
+/// moving after a minute.
 pub async fn settled(quiet: Duration, counter: impl Fn() -> u64) -> u64 {
     let mut last = counter();
     let mut since = Instant::now();
+    let start = Instant::now();
     loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "counter still moving after 60 s (at {last})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = counter();
         if now != last {

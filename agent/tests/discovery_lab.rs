@@ -46,12 +46,8 @@ fn discover_in(lab: &Lab, host: &Host, servers: Vec<String>, hold_port: bool) ->
             } else {
                 None
             };
-            let ips = candidates::local_addrs()
-                .unwrap()
-                .into_iter()
-                .map(|a| a.ip)
-                .collect();
-            discovery::discover(&servers, Some(51820), ips, Retransmit::default()).await
+            let local = candidates::local_addrs().unwrap();
+            discovery::discover(&servers, Some(51820), local, Retransmit::default()).await
         })
     })
     .unwrap()

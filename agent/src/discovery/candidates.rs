@@ -29,6 +29,27 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether `ip` is this node's own address or inside one of its container-network subnets
+/// (a pod on this node): a STUN answer from there comes back through the node itself
+/// (kube-proxy, the CNI bridge) and says nothing about the NAT in front of the node.
+pub fn is_hairpin(ip: IpAddr, addrs: &[LocalAddr]) -> bool {
+    addrs.iter().any(|a| {
+        a.ip == ip || (SKIP_PREFIXES.iter().any(|p| a.ifname.starts_with(p)) && same_subnet(a, ip))
+    })
+}
+
+fn same_subnet(a: &LocalAddr, ip: IpAddr) -> bool {
+    match (a.ip, ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) if a.prefix_len <= 32 => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(a.prefix_len))
+                .unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        _ => false,
+    }
+}
+
 /// Whether an address may be published as a host candidate.
 pub fn usable(a: &LocalAddr, wg_interface: &str) -> bool {
     a.up && !a.loopback
@@ -155,6 +176,29 @@ mod tests {
             prefix_len: prefix,
             loopback: ifname == "lo",
             up: true,
+        }
+    }
+
+    #[test]
+    fn hairpin_is_own_addresses_and_local_pod_subnets() {
+        let addrs = [
+            la("eth0", "198.18.0.12", 24),
+            la("eth0", "198.18.0.240", 32),
+            la("cni0", "10.244.1.1", 24),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (what, addr, want) in [
+            ("own address", "198.18.0.12", true),
+            ("load-balancer address announced here", "198.18.0.240", true),
+            ("pod on this node", "10.244.1.2", true),
+            ("pod on another node", "10.244.2.2", false),
+            (
+                "server on the same LAN is a real answer",
+                "198.18.0.20",
+                false,
+            ),
+        ] {
+            assert_eq!(is_hairpin(ip(addr), &addrs), want, "{what}");
         }
     }
 

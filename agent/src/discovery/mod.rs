@@ -15,6 +15,7 @@ pub mod classifier;
 pub mod stun_io;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use wirekube_crds::{NatType, WireKubePeerSpec};
 
@@ -89,9 +90,10 @@ async fn resolve(servers: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
 pub async fn discover(
     servers: &[String],
     mapping_port: Option<u16>,
-    local_ips: Vec<std::net::IpAddr>,
+    local: Vec<candidates::LocalAddr>,
     rt: Retransmit,
 ) -> DiscoveryReport {
+    let local_ips: Vec<std::net::IpAddr> = local.iter().map(|a| a.ip).collect();
     let (addrs, resolve_errors) = resolve(servers).await;
     let unknown = |message: String| DiscoveryReport {
         classification: Classification {
@@ -127,8 +129,20 @@ pub async fn discover(
         Ok(s) => s,
         Err(e) => return unknown(format!("cannot open a UDP socket for STUN: {e}")),
     };
-    let mapping = match stun_io::mapping_test(&sock, &addrs, rt).await {
-        Ok(m) => m,
+    // A STUN server on one of this node's own addresses (its own relay pod behind a NodePort
+    // or a LoadBalancer address announced here) is reached by hairpin through kube-proxy,
+    // which masquerades it: the answer describes kube-proxy, not the NAT, so it is not asked.
+    let (hairpin, addrs) = split_hairpin(&addrs, &local);
+    if addrs.is_empty() {
+        return hairpin_only(&hairpin);
+    }
+    let mapping: Vec<MappingResult> = match stun_io::mapping_test(&sock, &addrs, rt).await {
+        // The server's OTHER-ADDRESS may be a pod on this node (a relay pod knows only its pod
+        // address): the same hairpin, dropped the same way.
+        Ok(m) => m
+            .into_iter()
+            .filter(|r| !candidates::is_hairpin(r.server.ip(), &local))
+            .collect(),
         Err(e) => return unknown(format!("STUN mapping test failed: {e}")),
     };
     // Release the WireGuard port before anything else can want it.
@@ -178,6 +192,56 @@ pub async fn discover(
         },
         classification,
         stun_reachable,
+        message,
+    }
+}
+
+/// First wait before re-checking after a round in which no STUN server answered.
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
+
+/// When to run discovery next, and the new count of rounds without an answer. While no STUN
+/// server answers (typically: the agents of a new cluster start before the relay pod is ready
+/// and its address announced), re-check after 5 s, doubling up to the regular `interval`,
+/// instead of staying "udp-blocked" until the regular re-check.
+pub fn next_check(answered: bool, failures: u32, interval: Duration) -> (Duration, u32) {
+    if answered {
+        return (interval, 0);
+    }
+    let wait = RETRY_FIRST.saturating_mul(1u32 << failures.min(16));
+    (wait.min(interval), failures.saturating_add(1))
+}
+
+/// Splits STUN server addresses into those on a local interface (hairpin) and the rest.
+pub fn split_hairpin(
+    addrs: &[SocketAddr],
+    local: &[candidates::LocalAddr],
+) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    addrs
+        .iter()
+        .partition(|a| candidates::is_hairpin(a.ip(), local))
+}
+
+/// The report when every STUN server is on this node: nothing sits between the node and the
+/// address its relay is published at, so the node is open at its own addresses (its host
+/// candidates); no server-reflexive candidate is invented from the hairpin path.
+fn hairpin_only(hairpin: &[SocketAddr]) -> DiscoveryReport {
+    let list: Vec<String> = hairpin.iter().map(|a| a.to_string()).collect();
+    let message = format!(
+        "every STUN server ({}) is on this node's own addresses: open, reachable at its host \
+         addresses",
+        list.join(", ")
+    );
+    DiscoveryReport {
+        classification: Classification {
+            nat_type: NatType::Open,
+            // A LoadBalancer address announced here is not the node's own: it moves with the
+            // relay pod. The node's addresses come from its host candidates and Node object.
+            public_ip: None,
+            srflx: None,
+            detail: message.clone(),
+        },
+        listen_port_srflx: None,
+        stun_reachable: true,
         message,
     }
 }
@@ -249,6 +313,59 @@ impl DiscoveryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rechecks_soon_while_no_stun_server_answers() {
+        let day = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        // (answered, failures before) -> (wait, failures after)
+        for (answered, before, wait, after) in [
+            (true, 0, day, 0),
+            (true, 7, day, 0),
+            (false, 0, s(5), 1),
+            (false, 1, s(10), 2),
+            (false, 3, s(40), 4),
+            (false, 6, day, 7),
+            (false, u32::MAX, day, u32::MAX),
+        ] {
+            assert_eq!(
+                next_check(answered, before, day),
+                (wait, after),
+                "{answered} {before}"
+            );
+        }
+    }
+
+    #[test]
+    fn stun_servers_on_own_addresses_are_hairpin_and_not_asked() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let local = vec![candidates::LocalAddr {
+            ifname: "eth0".into(),
+            ip: "198.18.0.13".parse().unwrap(),
+            prefix_len: 24,
+            loopback: false,
+            up: true,
+        }];
+        let servers = [
+            sa("198.18.0.13:30478"),
+            sa("198.18.0.20:3478"),
+            sa("198.18.0.13:30540"),
+        ];
+        let (hairpin, rest) = split_hairpin(&servers, &local);
+        assert_eq!(hairpin, vec![servers[0], servers[2]]);
+        assert_eq!(rest, vec![servers[1]]);
+        let r = hairpin_only(&hairpin);
+        assert_eq!(r.classification.nat_type, NatType::Open);
+        assert_eq!(
+            (r.classification.srflx, r.classification.public_ip),
+            (None, None)
+        );
+        assert!(
+            r.stun_reachable && r.message.contains("198.18.0.13:30478"),
+            "{}",
+            r.message
+        );
+    }
 
     fn report(nat: NatType, srflx: Option<&str>, from_listen: bool) -> DiscoveryReport {
         let srflx: Option<SocketAddr> = srflx.map(|s| s.parse().unwrap());

@@ -89,6 +89,8 @@ pub struct Agent {
     relay_choice: usize,
     peers: BTreeMap<String, PeerRt>,
     discovery: DiscoveryState,
+    /// Discovery rounds in a row in which no STUN server answered.
+    discovery_failures: u32,
     last_status: Option<WireKubePeerStatus>,
     last_patch: Option<Instant>,
 }
@@ -132,6 +134,7 @@ impl Agent {
             relay_choice: 0,
             peers: BTreeMap::new(),
             discovery: DiscoveryState::default(),
+            discovery_failures: 0,
             last_status: None,
             last_patch: None,
         }
@@ -191,6 +194,7 @@ impl Agent {
                 }
                 Wake::Other => {}
                 Wake::DiscoveryDue => {
+                    // Before the first round completes, the block below retries it.
                     if disc_task.is_none() && first_discovery_done {
                         let p = peer_rx.borrow().clone();
                         disc_task = self.spawn_discovery(&p, None);
@@ -199,7 +203,7 @@ impl Agent {
                 Wake::Discovered(r) => {
                     disc_task = None;
                     if let Some(r) = r {
-                        self.on_discovery(r);
+                        disc_tick.reset_after(self.on_discovery(r));
                     }
                 }
             }
@@ -235,10 +239,20 @@ impl Agent {
                 // binds it (lab-notes §7.7). Publish the key and discovery result first: the
                 // operator needs both to plan anyone's path to us.
                 let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
+                let mut answered = false;
                 if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
                     && let Ok(r) = h.await
                 {
-                    self.on_discovery(r);
+                    answered = r.stun_reachable;
+                    disc_tick.reset_after(self.on_discovery(r));
+                }
+                if !answered && port.is_some() && started.elapsed() < FIRST_DISCOVERY_GRACE {
+                    // Published but silent servers (the relay pod not ready yet, its address
+                    // not announced): the WireGuard port's own mapping is worth a few more
+                    // seconds before the dataplane binds the port and it can no longer be
+                    // measured; the discovery tick (reset above) wakes the retry.
+                    self.metrics.tick();
+                    continue;
                 }
                 self.seed_srflx(&peer);
                 first_discovery_done = true;
@@ -266,27 +280,27 @@ impl Agent {
     ) -> Option<tokio::task::JoinHandle<DiscoveryReport>> {
         let peer = peer.as_ref()?;
         let servers = discovery::stun_servers(&peer.spec);
-        let local_ips: Vec<_> = candidates::local_addrs()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| a.ip)
-            .collect();
+        let local = candidates::local_addrs().unwrap_or_default();
         self.metrics.discovery_runs.inc();
-        Some(
-            tokio::spawn(
-                async move {
-                    discovery::discover(&servers, port, local_ips, Retransmit::default()).await
-                }
+        Some(tokio::spawn(
+            async move { discovery::discover(&servers, port, local, Retransmit::default()).await }
                 .instrument(tracing::debug_span!("discovery")),
-            ),
-        )
+        ))
     }
 
-    fn on_discovery(&mut self, r: DiscoveryReport) {
+    /// Records a discovery round; returns how long to wait before the next one.
+    fn on_discovery(&mut self, r: DiscoveryReport) -> Duration {
         let msg = r.message.clone();
+        let (wait, failures) = discovery::next_check(
+            r.stun_reachable,
+            self.discovery_failures,
+            self.cfg.discovery_interval,
+        );
+        self.discovery_failures = failures;
         if self.discovery.update(r) {
             tracing::info!(nat = ?self.discovery.nat_type(), public_ip = ?self.discovery.public_ip(), srflx = ?self.discovery.srflx, "discovery changed: {msg}");
         }
+        wait
     }
 
     /// After a restart the WireGuard port is already bound, so the first round could not

@@ -255,7 +255,7 @@ fn agent_token_writes_only_its_own_peer_status() {
                 "metadata": {"name": "n1"}, "status": {"observedGeneration": 2}});
             api.patch_status(
                 "n1",
-                &// Forced, as the agent applies (the merge patch above made another manager).
+                // Forced, as the agent applies (the merge patch above made another manager).
                 &PatchParams::apply("wirekube-agent").force(),
                 &Patch::Apply(&apply),
             )

@@ -1,9 +1,12 @@
 //! The lab's cloud: what a cloud controller and its load balancer do for `type: LoadBalancer`
-//! Services. Each one gets an address from a pool in `status.loadBalancer.ingress`, and the
-//! address is announced (MetalLB's layer-2 mode is the model) on the lab host of one node that
-//! runs a ready endpoint of the Service. kube-proxy on that node then takes traffic for the
-//! address to the endpoint, keeping the client's source address (`externalTrafficPolicy:
-//! Local`), which the relay's STUN responder needs.
+//! Services. Each one gets an address from a pool in `status.loadBalancer.ingress` with
+//! `ipMode: Proxy`, and the address is announced on the lab host of one node that runs a ready
+//! endpoint, which forwards it straight to the endpoints' pod addresses (an "IP target" load
+//! balancer, as AWS NLB IP mode or GCP NEGs do), keeping the client's source address.
+//!
+//! `ipMode: Proxy` matters: with the default (`VIP`), kube-proxy on *every* node captures
+//! traffic to the address and sends it to a relay pod IP directly; across sites whose pod
+//! networks are not routed to each other that address is unreachable (docs/operator.md).
 //!
 //! Decisions are pure ([`plan`]); the controller thread only lists, patches and announces.
 
@@ -27,8 +30,27 @@ pub enum CloudError {
     Start(String),
 }
 
-/// Moves an address onto (`true`) or off (`false`) the lab host of a node.
-pub type Announcer = Arc<dyn Fn(&str, Ipv4Addr, bool) + Send + Sync>;
+/// Where one load-balancer address goes: the announcing node and, per Service port,
+/// (protocol, port) → pod address and target port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub forwards: Vec<Forward>,
+}
+
+/// One forwarding rule of a load-balancer address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Forward {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub port: u16,
+    pub pod_ip: Ipv4Addr,
+    pub target_port: u16,
+}
+
+/// Installs (`true`) or removes (`false`) an announcement on the lab host of its node.
+pub type Announcer = Arc<dyn Fn(&Announcement, bool) + Send + Sync>;
 
 /// One LoadBalancer Service as the cloud sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +61,8 @@ pub struct LbService {
     pub assigned: Option<Ipv4Addr>,
     /// Nodes running a ready endpoint.
     pub ready_nodes: BTreeSet<String>,
+    /// Forwarding rules per node with a ready endpoint (that node's pods only).
+    pub forwards: BTreeMap<String, Vec<Forward>>,
 }
 
 /// What to do next.
@@ -50,6 +74,31 @@ pub struct Plan {
     pub exhausted: Vec<String>,
     /// Address → node that should announce it.
     pub announce: BTreeMap<Ipv4Addr, String>,
+}
+
+impl Plan {
+    /// The full announcements (forwarding rules included) of this plan.
+    pub fn announcements(&self, services: &[LbService]) -> BTreeMap<Ipv4Addr, Announcement> {
+        let mut out = BTreeMap::new();
+        for (ip, node) in &self.announce {
+            let svc = services.iter().find(|s| {
+                s.assigned == Some(*ip) || self.assign.iter().any(|(k, a)| a == ip && *k == s.key)
+            });
+            let forwards = svc
+                .and_then(|s| s.forwards.get(node))
+                .cloned()
+                .unwrap_or_default();
+            out.insert(
+                *ip,
+                Announcement {
+                    node: node.clone(),
+                    ip: *ip,
+                    forwards,
+                },
+            );
+        }
+        out
+    }
 }
 
 /// Assigns free pool addresses to services without one (in key order, lowest address first) and
@@ -174,8 +223,8 @@ fn run(
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         if let Some(a) = &announcer {
-            for (ip, node) in &announced {
-                a(node, *ip, false);
+            for ann in announced.values() {
+                a(ann, false);
             }
         }
     });
@@ -208,33 +257,39 @@ async fn pass(
     client: &kube::Client,
     pool: &[Ipv4Addr],
     announcer: Option<&Announcer>,
-    announced: &mut BTreeMap<Ipv4Addr, String>,
+    announced: &mut BTreeMap<Ipv4Addr, Announcement>,
 ) -> Result<(), kube::Error> {
     let services = observe(client).await?;
-    let p = plan(&services, pool, announced);
+    let nodes: BTreeMap<Ipv4Addr, String> = announced
+        .iter()
+        .map(|(ip, a)| (*ip, a.node.clone()))
+        .collect();
+    let p = plan(&services, pool, &nodes);
     for key in &p.exhausted {
         tracing::warn!("lab cloud: no free address for LoadBalancer Service {key}");
     }
     for (key, ip) in &p.assign {
         let (ns, name) = key.split_once('/').unwrap_or(("default", key));
-        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}}});
+        let status = json!({"status": {"loadBalancer": {"ingress": [
+            {"ip": ip.to_string(), "ipMode": "Proxy"}]}}});
         Api::<Service>::namespaced(client.clone(), ns)
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
             .await?;
     }
+    let now = p.announcements(&services);
     if let Some(a) = announcer {
-        for (ip, node) in announced.iter() {
-            if p.announce.get(ip) != Some(node) {
-                a(node, *ip, false);
+        for (ip, old) in announced.iter() {
+            if now.get(ip) != Some(old) {
+                a(old, false);
             }
         }
-        for (ip, node) in &p.announce {
-            if announced.get(ip) != Some(node) {
-                a(node, *ip, true);
+        for (ip, new) in &now {
+            if announced.get(ip) != Some(new) {
+                a(new, true);
             }
         }
     }
-    *announced = p.announce;
+    *announced = now;
     Ok(())
 }
 
@@ -245,18 +300,36 @@ async fn observe(client: &kube::Client) -> Result<Vec<LbService>, kube::Error> {
     let slices = Api::<EndpointSlice>::all(client.clone())
         .list(&ListParams::default())
         .await?;
-    let mut ready: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Service key → node → ready endpoint ports there.
+    let mut ready: BTreeMap<String, BTreeMap<String, Vec<EndpointPort>>> = BTreeMap::new();
     for s in &slices.items {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
         let labels = s.metadata.labels.clone().unwrap_or_default();
         let Some(svc) = labels.get("kubernetes.io/service-name") else {
             continue;
         };
-        let nodes = ready.entry(format!("{ns}/{svc}")).or_default();
+        let by_node = ready.entry(format!("{ns}/{svc}")).or_default();
         for e in &s.endpoints {
             let is_ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
-            if let (true, Some(n)) = (is_ready, &e.node_name) {
-                nodes.insert(n.clone());
+            let (true, Some(n)) = (is_ready, &e.node_name) else {
+                continue;
+            };
+            let targets = by_node.entry(n.clone()).or_default();
+            for ip in e
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+            {
+                for p in s.ports.iter().flatten() {
+                    if let Some(port16) = p.port.and_then(|x| u16::try_from(x).ok()) {
+                        targets.push((
+                            p.name.clone().unwrap_or_default(),
+                            p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            ip,
+                            port16,
+                        ));
+                    }
+                }
             }
         }
     }
@@ -278,13 +351,54 @@ async fn observe(client: &kube::Client) -> Result<Vec<LbService>, kube::Error> {
                 .and_then(|i| i.first())
                 .and_then(|i| i.ip.as_deref())
                 .and_then(|ip| ip.parse().ok());
+            let ports = s
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.ports.clone())
+                .unwrap_or_default();
+            let targets = ready.get(&key).cloned().unwrap_or_default();
+            let forwards = targets
+                .iter()
+                .map(|(node, eps)| (node.clone(), forwards_for(&ports, eps)))
+                .collect();
             LbService {
-                ready_nodes: ready.get(&key).cloned().unwrap_or_default(),
+                ready_nodes: targets.keys().cloned().collect(),
+                forwards,
                 key,
                 assigned,
             }
         })
         .collect())
+}
+
+/// One ready endpoint port: (port name, protocol, pod IP, pod port).
+type EndpointPort = (String, String, Ipv4Addr, u16);
+
+/// Matches Service ports to endpoint ports by name and protocol.
+fn forwards_for(
+    ports: &[k8s_openapi::api::core::v1::ServicePort],
+    eps: &[EndpointPort],
+) -> Vec<Forward> {
+    let mut out: Vec<Forward> = ports
+        .iter()
+        .flat_map(|sp| {
+            let name = sp.name.clone().unwrap_or_default();
+            let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+            eps.iter()
+                .filter(move |(n, p, _, _)| *n == name && *p == proto)
+                .filter_map(move |(_, p, ip, target)| {
+                    Some(Forward {
+                        protocol: p.to_ascii_lowercase(),
+                        port: u16::try_from(sp.port).ok()?,
+                        pod_ip: *ip,
+                        target_port: *target,
+                    })
+                })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -300,6 +414,7 @@ mod tests {
             key: key.into(),
             assigned: assigned.map(ip),
             ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
+            forwards: BTreeMap::new(),
         }
     }
 

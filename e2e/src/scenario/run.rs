@@ -15,7 +15,7 @@ use wirekube_crds::{
     ActualPath, ExternalRelay, ManagedRelay, PathReason, RelayProvider, RelaySpec, ServiceType,
     WireKubeMesh, WireKubeMeshSpec, WireKubePeer,
 };
-use wirekube_kubelab::cloud::{Announcer, LabCloud};
+use wirekube_kubelab::cloud::{Announcement, Announcer, LabCloud};
 use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
 use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
 
@@ -643,13 +643,13 @@ fn path_str(p: &Path) -> String {
 
 /// Image → binary under test, for every kubelet: the images `config/` and the operator name.
 fn image_map() -> Result<ImageMap> {
-    Ok(["operator", "agent", "relay"]
+    ["operator", "agent", "relay"]
         .into_iter()
         .map(|c| {
             let bin = binary(&format!("wirekube-{c}"))?;
             Ok((format!("ghcr.io/wirekube/wirekube-{c}:*"), bin))
         })
-        .collect::<Result<Vec<_>>>()?)
+        .collect()
 }
 
 /// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
@@ -685,18 +685,21 @@ fn start_nodes(
 pub const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 240);
 
 /// The lab cloud, announcing LoadBalancer addresses on the public node that runs the endpoint
-/// (a second address on its NIC, as a cloud's floating IP).
+/// (a second address on its NIC, as a cloud's floating IP) and forwarding them to the pods there
+/// with nftables DNAT (an IP-target load balancer: the client's address is kept).
 fn start_cloud(lab: &Arc<Lab>, kube: &KubeLab, hosts: &BTreeMap<String, Host>) -> Result<LabCloud> {
     let (lab, hosts) = (lab.clone(), hosts.clone());
-    let announce: Announcer = Arc::new(move |node: &str, ip: Ipv4Addr, up: bool| {
-        let Some(h) = hosts.get(node).filter(|h| h.site.is_none()) else {
-            tracing::warn!("lab cloud: {node} is not a public lab host; {ip} not announced");
+    let announce: Announcer = Arc::new(move |a: &Announcement, up: bool| {
+        let Some(h) = hosts.get(&a.node).filter(|h| h.site.is_none()) else {
+            tracing::warn!(
+                "lab cloud: {} is not a public lab host; {} not announced",
+                a.node,
+                a.ip
+            );
             return;
         };
-        let verb = if up { "add" } else { "del" };
-        let addr = format!("{ip}/32");
-        if let Err(e) = lab.run(h, &["ip", "addr", verb, &addr, "dev", "eth0"]) {
-            tracing::warn!("lab cloud: {verb} {addr} on {node}: {e}");
+        if let Err(e) = announce_on(&lab, h, a, up) {
+            eprintln!("lab cloud: announce {} on {} ({up}): {e:#}", a.ip, a.node);
         }
     });
     let ns = wirekube_lab::netns::ns_path(&kube.dmz.ns);
@@ -706,6 +709,36 @@ fn start_cloud(lab: &Arc<Lab>, kube: &KubeLab, hosts: &BTreeMap<String, Host>) -
         vec![LB_ADDRESS],
         Some(announce),
     )?)
+}
+
+/// Adds (or removes) the address and its DNAT table on `host`.
+fn announce_on(lab: &Lab, host: &Host, a: &Announcement, up: bool) -> Result<()> {
+    let table = format!("wklb_{}", a.ip.to_string().replace('.', "_"));
+    let addr = format!("{}/32", a.ip);
+    if !up {
+        let _ = lab.exec(host, &["nft", "delete", "table", "ip", &table]);
+        lab.run(host, &["ip", "addr", "del", &addr, "dev", "eth0"])?;
+        return Ok(());
+    }
+    let rules: String = a
+        .forwards
+        .iter()
+        .map(|f| {
+            format!(
+                "ip daddr {} {} dport {} dnat to {}:{}; ",
+                a.ip, f.protocol, f.port, f.pod_ip, f.target_port
+            )
+        })
+        .collect();
+    let script = format!(
+        "table ip {table} {{ \
+           chain pre {{ type nat hook prerouting priority dstnat - 10; {rules}}}; \
+           chain out {{ type nat hook output priority -110; {rules}}}; }}"
+    );
+    let _ = lab.exec(host, &["nft", "delete", "table", "ip", &table]);
+    lab.run(host, &["nft", &script])?;
+    let _ = lab.exec(host, &["ip", "addr", "add", &addr, "dev", "eth0"]);
+    Ok(())
 }
 
 /// The last `lines` lines of each container log under a kubelet's pods directory.

@@ -1,4 +1,3 @@
-//! WireKube end-to-end: network-namespace lab, Kubernetes API test server, scenarios
-pub mod apiserver;
+//! WireKube end-to-end: the lab with a real Kubernetes control plane, scenarios, the demo
 pub mod kube_lab;
 pub mod scenario;

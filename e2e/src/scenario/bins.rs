@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 /// Every binary a scenario starts.
 pub const BINARIES: [&str; 4] = [
-    "wirekube-apiserver",
+    "wirekube-lab-kubelet",
     "wirekube-operator",
     "wirekube-agent",
     "wirekube-relay",

@@ -1,6 +1,7 @@
 //! Scenario harness: builds a topology in the network lab ([`wirekube_lab`]), runs the real
-//! `wirekube-apiserver`, `wirekube-operator`, `wirekube-relay` and one `wirekube-agent` per node in
-//! it, applies a WireKubeMesh and checks every pair in both directions against the seed's table:
+//! Kubernetes control plane in its DMZ and a lab kubelet + kube-proxy per node
+//! ([`wirekube_kubelab`]), installs WireKube with `kubectl apply -k config/default` (operator
+//! and agents run as pods), applies a WireKubeMesh and checks every pair in both directions:
 //! the path and reason in the agents' status, `wg show`, ping and a verified TCP transfer over the
 //! mesh IPs. See `docs/topologies.md`.
 //!

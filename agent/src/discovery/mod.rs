@@ -136,17 +136,16 @@ pub async fn discover(
     if addrs.is_empty() {
         return hairpin_only(&hairpin);
     }
-    let mapping: Vec<MappingResult> = match stun_io::mapping_test(&sock, &addrs, rt).await {
-        // The server's OTHER-ADDRESS may be a pod on this node (a relay pod knows only its pod
-        // address): the same hairpin, dropped the same way.
-        Ok(m) => m
-            .into_iter()
-            .filter(|r| !candidates::is_hairpin(r.server.ip(), &local))
-            .collect(),
+    let mapping = match stun_io::mapping_test(&sock, &addrs, rt).await {
+        Ok(m) => m,
         Err(e) => return unknown(format!("STUN mapping test failed: {e}")),
     };
     // Release the WireGuard port before anything else can want it.
     drop(sock);
+    let (looped, mapping) = drop_hairpin_answers(mapping, &local);
+    if mapping.iter().all(|m| m.mapped.is_none()) && !looped.is_empty() {
+        return hairpin_only(&looped);
+    }
     let first_ok = mapping
         .iter()
         .find(|m| m.mapped.is_some())
@@ -219,6 +218,22 @@ pub fn split_hairpin(
     addrs
         .iter()
         .partition(|a| candidates::is_hairpin(a.ip(), local))
+}
+
+/// Drops mapping results that looped through this node: from a server in a local pod subnet
+/// (a relay's OTHER-ADDRESS is its pod address), or answering that we came from the server's
+/// own address, which no NAT on a path does (the address became local between reading the
+/// interfaces and asking: a LoadBalancer address announced on this node meanwhile).
+pub fn drop_hairpin_answers(
+    mapping: Vec<MappingResult>,
+    local: &[candidates::LocalAddr],
+) -> (Vec<SocketAddr>, Vec<MappingResult>) {
+    let (looped, kept): (Vec<MappingResult>, Vec<MappingResult>) =
+        mapping.into_iter().partition(|r| {
+            candidates::is_hairpin(r.server.ip(), local)
+                || r.mapped.is_some_and(|m| m.ip() == r.server.ip())
+        });
+    (looped.into_iter().map(|r| r.server).collect(), kept)
 }
 
 /// The report when every STUN server is on this node: nothing sits between the node and the
@@ -313,6 +328,31 @@ impl DiscoveryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_that_looped_through_the_node_are_dropped() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let local = vec![candidates::LocalAddr {
+            ifname: "cni0".into(),
+            ip: "10.244.1.1".parse().unwrap(),
+            prefix_len: 24,
+            loopback: false,
+            up: true,
+        }];
+        let r = |server: &str, mapped: Option<&str>| MappingResult {
+            server: sa(server),
+            mapped: mapped.map(sa),
+        };
+        let mapping = vec![
+            r("198.18.0.240:3478", Some("198.18.0.240:51820")), // own LB address, raced
+            r("10.244.1.2:3479", Some("10.244.1.1:51820")),     // OTHER-ADDRESS: a local pod
+            r("198.18.0.20:3478", Some("198.18.0.10:40000")),   // a real answer
+            r("198.18.0.21:3478", None),                        // silent
+        ];
+        let (looped, kept) = drop_hairpin_answers(mapping.clone(), &local);
+        assert_eq!(looped, vec![sa("198.18.0.240:3478"), sa("10.244.1.2:3479")]);
+        assert_eq!(kept, mapping[2..].to_vec());
+    }
 
     #[test]
     fn rechecks_soon_while_no_stun_server_answers() {

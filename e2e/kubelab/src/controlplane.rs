@@ -59,8 +59,8 @@ impl ControlPlaneConfig {
     pub fn new() -> Result<ControlPlaneConfig> {
         Ok(ControlPlaneConfig {
             bin_dir: k8s_bin_dir()?,
-            service_cidr: net("10.96.0.0/16"),
-            cluster_cidr: net("10.244.0.0/16"),
+            service_cidr: SERVICE_CIDR,
+            cluster_cidr: CLUSTER_CIDR,
             node_cidr_mask: 24,
             node_port_range: (30000, 32767),
             port: 6443,
@@ -68,10 +68,10 @@ impl ControlPlaneConfig {
     }
 }
 
-fn net(s: &str) -> Ipv4Net {
-    // Literals above; a typo is a programming error caught by the unit test.
-    s.parse().unwrap_or_else(|_| Ipv4Net::default())
-}
+/// The default ClusterIP range.
+pub const SERVICE_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 96, 0, 0), 16);
+/// The default pod range (node IPAM hands out /24s).
+pub const CLUSTER_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 244, 0, 0), 16);
 
 /// The directory with the Kubernetes binaries: `$WIREKUBE_K8S_BIN`, else what
 /// `scripts/build-k8s.sh` prints (building them on first use; `K8S_VERSION` selects a release).
@@ -411,16 +411,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_ranges_parse_and_the_kubernetes_service_is_the_first_address() {
+    fn the_kubernetes_service_is_the_first_address_of_the_service_range() {
         let cfg = ControlPlaneConfig {
             bin_dir: PathBuf::new(),
-            service_cidr: net("10.96.0.0/16"),
-            cluster_cidr: net("10.244.0.0/16"),
+            service_cidr: SERVICE_CIDR,
+            cluster_cidr: CLUSTER_CIDR,
             node_cidr_mask: 24,
             node_port_range: (30000, 32767),
             port: 6443,
         };
-        assert_ne!(cfg.cluster_cidr, Ipv4Net::default());
         assert_eq!(first_host(cfg.service_cidr), Ipv4Addr::new(10, 96, 0, 1));
     }
 }

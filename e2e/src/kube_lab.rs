@@ -64,21 +64,42 @@ impl KubeLab {
     /// Installs WireKube as a user does (`kubectl apply -k config/default`) and waits until its
     /// CRDs are established.
     pub fn install(&self) -> Result<String> {
-        let root = crate::scenario::bins::repo_root();
-        let out = self.kubectl(&[
-            "apply",
-            "--server-side",
-            "-k",
-            &root.join("config/default").to_string_lossy(),
+        let out = self.apply(&[("-k", "config/default")])?;
+        self.wait_crds()?;
+        Ok(out)
+    }
+
+    /// Installs WireKube's namespace, CRDs and RBAC but no workloads (for tests that run the
+    /// operator or the agents themselves) and waits until the CRDs are established.
+    pub fn install_api(&self) -> Result<()> {
+        self.apply(&[
+            ("-f", "config/operator/namespace.yaml"),
+            ("-k", "config/crd"),
+            ("-k", "config/rbac"),
         ])?;
+        self.wait_crds()
+    }
+
+    /// `kubectl apply --server-side <flag> <repo path>` for each pair; the outputs joined.
+    fn apply(&self, what: &[(&str, &str)]) -> Result<String> {
+        let root = crate::scenario::bins::repo_root();
+        let mut out = String::new();
+        for (flag, path) in what {
+            let path = root.join(path);
+            out += &self.kubectl(&["apply", "--server-side", flag, &path.to_string_lossy()])?;
+        }
+        Ok(out)
+    }
+
+    fn wait_crds(&self) -> Result<()> {
         self.kubectl(&[
             "wait",
             "--for=condition=Established",
-            "--timeout=30s",
+            "--timeout=60s",
             "crd/wirekubemeshes.wirekube.io",
             "crd/wirekubepeers.wirekube.io",
         ])?;
-        Ok(out)
+        Ok(())
     }
 
     /// A kubeconfig that authenticates with a bearer `token` (a service-account token).

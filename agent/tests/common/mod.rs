@@ -36,7 +36,7 @@ use wirekube_crds::{
     WireKubePeerStatus,
 };
 use wirekube_e2e::kube_lab::KubeLab;
-use wirekube_e2e::scenario::bins::{binary, repo_root};
+use wirekube_e2e::scenario::bins::binary;
 use wirekube_e2e::scenario::{WgPeer, parse_wg_dump};
 use wirekube_lab::{Host, Lab, Proc, wait_until};
 
@@ -100,23 +100,7 @@ impl Env {
         }
         let dmz = lab.add_dmz("dmz", &[])?;
         let kube = KubeLab::start_in(lab.clone(), dmz.clone())?;
-        let root = repo_root();
-        kube.kubectl(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &s(&root.join("config/operator/namespace.yaml")),
-        ])?;
-        for dir in ["config/crd", "config/rbac"] {
-            kube.kubectl(&["apply", "--server-side", "-k", &s(&root.join(dir))])?;
-        }
-        kube.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/wirekubemeshes.wirekube.io",
-            "crd/wirekubepeers.wirekube.io",
-        ])?;
+        kube.install_api()?;
         let mut agent_kubeconfigs = BTreeMap::new();
         for (n, h) in &nodes {
             kube.admin

@@ -75,24 +75,8 @@ pub fn lab(tag: &str) -> KubeLab {
 /// namespace, `-k config/crd` and `-k config/rbac`, then waits for the CRDs to be Established.
 pub fn install(lab: &KubeLab) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = |p: &str| root.join(p).to_string_lossy().into_owned();
-    for args in [
-        ["-f", &path("config/operator/namespace.yaml")],
-        ["-k", &path("config/crd")],
-        ["-k", &path("config/rbac")],
-    ] {
-        lab.kubectl(&["apply", "--server-side", args[0], args[1]])
-            .expect("install");
-    }
-    lab.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/wirekubemeshes.wirekube.io",
-        "crd/wirekubepeers.wirekube.io",
-    ])
-    .expect("CRDs established");
+    lab.install_api()
+        .expect("namespace, CRDs and RBAC installed");
 }
 
 /// Runs the future made by `f` to completion on a multi-thread runtime whose threads (workers

@@ -231,15 +231,8 @@ fn run(
 }
 
 fn enter_netns(ns: &Path) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
-    // SAFETY: setns on a valid descriptor; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!("setns: {}", std::io::Error::last_os_error()))
-    }
+    wirekube_lab::netns::join(&f).map_err(|e| format!("setns {}: {e}", ns.display()))
 }
 
 async fn client(kubeconfig: &Path) -> Result<kube::Client, String> {

@@ -2,6 +2,8 @@
 //! RBAC, the Node authorizer and NodeRestriction, node IPAM. Needs root and the binaries from
 //! `scripts/build-k8s.sh`.
 
+mod common;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -91,18 +93,8 @@ fn control_plane_authorizes_nodes_and_allocates_pod_cidrs() {
 
 #[test]
 fn kube_proxy_takes_a_node_to_the_api_server_through_the_kubernetes_service() {
-    use wirekube_lab::{NatKind, SiteSpec, wait_until};
-    let lab = Lab::new_unique("kpx").expect("lab (needs root)");
-    lab.add_site(SiteSpec::new(
-        "s",
-        NatKind::PortRestrictedCone,
-        "10.1.0.0/24",
-    ))
-    .unwrap();
-    let node = lab.add_node("s", "a").unwrap();
-    let dmz = lab.add_dmz("dmz", &[]).unwrap();
-    let cp = ControlPlane::start(&lab, &dmz, ControlPlaneConfig::new().unwrap())
-        .unwrap_or_else(|e| panic!("control plane: {e}\n{}", lab.logs_tail(20)));
+    use wirekube_lab::wait_until;
+    let (lab, node, dmz, cp) = common::lab_with_node("kpx", "s", "a");
     // kube-proxy reads its node's addresses from the Node object (the kubelet registers it).
     let f = lab.dir().join("node-a.json");
     std::fs::write(

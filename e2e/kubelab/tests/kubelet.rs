@@ -4,15 +4,17 @@
 //! killed container, tears a deleted pod down completely, and removes everything when it is
 //! stopped. Needs root, the binaries from `scripts/build-k8s.sh`, kubectl and the CNI plugins.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
-use wirekube_kubelab::controlplane::{ControlPlane, ControlPlaneConfig};
+use wirekube_kubelab::controlplane::ControlPlane;
 use wirekube_kubelab::kubelet::netns_name;
-use wirekube_lab::{Host, Lab, NatKind, SiteSpec, wait_for, wait_until};
+use wirekube_lab::{Host, Lab, wait_for, wait_until};
 
 const NS: &str = "klt";
 
@@ -136,17 +138,7 @@ fn claims(token: &str) -> Value {
 }
 
 fn start() -> (Cluster, wirekube_lab::Proc, PathBuf) {
-    let lab = Lab::new_unique("klt").expect("lab (needs root)");
-    lab.add_site(SiteSpec::new(
-        "s1",
-        NatKind::PortRestrictedCone,
-        "10.1.0.0/24",
-    ))
-    .unwrap();
-    let node = lab.add_node("s1", "n1").unwrap();
-    let dmz = lab.add_dmz("dmz", &[]).unwrap();
-    let cp = ControlPlane::start(&lab, &dmz, ControlPlaneConfig::new().unwrap())
-        .unwrap_or_else(|e| panic!("control plane: {e}\n{}", lab.logs_tail(20)));
+    let (lab, node, _dmz, cp) = common::lab_with_node("klt", "s1", "n1");
     let kc = cp.node_kubeconfig("n1").unwrap();
     let root = lab.host_dir("n1").join("kubelet");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirekube-lab-kubelet"));

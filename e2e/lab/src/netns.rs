@@ -96,6 +96,19 @@ pub fn all_pids() -> Vec<i32> {
         .collect()
 }
 
+/// Moves the calling thread into the network namespace `ns` refers to (an open
+/// `/run/netns/<name>`). Only this thread changes namespace; sockets it creates afterwards live
+/// there.
+pub fn join(ns: &fs::File) -> io::Result<()> {
+    // SAFETY: setns on a valid descriptor; affects only the calling thread.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Runs `f` on a fresh thread that has joined namespace `name`. Sockets created by `f` stay in that
 /// namespace for their whole life and may be used from any thread afterwards.
 pub fn in_netns<T, F>(name: &str, f: F) -> Result<T>
@@ -108,11 +121,7 @@ where
     let handle = thread::Builder::new()
         .name(format!("netns-{name}"))
         .spawn(move || {
-            // SAFETY: setns on a valid fd; only this thread changes namespace, then it exits.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            join(&file)?;
             drop(file);
             Ok(f())
         })

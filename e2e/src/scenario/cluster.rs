@@ -3,7 +3,6 @@
 //! real cluster (kind) no namespace is given.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,14 +33,11 @@ impl Cluster {
                 std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?,
             );
             b.on_thread_start(move || {
-                // SAFETY: setns on a valid descriptor, affecting only this runtime thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "setns for the cluster client: {}",
-                    std::io::Error::last_os_error()
-                );
+                // A runtime thread outside the namespace would open sockets in the wrong
+                // network: fail loudly (on_thread_start cannot return an error).
+                if let Err(e) = wirekube_lab::netns::join(&file) {
+                    panic!("setns for the cluster client: {e}");
+                }
             });
         }
         let rt = b.build().context("tokio runtime")?;

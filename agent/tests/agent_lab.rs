@@ -18,6 +18,11 @@ use wirekube_crds::{ActualPath, CandidateKind, NatType, PathReason, PlannedPath}
 
 const A: &str = "a";
 const B: &str = "b";
+/// How long traffic may take to flow once both agents report a path. This checks that the
+/// path carries traffic, not how fast it comes up (a WireGuard handshake lost while the path
+/// moved is retried after 5 s, and more on a loaded 2-core runner); the time to switch is
+/// asserted on the reported status above each ping and recorded in docs/benchmarks.md.
+const PATH_UP: Duration = Duration::from_secs(30);
 
 fn key(env: &Env, n: &str) -> String {
     env.status(n).and_then(|s| s.public_key).unwrap_or_default()
@@ -243,7 +248,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     env.wait(60, "fallback to relay reported", || both_fell_back(&env))?;
     let fell = t.elapsed();
     env.lab
-        .ping_until(&ha, mb, Duration::from_secs(10))
+        .ping_until(&ha, mb, PATH_UP)
         .map_err(|e| env.fail(&e.to_string()))?;
     let (ok, lost) = pinger.finish();
     steps.log(&format!(
@@ -291,7 +296,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     })?;
     let fell = t.elapsed();
     env.lab
-        .ping_until(&ha, mb, Duration::from_secs(10))
+        .ping_until(&ha, mb, PATH_UP)
         .map_err(|e| env.fail(&e.to_string()))?;
     steps.log(&format!(
         "(f) dead direct path from the start: relay after {fell:?} (directTimeout 12 s)"
@@ -320,7 +325,7 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
             })
     })?;
     env.lab
-        .ping_until(&ha, mb, Duration::from_secs(10))
+        .ping_until(&ha, mb, PATH_UP)
         .map_err(|e| env.fail(&e.to_string()))?;
     let x = env
         .lab

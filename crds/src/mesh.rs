@@ -60,7 +60,13 @@ pub struct WireKubeMeshSpec {
 
     /// Name of the WireGuard interface on every node.
     #[serde(default = "default_interface_name")]
-    #[schemars(pattern(r"^[a-zA-Z0-9_=+.-]{1,15}$"))]
+    // CEL rules instead of `pattern`: the API server then answers with our message (what a
+    // valid value looks like) instead of the bare regular expression.
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-zA-Z0-9_=+.-]{1,15}$')",
+         "message": "interfaceName must be a Linux interface name: 1 to 15 letters, digits or _=+.- (e.g. wirekube0)"}
+    ]))]
     pub interface_name: String,
 
     /// MTU of the WireGuard interface. 1420 fits IPv4 and IPv6 underlays with MTU 1500.
@@ -80,17 +86,33 @@ pub struct WireKubeMeshSpec {
     /// STUN servers (`host:port`) for NAT classification. At least two when set; when empty,
     /// agents use the relay's STUN responder (two ports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8), inner(length(max = 261)))]
-    #[schemars(inner(pattern(r"^[^\s:]+:[0-9]{1,5}$|^\[[0-9a-fA-F:.]+\]:[0-9]{1,5}$")))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "size(self) == 0 || size(self) >= 2",
-         "message": "stunServers needs at least 2 servers to tell symmetric from cone NAT; list 2 or leave it empty to use the relay's STUN responder"}
-    ]))]
+    #[schemars(schema_with = "stun_servers_schema")]
     pub stun_servers: Vec<String>,
 
     /// How and when pairs are relayed.
     #[serde(default)]
     pub relay: RelaySpec,
+}
+
+/// `stunServers`: up to 8 `host:port` entries; each entry is checked by its own CEL rule so
+/// the API server names the bad index and says what a valid entry looks like.
+fn stun_servers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 8,
+        "items": {
+            "type": "string",
+            "maxLength": 261,
+            "x-kubernetes-validations": [
+                {"rule": "self.matches(r'^([^\\s:]+|\\[[0-9a-fA-F:.]+\\]):[0-9]{1,5}$')",
+                 "message": "a stunServers entry must be host:port, e.g. stun.example.com:3478 or [2001:db8::1]:3478"}
+            ]
+        },
+        "x-kubernetes-validations": [
+            {"rule": "size(self) == 0 || size(self) >= 2",
+             "message": "stunServers needs at least 2 servers to tell symmetric from cone NAT; list 2 or leave it empty to use the relay's STUN responder"}
+        ]
+    })
 }
 
 /// Relay policy and placement.
@@ -114,7 +136,11 @@ pub struct RelaySpec {
     pub managed: ManagedRelay,
     /// How long a planned direct pair may go without a handshake before the agent falls back.
     #[serde(default = "default_direct_timeout")]
-    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^([0-9]+(ms|s|m|h))+$')",
+         "message": "directTimeout must be a duration such as 500ms, 10s, 2m or 1m30s"}
+    ]))]
     pub direct_timeout: String,
 }
 
@@ -136,7 +162,10 @@ impl Default for RelaySpec {
 pub struct ExternalRelay {
     /// `host:port` of the relay's TCP listener, e.g. `relay.example.com:3478`.
     #[schemars(length(max = 261))]
-    #[schemars(pattern(r"^([^\s:]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "size(self) == 0 || self.matches(r'^([^\\s:]+|\\[[0-9a-fA-F:.]+\\]):[0-9]{1,5}$')",
+         "message": "relay.external.endpoint must be host:port, e.g. relay.example.com:3478 or [2001:db8::1]:3478"}
+    ]))]
     pub endpoint: String,
 }
 

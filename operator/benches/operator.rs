@@ -298,6 +298,29 @@ async fn bench(n: usize, admin_kc: PathBuf, operator_kc: PathBuf) {
     }) {
         println!("  {l}");
     }
+    print_events(&admin).await;
     stop.cancel();
     let _ = op.await;
+}
+
+/// The operator's events by reason: how many objects, and how many occurrences (the recorder
+/// folds a repeated reason + note into one object's series).
+async fn print_events(admin: &kube::Client) {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::all(admin.clone());
+    let list = events.list(&ListParams::default()).await.expect("events");
+    let mut by_reason: std::collections::BTreeMap<String, (usize, i32)> = Default::default();
+    for e in list.items.iter().filter(|e| {
+        e.reporting_controller.as_deref() == Some("wirekube-operator")
+            || e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("WireKubeMesh")
+    }) {
+        let entry = by_reason
+            .entry(e.reason.clone().unwrap_or_default())
+            .or_default();
+        entry.0 += 1;
+        entry.1 += e.series.as_ref().map_or(1, |s| s.count);
+    }
+    for (reason, (objects, occurrences)) in by_reason {
+        println!("  event {reason}: {objects} objects, {occurrences} occurrences");
+    }
 }

@@ -29,6 +29,8 @@ pub enum ControlPlaneError {
     Binaries(String),
     #[error("{component} exited during start-up; its log ends with:\n{log}")]
     Exited { component: String, log: String },
+    #[error("write {0}: {1}")]
+    Io(String, #[source] std::io::Error),
     #[error("{what}: {detail}")]
     NotReady { what: String, detail: String },
 }
@@ -38,6 +40,17 @@ type Result<T> = std::result::Result<T, ControlPlaneError>;
 /// Environment variable naming a directory with the Kubernetes binaries; without it,
 /// `scripts/build-k8s.sh` is asked (it builds once and then only prints the cached directory).
 pub const K8S_BIN_ENV: &str = "WIREKUBE_K8S_BIN";
+
+/// Records what WireKube's own service accounts do (the RBAC test reads it) and nothing else,
+/// so the log stays small even in the 1,000-node benchmark.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts:wirekube-system\"]
+  - level: None
+";
 
 /// Shape of the lab cluster.
 #[derive(Clone, Debug)]
@@ -82,6 +95,7 @@ pub fn k8s_bin_dir() -> Result<PathBuf> {
     let script = repo_root().join("scripts/build-k8s.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .env("BUILD_K8S_QUIET", "1")
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| ControlPlaneError::Binaries(format!("run {}: {e}", script.display())))?;
@@ -119,6 +133,13 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// The API server's audit log (JSON lines): `ResponseComplete` (and for watches
+    /// `ResponseStarted`) events of the requests made
+    /// by a service account of the `wirekube-system` namespace, at `Metadata` level.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler in `host` and
     /// waits until the API server is ready and the controllers work (the `default`
     /// ServiceAccount and the `kube-root-ca.crt` ConfigMap exist). Everything stops with the lab.
@@ -216,6 +237,9 @@ impl ControlPlane {
             &Subject::client("kube-apiserver-etcd-client", &[]),
         )?;
         let (lo, hi) = self.cfg.node_port_range;
+        let policy = self.dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY)
+            .map_err(|e| ControlPlaneError::Io(policy.display().to_string(), e))?;
         let ca = &self.pki.ca.cert;
         let mut cmd = Command::new(self.cfg.bin_dir.join("kube-apiserver"));
         cmd.arg(format!("--advertise-address={ip}"))
@@ -246,6 +270,10 @@ impl ControlPlane {
             ))
             .arg(format!("--service-node-port-range={lo}-{hi}"))
             .arg("--allow-privileged=true")
+            .arg(format!("--audit-policy-file={}", policy.display()))
+            .arg(format!("--audit-log-path={}", self.audit_log().display()))
+            .arg("--audit-log-format=json")
+            .arg("--audit-log-mode=blocking")
             .arg("--profiling=false")
             .arg("--v=1");
         let p = lab.spawn(&self.host, cmd)?;

@@ -120,7 +120,11 @@ fn refusals_as_documented(k: &KubeLab) -> Vec<String> {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
-        let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let line = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
         let (Some(field), Some(message)) = (line("# field:"), line("# message:")) else {
             wrong.push(format!("{name}: needs `# field:` and `# message:` lines"));
             continue;

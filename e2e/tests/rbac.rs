@@ -157,7 +157,14 @@ fn rbac_grants_exactly_what_the_binaries_use() {
         .unwrap();
     let agent = wirekube_e2e::scenario::bins::binary("wirekube-agent").unwrap();
     let (agent, kc) = (agent.to_string_lossy(), kc.to_string_lossy());
-    let argv = [&*agent, "cleanup", "--node-name", "node-3", "--kubeconfig", &*kc];
+    let argv = [
+        &*agent,
+        "cleanup",
+        "--node-name",
+        "node-3",
+        "--kubeconfig",
+        &*kc,
+    ];
     let out = sc.lab.exec(&sc.hosts["node-3"], &argv).unwrap();
     assert!(
         out.status.success(),
@@ -171,21 +178,32 @@ fn rbac_grants_exactly_what_the_binaries_use() {
     );
     kubectl(
         &sc,
-        &["patch", "wkmesh", "default", "--type=merge", "-p", &external],
+        &[
+            "patch",
+            "wkmesh",
+            "default",
+            "--type=merge",
+            "-p",
+            &external,
+        ],
     );
-    wait_until(Duration::from_secs(30), "managed relay objects deleted", || {
-        sc.kubectl(&[
-            "-n",
-            NS,
-            "get",
-            "deploy,svc,secret",
-            "-l",
-            "app.kubernetes.io/name=wirekube-relay",
-            "-o",
-            "name",
-        ])
-        .is_ok_and(|o| o.trim().is_empty())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "managed relay objects deleted",
+        || {
+            sc.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "deploy,svc,secret",
+                "-l",
+                "app.kubernetes.io/name=wirekube-relay",
+                "-o",
+                "name",
+            ])
+            .is_ok_and(|o| o.trim().is_empty())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(40)));
 
     let log = std::fs::read_to_string(sc.kube.cp.audit_log()).unwrap();

@@ -333,18 +333,24 @@ fn lab_kubelet_runs_pods_like_a_kubelet() {
     // Without its kubelet's heartbeats the real node lifecycle controller marks the node
     // NotReady (Ready=Unknown) and taints it unreachable once the grace period (default
     // 50 s) has passed; a lab test stops a kubelet exactly to get that.
-    wait_until(Duration::from_secs(150), "node n1 NotReady and tainted", || {
-        let Some(n) = c.json(&["get", "node", "n1"]) else {
-            return false;
-        };
-        let unknown = n["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|x| x["type"] == "Ready" && x["status"] == "Unknown"));
-        let tainted = n["spec"]["taints"]
-            .as_array()
-            .is_some_and(|ts| ts.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"));
-        unknown && tainted
-    })
+    wait_until(
+        Duration::from_secs(150),
+        "node n1 NotReady and tainted",
+        || {
+            let Some(n) = c.json(&["get", "node", "n1"]) else {
+                return false;
+            };
+            let unknown = n["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|x| x["type"] == "Ready" && x["status"] == "Unknown")
+            });
+            let tainted = n["spec"]["taints"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+            });
+            unknown && tainted
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.kubectl(&["get", "node", "n1", "-o", "yaml"]).1));
     assert!(c.cp.dead(&c.lab).is_empty(), "{:?}", c.cp.dead(&c.lab));
     c.lab.shutdown().unwrap();

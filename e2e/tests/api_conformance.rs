@@ -268,9 +268,10 @@ fn agent_token_writes_only_its_own_peer_status() {
                     .is_ok()
             );
             assert_eq!(code(secrets.list(&pinned("other")).await.unwrap_err()), 403);
+            // The agent watches its Secret (list + watch by name) and never gets it.
             assert_eq!(
                 code(secrets.get("wirekube-relay-default").await.unwrap_err()),
-                404
+                403
             );
             Ok(())
         })

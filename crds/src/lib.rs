@@ -17,8 +17,8 @@ pub use enums::{
     ServiceType,
 };
 pub use mesh::{
-    ExternalRelay, ManagedRelay, NodeCounts, PathSummary, RelaySpec, WireKubeMesh,
-    WireKubeMeshSpec, WireKubeMeshStatus,
+    ExternalRelay, ManagedRelay, NodeCounts, NodeRoutes, PathSummary, PodNetworkSpec, RelaySpec,
+    RoutingSpec, WireKubeMesh, WireKubeMeshSpec, WireKubeMeshStatus,
 };
 pub use peer::{
     Candidate, PeerConnection, PeerEntry, PeerSummary, WireKubePeer, WireKubePeerSpec,
@@ -41,6 +41,8 @@ pub const MESH_LABEL: &str = "wirekube.io/mesh";
 pub mod conditions {
     pub const READY: &str = "Ready";
     pub const RELAY_READY: &str = "RelayReady";
+    /// Mesh: every prefix `spec.routing` asks for is carried (False names each one left out).
+    pub const ROUTES_CARRIED: &str = "RoutesCarried";
     pub const STUN_REACHABLE: &str = "StunReachable";
     pub const RELAY_CONNECTED: &str = "RelayConnected";
     pub const DATAPLANE_READY: &str = "DataplaneReady";

@@ -92,6 +92,92 @@ pub struct WireKubeMeshSpec {
     /// How and when pairs are relayed.
     #[serde(default)]
     pub relay: RelaySpec,
+
+    /// Which prefixes besides the mesh IPs the mesh carries: pod CIDRs, node InternalIPs,
+    /// prefixes a node fronts, and prefixes it must never carry.
+    #[serde(default)]
+    pub routing: RoutingSpec,
+
+    /// WireKube as the cluster's pod network, for clusters without a CNI (docs/pod-network.md).
+    #[serde(default)]
+    pub pod_network: PodNetworkSpec,
+}
+
+/// The pod network WireKube can provide.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetworkSpec {
+    /// Every agent writes a CNI configuration on its node (`bridge` + `host-local` on the
+    /// node's podCIDR, `portmap`) and masquerades pod traffic that leaves the cluster; pods at
+    /// other sites are reached through the mesh with their own addresses. Off by default:
+    /// leave it off when the cluster has a CNI.
+    #[serde(default)]
+    pub enabled: bool,
+}
+/// What the mesh carries besides the nodes' mesh IPs (docs/pod-network.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingSpec {
+    /// Carry every node's pod CIDRs (`Node.spec.podCIDRs`): pods at different sites reach each
+    /// other through the mesh. On by default; turn it off when the cluster's CNI carries pod
+    /// traffic itself in an overlay (Cilium or Calico in tunnel mode, flannel VXLAN) and let the
+    /// overlay cross the mesh with `nodeInternalIPs` instead.
+    #[serde(rename = "podCIDRs", default = "default_true")]
+    pub pod_cidrs: bool,
+    /// Carry each node's InternalIP (/32) to the peers at other sites (nodes on one LAN keep
+    /// reaching each other directly), so traffic to node addresses (kubelet, metrics, a CNI's
+    /// VXLAN or IPIP) crosses the mesh. Addresses that two sites both use are carried for
+    /// neither and named in the mesh's `RoutesCarried` condition.
+    #[serde(rename = "nodeInternalIPs", default)]
+    pub node_internal_ips: bool,
+    /// Extra prefixes a node fronts (its LAN, a cloud VPC range), routed to that node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub node_routes: Vec<NodeRoutes>,
+    /// Prefixes never routed into the mesh: a carried prefix overlapping one of these is left
+    /// out (and named in the `RoutesCarried` condition).
+    #[serde(
+        rename = "excludeCIDRs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 64), inner(length(max = 43)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(c, isCIDR(c) && cidr(c).ip().family() == 4)",
+         "message": "excludeCIDRs entries must be IPv4 CIDRs such as 192.168.0.0/16"}
+    ]))]
+    pub exclude_cidrs: Vec<String>,
+}
+
+impl Default for RoutingSpec {
+    fn default() -> Self {
+        RoutingSpec {
+            pod_cidrs: true,
+            node_internal_ips: false,
+            node_routes: Vec::new(),
+            exclude_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Prefixes routed to one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutes {
+    /// Node name.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// IPv4 prefixes behind that node, e.g. its site's LAN `192.168.10.0/24`.
+    #[schemars(length(min = 1, max = 64), inner(length(max = 43)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(c, isCIDR(c) && cidr(c).ip().family() == 4)",
+         "message": "nodeRoutes cidrs must be IPv4 CIDRs such as 192.168.10.0/24"}
+    ]))]
+    pub cidrs: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `stunServers`: up to 8 `host:port` entries; each entry is checked by its own CEL rule so

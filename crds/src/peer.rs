@@ -64,6 +64,12 @@ pub struct WireKubePeerSpec {
     pub stun_servers: Vec<String>,
     #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
     pub direct_timeout: String,
+    /// This node's pod CIDRs (`Node.spec.podCIDRs`), for the pod network.
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
+    /// The agent provides the pod network on this node (`WireKubeMesh.spec.podNetwork`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pod_network: bool,
     /// Every other node of the mesh, sorted by name.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,

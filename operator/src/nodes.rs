@@ -13,6 +13,8 @@ pub struct NodeFacts {
     /// `(type, address)` from `status.addresses`, in API order.
     pub addresses: Vec<(String, String)>,
     pub labels: BTreeMap<String, String>,
+    /// `spec.podCIDRs` as written by node IPAM.
+    pub pod_cidrs: Vec<String>,
     /// The node has a deletionTimestamp.
     pub deleting: bool,
 }
@@ -34,6 +36,11 @@ impl NodeFacts {
             uid: node.uid().unwrap_or_default(),
             addresses,
             labels: node.labels().clone(),
+            pod_cidrs: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.clone())
+                .unwrap_or_default(),
             deleting: node.metadata.deletion_timestamp.is_some(),
         }
     }

@@ -48,6 +48,10 @@ pub struct PlanOutcome {
     /// Nodes without a public key yet, sorted.
     pub pending: Vec<String>,
     pub issues: Vec<PlanIssue>,
+    /// Prefixes of `spec.routing` left out, each with its reason (a sentence).
+    pub dropped_routes: Vec<String>,
+    /// How many prefixes besides the mesh IPs are carried.
+    pub carried_routes: usize,
 }
 
 /// The planner's view of a node.
@@ -71,6 +75,7 @@ pub fn node_info(n: &NodeFacts) -> NodeInfo {
         name: n.name.clone(),
         addresses,
         labels: n.labels.clone(),
+        pod_cidrs: n.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
         deleting: n.deleting,
     }
 }
@@ -104,6 +109,8 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
                 message: i.to_string(),
             })
             .collect(),
+        dropped_routes: p.dropped_routes.iter().map(ToString::to_string).collect(),
+        carried_routes: p.carried_routes,
     })
 }
 

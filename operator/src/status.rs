@@ -1,7 +1,7 @@
 //! Mesh status computation and condition merging (pure).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use wirekube_crds::conditions::{READY, RELAY_READY};
+use wirekube_crds::conditions::{READY, RELAY_READY, ROUTES_CARRIED};
 use wirekube_crds::{NodeCounts, Problem, WireKubeMeshStatus, WireKubePeerStatus};
 
 use crate::plan::PlanOutcome;
@@ -126,6 +126,27 @@ pub fn ready_condition(outcome: &PlanOutcome, nodes: &NodeCounts) -> Cond {
     Cond::new(READY, true, "Reconciled", msg)
 }
 
+/// `RoutesCarried`: True with the count, or False naming every prefix left out and why.
+pub fn routes_condition(outcome: &PlanOutcome) -> Cond {
+    if outcome.dropped_routes.is_empty() {
+        return Cond::new(
+            ROUTES_CARRIED,
+            true,
+            "AllCarried",
+            format!(
+                "{} prefix(es) besides the mesh IPs carried",
+                outcome.carried_routes
+            ),
+        );
+    }
+    Cond::new(
+        ROUTES_CARRIED,
+        false,
+        "PrefixesLeftOut",
+        outcome.dropped_routes.join("; "),
+    )
+}
+
 /// The full status after a successful reconcile.
 pub fn computed_status(
     prev: Option<&WireKubeMeshStatus>,
@@ -144,6 +165,7 @@ pub fn computed_status(
         now,
     );
     merge_condition(&mut conditions, relay, generation, now);
+    merge_condition(&mut conditions, &routes_condition(outcome), generation, now);
     WireKubeMeshStatus {
         observed_generation: Some(generation),
         conditions,

@@ -124,7 +124,12 @@ impl Dataplane {
         report.netlink_changes += self.nl.reconcile_link(&link, iface).await?;
         report.netlink_changes += self
             .nl
-            .reconcile_routes(link.index, iface.table, &route_prefixes(peers))
+            .reconcile_routes(
+                link.index,
+                iface.table,
+                iface.address.addr(),
+                &route_prefixes(peers),
+            )
             .await?;
         report.netlink_changes += self.nl.reconcile_rules(iface).await?;
         if !report.is_noop() {

@@ -210,19 +210,24 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Exactly one route per distinct prefix in `prefixes`, via the link, in `table`.
+    /// Exactly one route per distinct prefix in `prefixes`, via the link, in `table`, with
+    /// `src` as the preferred source: traffic the node itself sends to a pod CIDR or node
+    /// address behind a peer leaves from the mesh IP, so the reply comes back through the mesh.
     pub async fn reconcile_routes(
         &self,
         link_index: u32,
         table: u32,
+        src: IpAddr,
         prefixes: &BTreeSet<IpNet>,
     ) -> Result<usize, DataplaneError> {
         let mut changes = 0;
         let mut present = BTreeSet::new();
         for r in self.routes_in_table(table).await? {
             let dst = route_dst(&r);
+            let same_family = dst.is_some_and(|d| d.addr().is_ipv4() == src.is_ipv4());
             let ours = dst.is_some_and(|d| prefixes.contains(&d))
                 && route_oif(&r) == Some(link_index)
+                && (!same_family || route_prefsrc(&r) == Some(src))
                 && present.insert(dst.unwrap_or_else(|| unreachable!()));
             if !ours {
                 // The table is dedicated to the mesh, so anything else in it is stale.
@@ -236,7 +241,8 @@ impl Netlink {
             }
         }
         for p in prefixes.difference(&present) {
-            let msg = route_message(*p, link_index, table);
+            let src = (p.addr().is_ipv4() == src.is_ipv4()).then_some(src);
+            let msg = route_message(*p, link_index, table, src);
             self.handle
                 .route()
                 .add(msg)
@@ -264,15 +270,18 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The select rule (`to mesh_cidr lookup table`, priority P) and, with a fwmark, the
-    /// bypass rule (`fwmark F lookup main`, priority P-1).
+    /// The select rule (`lookup table`, priority P) and, with a fwmark, the bypass rule
+    /// (`fwmark F lookup main`, priority P-1). The select rule has no destination: the table
+    /// holds exactly the peers' AllowedIPs (mesh IPs, pod CIDRs, node routes, InternalIPs), a
+    /// lookup that finds nothing there falls through to the next rule, and one rule serves
+    /// any number of carried prefixes.
     pub async fn reconcile_rules(&self, iface: &InterfaceConfig) -> Result<usize, DataplaneError> {
         let v6 = iface.mesh_cidr.addr().is_ipv6();
         let mut desired = vec![RuleKey {
             family_v6: v6,
             priority: iface.rule_priority,
             table: iface.table,
-            dst: Some(iface.mesh_cidr.trunc()),
+            dst: None,
             fwmark: None,
             invert: false,
         }];
@@ -430,20 +439,38 @@ fn route_dst(r: &RouteMessage) -> Option<IpNet> {
     IpNet::new(ip, len).ok()
 }
 
-fn route_message(p: IpNet, oif: u32, table: u32) -> RouteMessage {
+fn route_message(p: IpNet, oif: u32, table: u32, src: Option<IpAddr>) -> RouteMessage {
     match p {
-        IpNet::V4(n) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-            .destination_prefix(n.addr(), n.prefix_len())
-            .output_interface(oif)
-            .table_id(table)
-            .scope(RouteScope::Link)
-            .build(),
-        IpNet::V6(n) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-            .destination_prefix(n.addr(), n.prefix_len())
-            .output_interface(oif)
-            .table_id(table)
-            .build(),
+        IpNet::V4(n) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(n.addr(), n.prefix_len())
+                .output_interface(oif)
+                .table_id(table)
+                .scope(RouteScope::Link);
+            if let Some(IpAddr::V4(s)) = src {
+                b = b.pref_source(s);
+            }
+            b.build()
+        }
+        IpNet::V6(n) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(n.addr(), n.prefix_len())
+                .output_interface(oif)
+                .table_id(table);
+            if let Some(IpAddr::V6(s)) = src {
+                b = b.pref_source(s);
+            }
+            b.build()
+        }
     }
+}
+
+fn route_prefsrc(r: &RouteMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
 }
 
 fn rule_key(m: &RuleMessage) -> RuleKey {

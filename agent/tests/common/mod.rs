@@ -179,6 +179,8 @@ impl Env {
             relay_token_secret: Some(TOKEN_SECRET.into()),
             stun_servers: Vec::new(),
             direct_timeout: DIRECT_TIMEOUT.into(),
+            pod_cidrs: Vec::new(),
+            pod_network: false,
             peers,
         }
     }

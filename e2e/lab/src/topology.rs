@@ -29,6 +29,9 @@ pub enum Role {
     PublicNode,
     /// The DMZ (API test server, relay, STUN).
     Dmz,
+    /// A pod's network namespace, made by a kubelet (not by the lab): a [`Host`] value to
+    /// run commands and traffic in it, see [`Host::pod`].
+    Pod,
 }
 
 impl Role {
@@ -55,6 +58,18 @@ pub struct Host {
 }
 
 impl Host {
+    /// A pod's network namespace `ns` (e.g. the lab kubelet's `<prefix>-p<uid>`) as a host
+    /// to run commands and traffic in; `ip` is the pod IP, `site` the site of its node.
+    pub fn pod(name: &str, ns: &str, ip: Ipv4Addr, site: Option<String>) -> Host {
+        Host {
+            name: name.into(),
+            ns: ns.into(),
+            role: Role::Pod,
+            ips: vec![ip],
+            site,
+        }
+    }
+
     /// The primary address (LAN address of a node, WAN address of a gateway).
     pub fn ip(&self) -> Ipv4Addr {
         self.ips[0]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -642,14 +642,19 @@ fn path_str(p: &Path) -> String {
 }
 
 /// Image → binary under test, for every kubelet: the images `config/` and the operator name.
+/// Workload tests also get two plain images: `lab/sleep` (`sleep`) and `lab/nc` (`nc`).
 fn image_map() -> Result<ImageMap> {
-    ["operator", "agent", "relay"]
+    let mut images: ImageMap = ["operator", "agent", "relay"]
         .into_iter()
         .map(|c| {
             let bin = binary(&format!("wirekube-{c}"))?;
             Ok((format!("ghcr.io/wirekube/wirekube-{c}:*"), bin))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    for (image, bin) in [("lab/sleep:*", "/usr/bin/sleep"), ("lab/nc:*", "/usr/bin/nc")] {
+        images.push((image.into(), PathBuf::from(bin)));
+    }
+    Ok(images)
 }
 
 /// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
@@ -824,6 +829,8 @@ pub fn mesh_for(topo: &Topology, dmz: &Host) -> WireKubeMesh {
         node_selector: BTreeMap::new(),
         stun_servers,
         relay,
+        routing: Default::default(),
+        pod_network: Default::default(),
     };
     WireKubeMesh::new(MESH_NAME, spec)
 }

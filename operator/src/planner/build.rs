@@ -14,9 +14,10 @@ use wirekube_crds::{PathReason, PeerEntry, PlannedPath, WireKubePeerSpec, WireKu
 
 use super::alloc::{Pool, allocate};
 use super::facts::NodeFacts;
+use super::routes::{NodePrefixes, carried_routes};
 use super::rules::{Decision, Rules, Side};
 use super::select::selected;
-use super::types::{NodeInfo, PairPlan, Plan, PlanError, PlannerInput};
+use super::types::{NodeAddressKind, NodeInfo, PairPlan, Plan, PlanError, PlannerInput};
 
 /// The compact plan: every node's facts and every pair's decision.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -27,6 +28,23 @@ pub(crate) struct Core {
     pub facts: Vec<NodeFacts>,
     /// Pair `(i, j)`, `i < j`, at `tri(n, i, j)`; `Decision::a` is node `i`'s side.
     pub decisions: Vec<Decision>,
+}
+
+/// Relay and STUN addresses (IP literals; names are resolved by the agents and cannot be
+/// checked here).
+fn underlay_ips(input: &PlannerInput) -> Vec<std::net::IpAddr> {
+    let stun = if input.mesh.stun_servers.is_empty() {
+        &input.relay_stun_servers
+    } else {
+        &input.mesh.stun_servers
+    };
+    input
+        .relay_endpoints
+        .iter()
+        .chain(stun)
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect()
 }
 
 impl Core {
@@ -49,7 +67,7 @@ impl Core {
     /// Node `i`'s entry for node `j`.
     fn view(&self, i: usize, j: usize) -> EntryView<'_> {
         let (d, side, _) = self.sides(i, j);
-        EntryView::new(&self.facts[j], side, d)
+        EntryView::new(&self.facts[i], &self.facts[j], side, d)
     }
 
     pub fn pair(&self, i: usize, j: usize) -> PairPlan<'_> {
@@ -74,6 +92,7 @@ impl Core {
             .collect();
         WireKubePeerSpec {
             mesh_ip: self.facts[i].mesh_ip_text.clone(),
+            pod_cidrs: self.facts[i].pod_cidrs.clone(),
             peers,
             ..self.template.clone()
         }
@@ -84,6 +103,7 @@ impl Core {
         let n = self.facts.len();
         header_eq(&self.template, stored)
             && stored.mesh_ip == self.facts[i].mesh_ip_text
+            && stored.pod_cidrs == self.facts[i].pod_cidrs
             && stored.peers.len() == n.saturating_sub(1)
             && (0..n)
                 .filter(|&j| j != i)
@@ -108,11 +128,11 @@ struct EntryView<'a> {
 
 impl<'a> EntryView<'a> {
     /// The entry by which one node reaches `peer`, given its `side` of decision `d`.
-    fn new(peer: &'a NodeFacts, side: &Side, d: &Decision) -> EntryView<'a> {
+    fn new(me: &NodeFacts, peer: &'a NodeFacts, side: &Side, d: &Decision) -> EntryView<'a> {
         EntryView {
             name: &peer.name,
             public_key: peer.key.as_deref().unwrap_or(""),
-            allowed_ips: &peer.allowed_ips,
+            allowed_ips: peer.allowed_ips_for(me),
             endpoint: side.endpoint.resolve(peer),
             path: d.path,
             reason: d.reason,
@@ -180,6 +200,8 @@ fn header_eq(a: &WireKubePeerSpec, b: &WireKubePeerSpec) -> bool {
         relay_token_secret,
         stun_servers,
         direct_timeout,
+        pod_cidrs: _,
+        pod_network,
         peers: _,
     } = a;
     *mesh == b.mesh
@@ -192,6 +214,7 @@ fn header_eq(a: &WireKubePeerSpec, b: &WireKubePeerSpec) -> bool {
         && *relay_token_secret == b.relay_token_secret
         && *stun_servers == b.stun_servers
         && *direct_timeout == b.direct_timeout
+        && *pod_network == b.pod_network
 }
 
 /// A planner that keeps what it derived, so that a status change re-plans one node's pairs
@@ -230,6 +253,16 @@ impl PathPlanner {
 
         let names: Vec<&str> = infos.iter().map(|n| n.name.as_str()).collect();
         let alloc = allocate(&pool, &names, &input.previous);
+        let prefixes: Vec<NodePrefixes> = infos
+            .iter()
+            .map(|n| NodePrefixes {
+                name: n.name.clone(),
+                pod_cidrs: n.pod_cidrs.clone(),
+                internal_ip: n.address(NodeAddressKind::InternalIp),
+            })
+            .collect();
+        let underlay = underlay_ips(input);
+        let mut routes = carried_routes(&mesh.routing, Some(pool.net()), &underlay, &prefixes);
         let facts: Vec<NodeFacts> = infos
             .iter()
             .map(|n| {
@@ -238,9 +271,15 @@ impl PathPlanner {
                     input.statuses.get(&n.name),
                     alloc.ips.get(&n.name).copied(),
                     mesh.listen_port,
+                    routes.everywhere.remove(&n.name).unwrap_or_default(),
+                    routes.internal.get(&n.name).copied(),
                 )
             })
             .collect();
+        let carried = facts
+            .iter()
+            .map(|f| f.routed.len() + usize::from(f.internal_route.is_some()))
+            .sum();
         let index = infos
             .iter()
             .enumerate()
@@ -263,6 +302,8 @@ impl PathPlanner {
                 mesh.stun_servers.clone()
             },
             direct_timeout: mesh.relay.direct_timeout.clone(),
+            pod_cidrs: Vec::new(),
+            pod_network: mesh.pod_network.enabled,
             peers: Vec::new(),
         };
 
@@ -301,6 +342,8 @@ impl PathPlanner {
             .collect();
         plan.pending_nodes = pending(&core.facts);
         plan.issues = alloc.issues;
+        plan.dropped_routes = routes.dropped;
+        plan.carried_routes = carried;
 
         Ok(PathPlanner {
             rules,
@@ -341,6 +384,8 @@ impl PathPlanner {
             status,
             core.facts[k].mesh_ip,
             self.listen_port,
+            core.facts[k].routed.clone(),
+            core.facts[k].internal_route,
         );
         if facts == core.facts[k] {
             return &self.plan.changed;
@@ -371,14 +416,16 @@ impl PathPlanner {
             let side = |d: &Decision| if k == lo { (d.a, d.b) } else { (d.b, d.a) };
             let ((k_before, j_before), (k_after, j_after)) = (side(&before), side(&after));
             // j's entry for k: k's facts and j's side.
-            if EntryView::new(&old, &j_before, &before)
-                != EntryView::new(&core.facts[k], &j_after, &after)
+            let fj = &core.facts[j];
+            if EntryView::new(fj, &old, &j_before, &before)
+                != EntryView::new(fj, &core.facts[k], &j_after, &after)
             {
-                changed.insert(core.facts[j].name.to_string());
+                changed.insert(fj.name.to_string());
             }
-            // k's entry for j: j's facts (unchanged) and k's side.
-            own_changed |= EntryView::new(&core.facts[j], &k_before, &before)
-                != EntryView::new(&core.facts[j], &k_after, &after);
+            // k's entry for j: j's facts (unchanged), k's side, and whether k shares j's
+            // LAN (which decides whether j's InternalIP is carried).
+            own_changed |= EntryView::new(&old, fj, &k_before, &before)
+                != EntryView::new(&core.facts[k], fj, &k_after, &after);
         }
         if own_changed {
             changed.insert(core.facts[k].name.to_string());

@@ -48,8 +48,17 @@ pub(crate) struct NodeFacts {
     pub mesh_ip: Option<IpAddr>,
     /// `mesh_ip` as the spec writes it (empty when none could be allocated).
     pub mesh_ip_text: String,
-    /// `meshIP/32` (or `/128`); empty when no IP could be allocated.
+    /// `meshIP/32` (or `/128`) and the prefixes routed to this node everywhere (pod CIDRs,
+    /// node routes); empty when no IP could be allocated.
     pub allowed_ips: Vec<String>,
+    /// `allowed_ips` plus the node's InternalIP /32: what peers at other sites route to it.
+    /// Equal to `allowed_ips` when InternalIPs are not carried.
+    pub allowed_ips_remote: Vec<String>,
+    /// The node's own pod CIDRs as the spec writes them (all of them, carried or not).
+    pub pod_cidrs: Vec<String>,
+    /// The carried prefixes (input of the two lists above, kept for `update_status`).
+    pub routed: Vec<IpNet>,
+    pub internal_route: Option<IpNet>,
 }
 
 impl NodeFacts {
@@ -58,6 +67,8 @@ impl NodeFacts {
         status: Option<&WireKubePeerStatus>,
         mesh_ip: Option<IpAddr>,
         listen_port: u16,
+        routed: Vec<IpNet>,
+        internal_route: Option<IpNet>,
     ) -> NodeFacts {
         let key = status
             .and_then(|s| s.public_key.clone())
@@ -133,12 +144,16 @@ impl NodeFacts {
         fallback_peers.sort();
         fallback_peers.dedup();
 
-        let allowed_ips = mesh_ip
-            .map(|ip| {
-                let bits = if ip.is_ipv4() { 32 } else { 128 };
-                vec![format!("{ip}/{bits}")]
-            })
-            .unwrap_or_default();
+        let mut allowed_ips: Vec<String> = Vec::new();
+        if let Some(ip) = mesh_ip {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            allowed_ips.push(format!("{ip}/{bits}"));
+            allowed_ips.extend(routed.iter().map(IpNet::to_string));
+        }
+        let mut allowed_ips_remote = allowed_ips.clone();
+        if let (Some(_), Some(r)) = (mesh_ip, internal_route) {
+            allowed_ips_remote.push(r.to_string());
+        }
 
         NodeFacts {
             name: Arc::from(node.name.as_str()),
@@ -155,6 +170,20 @@ impl NodeFacts {
             mesh_ip,
             mesh_ip_text: mesh_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             allowed_ips,
+            allowed_ips_remote,
+            pod_cidrs: node.pod_cidrs.iter().map(IpNet::to_string).collect(),
+            routed,
+            internal_route,
+        }
+    }
+
+    /// What `peer` routes to this node: the InternalIP is carried only for peers at
+    /// other sites, since nodes on one LAN reach each other's InternalIP directly.
+    pub fn allowed_ips_for(&self, peer: &NodeFacts) -> &[String] {
+        if self.internal_route.is_some() && !same_lan(self, peer) {
+            &self.allowed_ips_remote
+        } else {
+            &self.allowed_ips
         }
     }
 
@@ -185,6 +214,13 @@ fn usable_host(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
         IpAddr::V6(v6) => !v6.is_unicast_link_local(),
     }
+}
+
+/// The two nodes reported host candidates on one LAN.
+pub(crate) fn same_lan(a: &NodeFacts, b: &NodeFacts) -> bool {
+    a.hosts
+        .iter()
+        .any(|ha| b.hosts.iter().any(|hb| share_subnet(ha, hb)))
 }
 
 /// The two host candidates sit on one LAN: each address lies in the other's subnet. Identical

@@ -31,6 +31,8 @@ pub fn mesh(cidr: &str, mode: RelayMode) -> WireKubeMeshSpec {
             mode,
             ..RelaySpec::default()
         },
+        routing: Default::default(),
+        pod_network: Default::default(),
     }
 }
 

@@ -11,7 +11,8 @@
 //! let mut input = PlannerInput::new("default", wirekube_crds::WireKubeMeshSpec {
 //!     mesh_cidr: "10.99.0.0/24".into(), listen_port: 51820, interface_name: "wirekube0".into(),
 //!     mtu: 1420, persistent_keepalive: 25, node_selector: Default::default(),
-//!     stun_servers: vec![], relay: Default::default(),
+//!     stun_servers: vec![], relay: Default::default(), routing: Default::default(),
+//!     pod_network: Default::default(),
 //! });
 //! input.nodes = vec![NodeInfo::new("a"), NodeInfo::new("b")];
 //! let plan = plan(&input).unwrap();
@@ -29,6 +30,7 @@ mod build;
 mod endpoints;
 mod facts;
 pub mod fixtures;
+pub mod routes;
 mod rules;
 mod select;
 mod types;

@@ -34,6 +34,8 @@ pub struct NodeInfo {
     pub name: String,
     pub addresses: Vec<NodeAddress>,
     pub labels: BTreeMap<String, String>,
+    /// `Node.spec.podCIDRs` (routed to this node when `spec.routing.podCIDRs` is on).
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// `metadata.deletionTimestamp` is set: the node leaves the mesh now, its mesh IP is held
     /// back for this round so that no newcomer reuses it while the old interface may still be up.
     pub deleting: bool,
@@ -69,9 +71,18 @@ impl NodeInfo {
                     .collect()
             })
             .unwrap_or_default();
+        let pod_cidrs = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidrs.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.parse().ok())
+            .collect();
         NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
             addresses,
+            pod_cidrs,
             labels: node.metadata.labels.clone().unwrap_or_default(),
             deleting: node.metadata.deletion_timestamp.is_some(),
         }
@@ -222,6 +233,11 @@ pub struct Plan {
     /// Nodes in the mesh whose agent has not published a public key yet, sorted.
     pub pending_nodes: Vec<String>,
     pub issues: Vec<PlanIssue>,
+    /// Prefixes of `spec.routing` that are not carried, and why (the `RoutesCarried`
+    /// condition); empty when everything asked for is carried.
+    pub dropped_routes: Vec<super::routes::DroppedPrefix>,
+    /// How many prefixes besides the mesh IPs are carried.
+    pub carried_routes: usize,
     pub(crate) core: Core,
 }
 

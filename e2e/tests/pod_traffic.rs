@@ -91,8 +91,12 @@ fn probe_pods(sc: &Scenario) -> Option<BTreeMap<String, Host>> {
             continue;
         }
         let node = p["spec"]["nodeName"].as_str()?.to_owned();
-        let uid = p["metadata"]["uid"].as_str()?;
-        let ns = wirekube_kubelab::kubelet::netns_name(sc.lab.prefix(), uid);
+        // The lab kubelet's containerID is `lab://<pid>`; the pod's namespace is made in the
+        // node's private mount view, so reach it through the container process.
+        let pid = p["status"]["containerStatuses"][0]["containerID"]
+            .as_str()?
+            .strip_prefix("lab://")?;
+        let ns = format!("/proc/{pid}/ns/net");
         let site = sc.hosts.get(&node)?.site.clone();
         out.insert(node.clone(), Host::pod(&format!("pod@{node}"), &ns, ip, site));
     }

@@ -41,6 +41,12 @@ impl ControlPlane {
         kubelet_bin: &Path,
         images: &ImageMap,
     ) -> Result<LabNode, ControlPlaneError> {
+        // What a node's OS is set up with before Kubernetes runs on it (kubeadm checks both):
+        // forwarding, and bridged pod traffic through netfilter, without which a pod reaching
+        // a Service whose backend sits on the same bridge gets its reply from the wrong address.
+        for key in ["net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"] {
+            wirekube_lab::netns::sysctl(&host.ns, key, "1")?;
+        }
         let kubelet = self.start_kubelet(lab, host, &spec, kubelet_bin, images)?;
         // kube-proxy takes its node's addresses from the Node object; started before the
         // kubelet registered it, it guesses and waits about 30 s before programming rules.

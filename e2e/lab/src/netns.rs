@@ -18,6 +18,9 @@ use crate::error::{IoContext, LabError, Result};
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// Path of the handle of namespace `name`.
+/// An absolute `name` is taken as the path itself (e.g. `/proc/<pid>/ns/net` of a process that
+/// runs in a namespace made in another mount namespace, whose `/run/netns` entry this process
+/// cannot see).
 pub fn ns_path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }

@@ -58,8 +58,10 @@ pub struct Host {
 }
 
 impl Host {
-    /// A pod's network namespace `ns` (e.g. the lab kubelet's `<prefix>-p<uid>`) as a host
-    /// to run commands and traffic in; `ip` is the pod IP, `site` the site of its node.
+    /// A pod's network namespace as a host to run commands and traffic in: `ns` is a name
+    /// under `/run/netns` or a path such as `/proc/<container pid>/ns/net` (the lab kubelet
+    /// makes pod namespaces inside the node's private mount view); `ip` is the pod IP, `site`
+    /// the site of its node.
     pub fn pod(name: &str, ns: &str, ip: Ipv4Addr, site: Option<String>) -> Host {
         Host {
             name: name.into(),

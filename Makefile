@@ -30,9 +30,10 @@ k8s:
 
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
 test: deps k8s build
-	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_
+	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_ --skip pod_traffic_
 	@# The seed topologies each run a whole lab (API server, operator, relay, agents): one at a time.
 	$(CARGO) test -p wirekube-e2e --test topologies -- --test-threads=1
+	$(CARGO) test -p wirekube-e2e --test pod_traffic -- --test-threads=1
 
 manifests:
 	$(CARGO) run -q -p wirekube-crds --bin crdgen

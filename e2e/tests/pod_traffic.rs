@@ -103,6 +103,14 @@ fn probe_pods(sc: &Scenario) -> Option<BTreeMap<String, Host>> {
     (out.len() == sc.hosts.len()).then_some(out)
 }
 
+/// `ip route get ip` on `node` leaves through the WireGuard interface.
+fn via_mesh(sc: &Scenario, node: &str, ip: Ipv4Addr) -> bool {
+    let ip = ip.to_string();
+    sc.lab
+        .run(&sc.hosts[node], &["ip", "route", "get", &ip])
+        .is_ok_and(|r| r.contains("dev wirekube0"))
+}
+
 fn pod_traffic(topo: Topology) {
     assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
     let backend_node = topo.sites[0].nodes[0].clone();
@@ -131,6 +139,10 @@ fn pod_traffic(topo: Topology) {
                 .map(|e| format!("{:?}", e.path))
                 .unwrap_or_default();
             let pod_ip = pb.ip();
+            // The other node's pods are reached through the mesh, not the underlay.
+            if !via_mesh(&sc, a, pod_ip) {
+                failures.push(format!("{a} → {b}: {pod_ip} is not routed into the mesh"));
+            }
             let checks: [(&str, &Host, Ipv4Addr); 3] = [
                 ("pod → pod", pa, pod_ip),
                 ("pod → node mesh IP", pa, mesh_ips[b]),
@@ -212,4 +224,90 @@ fn pod_traffic_seed_4_home_lab_cloud() {
 #[test]
 fn pod_traffic_seed_5_outbound_tcp_only() {
     pod_traffic(topology::seed_5_outbound_tcp_only());
+}
+
+/// Two sites reuse one private range (a-1 and b-1 are both 10.1.0.11); a third site has two
+/// nodes. With `routing.nodeInternalIPs` the colliding InternalIPs are carried for neither
+/// and named in the mesh's `RoutesCarried` condition; c-1's InternalIP crosses the mesh to
+/// the other sites; c-1 and c-2, on one LAN, keep reaching each other's InternalIP directly.
+fn colliding_sites() -> Topology {
+    use wirekube_crds::PathReason::{BothSymmetric, SameSite};
+    use wirekube_e2e::scenario::RelaySetup;
+    use wirekube_lab::NatKind::Symmetric;
+    let mut t = Topology::new("internal", "Two sites reuse 10.1.0.0/24")
+        .site("site-a", Symmetric, "10.1.0.0/24", &["a-1"])
+        .site("site-b", Symmetric, "10.1.0.0/24", &["b-1"])
+        .site("site-c", Symmetric, "10.3.0.0/24", &["c-1", "c-2"])
+        .relay(RelaySetup::External)
+        .direct("c-1", "c-2", SameSite, "one LAN");
+    for (a, b) in [
+        ("a-1", "b-1"),
+        ("a-1", "c-1"),
+        ("a-1", "c-2"),
+        ("b-1", "c-1"),
+        ("b-1", "c-2"),
+    ] {
+        t = t.relayed(a, b, BothSymmetric, "both behind symmetric NAT");
+    }
+    t
+}
+
+#[test]
+fn internal_ips_with_a_colliding_address_plan() {
+    assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
+    let mut sc = Scenario::build(colliding_sites(), Options::default()).expect("build");
+    if let Err(e) = sc.converge() {
+        panic!("{e}\n{}", sc.logs(40));
+    }
+    let (a1, b1, c1, c2) = ["a-1", "b-1", "c-1", "c-2"].map(|n| sc.hosts[n].ip()).into();
+    assert_eq!(a1, b1, "the lab must give both sites the same address");
+    sc.kubectl(&[
+        "patch",
+        "wkmesh",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"routing":{"nodeInternalIPs":true}}}"#,
+    ])
+    .unwrap();
+    let (cond, _) = wait_for(Duration::from_secs(30), "RoutesCarried=False", || {
+        let m = sc.cluster().mesh("default").ok()??;
+        m.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "RoutesCarried" && c.status == "False")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(40)));
+    for want in [
+        format!("InternalIP {a1}/32 of node a-1 is not carried: it overlaps {a1}/32 of node b-1"),
+        format!("InternalIP {b1}/32 of node b-1 is not carried: it overlaps {a1}/32 of node a-1"),
+    ] {
+        assert!(cond.message.contains(&want), "{}", cond.message);
+    }
+    // c-1's InternalIP crosses the mesh from both other sites (nothing else reaches it: it is
+    // behind a NAT).
+    for n in ["a-1", "b-1"] {
+        wirekube_lab::wait_until(FLOWS, "c-1's InternalIP routed into the mesh", || {
+            via_mesh(&sc, n, c1)
+        })
+        .unwrap_or_else(|e| panic!("{n}: {e}\n{}", sc.logs(30)));
+        sc.lab
+            .ping_until(&sc.hosts[n], c1, FLOWS)
+            .unwrap_or_else(|e| panic!("{n} → c-1 InternalIP: {e}"));
+    }
+    // Nothing misrouted: the colliding address is in no node's mesh table, and one LAN's
+    // nodes reach each other directly.
+    for n in ["a-1", "b-1", "c-1", "c-2"] {
+        let table = sc
+            .lab
+            .run(&sc.hosts[n], &["ip", "route", "show", "table", "all"])
+            .unwrap();
+        let leaked = table
+            .lines()
+            .any(|l| l.contains("wirekube0") && l.starts_with(&format!("{a1} ")));
+        assert!(!leaked, "{n} routes {a1} into the mesh:\n{table}");
+    }
+    assert!(!via_mesh(&sc, "c-1", c2), "c-1 → c-2 must stay on the LAN");
+    sc.lab.ping_until(&sc.hosts["c-1"], c2, FLOWS).unwrap();
+    sc.shutdown().expect("clean teardown");
 }

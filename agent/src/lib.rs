@@ -9,6 +9,7 @@ pub mod identity;
 pub mod kubeapi;
 pub mod metrics;
 pub mod pathstate;
+pub mod podnet;
 pub mod reconcile;
 pub mod spec;
 pub mod status;

@@ -99,6 +99,14 @@ struct Args {
     /// Seconds between status re-applies when nothing significant changed.
     #[arg(long, env = "WIREKUBE_HEARTBEAT", default_value_t = 60, global = true)]
     heartbeat: u64,
+    /// CNI configuration directory, written only when the mesh sets `podNetwork.enabled`.
+    #[arg(
+        long,
+        env = "WIREKUBE_CNI_CONF_DIR",
+        default_value = "/etc/cni/net.d",
+        global = true
+    )]
+    cni_conf_dir: PathBuf,
     /// Seconds between NAT re-checks.
     #[arg(
         long,
@@ -206,6 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(args.heartbeat.max(1)),
         discovery_interval: Duration::from_secs(args.discovery_interval.max(10)),
         probe_min: Duration::from_secs(args.probe_interval.max(1)),
+        cni_conf_dir: args.cni_conf_dir.clone(),
     };
     Agent::new(cfg, id, client, metrics).run(terminated()).await;
     shutdown.cancel();

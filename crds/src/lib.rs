@@ -46,4 +46,7 @@ pub mod conditions {
     pub const STUN_REACHABLE: &str = "StunReachable";
     pub const RELAY_CONNECTED: &str = "RelayConnected";
     pub const DATAPLANE_READY: &str = "DataplaneReady";
+    /// Peer, only with `spec.podNetwork`: the node's CNI configuration and masquerade rule
+    /// are in place.
+    pub const POD_NETWORK_READY: &str = "PodNetworkReady";
 }

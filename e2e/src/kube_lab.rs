@@ -64,7 +64,12 @@ impl KubeLab {
     /// Installs WireKube as a user does (`kubectl apply -k config/default`) and waits until its
     /// CRDs are established.
     pub fn install(&self) -> Result<String> {
-        let out = self.apply(&[("-k", "config/default")])?;
+        self.install_from("config/default")
+    }
+
+    /// Installs from another kustomization of the repository (e.g. `config/pod-network`).
+    pub fn install_from(&self, kustomization: &str) -> Result<String> {
+        let out = self.apply(&[("-k", kustomization)])?;
         self.wait_crds()?;
         Ok(out)
     }

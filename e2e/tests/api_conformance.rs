@@ -78,7 +78,7 @@ fn install_samples_and_bad_examples_on_the_real_api_server() {
         );
         n += 1;
     }
-    assert_eq!(n, 4, "samples found");
+    assert_eq!(n, 5, "samples found");
 
     // spec: {} gets every default.
     let s = create_mesh(&k, mesh(json!({}))).unwrap()["spec"].clone();

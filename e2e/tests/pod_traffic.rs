@@ -17,7 +17,7 @@ use wirekube_lab::{Host, wait_for};
 const NS: &str = "default";
 /// Traffic may take a moment after a path change; this checks that it flows, not how fast.
 const FLOWS: Duration = Duration::from_secs(30);
-const TRANSFER: u64 = 1 << 20;
+const TRANSFER: u64 = 4 << 20;
 
 fn probe_daemonset() -> String {
     format!(
@@ -98,7 +98,10 @@ fn probe_pods(sc: &Scenario) -> Option<BTreeMap<String, Host>> {
             .strip_prefix("lab://")?;
         let ns = format!("/proc/{pid}/ns/net");
         let site = sc.hosts.get(&node)?.site.clone();
-        out.insert(node.clone(), Host::pod(&format!("pod@{node}"), &ns, ip, site));
+        out.insert(
+            node.clone(),
+            Host::pod(&format!("pod@{node}"), &ns, ip, site),
+        );
     }
     (out.len() == sc.hosts.len()).then_some(out)
 }
@@ -112,17 +115,28 @@ fn via_mesh(sc: &Scenario, node: &str, ip: Ipv4Addr) -> bool {
 }
 
 fn pod_traffic(topo: Topology) {
+    pod_traffic_with(topo, Options::default(), |_, _, _| {});
+}
+
+/// The whole check; `more` adds checks of its own (scenario, pods, failures) before teardown.
+fn pod_traffic_with(
+    topo: Topology,
+    opts: Options,
+    more: impl FnOnce(&Scenario, &BTreeMap<String, Host>, &mut Vec<String>),
+) {
     assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
     let backend_node = topo.sites[0].nodes[0].clone();
-    let mut sc = Scenario::build(topo, Options::default()).expect("build");
+    let mut sc = Scenario::build(topo, opts).expect("build");
     if let Err(e) = sc.converge() {
         panic!("{e}\n{}", sc.logs(40));
     }
     apply(&sc, "probe", &probe_daemonset());
     apply(&sc, "echo", &echo_service(&backend_node));
-    let (pods, _) = wait_for(Duration::from_secs(90), "a Ready probe pod per node", || {
-        probe_pods(&sc)
-    })
+    let (pods, _) = wait_for(
+        Duration::from_secs(90),
+        "a Ready probe pod per node",
+        || probe_pods(&sc),
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(40)));
     let peers = sc.peers().unwrap();
     let mesh_ips = sc.mesh_ips(&peers);
@@ -153,13 +167,21 @@ fn pod_traffic(topo: Topology) {
                     failures.push(format!("{a} → {b} ({path}): {what} {ip}: {e}"));
                 }
             }
-            match sc.lab.tcp_transfer(pa, pb, pod_ip, TRANSFER) {
-                Ok(x) => report.push(format!(
-                    "{a} → {b} ({path}): pod → pod {} bytes, {:.0} Mbit/s",
-                    x.bytes,
-                    x.bits_per_second() / 1e6
+            // The same transfer between the nodes' mesh IPs, right after, for the benchmark
+            // figures in docs/benchmarks.md (run with --nocapture).
+            let (ha, hb) = (&sc.hosts[a], &sc.hosts[b]);
+            match (
+                sc.lab.tcp_transfer(pa, pb, pod_ip, TRANSFER),
+                sc.lab.tcp_transfer(ha, hb, mesh_ips[b], TRANSFER),
+            ) {
+                (Ok(x), Ok(y)) => report.push(format!(
+                    "| {} | {a} → {b} | {path} | {:.0} | {:.0} |",
+                    sc.topo.id,
+                    x.bits_per_second() / 1e6,
+                    y.bits_per_second() / 1e6
                 )),
-                Err(e) => failures.push(format!("{a} → {b} ({path}): pod → pod TCP: {e}")),
+                (Err(e), _) => failures.push(format!("{a} → {b} ({path}): pod → pod TCP: {e}")),
+                (_, Err(e)) => failures.push(format!("{a} → {b} ({path}): node → node TCP: {e}")),
             }
         }
     }
@@ -186,7 +208,11 @@ fn pod_traffic(topo: Topology) {
             }
         }
     }
-    eprintln!("{}", report.join("\n"));
+    more(&sc, &pods, &mut failures);
+    eprintln!(
+        "| topology | pair | path | pod → pod Mbit/s | node → node (mesh IP) Mbit/s |\n|---|---|---|---|---|\n{}",
+        report.join("\n")
+    );
     let ctx = if failures.is_empty() {
         String::new()
     } else {
@@ -259,7 +285,9 @@ fn internal_ips_with_a_colliding_address_plan() {
     if let Err(e) = sc.converge() {
         panic!("{e}\n{}", sc.logs(40));
     }
-    let (a1, b1, c1, c2) = ["a-1", "b-1", "c-1", "c-2"].map(|n| sc.hosts[n].ip()).into();
+    let (a1, b1, c1, c2) = ["a-1", "b-1", "c-1", "c-2"]
+        .map(|n| sc.hosts[n].ip())
+        .into();
     assert_eq!(a1, b1, "the lab must give both sites the same address");
     sc.kubectl(&[
         "patch",
@@ -310,4 +338,87 @@ fn internal_ips_with_a_colliding_address_plan() {
     assert!(!via_mesh(&sc, "c-1", c2), "c-1 → c-2 must stay on the LAN");
     sc.lab.ping_until(&sc.hosts["c-1"], c2, FLOWS).unwrap();
     sc.shutdown().expect("clean teardown");
+}
+
+/// The address `to` (a pod) sees a TCP connection from `from` (a pod) come from.
+fn source_seen(sc: &Scenario, from: &Host, to: &Host) -> Result<Ipv4Addr, String> {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let listener = sc
+        .lab
+        .in_host(to, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let server = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    let target = SocketAddr::from((to.ip(), port));
+    let _conn = sc
+        .lab
+        .in_host(from, move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(10))
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    match server.join() {
+        Ok(Ok(SocketAddr::V4(peer))) => Ok(*peer.ip()),
+        Ok(Ok(other)) => Err(format!("unexpected peer {other}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("accept thread panicked".into()),
+    }
+}
+
+/// WireKube as the pod network (seed 1: all private, relayed and direct pairs): the kubelets
+/// have no CNI of their own and take the configuration each agent writes; every pod pair,
+/// node and Service check passes, a pod at another node sees the client pod's own address
+/// (no masquerade inside the cluster), and a pod reaches the internet (masqueraded).
+#[test]
+fn pod_network_mode_seed_1_all_private() {
+    let opts = Options {
+        pod_network: true,
+        ..Options::default()
+    };
+    pod_traffic_with(
+        topology::seed_1_all_private(),
+        opts,
+        |sc, pods, failures| {
+            for (node, host) in &sc.hosts {
+                let conf = sc.lab.host_dir(node).join("cni-net.d/10-wirekube.conflist");
+                if !conf.is_file() {
+                    failures.push(format!("{node}: {} not written", conf.display()));
+                }
+                if sc.lab.run(host, &["ip", "link", "show", "wkpod0"]).is_err() {
+                    failures.push(format!("{node}: pods are not on the wkpod0 bridge"));
+                }
+                let ready = sc.peers().ok().and_then(|p| {
+                    p.get(node)?
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "PodNetworkReady")
+                        .map(|c| (c.status.clone(), c.message.clone()))
+                });
+                if !ready.as_ref().is_some_and(|(s, _)| s == "True") {
+                    failures.push(format!("{node}: PodNetworkReady is {ready:?}"));
+                }
+            }
+            for (a, pa) in pods {
+                for (b, pb) in pods {
+                    if a == b {
+                        continue;
+                    }
+                    match source_seen(sc, pa, pb) {
+                        Ok(ip) if ip == pa.ip() => {}
+                        Ok(ip) => failures.push(format!(
+                            "{a} → {b}: the pod at {b} sees {ip}, not the client pod's {}",
+                            pa.ip()
+                        )),
+                        Err(e) => failures.push(format!("{a} → {b}: {e}")),
+                    }
+                }
+                if let Err(e) = sc.lab.ping_until(pa, sc.dmz.ip(), FLOWS) {
+                    failures.push(format!("pod on {a} → internet host {}: {e}", sc.dmz.ip()));
+                }
+            }
+        },
+    );
 }

@@ -26,8 +26,47 @@ impl Agent {
                 Vec::new()
             }
         };
+        self.reconcile_podnet(spec).await;
         let st = self.build_status(peer, &stats, now, now_sys);
         self.maybe_patch(st, now).await;
+    }
+
+    /// Puts the pod network in place when the spec asks for it (again only after it changed
+    /// or failed), and removes WireKube's CNI file and rule when it no longer does.
+    async fn reconcile_podnet(&mut self, spec: &wirekube_crds::WireKubePeerSpec) {
+        use crate::podnet;
+        let dir = self.cfg.cni_conf_dir.clone();
+        let want = match podnet::desired(spec) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "pod network");
+                self.podnet = Some((None, Err(e.to_string())));
+                return;
+            }
+        };
+        let Some(want) = want else {
+            let ours = self.podnet.take().is_some() || dir.join(podnet::CONF_FILE).exists();
+            if ours && let Err(e) = podnet::remove(&dir).await {
+                tracing::warn!(error = %e, "removing the pod network configuration");
+            }
+            return;
+        };
+        if let Some((Some(done), Ok(()))) = &self.podnet
+            && *done == want
+        {
+            return;
+        }
+        let outcome = podnet::apply(&dir, &want).await;
+        match &outcome {
+            Ok(changed) => tracing::info!(
+                subnet = %want.subnet,
+                file = %dir.join(podnet::CONF_FILE).display(),
+                changed,
+                "pod network in place"
+            ),
+            Err(e) => tracing::error!(error = %e, "pod network"),
+        }
+        self.podnet = Some((Some(want), outcome.map(|_| ()).map_err(|e| e.to_string())));
     }
 
     pub(super) fn update_peers(&mut self, targets: &[PeerTarget], timing: Timing, now: Instant) {

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub discovery_interval: Duration,
     /// First wait before probing a fallen-back direct path again (then doubling, up to 8x).
     pub probe_min: Duration,
+    /// Where the CNI configuration goes when the agent provides the pod network.
+    pub cni_conf_dir: std::path::PathBuf,
 }
 
 enum Wake {
@@ -84,6 +86,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     dp: Option<Dataplane>,
     dp_error: Option<String>,
+    /// The pod network last put in place, and the outcome (`None`: not asked for).
+    podnet: Option<(Option<crate::podnet::PodNet>, Result<(), String>)>,
     relay: Option<RelayRt>,
     /// Index into `relayEndpoints` of the relay address in use.
     relay_choice: usize,
@@ -130,6 +134,7 @@ impl Agent {
             metrics,
             dp: None,
             dp_error: None,
+            podnet: None,
             relay: None,
             relay_choice: 0,
             peers: BTreeMap::new(),

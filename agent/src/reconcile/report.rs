@@ -104,6 +104,28 @@ impl Agent {
                 .clone()
                 .unwrap_or_else(|| "interface, peers and routes converged".into()),
         ));
+        if let Some((p, outcome)) = &self.podnet {
+            let (ok, msg) = match (p, outcome) {
+                (Some(p), Ok(())) => (
+                    true,
+                    format!(
+                        "pods on {} attach to {}; CNI configuration {} in {}",
+                        p.subnet,
+                        crate::podnet::BRIDGE,
+                        crate::podnet::CONF_FILE,
+                        self.cfg.cni_conf_dir.display()
+                    ),
+                ),
+                (_, Err(e)) => (false, e.clone()),
+                (None, Ok(())) => (false, "not configured yet".into()),
+            };
+            conds.push(CondInput::new(
+                ct::POD_NETWORK_READY,
+                ok,
+                if ok { "Configured" } else { "Error" },
+                msg,
+            ));
+        }
         if spec::relay_allowed(spec) {
             let (ok, msg) = match &self.relay {
                 None => (

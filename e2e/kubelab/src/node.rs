@@ -18,6 +18,10 @@ pub struct NodeSpec {
     pub internal_ip: Ipv4Addr,
     pub external_ip: Option<Ipv4Addr>,
     pub labels: Vec<(String, String)>,
+    /// The pod network comes from the CNI configuration the node's `/etc/cni/net.d` holds
+    /// (written there by WireKube in pod-network mode), as with a real runtime; `false`: the
+    /// lab kubelet's built-in bridge (the "cluster has a CNI" case).
+    pub cni_from_conf_dir: bool,
 }
 
 /// The processes of one node.
@@ -108,6 +112,9 @@ impl ControlPlane {
         }
         for (pattern, b) in images {
             cmd.arg(format!("--image={pattern}={}", b.display()));
+        }
+        if spec.cni_from_conf_dir {
+            cmd.arg(format!("--cni-conf-dir={}", wirekube_lab::PRIVATE_PATHS[2]));
         }
         Ok(lab.spawn(host, cmd)?)
     }

@@ -283,6 +283,7 @@ impl Lab {
             vec![
                 (hd.join("run-wireguard"), PathBuf::from(PRIVATE_PATHS[0])),
                 (hd.join("lib-wirekube"), PathBuf::from(PRIVATE_PATHS[1])),
+                (hd.join("cni-net.d"), PathBuf::from(PRIVATE_PATHS[2])),
             ]
         } else {
             Vec::new()
@@ -294,7 +295,8 @@ impl Lab {
         }
     }
 
-    /// The directory that host `name` sees as its private paths (`run-wireguard`, `lib-wirekube`).
+    /// The directory that host `name` sees as its private paths (`run-wireguard`, `lib-wirekube`,
+    /// `cni-net.d`).
     pub fn host_dir(&self, name: &str) -> PathBuf {
         self.dir.join("hosts").join(name)
     }

@@ -16,7 +16,9 @@ use crate::error::{IoContext, LabError, Result};
 use crate::netns;
 
 /// Paths that every simulated host sees privately. The host's own copy lives in the lab dir.
-pub const PRIVATE_PATHS: [&str; 2] = ["/var/run/wireguard", "/var/lib/wirekube"];
+/// (`/etc/cni/net.d`: where an agent providing the pod network writes its node's CNI
+/// configuration, which that node's lab kubelet reads.)
+pub const PRIVATE_PATHS: [&str; 3] = ["/var/run/wireguard", "/var/lib/wirekube", "/etc/cni/net.d"];
 
 /// Environment variable set on every process the lab starts; teardown and `leftovers` find
 /// stray processes (including their children) by it.

@@ -361,7 +361,7 @@ impl Lab {
         }
         if role.has_private_view() {
             let hd = self.host_dir(name);
-            for sub in ["run-wireguard", "lib-wirekube"] {
+            for sub in ["run-wireguard", "lib-wirekube", "cni-net.d"] {
                 std::fs::create_dir_all(hd.join(sub)).map_err(|source| LabError::Io {
                     context: format!("create {}", hd.join(sub).display()),
                     source,

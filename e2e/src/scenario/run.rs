@@ -60,6 +60,10 @@ pub struct Options {
     pub transfer_bytes: u64,
     /// Progress lines (the demo prints them; tests log them to stderr).
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
+    /// WireKube is the pod network: installed from `config/pod-network`, the mesh sets
+    /// `podNetwork.enabled`, and the kubelets take the pod network from the CNI
+    /// configuration the agents write (no built-in bridge).
+    pub pod_network: bool,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             converge_timeout: Duration::from_secs(60),
             transfer_bytes: 1 << 20,
             progress: Box::new(|m| eprintln!("[scenario] {m}")),
+            pod_network: false,
         }
     }
 }
@@ -130,8 +135,13 @@ impl Scenario {
             "starting the control plane in the DMZ (etcd, kube-apiserver, controllers, scheduler)",
         );
         let kube = KubeLab::start_in(lab.clone(), dmz.clone())?;
-        (opts.progress)("installing WireKube: kubectl apply -k config/default");
-        kube.install()?;
+        let install = if opts.pod_network {
+            "config/pod-network"
+        } else {
+            "config/default"
+        };
+        (opts.progress)(&format!("installing WireKube: kubectl apply -k {install}"));
+        kube.install_from(install)?;
         let fail = |lab: &Lab, e: anyhow::Error| e.context(lab.logs_tail(30));
 
         let mut relay = None;
@@ -165,13 +175,15 @@ impl Scenario {
             hosts.len()
         ));
         let agents_started = Instant::now();
-        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts)?;
+        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts, opts.pod_network)?;
         (opts.progress)(&format!(
             "applying WireKubeMesh {MESH_NAME} (mode {:?}, {})",
             topo.mode,
             topo.relay.describe()
         ));
-        kube.admin.apply_mesh(&mesh_for(&topo, &dmz))?;
+        let mut mesh = mesh_for(&topo, &dmz);
+        mesh.spec.pod_network.enabled = opts.pod_network;
+        kube.admin.apply_mesh(&mesh)?;
 
         let timings = Timings {
             lab_build,
@@ -651,7 +663,10 @@ fn image_map() -> Result<ImageMap> {
             Ok((format!("ghcr.io/wirekube/wirekube-{c}:*"), bin))
         })
         .collect::<Result<_>>()?;
-    for (image, bin) in [("lab/sleep:*", "/usr/bin/sleep"), ("lab/nc:*", "/usr/bin/nc")] {
+    for (image, bin) in [
+        ("lab/sleep:*", "/usr/bin/sleep"),
+        ("lab/nc:*", "/usr/bin/nc"),
+    ] {
         images.push((image.into(), PathBuf::from(bin)));
     }
     Ok(images)
@@ -664,6 +679,7 @@ fn start_nodes(
     kube: &KubeLab,
     topo: &Topology,
     hosts: &BTreeMap<String, Host>,
+    pod_network: bool,
 ) -> Result<BTreeMap<String, LabNode>> {
     let images = image_map()?;
     let kubelet = binary("wirekube-lab-kubelet")?;
@@ -675,6 +691,7 @@ fn start_nodes(
             internal_ip: h.ip(),
             external_ip: topo.public_nodes.contains(name).then(|| h.ip()),
             labels: vec![("topology.wirekube.io/site".into(), site)],
+            cni_from_conf_dir: pod_network,
         };
         let node = kube
             .cp

@@ -42,6 +42,10 @@ struct Args {
     /// Directory of the CNI plugin binaries.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// Take the pod network from the first `*.conflist` here (as runtimes read
+    /// `/etc/cni/net.d`); without it, a built-in bridge on the node's podCIDR.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
     /// Seconds between node heartbeats.
     #[arg(long, default_value_t = 10)]
     heartbeat: u64,
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         root_dir: args.root_dir,
         netns_prefix: args.netns_prefix,
         cni_bin_dir: args.cni_bin_dir,
+        cni_conf_dir: args.cni_conf_dir,
         heartbeat: Duration::from_secs(args.heartbeat.max(1)),
     };
     let client = client(&args.kubeconfig).await?;

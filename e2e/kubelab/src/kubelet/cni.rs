@@ -30,6 +30,9 @@ pub struct PodNetwork {
     pub ipam_dir: PathBuf,
     /// Where the plugin binaries are (`CNI_PATH`).
     pub bin_dir: PathBuf,
+    /// Use the network configuration list found here (as a container runtime does with
+    /// `/etc/cni/net.d`) instead of the built-in bridge; `None`: the built-in one.
+    pub conf_dir: Option<PathBuf>,
 }
 
 /// `ADD` or `DEL`.
@@ -206,26 +209,97 @@ async fn call(
     }
 }
 
-/// `ADD`: loopback, then the bridge on `eth0`. Returns the pod IP.
+/// The plugins to run on `eth0`, each with its full configuration: the built-in bridge, or
+/// the first `*.conflist` in `conf_dir` (by name, as runtimes pick).
+pub fn chain(net: &PodNetwork) -> Result<Vec<Value>> {
+    let Some(dir) = &net.conf_dir else {
+        return Ok(vec![bridge_config(net)]);
+    };
+    let not_ready = |reason: String| KubeletError::Cni {
+        plugin: "(config)".into(),
+        command: "ADD",
+        reason: format!("network plugin not ready: {reason}"),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| not_ready(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .collect();
+    files.sort();
+    let file = files
+        .first()
+        .ok_or_else(|| not_ready(format!("no CNI configuration in {}", dir.display())))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| not_ready(format!("{}: {e}", file.display())))?;
+    let list: Value =
+        serde_json::from_str(&text).map_err(|e| not_ready(format!("{}: {e}", file.display())))?;
+    chain_from_list(&list, &net.ipam_dir).map_err(|e| not_ready(format!("{}: {e}", file.display())))
+}
+
+/// A configuration list's plugins as standalone configurations (name and version copied in).
+/// `host-local` keeps its leases under the kubelet's root: lab nodes share one filesystem,
+/// and the default `/var/lib/cni` would outlive the lab.
+fn chain_from_list(list: &Value, ipam_dir: &Path) -> Result<Vec<Value>, String> {
+    let plugins = list["plugins"].as_array().ok_or("no \"plugins\" list")?;
+    let mut out = Vec::new();
+    for p in plugins {
+        let mut p = p.clone();
+        let obj = p.as_object_mut().ok_or("a plugin is not an object")?;
+        obj.insert("name".into(), list["name"].clone());
+        obj.insert("cniVersion".into(), list["cniVersion"].clone());
+        if let Some(ipam) = obj.get_mut("ipam").and_then(Value::as_object_mut)
+            && ipam.get("type").and_then(Value::as_str) == Some("host-local")
+        {
+            ipam.insert("dataDir".into(), json!(ipam_dir));
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        return Err("empty \"plugins\" list".into());
+    }
+    Ok(out)
+}
+
+fn plugin_type(config: &Value) -> String {
+    config["type"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `ADD`: loopback, then the chain on `eth0` (each plugin gets the previous one's result).
+/// Returns the pod IP.
 pub async fn add(net: &PodNetwork, container_id: &str, netns: &Path) -> Result<Ipv4Addr> {
     let lo_env = invocation_env(Command::Add, container_id, netns, "lo", &net.bin_dir);
     call(net, "loopback", lo_env, &loopback_config(), Command::Add).await?;
-    let env = invocation_env(Command::Add, container_id, netns, "eth0", &net.bin_dir);
-    let out = call(net, "bridge", env, &bridge_config(net), Command::Add).await?;
-    parse_add_result(&out).map_err(|reason| KubeletError::Cni {
-        plugin: "bridge".into(),
+    let mut prev: Option<Value> = None;
+    let mut last = (String::new(), Vec::new());
+    for mut config in chain(net)? {
+        if let Some(p) = prev.take() {
+            config["prevResult"] = p;
+        }
+        let plugin = plugin_type(&config);
+        let env = invocation_env(Command::Add, container_id, netns, "eth0", &net.bin_dir);
+        let out = call(net, &plugin, env, &config, Command::Add).await?;
+        prev = serde_json::from_slice(&out).ok();
+        last = (plugin, out);
+    }
+    parse_add_result(&last.1).map_err(|reason| KubeletError::Cni {
+        plugin: last.0,
         command: "ADD",
         reason,
     })
 }
 
-/// `DEL` for the bridge (releases the address) and loopback. Safe to repeat.
+/// `DEL` for the chain in reverse (releases the address) and loopback. Safe to repeat.
 pub async fn del(net: &PodNetwork, container_id: &str, netns: &Path) -> Result<()> {
-    let env = invocation_env(Command::Del, container_id, netns, "eth0", &net.bin_dir);
-    let bridge = call(net, "bridge", env, &bridge_config(net), Command::Del).await;
+    let mut result = Ok(());
+    for config in chain(net)?.iter().rev() {
+        let plugin = plugin_type(config);
+        let env = invocation_env(Command::Del, container_id, netns, "eth0", &net.bin_dir);
+        let r = call(net, &plugin, env, config, Command::Del).await;
+        result = result.and(r.map(|_| ()));
+    }
     let lo_env = invocation_env(Command::Del, container_id, netns, "lo", &net.bin_dir);
     let lo = call(net, "loopback", lo_env, &loopback_config(), Command::Del).await;
-    bridge.and(lo).map(|_| ())
+    result.and(lo.map(|_| ()))
 }
 
 #[cfg(test)]
@@ -237,6 +311,7 @@ mod tests {
             subnet: "10.244.1.0/24".parse().unwrap(),
             ipam_dir: "/lab/root/cni/networks".into(),
             bin_dir: "/usr/lib/cni".into(),
+            conf_dir: None,
         }
     }
 
@@ -315,5 +390,20 @@ mod tests {
         for (out, err, want) in cases {
             assert_eq!(describe_failure(out, err), want);
         }
+    }
+
+    #[test]
+    fn a_conflist_becomes_a_chain_with_the_lab_ipam_dir() {
+        let list = json!({"cniVersion": "1.0.0", "name": "wirekube", "plugins": [
+            {"type": "bridge", "bridge": "wkpod0",
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]});
+        let c = chain_from_list(&list, Path::new("/lab/n1/cni")).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0]["name"], "wirekube");
+        assert_eq!(c[1]["cniVersion"], "1.0.0");
+        assert_eq!(c[0]["ipam"]["dataDir"], "/lab/n1/cni");
+        assert!(chain_from_list(&json!({"name": "x"}), Path::new("/")).is_err());
     }
 }

@@ -71,6 +71,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     pub netns_prefix: String,
     pub cni_bin_dir: PathBuf,
+    /// Take the pod network's configuration from here (`None`: the built-in bridge).
+    pub cni_conf_dir: Option<PathBuf>,
     pub heartbeat: Duration,
 }
 
@@ -95,6 +97,7 @@ pub(crate) struct Ctx {
     pub root_dir: PathBuf,
     pub netns_prefix: String,
     pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: Option<PathBuf>,
     pub pod_cidr: watch::Receiver<Option<Ipv4Net>>,
     pub api_service: OnceCell<(String, u16)>,
 }
@@ -164,6 +167,7 @@ pub async fn run(client: Client, cfg: Config, shutdown: CancellationToken) -> Re
         root_dir: cfg.root_dir,
         netns_prefix: cfg.netns_prefix,
         cni_bin_dir: cfg.cni_bin_dir,
+        cni_conf_dir: cfg.cni_conf_dir,
         pod_cidr: cidr_rx,
         api_service: OnceCell::new(),
     });

@@ -122,6 +122,7 @@ pub(super) fn pod_network(ctx: &Ctx, subnet: ipnet::Ipv4Net) -> PodNetwork {
         subnet,
         ipam_dir: ctx.root_dir.join("cni/networks"),
         bin_dir: ctx.cni_bin_dir.clone(),
+        conf_dir: ctx.cni_conf_dir.clone(),
     }
 }
 

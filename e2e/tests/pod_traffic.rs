@@ -397,7 +397,7 @@ fn pod_network_mode_seed_1_all_private() {
                         .find(|c| c.type_ == "PodNetworkReady")
                         .map(|c| (c.status.clone(), c.message.clone()))
                 });
-                if !ready.as_ref().is_some_and(|(s, _)| s == "True") {
+                if ready.as_ref().is_none_or(|(s, _)| s != "True") {
                     failures.push(format!("{node}: PodNetworkReady is {ready:?}"));
                 }
             }

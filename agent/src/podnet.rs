@@ -19,6 +19,30 @@ pub const CONF_FILE: &str = "10-wirekube.conflist";
 pub const BRIDGE: &str = "wkpod0";
 /// The nftables table holding the masquerade rule (ours alone).
 pub const NFT_TABLE: &str = "wirekube_podnet";
+/// The nftables table clamping TCP MSS on forwarded traffic through the mesh (ours alone).
+pub const MSS_TABLE: &str = "wirekube_mss";
+
+/// TCP connections forwarded through the mesh (pods, hosts behind a node route) announce an
+/// MSS that fits the tunnel: SYNs leaving or entering `iface` get the route's MTU as their
+/// MSS bound, so no segment relies on Path MTU discovery through ICMP.
+pub fn mss_script(iface: &str) -> String {
+    format!(
+        "table inet {MSS_TABLE}\n\
+         delete table inet {MSS_TABLE}\n\
+         table inet {MSS_TABLE} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority mangle; policy accept;\n\
+         \t\toifname \"{iface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \t\tiifname \"{iface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// (Re)creates the MSS clamp for `iface`.
+pub async fn apply_mss(iface: &str) -> Result<(), PodNetError> {
+    nft(&mss_script(iface)).await
+}
 
 /// What the node needs for the pod network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +213,19 @@ mod tests {
             mtu: 1420,
             interface_name: "wirekube0".into(),
             ..WireKubePeerSpec::default()
+        }
+    }
+
+    #[test]
+    fn mss_clamp_covers_both_directions_of_the_mesh_interface() {
+        let s = mss_script("wirekube0");
+        for dir in ["oifname", "iifname"] {
+            assert!(
+                s.contains(&format!(
+                    "{dir} \"wirekube0\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
+                )),
+                "{s}"
+            );
         }
     }
 

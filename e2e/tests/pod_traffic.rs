@@ -208,6 +208,16 @@ fn pod_traffic_with(
             }
         }
     }
+    // Forwarded TCP through the mesh gets its MSS clamped to the tunnel on every node.
+    for (n, h) in &sc.hosts {
+        let rules = sc
+            .lab
+            .run(h, &["nft", "list", "table", "inet", "wirekube_mss"])
+            .unwrap_or_default();
+        if !rules.contains("oifname \"wirekube0\"") || !rules.contains("maxseg size set rt mtu") {
+            failures.push(format!("{n}: no MSS clamp on wirekube0: {rules}"));
+        }
+    }
     more(&sc, &pods, &mut failures);
     eprintln!(
         "| topology | pair | path | pod → pod Mbit/s | node → node (mesh IP) Mbit/s |\n|---|---|---|---|---|\n{}",

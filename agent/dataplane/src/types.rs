@@ -16,15 +16,16 @@ pub struct InterfaceConfig {
     pub mtu: u32,
     /// This node's mesh IP with the mesh prefix length, e.g. `100.96.0.5/16`.
     pub address: ipnet::IpNet,
-    /// The whole mesh range; an ip rule sends traffic to it to [`InterfaceConfig::table`].
+    /// The whole mesh range (the interface address must lie in it).
     pub mesh_cidr: ipnet::IpNet,
     /// fwmark that WireGuard puts on its own UDP packets (and the relay socket should use);
     /// marked packets bypass the mesh table so they can never loop into the tunnel.
     pub fwmark: u32,
     /// Dedicated routing table holding one route per peer AllowedIP.
     pub table: u32,
-    /// Priority of the ip rule `to <mesh_cidr> lookup <table>`. The fwmark bypass rule
-    /// uses `rule_priority - 1`.
+    /// Priority of the ip rule `lookup <table>` (no destination: the table holds only the
+    /// peers' AllowedIPs, and a miss falls through). The fwmark bypass rule uses
+    /// `rule_priority - 1`.
     pub rule_priority: u32,
 }
 

@@ -27,8 +27,26 @@ impl Agent {
             }
         };
         self.reconcile_podnet(spec).await;
+        self.reconcile_mss(&spec.interface_name).await;
         let st = self.build_status(peer, &stats, now, now_sys);
         self.maybe_patch(st, now).await;
+    }
+
+    /// Clamps the MSS of TCP forwarded through the mesh (once per interface name; again after
+    /// a failure).
+    async fn reconcile_mss(&mut self, iface: &str) {
+        if matches!(&self.mss, Some(Ok(done)) if done == iface) {
+            return;
+        }
+        let outcome = crate::podnet::apply_mss(iface).await;
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "MSS clamp for traffic forwarded through the mesh");
+        }
+        self.mss = Some(
+            outcome
+                .map(|()| iface.to_owned())
+                .map_err(|e| e.to_string()),
+        );
     }
 
     /// Puts the pod network in place when the spec asks for it (again only after it changed

@@ -88,6 +88,8 @@ pub struct Agent {
     dp_error: Option<String>,
     /// The pod network last put in place, and the outcome (`None`: not asked for).
     podnet: Option<(Option<crate::podnet::PodNet>, Result<(), String>)>,
+    /// The interface the MSS clamp was last put on, or why it failed.
+    mss: Option<Result<String, String>>,
     relay: Option<RelayRt>,
     /// Index into `relayEndpoints` of the relay address in use.
     relay_choice: usize,
@@ -135,6 +137,7 @@ impl Agent {
             dp: None,
             dp_error: None,
             podnet: None,
+            mss: None,
             relay: None,
             relay_choice: 0,
             peers: BTreeMap::new(),

@@ -95,14 +95,19 @@ impl Agent {
             if stun_ok { "Answered" } else { "NoAnswer" },
             stun_msg,
         ));
-        let dp_ok = self.dp.is_some() && self.dp_error.is_none();
+        let mss_error = match &self.mss {
+            Some(Err(e)) => Some(format!("MSS clamp: {e}")),
+            _ => None,
+        };
+        let dp_ok = self.dp.is_some() && self.dp_error.is_none() && mss_error.is_none();
         conds.push(CondInput::new(
             ct::DATAPLANE_READY,
             dp_ok,
             if dp_ok { "Reconciled" } else { "Error" },
             self.dp_error
                 .clone()
-                .unwrap_or_else(|| "interface, peers and routes converged".into()),
+                .or(mss_error)
+                .unwrap_or_else(|| "interface, peers, routes and MSS clamp converged".into()),
         ));
         if let Some((p, outcome)) = &self.podnet {
             let (ok, msg) = match (p, outcome) {

@@ -230,3 +230,87 @@ proptest! {
         prop_assert_eq!(changed, really);
     }
 }
+
+/// Pod CIDRs drawn from a small pool (so that nodes collide), sometimes a wide /16.
+fn arb_pod_cidrs(n: usize) -> impl Strategy<Value = Vec<Vec<String>>> {
+    prop::collection::vec(
+        prop::collection::vec(
+            prop_oneof![
+                6 => (0u8..8).prop_map(|k| format!("10.244.{k}.0/24")),
+                1 => Just("10.244.0.0/16".to_string()),
+            ],
+            0..2,
+        ),
+        n,
+    )
+}
+
+fn overlaps(a: ipnet::IpNet, b: ipnet::IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the pod CIDRs, InternalIPs and node routes: in every node's spec no two peers'
+    /// AllowedIPs overlap (WireGuard would route the overlap to one of them), every entry
+    /// starts with the peer's mesh IP, and every other prefix is one the peer owns.
+    #[test]
+    fn allowed_ips_never_overlap_between_peers(
+        (hosts, mut inp) in arb_input(),
+        pods in arb_pod_cidrs(12),
+        internal in any::<bool>(),
+        route_to in prop::option::of(0usize..12),
+    ) {
+        inp.mesh.routing.node_internal_ips = internal;
+        for (n, cidrs) in inp.nodes.iter_mut().zip(&pods) {
+            n.pod_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        }
+        if let Some(i) = route_to.filter(|i| *i < hosts.len()) {
+            inp.mesh.routing.node_routes = vec![wirekube_crds::NodeRoutes {
+                node: hosts[i].name.clone(),
+                cidrs: vec!["192.168.0.0/16".into(), "10.244.3.0/24".into()],
+            }];
+        }
+        let owned: BTreeMap<&str, Vec<ipnet::IpNet>> = inp
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut v = n.pod_cidrs.clone();
+                v.extend(n.addresses.iter().map(|a| ipnet::IpNet::from(a.ip)));
+                v.extend(
+                    inp.mesh.routing.node_routes.iter()
+                        .filter(|r| r.node == n.name)
+                        .flat_map(|r| r.cidrs.iter().map(|c| c.parse::<ipnet::IpNet>().unwrap())),
+                );
+                (n.name.as_str(), v)
+            })
+            .collect();
+        let p = plan(&inp).unwrap();
+        for (node, spec) in p.to_specs() {
+            let mut seen: Vec<(ipnet::IpNet, String)> = Vec::new();
+            for e in &spec.peers {
+                let nets: Vec<ipnet::IpNet> =
+                    e.allowed_ips.iter().map(|a| a.parse().unwrap()).collect();
+                if let Some(first) = nets.first() {
+                    prop_assert_eq!(first.prefix_len(), 32, "{} → {}: {:?}", node, e.name, nets);
+                }
+                for net in nets.iter().skip(1) {
+                    prop_assert!(
+                        owned[e.name.as_str()].iter().any(|o| o == net),
+                        "{} → {}: {} is not the peer's", node, e.name, net
+                    );
+                }
+                for net in nets {
+                    for (other, who) in &seen {
+                        prop_assert!(
+                            !overlaps(net, *other),
+                            "{}'s spec: {} of {} overlaps {} of {}", node, net, e.name, other, who
+                        );
+                    }
+                    seen.push((net, e.name.clone()));
+                }
+            }
+        }
+    }
+}

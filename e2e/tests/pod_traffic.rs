@@ -289,7 +289,7 @@ fn colliding_sites() -> Topology {
 }
 
 #[test]
-fn internal_ips_with_a_colliding_address_plan() {
+fn pod_traffic_internal_ips_with_a_colliding_address_plan() {
     assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
     let mut sc = Scenario::build(colliding_sites(), Options::default()).expect("build");
     if let Err(e) = sc.converge() {
@@ -381,7 +381,7 @@ fn source_seen(sc: &Scenario, from: &Host, to: &Host) -> Result<Ipv4Addr, String
 /// node and Service check passes, a pod at another node sees the client pod's own address
 /// (no masquerade inside the cluster), and a pod reaches the internet (masqueraded).
 #[test]
-fn pod_network_mode_seed_1_all_private() {
+fn pod_traffic_in_pod_network_mode_seed_1_all_private() {
     let opts = Options {
         pod_network: true,
         ..Options::default()

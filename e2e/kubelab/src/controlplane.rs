@@ -396,9 +396,11 @@ impl ControlPlane {
         )
     }
 
-    /// A kubeconfig for kube-proxy (`system:kube-proxy`, bound by the default RBAC).
-    pub fn kube_proxy_kubeconfig(&self) -> Result<PathBuf> {
-        self.write_kubeconfig("kube-proxy", "system:kube-proxy", &[])
+    /// A kubeconfig for the kube-proxy of `node` (`system:kube-proxy`, bound by the default
+    /// RBAC). One file per node: a shared file rewritten for the next node raced with the
+    /// previous kube-proxy reading it at start-up ("no configuration has been provided").
+    pub fn kube_proxy_kubeconfig(&self, node: &str) -> Result<PathBuf> {
+        self.write_kubeconfig(&format!("kube-proxy-{node}"), "system:kube-proxy", &[])
     }
 
     /// Components that are no longer running.

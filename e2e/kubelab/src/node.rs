@@ -127,7 +127,7 @@ impl ControlPlane {
         host: &Host,
         name: &str,
     ) -> Result<Proc, ControlPlaneError> {
-        let kc = self.kube_proxy_kubeconfig()?;
+        let kc = self.kube_proxy_kubeconfig(name)?;
         let mut cmd = Command::new(self.cfg.bin_dir.join("kube-proxy"));
         cmd.arg(format!("--kubeconfig={}", kc.display()))
             .arg(format!("--hostname-override={name}"))

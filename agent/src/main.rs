@@ -232,6 +232,17 @@ async fn cleanup(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cleanup of {name}"))?;
     tracing::info!(interface = %name, "removed interface, routes and rules");
+    use wirekube_agent::podnet;
+    podnet::remove_mss()
+        .await
+        .context("removing the MSS clamp")?;
+    podnet::remove(&args.cni_conf_dir)
+        .await
+        .context("removing the pod network configuration")?;
+    tracing::info!(
+        cni_conf_dir = %args.cni_conf_dir.display(),
+        "removed the MSS clamp and the pod network's CNI file and rule (if any)"
+    );
     Ok(())
 }
 

@@ -44,6 +44,14 @@ pub async fn apply_mss(iface: &str) -> Result<(), PodNetError> {
     nft(&mss_script(iface)).await
 }
 
+/// Removes the MSS clamp (nothing if it is not there).
+pub async fn remove_mss() -> Result<(), PodNetError> {
+    nft(&format!(
+        "table inet {MSS_TABLE}\ndelete table inet {MSS_TABLE}\n"
+    ))
+    .await
+}
+
 /// What the node needs for the pod network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNet {

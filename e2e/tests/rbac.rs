@@ -171,6 +171,14 @@ fn rbac_grants_exactly_what_the_binaries_use() {
         "cleanup: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // ... and removes the nftables table the agent made (its MSS clamp).
+    let argv = ["nft", "list", "table", "inet", "wirekube_mss"];
+    let listed = sc.lab.exec(&sc.hosts["node-3"], &argv).unwrap();
+    assert!(
+        !listed.status.success(),
+        "MSS clamp left after cleanup: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
     // Switch to an external relay: the operator deletes the managed relay's objects.
     let external = format!(
         r#"{{"spec":{{"relay":{{"provider":"external","external":{{"endpoint":"{}:3478"}}}}}}}}"#,

@@ -26,17 +26,28 @@ pub const MSS_TABLE: &str = "wirekube_mss";
 /// MSS that fits the tunnel: SYNs leaving or entering `iface` get the route's MTU as their
 /// MSS bound, so no segment relies on Path MTU discovery through ICMP.
 pub fn mss_script(iface: &str) -> String {
-    format!(
-        "table inet {MSS_TABLE}\n\
-         delete table inet {MSS_TABLE}\n\
-         table inet {MSS_TABLE} {{\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority mangle; policy accept;\n\
-         \t\toifname \"{iface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
-         \t\tiifname \"{iface}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\
-         \t}}\n\
-         }}\n"
+    let clamp = "tcp flags syn / syn,rst tcp option maxseg size set rt mtu";
+    replace_table(
+        "inet",
+        MSS_TABLE,
+        &format!(
+            "\tchain forward {{\n\
+             \t\ttype filter hook forward priority mangle; policy accept;\n\
+             \t\toifname \"{iface}\" {clamp}\n\
+             \t\tiifname \"{iface}\" {clamp}\n\
+             \t}}\n"
+        ),
     )
+}
+
+/// `nft -f` input that drops table `family name` if present ("table" first makes the delete
+/// never fail) and, with a non-empty `body`, creates it anew: one atomic transaction.
+fn replace_table(family: &str, name: &str, body: &str) -> String {
+    let mut s = format!("table {family} {name}\ndelete table {family} {name}\n");
+    if !body.is_empty() {
+        s.push_str(&format!("table {family} {name} {{\n{body}}}\n"));
+    }
+    s
 }
 
 /// (Re)creates the MSS clamp for `iface`.
@@ -46,10 +57,7 @@ pub async fn apply_mss(iface: &str) -> Result<(), PodNetError> {
 
 /// Removes the MSS clamp (nothing if it is not there).
 pub async fn remove_mss() -> Result<(), PodNetError> {
-    nft(&format!(
-        "table inet {MSS_TABLE}\ndelete table inet {MSS_TABLE}\n"
-    ))
-    .await
+    nft(&replace_table("inet", MSS_TABLE, "")).await
 }
 
 /// What the node needs for the pod network.
@@ -135,15 +143,15 @@ fn conflist(subnet: Ipv4Net, mtu: u32) -> String {
 /// Pod traffic that leaves through neither the mesh nor the pod bridge (the internet, the
 /// node's LAN) is masqueraded to the node's address; everything else keeps the pod address.
 fn nft_script(subnet: Ipv4Net, mesh_iface: &str) -> String {
-    format!(
-        "table ip {NFT_TABLE}\n\
-         delete table ip {NFT_TABLE}\n\
-         table ip {NFT_TABLE} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet} oifname != {{ \"{mesh_iface}\", \"{BRIDGE}\" }} masquerade\n\
-         \t}}\n\
-         }}\n"
+    replace_table(
+        "ip",
+        NFT_TABLE,
+        &format!(
+            "\tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {subnet} oifname != {{ \"{mesh_iface}\", \"{BRIDGE}\" }} masquerade\n\
+             \t}}\n"
+        ),
     )
 }
 
@@ -175,10 +183,7 @@ pub async fn remove(dir: &Path) -> Result<(), PodNetError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(PodNetError::Write { path, source }),
     }
-    nft(&format!(
-        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
-    ))
-    .await
+    nft(&replace_table("ip", NFT_TABLE, "")).await
 }
 
 async fn nft(script: &str) -> Result<(), PodNetError> {
@@ -235,6 +240,20 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn tables_are_replaced_in_one_transaction_and_removal_never_fails() {
+        assert_eq!(
+            replace_table("ip", "t", ""),
+            "table ip t\ndelete table ip t\n"
+        );
+        let s = replace_table("inet", "t", "\tchain c {\n\t}\n");
+        assert!(
+            s.starts_with("table inet t\ndelete table inet t\ntable inet t {\n"),
+            "{s}"
+        );
+        assert!(s.ends_with("\t}\n}\n"), "{s}");
     }
 
     #[test]

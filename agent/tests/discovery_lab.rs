@@ -1,6 +1,6 @@
 //! Discovery against the real STUN responder (the `wirekube-relay` binary, primary and
 //! alternate IP × port) from nodes behind every lab NAT kind. Needs root (network
-//! namespaces, nftables); skipped otherwise.
+//! namespaces, nftables); fails otherwise.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -55,10 +55,10 @@ fn discover_in(lab: &Lab, host: &Host, servers: Vec<String>, hold_port: bool) ->
 
 #[test]
 fn discovery_classifies_every_nat_kind() {
-    if !wirekube_lab::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    assert!(
+        wirekube_lab::is_root(),
+        "needs root (network namespaces): run the lab tests as root"
+    );
     let bin = relay_bin();
     let lab = Lab::new_unique("agd").unwrap();
     let kinds = [

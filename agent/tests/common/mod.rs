@@ -55,13 +55,13 @@ pub const DIRECT_TIMEOUT: &str = "12s";
 /// (30-90 s by default), so the return to direct fits in a test.
 pub const PROBE_INTERVAL_SECS: u64 = 4;
 
+/// The lab tests need root; without it they fail (a test that cannot run must not pass).
 pub fn root() -> bool {
-    if wirekube_lab::is_root() {
-        true
-    } else {
-        eprintln!("skipped: needs root (network namespaces)");
-        false
-    }
+    assert!(
+        wirekube_lab::is_root(),
+        "needs root (network namespaces): run the lab tests as root"
+    );
+    true
 }
 
 /// Prints a step with the time since the test started.

@@ -8,9 +8,7 @@ use wirekube_lab::{NatKind, SiteSpec, wait_until};
 
 #[test]
 fn block_heal_and_loss() {
-    let Some(lab) = common::lab("imp") else {
-        return;
-    };
+    let lab = common::lab("imp");
     let site = lab
         .add_site(SiteSpec::new("home", NatKind::FullCone, "192.168.1.0/24"))
         .unwrap();

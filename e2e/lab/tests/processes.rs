@@ -57,11 +57,11 @@ fn start_wg(lab: &Lab, host: &Host, addr: &str) -> (wirekube_lab::Proc, String) 
 
 #[test]
 fn two_hosts_both_run_wirekube0_through_a_nat() {
-    let Some(lab) = common::lab("wg") else { return };
-    if !have("wireguard-go") || !have("wg") {
-        eprintln!("skipped: wireguard-go / wg not installed");
-        return;
-    }
+    let lab = common::lab("wg");
+    assert!(
+        have("wireguard-go") && have("wg"),
+        "wireguard-go and wg are needed (scripts/install-deps.sh installs them)"
+    );
     lab.add_site(SiteSpec::new(
         "home",
         NatKind::PortRestrictedCone,
@@ -175,9 +175,7 @@ fn two_hosts_both_run_wirekube0_through_a_nat() {
 
 #[test]
 fn logs_exit_status_and_iperf3() {
-    let Some(lab) = common::lab("log") else {
-        return;
-    };
+    let lab = common::lab("log");
     let p = lab.add_public_node("p").unwrap();
     let q = lab.add_public_node("q").unwrap();
     let mut cmd = Command::new("sh");

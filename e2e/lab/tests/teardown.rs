@@ -11,9 +11,7 @@ use wirekube_lab::{Lab, LabError, NatKind, SiteSpec};
 
 #[test]
 fn teardown_after_a_panic_leaves_nothing() {
-    if common::lab("pre").is_none() {
-        return;
-    }
+    common::require_root();
     let prefix = Lab::unique_prefix("pan");
     let p2 = prefix.clone();
     let res = panic::catch_unwind(move || {
@@ -40,9 +38,7 @@ fn teardown_after_a_panic_leaves_nothing() {
 
 #[test]
 fn purge_cleans_a_lab_whose_process_died() {
-    let Some(lab) = common::lab("prg") else {
-        return;
-    };
+    let lab = common::lab("prg");
     let prefix = lab.prefix().to_owned();
     let a = lab.add_public_node("a").unwrap();
     let mut sleep = Command::new("sleep");
@@ -61,9 +57,7 @@ fn purge_cleans_a_lab_whose_process_died() {
 
 #[test]
 fn parallel_labs_with_the_same_names_do_not_collide() {
-    if common::lab("chk").is_none() {
-        return;
-    }
+    common::require_root();
     let t = Instant::now();
     let handles: Vec<_> = (0..3)
         .map(|i| {
@@ -106,9 +100,7 @@ fn invalid_names_are_refused() {
         Lab::new("waytoolongprefix"),
         Err(LabError::InvalidName { .. })
     ));
-    let Some(lab) = common::lab("nam") else {
-        return;
-    };
+    let lab = common::lab("nam");
     assert!(
         lab.add_site(SiteSpec::new("verylongsite", NatKind::None, "10.0.0.0/24"))
             .is_err()

@@ -5,17 +5,18 @@ use std::time::Instant;
 
 use wirekube_lab::{Lab, NatKind, SiteSpec};
 
-/// A fresh lab, or `None` (test skipped) when not root. In CI (`CI` set) not being root fails.
-pub fn lab(tag: &str) -> Option<Lab> {
-    if !wirekube_lab::is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "lab tests need root in CI"
-        );
-        eprintln!("skipped: the lab needs root");
-        return None;
-    }
-    Some(Lab::new_unique(tag).expect("create lab"))
+/// Fails the test unless it runs as root, in CI or not: a test that cannot run must never pass.
+pub fn require_root() {
+    assert!(
+        wirekube_lab::is_root(),
+        "the lab tests need root (network namespaces)"
+    );
+}
+
+/// A fresh lab (root required).
+pub fn lab(tag: &str) -> Lab {
+    require_root();
+    Lab::new_unique(tag).expect("create lab")
 }
 
 /// One site per NAT kind, a public node and a DMZ with two addresses:

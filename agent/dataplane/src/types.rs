@@ -2,8 +2,12 @@
 
 use std::net::SocketAddr;
 
+/// What every `Debug` output shows instead of a private key (logs at any level, errors,
+/// panics).
+pub const REDACTED: &str = "<redacted>";
+
 /// Desired state of this node's WireGuard interface and the routing around it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
     /// Interface name, at most 15 bytes. For userspace engines it also names the UAPI
     /// socket `/var/run/wireguard/<name>.sock`, which is global across network namespaces.
@@ -27,6 +31,34 @@ pub struct InterfaceConfig {
     /// peers' AllowedIPs, and a miss falls through). The fwmark bypass rule uses
     /// `rule_priority - 1`.
     pub rule_priority: u32,
+}
+
+impl std::fmt::Debug for InterfaceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured without `..`: a field added here must be shown or redacted on purpose.
+        let InterfaceConfig {
+            name,
+            private_key: _,
+            listen_port,
+            mtu,
+            address,
+            mesh_cidr,
+            fwmark,
+            table,
+            rule_priority,
+        } = self;
+        f.debug_struct("InterfaceConfig")
+            .field("name", name)
+            .field("private_key", &REDACTED)
+            .field("listen_port", listen_port)
+            .field("mtu", mtu)
+            .field("address", address)
+            .field("mesh_cidr", mesh_cidr)
+            .field("fwmark", fwmark)
+            .field("table", table)
+            .field("rule_priority", rule_priority)
+            .finish()
+    }
 }
 
 /// Desired state of one WireGuard peer.

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::error::DataplaneError;
+use crate::types::REDACTED;
 
 /// Directory of the UAPI sockets. Global across network namespaces (lab notes §7.1).
 pub(crate) const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -29,12 +30,29 @@ pub(crate) fn socket_path(iface: &str) -> PathBuf {
 }
 
 /// What a WireGuard device reports, engine-independent (the kernel backend fills it too).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct DeviceState {
     pub private_key: Option<[u8; 32]>,
     pub listen_port: u16,
     pub fwmark: u32,
     pub peers: Vec<PeerState>,
+}
+
+impl std::fmt::Debug for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let DeviceState {
+            private_key,
+            listen_port,
+            fwmark,
+            peers,
+        } = self;
+        f.debug_struct("DeviceState")
+            .field("private_key", &private_key.map(|_| REDACTED))
+            .field("listen_port", listen_port)
+            .field("fwmark", fwmark)
+            .field("peers", peers)
+            .finish()
+    }
 }
 
 /// One peer as reported by `get`.
@@ -53,7 +71,7 @@ pub(crate) struct PeerState {
 }
 
 /// One write that reconcile decided on. Each value counts as one WireGuard change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum WgChange {
     /// Interface-level settings; `None` leaves a field alone.
     Interface {
@@ -71,6 +89,38 @@ pub(crate) enum WgChange {
         allowed_ips: Option<Vec<IpNet>>,
     },
     Remove([u8; 32]),
+}
+
+impl std::fmt::Debug for WgChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WgChange::Interface {
+                private_key,
+                listen_port,
+                fwmark,
+            } => f
+                .debug_struct("Interface")
+                .field("private_key", &private_key.map(|_| REDACTED))
+                .field("listen_port", listen_port)
+                .field("fwmark", fwmark)
+                .finish(),
+            WgChange::Peer {
+                public_key,
+                create,
+                endpoint,
+                persistent_keepalive,
+                allowed_ips,
+            } => f
+                .debug_struct("Peer")
+                .field("public_key", public_key)
+                .field("create", create)
+                .field("endpoint", endpoint)
+                .field("persistent_keepalive", persistent_keepalive)
+                .field("allowed_ips", allowed_ips)
+                .finish(),
+            WgChange::Remove(k) => f.debug_tuple("Remove").field(k).finish(),
+        }
+    }
 }
 
 fn hex(key: &[u8; 32]) -> String {
@@ -299,6 +349,42 @@ fn last_line_is_errno(buf: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_debug_output_shows_a_private_key() {
+        let key = [0xab_u8; 32];
+        let iface = crate::InterfaceConfig {
+            name: "wirekube0".into(),
+            private_key: key,
+            listen_port: 51820,
+            mtu: 1420,
+            address: "10.99.0.1/16".parse().unwrap(),
+            mesh_cidr: "10.99.0.0/16".parse().unwrap(),
+            fwmark: 0x206c,
+            table: 51820,
+            rule_priority: 5200,
+        };
+        let state = DeviceState {
+            private_key: Some(key),
+            ..DeviceState::default()
+        };
+        let change = WgChange::Interface {
+            private_key: Some(key),
+            listen_port: Some(51820),
+            fwmark: None,
+        };
+        for text in [
+            format!("{iface:?}"),
+            format!("{iface:#?}"),
+            format!("{state:?}"),
+            format!("{change:?}"),
+            format!("{:?}", vec![change.clone()]),
+        ] {
+            assert!(!text.contains("171"), "key bytes in {text}");
+            assert!(!text.contains("ab, ab") && !text.contains("AB"), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+    }
     use super::*;
 
     const K1: [u8; 32] = [0x11; 32];

@@ -38,6 +38,22 @@ pub fn grace_for(duration: u64) -> u64 {
     (duration / 3).clamp(1, duration.saturating_sub(1).max(1))
 }
 
+/// This replica's running controller. Dropping it aborts the task: a `run` future that is
+/// dropped (its task aborted, the runtime shutting down) must not leave a detached controller
+/// writing without the Lease. (Found by the failover test: the "killed" leader kept writing.)
+struct Controller {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
 /// Runs one replica until `shutdown` is cancelled: campaigns for the Lease; while it holds it
 /// the controller runs (a fresh start, hence a full reconcile, each time leadership is
 /// gained); on losing it the controller stops at once. `ready` is set once the Lease is
@@ -59,7 +75,7 @@ pub async fn run(
     ready.store(true, Ordering::SeqCst);
     let (mut rx, lease_task) = manager.watch().await;
     let leader = Arc::new(AtomicBool::new(false));
-    let mut running: Option<(CancellationToken, JoinHandle<()>)> = None;
+    let mut running: Option<Controller> = None;
     loop {
         let is_leader = *rx.borrow_and_update();
         if is_leader && running.is_none() {
@@ -74,13 +90,18 @@ pub async fn run(
                 leader.clone(),
                 stop.clone().cancelled_owned(),
             ));
-            running = Some((stop, task));
-        } else if !is_leader && let Some((_, task)) = running.take() {
+            running = Some(Controller {
+                stop,
+                task: Some(task),
+            });
+        } else if !is_leader && let Some(mut c) = running.take() {
             warn!(identity = %settings.controller.identity, "leadership lost: stopping controller");
             leader.store(false, Ordering::SeqCst);
             metrics.leader.set(0);
-            task.abort();
-            let _ = task.await;
+            if let Some(task) = c.task.take() {
+                task.abort();
+                let _ = task.await;
+            }
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() {
@@ -90,14 +111,16 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         }
     }
-    if let Some((stop, task)) = running.take() {
-        stop.cancel();
+    if let Some(mut c) = running.take() {
+        c.stop.cancel();
         // Give in-flight reconciles a moment, then stop writing regardless.
-        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
-            .await
-            .is_err()
+        if let Some(mut task) = c.task.take()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
         {
-            warn!("controller did not stop in 5s");
+            warn!("controller did not stop in 5s; aborting it");
+            task.abort();
         }
     }
     leader.store(false, Ordering::SeqCst);

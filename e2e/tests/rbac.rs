@@ -132,19 +132,15 @@ fn rbac_grants_exactly_what_the_binaries_use() {
         sc.kubectl(args)
             .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     };
+    let patch_mesh = |sc: &Scenario, patch: &str| {
+        kubectl(
+            sc,
+            &["patch", "wkmesh", "default", "--type=merge", "-p", patch],
+        );
+    };
     // Leave node-3 out of the mesh: the operator deletes its peer.
     kubectl(&sc, &["label", "node", "node-1", "node-2", "rbac-test=in"]);
-    kubectl(
-        &sc,
-        &[
-            "patch",
-            "wkmesh",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"nodeSelector":{"rbac-test":"in"}}}"#,
-        ],
-    );
+    patch_mesh(&sc, r#"{"spec":{"nodeSelector":{"rbac-test":"in"}}}"#);
     wait_until(Duration::from_secs(30), "node-3's peer deleted", || {
         sc.peers().is_ok_and(|p| p.len() == 2)
     })
@@ -184,17 +180,7 @@ fn rbac_grants_exactly_what_the_binaries_use() {
         r#"{{"spec":{{"relay":{{"provider":"external","external":{{"endpoint":"{}:3478"}}}}}}}}"#,
         sc.dmz.ip()
     );
-    kubectl(
-        &sc,
-        &[
-            "patch",
-            "wkmesh",
-            "default",
-            "--type=merge",
-            "-p",
-            &external,
-        ],
-    );
+    patch_mesh(&sc, &external);
     wait_until(
         Duration::from_secs(30),
         "managed relay objects deleted",

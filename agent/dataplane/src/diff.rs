@@ -189,6 +189,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn no_debug_output_shows_a_private_key() {
+        let key = [0xab_u8; 32];
+        let iface = InterfaceConfig {
+            private_key: key,
+            ..iface()
+        };
+        let state = DeviceState {
+            private_key: Some(key),
+            ..DeviceState::default()
+        };
+        let change = WgChange::Interface {
+            private_key: Some(key),
+            listen_port: Some(51820),
+            fwmark: None,
+        };
+        for text in [
+            format!("{iface:?}"),
+            format!("{iface:#?}"),
+            format!("{state:?}"),
+            format!("{change:?}"),
+            format!("{:?}", vec![change.clone()]),
+        ] {
+            assert!(!text.contains("171"), "key bytes in {text}");
+            assert!(!text.contains("ab, ab") && !text.contains("AB"), "{text}");
+            assert!(text.contains(crate::types::REDACTED), "{text}");
+        }
+    }
+
     fn peer(k: u8, ep: Option<&str>) -> PeerConfig {
         PeerConfig {
             public_key: [k; 32],

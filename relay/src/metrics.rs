@@ -10,6 +10,22 @@ use crate::stun::StunIgnore;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// Every `reason` label a refused handshake can carry (see `conn.rs` and `server.rs`).
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "bad_token",
+    "bad_proof",
+    "replay",
+    "version",
+    "protocol",
+    "malformed",
+    "rate_limited",
+    "timeout",
+    "server_full",
+    "shutdown",
+    "closed",
+    "io",
+];
+
 /// All relay metrics. Cheap to update from any task (atomics only).
 pub struct Metrics {
     registry: Registry,
@@ -111,6 +127,11 @@ impl Metrics {
             .drops
             .get_or_create(&vec![("reason", "unknown_destination")])
             .clone();
+        // Dashboards and alerts (`rate(...auth_failures_total[5m]) > 0`) need the series to
+        // exist before the first failure, so every reason starts at zero.
+        for reason in AUTH_FAILURE_REASONS {
+            m.auth_failures.get_or_create(&vec![("reason", *reason)]);
+        }
         Self {
             registry,
             drop_queue_full,
@@ -121,6 +142,10 @@ impl Metrics {
 
     /// Counts a refused handshake.
     pub fn auth_failure(&self, reason: &'static str) {
+        debug_assert!(
+            AUTH_FAILURE_REASONS.contains(&reason),
+            "add {reason} to AUTH_FAILURE_REASONS"
+        );
         self.auth_failures
             .get_or_create(&vec![("reason", reason)])
             .inc();
@@ -186,5 +211,19 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_auth_failure_reason_is_exported_at_zero() {
+        let text = Metrics::new().render();
+        for reason in AUTH_FAILURE_REASONS {
+            let line = format!("wirekube_relay_auth_failures_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "missing {line} in:\n{text}");
+        }
     }
 }

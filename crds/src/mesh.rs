@@ -269,8 +269,14 @@ pub struct ManagedRelay {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30000, max = 32767))]
     pub node_port: Option<u16>,
+    /// Relay pods. Exactly 1: replicas share no state, so two agents registered at
+    /// different replicas could not reach each other through the relay.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 16))]
+    #[schemars(range(min = 1))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self <= 1",
+         "message": "relay.managed.replicas must be 1: relay replicas share no state, so agents registered at different replicas could not reach each other"}
+    ]))]
     pub replicas: u32,
     #[serde(default = "default_relay_image")]
     #[schemars(length(min = 1))]

@@ -176,6 +176,16 @@ fn check_relay(spec: &WireKubeMeshSpec, problems: &mut Vec<Problem>) {
             "use at least 1, or relay.mode: never if you want no relay",
         ));
     }
+    if m.replicas > 1 {
+        problems.push(problem(
+            "spec.relay.managed.replicas",
+            format!(
+                "{} replicas would split the agents between relays that share no state",
+                m.replicas
+            ),
+            "use 1 replica (relays do not forward to each other yet)",
+        ));
+    }
     if m.image.trim().is_empty() {
         problems.push(problem(
             "spec.relay.managed.image",

@@ -89,6 +89,9 @@ fn each_bad_example_names_its_field() {
         ("spec.relay.managed.replicas", |s| {
             s.relay.managed.replicas = 0
         }),
+        ("spec.relay.managed.replicas", |s| {
+            s.relay.managed.replicas = 2
+        }),
         ("spec.relay.managed.image", |s| {
             s.relay.managed.image = " ".into()
         }),

@@ -34,10 +34,24 @@ pub struct RelayConfig {
     pub token_poll_interval: Duration,
     /// Concurrent TCP connections, including those still authenticating.
     pub max_connections: usize,
+    /// Concurrent connections that have not authenticated yet, all sources together.
+    /// Capped at half of `max_connections` (at least 1), so the rest is always left for
+    /// authenticated agents.
+    pub max_unauthenticated: usize,
+    /// Concurrent unauthenticated connections per source (IPv4 address or IPv6 /64).
+    pub max_unauthenticated_per_source: usize,
+    /// Deadline from accept to the first complete frame (Hello).
+    pub first_frame_timeout: Duration,
     /// Deadline from accept to AuthOk.
     pub auth_timeout: Duration,
     /// Frames buffered per connection before new ones are dropped.
     pub queue_depth: usize,
+    /// Bytes buffered per connection (queued or being written) before the sender waits
+    /// or, for a stalled receiver, frames are dropped.
+    pub queue_bytes: usize,
+    /// Bytes buffered in all connections' queues together; beyond it frames are dropped
+    /// (drop reason `memory_budget`).
+    pub total_queue_bytes: usize,
     /// A write to a client that makes no progress for this long closes it.
     pub write_timeout: Duration,
     /// Registrations per second allowed per source IP (sustained).
@@ -53,6 +67,12 @@ pub struct RelayConfig {
     /// Disconnect an authenticated client that sends nothing for this long; `None`
     /// disables.
     pub idle_timeout: Option<Duration>,
+    /// STUN answers per second per source (IPv4 address or IPv6 /64), sustained.
+    pub stun_rate: f64,
+    /// STUN answers per source in a burst.
+    pub stun_burst: u32,
+    /// STUN answers per second over all sources.
+    pub stun_total_rate: f64,
     /// Answer a Data frame for an unregistered key with a rate-limited, non-fatal
     /// `UnknownDestination` Error frame.
     pub notify_unknown_destination: bool,
@@ -68,14 +88,22 @@ impl RelayConfig {
             token,
             token_poll_interval: Duration::from_secs(5),
             max_connections: 10_000,
+            max_unauthenticated: 1_000,
+            max_unauthenticated_per_source: 32,
+            first_frame_timeout: Duration::from_secs(2),
             auth_timeout: Duration::from_secs(10),
             queue_depth: 512,
+            queue_bytes: 2 << 20,
+            total_queue_bytes: 256 << 20,
             write_timeout: Duration::from_secs(10),
             registration_rate: 5.0,
             registration_burst: 20,
             drain_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_millis(250),
             idle_timeout: Some(Duration::from_secs(60)),
+            stun_rate: 20.0,
+            stun_burst: 40,
+            stun_total_rate: 10_000.0,
             notify_unknown_destination: false,
         }
     }

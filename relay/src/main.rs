@@ -28,6 +28,21 @@ struct Args {
     /// Second IP for CHANGE-REQUEST change-IP (RFC 5780 filtering tests).
     #[arg(long, env = "WIREKUBE_RELAY_STUN_ALT_IP")]
     stun_alt_ip: Option<IpAddr>,
+    /// STUN answers per second per source (IPv4 address or IPv6 /64), sustained. Requests
+    /// over the limit are dropped silently: sources can be spoofed, so every answer can be
+    /// a reflection towards a victim.
+    #[arg(long, env = "WIREKUBE_RELAY_STUN_RATE", default_value_t = 20.0)]
+    stun_rate: f64,
+    /// STUN answers per source in a burst.
+    #[arg(long, env = "WIREKUBE_RELAY_STUN_BURST", default_value_t = 40)]
+    stun_burst: u32,
+    /// STUN answers per second over all sources.
+    #[arg(
+        long,
+        env = "WIREKUBE_RELAY_STUN_TOTAL_RATE",
+        default_value_t = 10_000.0
+    )]
+    stun_total_rate: f64,
     /// Disable the STUN responder.
     #[arg(long, env = "WIREKUBE_RELAY_NO_STUN")]
     no_stun: bool,
@@ -113,6 +128,9 @@ impl Args {
         c.stall_timeout = Duration::from_millis(self.stall_timeout_ms);
         c.idle_timeout = (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
         c.notify_unknown_destination = self.notify_unknown_destination;
+        c.stun_rate = self.stun_rate;
+        c.stun_burst = self.stun_burst;
+        c.stun_total_rate = self.stun_total_rate;
         Ok(c)
     }
 }

@@ -130,7 +130,7 @@ impl Metrics {
         // Dashboards and alerts (`rate(...auth_failures_total[5m]) > 0`) need the series to
         // exist before the first failure, so every reason starts at zero.
         for reason in AUTH_FAILURE_REASONS {
-            m.auth_failures.get_or_create(&vec![("reason", *reason)]);
+            let _ = m.auth_failures.get_or_create(&vec![("reason", *reason)]);
         }
         Self {
             registry,
@@ -188,6 +188,7 @@ impl Metrics {
         let reason = match why {
             StunIgnore::Malformed => "malformed",
             StunIgnore::NotBindingRequest => "not_binding_request",
+            StunIgnore::RateLimited => "rate_limited",
         };
         self.stun_ignored
             .get_or_create(&vec![("reason", reason)])

@@ -1,7 +1,10 @@
-//! Per-source-IP token bucket limiting registration attempts.
+//! Per-source token buckets (registration attempts, STUN requests).
+//!
+//! A "source" is an IPv4 address or an IPv6 /64: one IPv6 host usually owns a whole /64,
+//! so keying by full address would give it 2^64 independent budgets.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -9,12 +12,27 @@ use std::time::Instant;
 /// without limit; when full, buckets that have refilled completely are forgotten.
 const MAX_TRACKED: usize = 65_536;
 
+/// The key under which `ip` is limited: IPv4 (also IPv4-mapped IPv6) as is, IPv6
+/// truncated to its /64 prefix.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// Token buckets keyed by source IP.
+/// Token buckets keyed by [`source_key`].
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
@@ -31,12 +49,14 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`; false when the address is over its limit.
+    /// Takes one token for `ip`'s source; false when the source is over its limit (or
+    /// the table is full of sources that are all still limited).
     pub fn allow(&self, ip: IpAddr) -> bool {
         self.allow_at(ip, Instant::now())
     }
 
     fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = source_key(ip);
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
             let (rate, burst) = (self.rate, self.burst);
@@ -76,5 +96,17 @@ mod tests {
         assert!(rl.allow_at(other, t), "limits are per address");
         assert!(rl.allow_at(ip, t + Duration::from_millis(500)));
         assert!(!rl.allow_at(ip, t + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn ipv6_sources_are_limited_per_64() {
+        let rl = RateLimiter::new(0.0, 1);
+        let t = Instant::now();
+        assert!(rl.allow_at("2001:db8:1:2::1".parse().unwrap(), t));
+        assert!(!rl.allow_at("2001:db8:1:2:ffff::7".parse().unwrap(), t));
+        assert!(rl.allow_at("2001:db8:1:3::1".parse().unwrap(), t));
+        // An IPv4-mapped address is the IPv4 source.
+        assert!(rl.allow_at("192.0.2.1".parse().unwrap(), t));
+        assert!(!rl.allow_at("::ffff:192.0.2.1".parse().unwrap(), t));
     }
 }

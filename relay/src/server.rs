@@ -13,7 +13,7 @@ use wirekube_relay_proto::{ErrorCode, FrameCodec, PublicKey};
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
-use crate::stun::StunSockets;
+use crate::stun::{StunLimits, StunSockets};
 use crate::token::{TokenError, TokenStore};
 
 /// Errors starting the relay.
@@ -78,7 +78,8 @@ impl Relay {
                 .await
                 .map_err(bind_err("stun", SocketAddr::new(s.ip, s.port)))?;
             stun_addrs = sockets.addrs();
-            let mut set = sockets.spawn(metrics.clone(), stop.clone());
+            let limits = StunLimits::new(cfg.stun_rate, cfg.stun_burst, cfg.stun_total_rate);
+            let mut set = sockets.spawn(metrics.clone(), limits, stop.clone());
             background.spawn(async move { while set.join_next().await.is_some() {} });
         }
 

@@ -9,15 +9,21 @@
 //! magic cookie. They are handled by decoding with the cookie substituted, then putting
 //! their 4 ID bytes back into the reply and renaming RESPONSE-ORIGIN/OTHER-ADDRESS to the
 //! classic SOURCE-ADDRESS/CHANGED-ADDRESS codes, which have the identical value layout.
+//!
+//! UDP sources can be spoofed, so every answer is a potential reflection towards a victim.
+//! Answers carry only what a client needs (no SOFTWARE, no MAPPED-ADDRESS beside
+//! XOR-MAPPED-ADDRESS for RFC 5389 clients), RESPONSE-ORIGIN only for requests with CHANGE-REQUEST), which keeps
+//! every answer under 3.5× its request (2.2× for a minimal IPv4 request), and answers are rate-limited per source and in total
+//! ([`StunLimits`]); datagrams over a limit are dropped silently.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use stun_rs::attributes::discovery::{
     ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin,
 };
 use stun_rs::attributes::stun::{
-    ErrorCode as ErrorCodeAttr, MappedAddress, Software, UnknownAttributes, XorMappedAddress,
+    ErrorCode as ErrorCodeAttr, MappedAddress, UnknownAttributes, XorMappedAddress,
 };
 use stun_rs::methods::BINDING;
 use stun_rs::{
@@ -27,13 +33,13 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 
 const CHANGE_REQUEST: u16 = 0x0003;
 const SOURCE_ADDRESS: u16 = 0x0004;
 const CHANGED_ADDRESS: u16 = 0x0005;
 const RESPONSE_ORIGIN: u16 = 0x802B;
 const OTHER_ADDRESS: u16 = 0x802C;
-const SOFTWARE: &str = "wirekube-relay";
 
 /// The addresses of the STUN socket grid. `ips[1]` / `ports[1]` are the alternates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +76,34 @@ pub enum StunIgnore {
     /// A STUN message that is not a Binding request.
     #[error("not a Binding request")]
     NotBindingRequest,
+    /// A Binding request over its source's limit or the responder's total limit.
+    #[error("over the answer rate limit")]
+    RateLimited,
+}
+
+/// Answer rate limits of the STUN responder.
+pub struct StunLimits {
+    per_source: RateLimiter,
+    /// One bucket (under a fixed key) for all sources together: spoofed requests naming
+    /// many different victims each stay under the per-source limit.
+    total: RateLimiter,
+}
+
+impl StunLimits {
+    /// `rate`/`burst` answers per source (IPv4 address or IPv6 /64), `total_rate` answers
+    /// per second over all sources (burst: one second's worth).
+    pub fn new(rate: f64, burst: u32, total_rate: f64) -> Self {
+        let total_burst = total_rate.clamp(1.0, f64::from(u32::MAX)) as u32;
+        Self {
+            per_source: RateLimiter::new(rate, burst),
+            total: RateLimiter::new(total_rate, total_burst),
+        }
+    }
+
+    /// Whether `src` may get one more answer now.
+    pub fn allow(&self, src: IpAddr) -> bool {
+        self.per_source.allow(src) && self.total.allow(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
 }
 
 /// Sans-IO handler: answers a datagram `msg` from `src` that arrived on cell
@@ -134,18 +168,24 @@ pub fn handle(
     };
     let origin = layout.addr(ri, rp);
     let other = layout.addr(if has_alt_ip { ip ^ 1 } else { ip }, port ^ 1);
-    let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
-        .with_transaction_id(tid)
-        .with_attribute(MappedAddress::from(src));
-    if !classic {
-        b = b
-            .with_attribute(XorMappedAddress::from(src))
-            .with_attribute(Software::new(SOFTWARE).map_err(|_| StunIgnore::Malformed)?);
-    }
-    let m = b
-        .with_attribute(ResponseOrigin::from(origin))
-        .with_attribute(OtherAddress::from(other))
-        .build();
+    let b =
+        StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse).with_transaction_id(tid);
+    // RFC 3489 clients only know MAPPED-ADDRESS; RFC 5389 clients must use
+    // XOR-MAPPED-ADDRESS. Sending both would only enlarge a reflected answer.
+    let b = if classic {
+        b.with_attribute(MappedAddress::from(src))
+    } else {
+        b.with_attribute(XorMappedAddress::from(src))
+    };
+    // RESPONSE-ORIGIN only tells a client where an answer came from, which matters when
+    // it asked for an answer from another address; for a plain request it would only
+    // enlarge a reflected answer (IPv6: from 3.4x to 4.6x the request).
+    let b = if req.get::<ChangeRequest>().is_some() {
+        b.with_attribute(ResponseOrigin::from(origin))
+    } else {
+        b
+    };
+    let m = b.with_attribute(OtherAddress::from(other)).build();
     encode(&m, classic, msg, ri, rp)
 }
 
@@ -225,17 +265,20 @@ impl StunSockets {
     pub fn spawn(
         self,
         metrics: Arc<Metrics>,
+        limits: StunLimits,
         cancel: CancellationToken,
     ) -> tokio::task::JoinSet<()> {
         let mut set = tokio::task::JoinSet::new();
         let grid = Arc::new(self.sockets);
         let layout = Arc::new(self.layout);
+        let limits = Arc::new(limits);
         for i in 0..grid.len() {
             for p in 0..2 {
-                let (grid, layout, metrics, cancel) = (
+                let (grid, layout, metrics, limits, cancel) = (
                     grid.clone(),
                     layout.clone(),
                     metrics.clone(),
+                    limits.clone(),
                     cancel.clone(),
                 );
                 set.spawn(async move {
@@ -250,7 +293,12 @@ impl StunSockets {
                                 Err(_) => continue,
                             },
                         };
+                        // Limited after parsing so only datagrams we would answer spend
+                        // tokens; parsing is cheap next to the send.
                         match handle(&layout, i, p, src, &buf[..n]) {
+                            Ok(_) if !limits.allow(src.ip()) => {
+                                metrics.stun_ignored(StunIgnore::RateLimited);
+                            }
                             Ok(r) => {
                                 metrics.stun_request(i != r.ip, p != r.port);
                                 if let Err(e) = grid[r.ip][r.port].send_to(&r.bytes, src).await {

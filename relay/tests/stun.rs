@@ -73,17 +73,10 @@ async fn rfc5780_binding_and_change_request() {
             .socket_address()),
         me
     );
-    assert_eq!(
-        addr_of::<MappedAddress>(&r.msg, |a| *a.as_mapped_address().unwrap().socket_address()),
-        me
-    );
-    assert_eq!(
-        addr_of::<ResponseOrigin>(&r.msg, |a| *a
-            .as_response_origin()
-            .unwrap()
-            .socket_address()),
-        p0
-    );
+    // RFC 5389 clients get XOR-MAPPED-ADDRESS only (smaller reflected answers).
+    assert!(r.msg.get::<MappedAddress>().is_none());
+    // RESPONSE-ORIGIN only answers requests with CHANGE-REQUEST (below).
+    assert!(r.msg.get::<ResponseOrigin>().is_none());
     assert_eq!(
         addr_of::<OtherAddress>(&r.msg, |a| *a.as_other_address().unwrap().socket_address()),
         a1
@@ -216,4 +209,103 @@ fn classic_rfc3489_request() {
         v
     };
     assert_eq!(types, vec![0x0001, 0x0004, 0x0005]);
+}
+
+fn minimal_binding_request() -> Vec<u8> {
+    let req = StunMessageBuilder::new(BINDING, MessageClass::Request).build();
+    let mut buf = [0u8; 64];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, &req)
+        .unwrap();
+    buf[..n].to_vec()
+}
+
+/// A spoofed request makes us send the answer to the victim: the answer to a minimal
+/// request must stay small (it was 88 bytes for 20, 4.4x, with SOFTWARE, both mapped
+/// address attributes and RESPONSE-ORIGIN; 136 bytes, 6.8x, for an IPv6 source).
+#[tokio::test]
+async fn reflection_factor_is_small() {
+    let relay = start().await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req = minimal_binding_request();
+    assert_eq!(req.len(), 20);
+    sock.send_to(&req, relay.stun_addrs[0]).await.unwrap();
+    let mut rb = [0u8; 1024];
+    let (n, _) = within("STUN response", sock.recv_from(&mut rb))
+        .await
+        .unwrap();
+    let factor = n as f64 / req.len() as f64;
+    eprintln!(
+        "IPv4 minimal Binding request: {} -> {n} bytes ({factor:.1}x)",
+        req.len()
+    );
+    assert!(factor <= 2.5, "reflection factor {factor}");
+
+    // IPv6 sources need 24-byte address attributes; measured sans-IO.
+    let layout = wirekube_relay::stun::StunLayout {
+        ips: vec![
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        ],
+        ports: [3478, 3479],
+    };
+    let src: SocketAddr = "[2001:db8:9::7]:5000".parse().unwrap();
+    let r = wirekube_relay::stun::handle(&layout, 0, 0, src, &req).unwrap();
+    let factor6 = r.bytes.len() as f64 / req.len() as f64;
+    eprintln!(
+        "IPv6: {} -> {} bytes ({factor6:.1}x)",
+        req.len(),
+        r.bytes.len()
+    );
+    assert!(factor6 <= 3.5, "IPv6 reflection factor {factor6}");
+    // With CHANGE-REQUEST the answer also carries RESPONSE-ORIGIN; the request is larger.
+    let mut req = req;
+    req[3] = 8;
+    req.extend_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 2]);
+    let r = wirekube_relay::stun::handle(&layout, 0, 0, src, &req).unwrap();
+    let factor6c = r.bytes.len() as f64 / req.len() as f64;
+    eprintln!(
+        "IPv6 with CHANGE-REQUEST: {} -> {} bytes ({factor6c:.1}x)",
+        req.len(),
+        r.bytes.len()
+    );
+    assert!(
+        factor6c <= 3.5,
+        "IPv6 change-request reflection factor {factor6c}"
+    );
+    relay.shutdown().await;
+}
+
+/// A source over its answer budget gets nothing back (the requests are counted), while
+/// another source is still answered.
+#[tokio::test]
+async fn answers_are_rate_limited_per_source() {
+    let mut cfg = config();
+    cfg.stun_rate = 0.001;
+    cfg.stun_burst = 5;
+    let relay = Relay::start(cfg).await.unwrap();
+    let p0 = relay.stun_addrs[0];
+    let flooder = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let req = minimal_binding_request();
+    for _ in 0..20 {
+        flooder.send_to(&req, p0).await.unwrap();
+    }
+    let m = relay.metrics().clone();
+    wait_for("over-limit requests counted", || {
+        Metrics::count(&m.stun_ignored, "reason", "rate_limited") == 15
+    })
+    .await;
+    // One task serves the socket in order and loopback delivery is immediate, so every
+    // answer the flooder will ever get is already in its receive buffer.
+    let mut answers = 0;
+    let mut rb = [0u8; 1024];
+    while flooder.try_recv_from(&mut rb).is_ok() {
+        answers += 1;
+    }
+    assert_eq!(answers, 5, "only the burst is answered");
+    let other = UdpSocket::bind("127.0.0.4:0").await.unwrap();
+    let r = binding(&other, p0, None).await;
+    assert_eq!(r.msg.class(), MessageClass::SuccessResponse);
+    relay.shutdown().await;
 }

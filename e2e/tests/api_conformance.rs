@@ -170,8 +170,20 @@ fn code(e: kube::Error) -> u16 {
 
 #[test]
 fn agent_token_writes_only_its_own_peer_status() {
-    let k = KubeLab::start("apt").unwrap();
-    k.install().unwrap();
+    agent_token_is_confined("apt", "config/default", NS);
+}
+
+/// Installed into another namespace (kustomize's `namespace:`), the agent gets its Secret
+/// there and the ValidatingAdmissionPolicy still confines it to its own node's peer.
+#[test]
+fn agent_token_is_confined_in_another_install_namespace() {
+    agent_token_is_confined("apn", "config/examples/custom-namespace", "network-system");
+}
+
+fn agent_token_is_confined(lab: &str, kustomization: &str, ns: &'static str) {
+    let k = KubeLab::start(lab).unwrap();
+    let out = k.install_from(kustomization).unwrap();
+    assert!(out.contains(&format!("namespace/{ns} ")), "{out}");
     for n in ["n1", "n2"] {
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
         let f = k.cp.dir.join(format!("{n}.json"));
@@ -188,7 +200,7 @@ fn agent_token_writes_only_its_own_peer_status() {
         })
         .unwrap();
 
-    let kc = k.service_account_kubeconfig(NS, "wirekube-agent", Some("n1"));
+    let kc = k.service_account_kubeconfig(ns, "wirekube-agent", Some("n1"));
     let agent = k.client(&kc.unwrap()).unwrap();
     agent
         .run(|c| async move {
@@ -254,7 +266,7 @@ fn agent_token_writes_only_its_own_peer_status() {
                 403
             );
             // Secrets: only the relay token Secret, by name; no Nodes list.
-            let secrets: Api<Secret> = Api::namespaced(c.clone(), NS);
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
             assert_eq!(
                 code(secrets.list(&ListParams::default()).await.unwrap_err()),
                 403
@@ -279,7 +291,7 @@ fn agent_token_writes_only_its_own_peer_status() {
 
     // A token of the same service account that is not bound to a pod carries no node name:
     // the policy refuses its status writes.
-    let kc = k.service_account_kubeconfig(NS, "wirekube-agent", None);
+    let kc = k.service_account_kubeconfig(ns, "wirekube-agent", None);
     let agent = k.client(&kc.unwrap()).unwrap();
     let err = agent
         .run(|c| async move {

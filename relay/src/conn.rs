@@ -14,6 +14,7 @@ use wirekube_relay_proto::{
     CodecError, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, PublicKey, ServerChallenge,
 };
 
+use crate::admission::Ticket;
 use crate::outbox::{Chunk, Outbox};
 use crate::pump::{Reader, write_loop};
 use crate::shared::{Peer, Shared};
@@ -89,7 +90,18 @@ async fn handshake(
     ip: IpAddr,
     shared: &Shared,
 ) -> Result<PublicKey, Refusal> {
-    let key = match framed.next().await {
+    // Most of a connection's life before auth is spent waiting for its first frame, so
+    // that wait gets its own short deadline (the whole handshake keeps auth_timeout).
+    let first = timeout(shared.cfg.first_frame_timeout, framed.next())
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                ErrorCode::AuthTimeout,
+                "hello_timeout",
+                "no Hello before the first-frame deadline",
+            )
+        })?;
+    let key = match first {
         None => return Err(Refusal::silent("closed")),
         Some(Err(e)) => return Err(Refusal::from_stream(e)),
         Some(Ok(Frame::Hello { version, key })) => {
@@ -167,7 +179,12 @@ async fn handshake(
 }
 
 /// Serves one accepted connection to completion.
-pub(crate) async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut ticket: Ticket,
+) {
     let _ = stream.set_nodelay(true);
     // Detects peers that vanished without FIN while idle (their node died).
     let ka = socket2::TcpKeepalive::new()
@@ -201,6 +218,7 @@ pub(crate) async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Share
             return;
         }
     };
+    ticket.authenticated();
     // AuthOk goes out before registration so the client never sees Data before it.
     match timeout(shared.cfg.write_timeout, framed.send(Frame::AuthOk)).await {
         Ok(Ok(())) => {}

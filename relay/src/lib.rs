@@ -4,6 +4,7 @@
 //! ownership of their WireGuard keys (see `wirekube_relay_proto::auth`), and answers
 //! STUN Binding requests (RFC 5389/5780) so agents can classify their NAT.
 
+mod admission;
 pub mod config;
 mod conn;
 mod http;

@@ -66,6 +66,30 @@ struct Args {
     /// Maximum concurrent TCP connections (including unauthenticated ones).
     #[arg(long, env = "WIREKUBE_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Maximum concurrent connections that have not authenticated yet, all sources
+    /// together. Capped at half of --max-connections so that the other half is only ever
+    /// taken by authenticated agents.
+    #[arg(
+        long,
+        env = "WIREKUBE_RELAY_MAX_UNAUTHENTICATED",
+        default_value_t = 1_000
+    )]
+    max_unauthenticated: usize,
+    /// Maximum concurrent unauthenticated connections per source (IPv4 address or IPv6
+    /// /64). Agents behind one NAT address share it; a handshake takes one round trip.
+    #[arg(
+        long,
+        env = "WIREKUBE_RELAY_MAX_UNAUTHENTICATED_PER_SOURCE",
+        default_value_t = 32
+    )]
+    max_unauthenticated_per_source: usize,
+    /// Milliseconds a new connection has to send its first frame (Hello).
+    #[arg(
+        long,
+        env = "WIREKUBE_RELAY_FIRST_FRAME_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    first_frame_timeout_ms: u64,
     /// Seconds a client has to complete authentication.
     #[arg(long, env = "WIREKUBE_RELAY_AUTH_TIMEOUT", default_value_t = 10)]
     auth_timeout: u64,
@@ -119,6 +143,9 @@ impl Args {
         c.metrics_listen = Some(self.metrics_listen);
         c.token_poll_interval = Duration::from_secs(self.token_poll_secs.max(1));
         c.max_connections = self.max_connections;
+        c.max_unauthenticated = self.max_unauthenticated;
+        c.max_unauthenticated_per_source = self.max_unauthenticated_per_source;
+        c.first_frame_timeout = Duration::from_millis(self.first_frame_timeout_ms);
         c.auth_timeout = Duration::from_secs(self.auth_timeout);
         c.queue_depth = self.queue_depth;
         c.write_timeout = Duration::from_secs(self.write_timeout);

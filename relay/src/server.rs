@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wirekube_relay_proto::{ErrorCode, FrameCodec, PublicKey};
+use wirekube_relay_proto::{ErrorCode, Frame, FrameCodec, PublicKey};
 
+use crate::admission::{Admission, Refused};
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -148,7 +149,7 @@ impl Relay {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conns: TaskTracker) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
+    let admission = Admission::new(&shared.cfg);
     loop {
         let (stream, addr) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -163,21 +164,54 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conns: TaskTrac
             },
         };
         shared.metrics.accepted.inc();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match admission.admit(addr.ip()) {
+            Ok(ticket) => {
                 let shared = shared.clone();
-                conns.spawn(async move {
-                    crate::conn::serve(stream, addr, shared).await;
-                    drop(permit);
-                });
+                conns.spawn(crate::conn::serve(stream, addr, shared, ticket));
             }
-            Err(_) => {
-                shared.metrics.auth_failure("server_full");
-                conns.spawn(crate::conn::refuse(
-                    Framed::new(stream, FrameCodec),
-                    ErrorCode::ServerFull,
-                    "relay connection limit reached".into(),
-                ));
+            Err(why) => refuse(stream, why, &admission, &shared, &conns),
+        }
+    }
+}
+
+/// Refuses a connection that was not admitted: with an Error frame and a linger while
+/// few refusals are under way, otherwise (and always for a source over its own limit)
+/// with one non-blocking write and an immediate close, so refusing costs no lasting
+/// resources however fast connections arrive.
+fn refuse(
+    stream: TcpStream,
+    why: Refused,
+    admission: &Admission,
+    shared: &Shared,
+    conns: &TaskTracker,
+) {
+    shared.metrics.auth_failure(why.reason());
+    let (code, message) = match why {
+        Refused::Source => (
+            ErrorCode::RateLimited,
+            "too many unauthenticated connections from this source",
+        ),
+        Refused::Unauthenticated => (
+            ErrorCode::ServerFull,
+            "too many unauthenticated connections",
+        ),
+        Refused::Full => (ErrorCode::ServerFull, "relay connection limit reached"),
+    };
+    tracing::debug!(reason = why.reason(), "connection refused");
+    let polite = match why {
+        Refused::Source => None,
+        _ => admission.polite_refusal(),
+    };
+    match polite {
+        Some(permit) => {
+            conns.spawn(async move {
+                crate::conn::refuse(Framed::new(stream, FrameCodec), code, message.into()).await;
+                drop(permit);
+            });
+        }
+        None => {
+            if let Ok(b) = Frame::error(code, message).to_bytes() {
+                let _ = stream.try_write(&b);
             }
         }
     }

@@ -1,0 +1,120 @@
+//! Hostile input before authentication: a flood of idle and garbage connections from one
+//! host must not keep agents from relaying or from connecting.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use wirekube_relay::{Metrics, Relay};
+use wirekube_relay_proto::{PrivateKey, RelayClient, RelayReceiver, Status};
+
+const FLOOD_SOURCE: &str = "127.0.0.2";
+/// Idle connections the flooder keeps open at most (oldest dropped first): more than the
+/// relay's max_connections in this test, so without pre-auth limits it fills every slot.
+const HELD: usize = 300;
+/// How long the flooder keeps an idle connection.
+const KEEP: Duration = Duration::from_secs(3);
+
+async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(ip.parse().unwrap(), 0))?;
+    s.connect(to).await
+}
+
+/// Opens connections from `FLOOD_SOURCE` until `stop`: idle ones, kept for `KEEP` (past
+/// the first-frame deadline) while fewer than `HELD` are open, and garbage ones.
+fn flood(to: SocketAddr, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut held = std::collections::VecDeque::new();
+        let mut opened = 0u64;
+        while !stop.is_cancelled() {
+            while held
+                .front()
+                .is_some_and(|(t, _): &(Instant, TcpStream)| t.elapsed() > KEEP)
+            {
+                held.pop_front();
+            }
+            if held.len() < HELD
+                && let Ok(s) = connect_from(FLOOD_SOURCE, to).await
+            {
+                opened += 1;
+                held.push_back((Instant::now(), s));
+            }
+            if let Ok(mut s) = connect_from(FLOOD_SOURCE, to).await {
+                opened += 1;
+                let _ = s.write_all(&[0xff; 64]).await;
+            }
+            tokio::task::yield_now().await;
+        }
+        opened
+    })
+}
+
+async fn exchange(a: &RelayClient, b_rx: &mut RelayReceiver, b: &PrivateKey, n: usize) {
+    for i in 0..n {
+        let msg = Bytes::from(format!("packet {i}"));
+        a.send(b.public_key(), msg.clone()).unwrap();
+        let (src, p) = within("packet delivery during the flood", b_rx.recv())
+            .await
+            .unwrap();
+        assert_eq!((src, p), (a.public_key(), msg));
+    }
+}
+
+fn refused(r: &Relay, reason: &'static str) -> u64 {
+    Metrics::count(&r.metrics().auth_failures, "reason", reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_keep_relaying_and_connecting_during_a_flood_from_one_host() {
+    let mut cfg = config();
+    // Small enough that the flooder alone could take every slot.
+    cfg.max_connections = 200;
+    let relay = Relay::start(cfg).await.unwrap();
+    let (a, mut a_rx, ak) = connected(&relay).await;
+    let (b, mut b_rx, bk) = connected(&relay).await;
+
+    let stop = CancellationToken::new();
+    let flooder = flood(relay.tcp_addr, stop.clone());
+    wait_for("the flood source refused at its limit", || {
+        refused(&relay, "source_limit") >= 200
+    })
+    .await;
+
+    exchange(&a, &mut b_rx, &bk, 50).await;
+    exchange(&b, &mut a_rx, &ak, 50).await;
+    // A new agent (another source address) still gets in while the flood goes on.
+    let (c, mut c_rx, ck) = connected(&relay).await;
+    exchange(&c, &mut a_rx, &ak, 10).await;
+    exchange(&a, &mut c_rx, &ck, 10).await;
+    wait_for(
+        "idle flood connections cut at the first-frame deadline",
+        || refused(&relay, "hello_timeout") > 0,
+    )
+    .await;
+    exchange(&a, &mut b_rx, &bk, 10).await;
+
+    stop.cancel();
+    let opened = flooder.await.unwrap();
+    eprintln!(
+        "flood opened {opened} connections; refused: source_limit {} hello_timeout {} \
+         malformed {} server_full {}",
+        refused(&relay, "source_limit"),
+        refused(&relay, "hello_timeout"),
+        refused(&relay, "malformed"),
+        refused(&relay, "server_full"),
+    );
+    for cl in [&a, &b] {
+        let st = cl.state();
+        assert_eq!(st.status, Status::Connected);
+        assert_eq!(st.sessions, 1, "the flood never disconnected an agent");
+    }
+    assert_eq!(refused(&relay, "server_full"), 0);
+    relay.shutdown().await;
+}

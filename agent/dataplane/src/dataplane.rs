@@ -2,7 +2,9 @@
 
 use std::time::SystemTime;
 
-use crate::diff::{EndpointMemory, route_prefixes, validate, wg_changes};
+use crate::diff::{
+    EndpointMemory, route_prefixes, validate, validate_rule_priority, validate_table, wg_changes,
+};
 use crate::engine::{
     Backend, EngineChoice, EngineKind, EngineSelection, open_engine, stop_daemons,
 };
@@ -122,15 +124,12 @@ impl Dataplane {
             .await?
             .ok_or_else(|| DataplaneError::LinkNotFound(self.name.clone()))?;
         report.netlink_changes += self.nl.reconcile_link(&link, iface).await?;
-        report.netlink_changes += self
+        let (routes, foreign) = self
             .nl
-            .reconcile_routes(
-                link.index,
-                iface.table,
-                iface.address.addr(),
-                &route_prefixes(peers),
-            )
+            .reconcile_routes(link.index, iface, &route_prefixes(peers))
             .await?;
+        report.netlink_changes += routes;
+        // Rules even with foreign routes in the table: every other prefix still works.
         report.netlink_changes += self.nl.reconcile_rules(iface).await?;
         if !report.is_noop() {
             tracing::info!(
@@ -138,6 +137,12 @@ impl Dataplane {
                 netlink = report.netlink_changes,
                 "dataplane reconciled"
             );
+        }
+        if !foreign.is_empty() {
+            return Err(DataplaneError::RouteConflict {
+                table: iface.table,
+                routes: foreign,
+            });
         }
         Ok(report)
     }
@@ -154,15 +159,18 @@ impl Dataplane {
     }
 
     /// Removes everything `open`/`reconcile` created for `iface_name` (for
-    /// `wirekube-agent cleanup`): the external daemon, its UAPI socket, the link, every
-    /// route in `table`, the `lookup table` rule(s) and the fwmark bypass rule at
-    /// `rule_priority - 1`. Idempotent; missing pieces are not errors. Run it in the
-    /// namespace that holds the interface.
+    /// `wirekube-agent cleanup`): the external daemon, its UAPI socket, the link, and the
+    /// routes and rules WireKube made (marked with [`crate::ROUTE_PROTOCOL`]; unmarked ones
+    /// of older agents are recognised by their shape at `table` and `rule_priority`).
+    /// Routes and rules of others, in the same table too, stay. Idempotent; missing pieces
+    /// are not errors. Run it in the namespace that holds the interface.
     pub async fn cleanup(
         iface_name: &str,
         table: u32,
         rule_priority: u32,
     ) -> Result<(), DataplaneError> {
+        validate_table(table)?;
+        validate_rule_priority(rule_priority)?;
         let nl = Netlink::connect()?;
         let stopped = stop_daemons(iface_name).await;
         if let Some(l) = nl.link(iface_name).await? {

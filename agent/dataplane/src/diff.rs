@@ -45,18 +45,8 @@ pub(crate) fn validate(
             iface.address, iface.mesh_cidr
         )));
     }
-    if iface.table == 0 || (253..=255).contains(&iface.table) {
-        return Err(DataplaneError::InvalidConfig(format!(
-            "table {} is reserved; use a dedicated table id such as 51820",
-            iface.table
-        )));
-    }
-    if iface.rule_priority < 2 || iface.rule_priority >= 32766 {
-        return Err(DataplaneError::InvalidConfig(format!(
-            "rule_priority {} must be in 2..32766 (before the main table rule)",
-            iface.rule_priority
-        )));
-    }
+    validate_table(iface.table)?;
+    validate_rule_priority(iface.rule_priority)?;
     let mut seen = HashSet::new();
     for p in peers {
         if !seen.insert(p.public_key) {
@@ -65,6 +55,29 @@ pub(crate) fn validate(
                 short(&p.public_key)
             )));
         }
+    }
+    Ok(())
+}
+
+/// A routing table WireKube may use: not unspec (0) nor the kernel's default, main and
+/// local tables (253-255), whose other routes and rules the whole host depends on.
+pub fn validate_table(table: u32) -> Result<(), DataplaneError> {
+    if table == 0 || (253..=255).contains(&table) {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "table {table} is reserved (0, 253 default, 254 main, 255 local); use a table of WireKube's own, such as the default {}",
+            crate::DEFAULT_TABLE
+        )));
+    }
+    Ok(())
+}
+
+/// A rule priority WireKube may use: the bypass rule takes `priority - 1`, which must stay
+/// above the local table's rule (0), and both must come before the main table's (32766).
+pub fn validate_rule_priority(priority: u32) -> Result<(), DataplaneError> {
+    if !(2..32766).contains(&priority) {
+        return Err(DataplaneError::InvalidConfig(format!(
+            "rule priority {priority} must be in 2..32766 (after the local rule at 0, with room for the bypass rule at priority - 1, before the main table rule at 32766)"
+        )));
     }
     Ok(())
 }
@@ -399,5 +412,28 @@ mod tests {
         let mut bad = iface();
         bad.address = "10.0.0.1/16".parse().unwrap();
         assert!(validate(&bad, &[]).is_err());
+    }
+
+    #[test]
+    fn table_and_priority_bounds() {
+        for t in [0, 253, 254, 255] {
+            let e = validate_table(t).unwrap_err().to_string();
+            assert!(e.contains(&format!("table {t} is reserved")), "{e}");
+        }
+        for t in [1, 252, 256, crate::DEFAULT_TABLE, u32::MAX] {
+            assert!(validate_table(t).is_ok(), "{t}");
+        }
+        for p in [0, 1, 32766, 32767, u32::MAX] {
+            assert!(validate_rule_priority(p).is_err(), "{p}");
+        }
+        for p in [2, crate::DEFAULT_RULE_PRIORITY, 32765] {
+            assert!(validate_rule_priority(p).is_ok(), "{p}");
+        }
+        let mut i = iface();
+        i.rule_priority = 1;
+        assert!(validate(&i, &[]).is_err());
+        i.rule_priority = 100;
+        i.table = 254;
+        assert!(validate(&i, &[]).is_err());
     }
 }

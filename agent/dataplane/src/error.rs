@@ -2,6 +2,13 @@
 
 use std::path::PathBuf;
 
+use crate::types::ForeignRoute;
+
+fn join(routes: &[ForeignRoute]) -> String {
+    let v: Vec<String> = routes.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
 /// Everything that can go wrong in the dataplane.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -64,6 +71,18 @@ pub enum DataplaneError {
         op: String,
         /// Kernel or library error text.
         reason: String,
+    },
+    /// Routes WireKube needs are held in its table by routes it did not create. Everything
+    /// else was reconciled; these prefixes keep the foreign routes.
+    #[error(
+        "routing table {table} has routes WireKube did not create at prefixes it needs: {}; WireKube never changes those: remove them, or give WireKube a table of its own (--table)",
+        join(.routes)
+    )]
+    RouteConflict {
+        /// WireKube's table.
+        table: u32,
+        /// The foreign routes, one per contested prefix.
+        routes: Vec<ForeignRoute>,
     },
     /// The interface that should exist does not.
     #[error("interface {0} not found")]

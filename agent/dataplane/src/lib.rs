@@ -14,17 +14,22 @@ mod engine;
 mod error;
 mod kernel;
 mod netlink;
+mod owner;
 mod relay_bridge;
 mod stats;
 mod types;
 mod uapi;
 
 pub use dataplane::Dataplane;
+pub use diff::{validate_rule_priority, validate_table};
 pub use engine::{DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection};
 pub use error::DataplaneError;
+pub use owner::{DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, ROUTE_PROTOCOL};
 pub use relay_bridge::{RelayBridge, RelayBridgeCounters};
 pub use stats::PeerStats;
-pub use types::{DEFAULT_FWMARK, InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark};
+pub use types::{
+    DEFAULT_FWMARK, ForeignRoute, InterfaceConfig, PeerConfig, ReconcileReport, relay_socket_mark,
+};
 
 #[cfg(test)]
 mod send_check {

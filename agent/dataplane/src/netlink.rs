@@ -1,24 +1,25 @@
-//! rtnetlink: the link's MTU/state/address, peer routes in the dedicated table and the two
-//! ip rules. Every function reads first and writes only what differs, returning the number
-//! of writes so that reconcile can prove idempotency by counting.
+//! rtnetlink: the link's MTU/state/address, peer routes in the mesh table and the two ip
+//! rules. Every function reads first and writes only what differs, returning the number of
+//! writes so that reconcile can prove idempotency by counting. Routes and rules are created
+//! with WireKube's protocol mark and only WireKube's are touched (`owner` decides which).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 
 use crate::error::DataplaneError;
-use crate::types::InterfaceConfig;
-
-/// Table id of the main routing table; the fwmark bypass rule points there.
-const RT_TABLE_MAIN: u32 = 254;
+use crate::owner::{
+    ROUTE_PROTOCOL, RT_TABLE_MAIN, RouteView, RuleKey, RuleView, Scope, plan_routes, plan_rules,
+    route_is_ours,
+};
+use crate::types::{ForeignRoute, InterfaceConfig};
 
 /// A link as netlink reports it.
 #[derive(Debug, Clone)]
@@ -28,17 +29,6 @@ pub(crate) struct LinkState {
     pub up: bool,
     /// `wireguard` for kernel links, `tun` for userspace engines.
     pub kind: Option<String>,
-}
-
-/// One ip rule, reduced to the fields WireKube sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RuleKey {
-    family_v6: bool,
-    priority: u32,
-    table: u32,
-    dst: Option<IpNet>,
-    fwmark: Option<u32>,
-    invert: bool,
 }
 
 pub(crate) struct Netlink {
@@ -190,7 +180,19 @@ impl Netlink {
         Ok(changes)
     }
 
-    async fn routes_in_table(&self, table: u32) -> Result<Vec<RouteMessage>, DataplaneError> {
+    /// Name of the link with `index`, for error messages (None if it is gone).
+    async fn link_name(&self, index: u32) -> Option<String> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        let msg = req.try_next().await.ok()??;
+        msg.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Every route of both families in every table: without strict checking the kernel
+    /// ignores a table filter in dump requests, so the caller filters.
+    async fn routes(&self) -> Result<Vec<RouteMessage>, DataplaneError> {
         let mut out = Vec::new();
         for v in [IpVersion::V4, IpVersion::V6] {
             let query = match v {
@@ -205,53 +207,84 @@ impl Netlink {
                 .try_collect()
                 .await
                 .map_err(|e| DataplaneError::netlink("list routes", e))?;
-            out.extend(all.into_iter().filter(|r| route_table(r) == table));
+            out.extend(all);
         }
         Ok(out)
     }
 
-    /// Exactly one route per distinct prefix in `prefixes`, via the link, in `table`, with
-    /// `src` as the preferred source: traffic the node itself sends to a pod CIDR or node
-    /// address behind a peer leaves from the mesh IP, so the reply comes back through the mesh.
+    async fn delete_route(&self, r: RouteMessage) -> Result<(), DataplaneError> {
+        let v = RouteView::of(&r);
+        let op = format!("delete route {:?} table {}", v.dst, v.table);
+        self.handle
+            .route()
+            .del(r)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(op, e))
+    }
+
+    /// Exactly one route per distinct prefix in `prefixes`, via the link, in `iface.table`,
+    /// with the mesh IP as the preferred source: traffic the node itself sends to a pod CIDR
+    /// or node address behind a peer leaves from the mesh IP, so the reply comes back through
+    /// the mesh. Only WireKube's routes are written (see `owner`); foreign routes at needed
+    /// prefixes are left alone and returned, with the number of writes.
     pub async fn reconcile_routes(
         &self,
         link_index: u32,
-        table: u32,
-        src: IpAddr,
+        iface: &InterfaceConfig,
         prefixes: &BTreeSet<IpNet>,
-    ) -> Result<usize, DataplaneError> {
+    ) -> Result<(usize, Vec<ForeignRoute>), DataplaneError> {
+        let scope = Scope {
+            table: iface.table,
+            priority: iface.rule_priority,
+            link: Some(link_index),
+        };
+        let src = iface.address.addr();
+        let msgs = self.routes().await?;
+        let views: Vec<RouteView> = msgs.iter().map(RouteView::of).collect();
+        let plan = plan_routes(&views, prefixes, &scope, src);
         let mut changes = 0;
-        let mut present = BTreeSet::new();
-        for r in self.routes_in_table(table).await? {
-            let dst = route_dst(&r);
-            let same_family = dst.is_some_and(|d| d.addr().is_ipv4() == src.is_ipv4());
-            let ours = dst.is_some_and(|d| prefixes.contains(&d))
-                && route_oif(&r) == Some(link_index)
-                && (!same_family || route_prefsrc(&r) == Some(src))
-                && present.insert(dst.unwrap_or_else(|| unreachable!()));
-            if !ours {
-                // The table is dedicated to the mesh, so anything else in it is stale.
-                self.handle
-                    .route()
-                    .del(r)
-                    .execute()
-                    .await
-                    .map_err(|e| DataplaneError::netlink(format!("delete route {dst:?}"), e))?;
+        for (i, r) in msgs.into_iter().enumerate() {
+            if plan.delete.contains(&i) {
+                self.delete_route(r).await?;
                 changes += 1;
             }
         }
-        for p in prefixes.difference(&present) {
+        for (p, replace) in plan
+            .replace
+            .iter()
+            .map(|p| (p, true))
+            .chain(plan.add.iter().map(|p| (p, false)))
+        {
             let src = (p.addr().is_ipv4() == src.is_ipv4()).then_some(src);
-            let msg = route_message(*p, link_index, table, src);
-            self.handle
+            let mut req = self
+                .handle
                 .route()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(|e| DataplaneError::netlink(format!("add route {p} table {table}"), e))?;
+                .add(route_message(*p, link_index, iface.table, src));
+            if replace {
+                req = req.replace();
+            }
+            req.execute().await.map_err(|e| {
+                DataplaneError::netlink(format!("add route {p} table {}", iface.table), e)
+            })?;
             changes += 1;
         }
-        Ok(changes)
+        let mut foreign = Vec::with_capacity(plan.conflicts.len());
+        for v in plan.conflicts {
+            let device = match v.oif {
+                Some(i) => self.link_name(i).await,
+                None => None,
+            };
+            foreign.push(ForeignRoute {
+                prefix: v
+                    .dst
+                    .unwrap_or_else(|| unreachable!("conflicts have a prefix")),
+                table: v.table,
+                protocol: v.protocol,
+                device,
+            });
+        }
+        Ok((changes, foreign))
     }
 
     async fn rules(&self) -> Result<Vec<RuleMessage>, DataplaneError> {
@@ -295,47 +328,39 @@ impl Netlink {
                 invert: false,
             });
         }
-        self.sync_rules(&desired, iface.table, iface.rule_priority)
-            .await
+        let scope = Scope {
+            table: iface.table,
+            priority: iface.rule_priority,
+            link: None,
+        };
+        self.sync_rules(&desired, &scope).await
     }
 
-    /// Deletes rules that are ours but not desired, adds the missing ones. "Ours" means
-    /// lookup `table` at any priority, or a fwmark rule to main at `priority - 1`.
+    /// Deletes our rules that are not desired, adds the missing ones (see `owner`).
     async fn sync_rules(
         &self,
         desired: &[RuleKey],
-        table: u32,
-        priority: u32,
+        scope: &Scope,
     ) -> Result<usize, DataplaneError> {
+        let msgs = self.rules().await?;
+        let views: Vec<RuleView> = msgs.iter().map(RuleView::of).collect();
+        let (delete, add) = plan_rules(&views, desired, scope);
         let mut changes = 0;
-        let mut found = vec![false; desired.len()];
-        for msg in self.rules().await? {
-            let key = rule_key(&msg);
-            let ours = key.table == table
-                || (key.priority == priority.saturating_sub(1)
-                    && key.table == RT_TABLE_MAIN
-                    && key.fwmark.is_some());
-            if !ours {
-                continue;
-            }
-            match desired.iter().position(|d| *d == key) {
-                Some(i) if !found[i] => found[i] = true,
-                _ => {
-                    self.handle
-                        .rule()
-                        .del(msg)
-                        .execute()
-                        .await
-                        .map_err(|e| DataplaneError::netlink("delete stale rule", e))?;
-                    changes += 1;
-                }
-            }
-        }
-        for (d, f) in desired.iter().zip(found) {
-            if !f {
-                self.add_rule(d).await?;
+        for (i, msg) in msgs.into_iter().enumerate() {
+            if delete.contains(&i) {
+                let op = format!("delete rule {:?}", views[i].key);
+                self.handle
+                    .rule()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| DataplaneError::netlink(op, e))?;
                 changes += 1;
             }
+        }
+        for d in &add {
+            self.add_rule(d).await?;
+            changes += 1;
         }
         Ok(changes)
     }
@@ -349,6 +374,9 @@ impl Netlink {
             .priority(d.priority)
             .table_id(d.table)
             .action(RuleAction::ToTable);
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTOCOL)));
         if let Some(m) = d.fwmark {
             req = req.fw_mark(m);
             req.message_mut()
@@ -374,17 +402,20 @@ impl Netlink {
         res.map_err(|e| DataplaneError::netlink(op, e))
     }
 
-    /// Removes the routes in `table` and every rule `reconcile_rules` could have created.
+    /// Removes every route and rule WireKube created (marked ones in any table, unmarked
+    /// ones of the shapes older agents made at `table`/`priority`), nothing else.
     pub async fn cleanup(&self, table: u32, priority: u32) -> Result<usize, DataplaneError> {
-        let mut n = self.sync_rules(&[], table, priority).await?;
-        for r in self.routes_in_table(table).await? {
-            self.handle
-                .route()
-                .del(r)
-                .execute()
-                .await
-                .map_err(|e| DataplaneError::netlink("delete route", e))?;
-            n += 1;
+        let scope = Scope {
+            table,
+            priority,
+            link: None,
+        };
+        let mut n = self.sync_rules(&[], &scope).await?;
+        for r in self.routes().await? {
+            if route_is_ours(&RouteView::of(&r), &scope) {
+                self.delete_route(r).await?;
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -403,49 +434,15 @@ fn address_of(a: &AddressMessage) -> Option<IpAddr> {
     addr
 }
 
-fn route_table(r: &RouteMessage) -> u32 {
-    r.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(r.header.table as u32)
-}
-
-fn route_oif(r: &RouteMessage) -> Option<u32> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })
-}
-
-fn route_dst(r: &RouteMessage) -> Option<IpNet> {
-    let len = r.header.destination_prefix_length;
-    let ip = r
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-            _ => None,
-        })
-        .or(match r.header.address_family {
-            // A default route carries no destination attribute.
-            AddressFamily::Inet if len == 0 => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            AddressFamily::Inet6 if len == 0 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
-            _ => None,
-        })?;
-    IpNet::new(ip, len).ok()
-}
-
 fn route_message(p: IpNet, oif: u32, table: u32, src: Option<IpAddr>) -> RouteMessage {
+    let proto = RouteProtocol::from(ROUTE_PROTOCOL);
     match p {
         IpNet::V4(n) => {
             let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                 .destination_prefix(n.addr(), n.prefix_len())
                 .output_interface(oif)
                 .table_id(table)
+                .protocol(proto)
                 .scope(RouteScope::Link);
             if let Some(IpAddr::V4(s)) = src {
                 b = b.pref_source(s);
@@ -456,42 +453,14 @@ fn route_message(p: IpNet, oif: u32, table: u32, src: Option<IpAddr>) -> RouteMe
             let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
                 .destination_prefix(n.addr(), n.prefix_len())
                 .output_interface(oif)
-                .table_id(table);
+                .table_id(table)
+                .protocol(proto);
             if let Some(IpAddr::V6(s)) = src {
                 b = b.pref_source(s);
             }
             b.build()
         }
     }
-}
-
-fn route_prefsrc(r: &RouteMessage) -> Option<IpAddr> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-        RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    })
-}
-
-fn rule_key(m: &RuleMessage) -> RuleKey {
-    let mut k = RuleKey {
-        family_v6: m.header.family == AddressFamily::Inet6,
-        priority: 0,
-        table: m.header.table as u32,
-        dst: None,
-        fwmark: None,
-        invert: m.header.flags.contains(RuleFlags::Invert),
-    };
-    for a in &m.attributes {
-        match a {
-            RuleAttribute::Priority(p) => k.priority = *p,
-            RuleAttribute::Table(t) => k.table = *t,
-            RuleAttribute::Destination(ip) => k.dst = IpNet::new(*ip, m.header.dst_len).ok(),
-            RuleAttribute::FwMark(f) => k.fwmark = Some(*f),
-            _ => {}
-        }
-    }
-    k
 }
 
 /// True when this kernel can create WireGuard links; the probe link is deleted at once.

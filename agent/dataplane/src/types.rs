@@ -25,7 +25,10 @@ pub struct InterfaceConfig {
     /// fwmark that WireGuard puts on its own UDP packets (and the relay socket should use);
     /// marked packets bypass the mesh table so they can never loop into the tunnel.
     pub fwmark: u32,
-    /// Dedicated routing table holding one route per peer AllowedIP.
+    /// Routing table holding one route per peer AllowedIP ([`crate::DEFAULT_TABLE`] unless
+    /// configured). It must be WireKube's alone: the `lookup` rule sends to whatever routes
+    /// the table holds. WireKube only ever changes its own routes in it (protocol
+    /// [`crate::ROUTE_PROTOCOL`]) and reports foreign ones at prefixes it needs.
     pub table: u32,
     /// Priority of the ip rule `lookup <table>` (no destination: the table holds only the
     /// peers' AllowedIPs, and a miss falls through). The fwmark bypass rule uses
@@ -58,6 +61,40 @@ impl std::fmt::Debug for InterfaceConfig {
             .field("table", table)
             .field("rule_priority", rule_priority)
             .finish()
+    }
+}
+
+/// A route WireKube did not create, found in its table at a prefix it needs
+/// ([`crate::DataplaneError::RouteConflict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRoute {
+    /// The contested prefix.
+    pub prefix: ipnet::IpNet,
+    /// The table it is in.
+    pub table: u32,
+    /// Its routing protocol number (`rtm_protocol`): who made it (3 `boot` is `ip route add`
+    /// without `proto`, as wg-quick does).
+    pub protocol: u8,
+    /// Its output interface, when it has one that still exists.
+    pub device: Option<String>,
+}
+
+impl std::fmt::Display for ForeignRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rtnetlink::packet_route::route::RouteProtocol;
+        write!(
+            f,
+            "{} table {} proto {}",
+            self.prefix, self.table, self.protocol
+        )?;
+        match RouteProtocol::from(self.protocol) {
+            RouteProtocol::Other(_) => {}
+            known => write!(f, " ({})", known.to_string().to_lowercase())?,
+        }
+        match &self.device {
+            Some(d) => write!(f, " dev {d}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod crdgen;
 pub mod duration;
 pub mod enums;
+pub mod key;
 pub mod mesh;
 pub mod peer;
 pub mod validate;
@@ -16,6 +17,7 @@ pub use enums::{
     ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode, RelayProvider,
     ServiceType,
 };
+pub use key::{is_public_key, key_problem};
 pub use mesh::{
     ExternalRelay, ManagedRelay, NodeCounts, NodeRoutes, PathSummary, PodNetworkSpec, RelaySpec,
     RoutingSpec, WireKubeMesh, WireKubeMeshSpec, WireKubeMeshStatus,
@@ -36,6 +38,10 @@ pub const OPERATOR_MANAGER: &str = "wirekube-operator";
 pub const AGENT_MANAGER: &str = "wirekube-agent";
 /// Label put on every peer with the name of the mesh it belongs to.
 pub const MESH_LABEL: &str = "wirekube.io/mesh";
+/// Annotation the operator puts on the peer of a node it leaves out of every other node's
+/// spec because of its public key (duplicate or malformed); the value says why. The agent
+/// reports it as its `PublicKeyAccepted` condition (the operator may not write peer status).
+pub const QUARANTINE_ANNOTATION: &str = "wirekube.io/key-quarantine";
 
 /// Condition types used in both statuses.
 pub mod conditions {
@@ -49,4 +55,13 @@ pub mod conditions {
     /// Peer, only with `spec.podNetwork`: the node's CNI configuration and masquerade rule
     /// are in place.
     pub const POD_NETWORK_READY: &str = "PodNetworkReady";
+    /// Mesh: every node reported a well-formed public key no other node reports (False names
+    /// the quarantined nodes).
+    pub const PUBLIC_KEYS_VALID: &str = "PublicKeysValid";
+    /// Mesh: the operator wrote every peer spec of its last pass (False names the ones whose
+    /// write failed; the others were written).
+    pub const PEERS_WRITTEN: &str = "PeersWritten";
+    /// Peer: the operator lists this node's key in the other nodes' specs (False while it is
+    /// quarantined, see `QUARANTINE_ANNOTATION`).
+    pub const PUBLIC_KEY_ACCEPTED: &str = "PublicKeyAccepted";
 }

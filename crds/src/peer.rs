@@ -81,8 +81,14 @@ pub struct WireKubePeerSpec {
 pub struct PeerEntry {
     /// Node name of the peer.
     pub name: String,
-    /// WireGuard public key (base64). Empty while the peer has not published one.
+    /// WireGuard public key (base64 of 32 bytes). Empty while the peer has not published one.
     #[serde(default)]
+    // A `pattern`, not CEL: `peers` has no maxItems, so a CEL rule here exceeds the CRD's
+    // cost budget. Only the operator writes these; the agent's status gets the CEL message.
+    #[schemars(
+        length(max = 44),
+        regex(pattern = r"^([A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)?$")
+    )]
     pub public_key: String,
     #[serde(rename = "allowedIPs", default)]
     pub allowed_ips: Vec<String>,
@@ -109,7 +115,13 @@ pub struct PeerEntry {
 pub struct WireKubePeerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The node's WireGuard public key (base64 of 32 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 44))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')",
+         "message": "publicKey must be a WireGuard public key: the base64 of 32 bytes (44 characters ending in =)"}
+    ]))]
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<Candidate>,

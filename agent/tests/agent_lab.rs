@@ -377,7 +377,40 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     for n in [A, B] {
         env.stop_agent(n)?;
     }
+    let lines = no_private_key_in_logs(&env)?;
+    steps.log(&format!(
+        "(j) {lines} agent log lines (every level of our crates): no private key in any"
+    ));
     env.lab.shutdown()?;
     steps.log("done");
     Ok(())
+}
+
+/// Checks every log line of every agent run for the node's private key (base64 as stored, and
+/// hex); returns the number of lines checked.
+fn no_private_key_in_logs(env: &Env) -> Result<usize> {
+    use base64::Engine as _;
+    let (mut lines, mut change_sets) = (0, 0);
+    for (n, proc) in &env.agent_runs {
+        let stored = env.lab.run(
+            env.host(n),
+            &["cat", "/var/lib/wirekube/private.key"],
+        )?;
+        let b64 = stored.trim();
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        ensure!(raw.len() == 32, "{n}: key file holds {} bytes", raw.len());
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let log = env.lab.log(proc);
+        for line in log.lines() {
+            ensure!(
+                !line.contains(b64) && !line.to_ascii_lowercase().contains(&hex),
+                "{n}: private key in a log line: {line}"
+            );
+        }
+        lines += log.lines().count();
+        change_sets += log.matches("WireGuard changes").count();
+    }
+    // The debug lines that once carried the key (the dataplane's change sets) were captured.
+    ensure!(change_sets > 0, "no WireGuard change set logged: is debug on?");
+    Ok(lines)
 }

@@ -84,6 +84,8 @@ pub struct Env {
     /// Each node's agent kubeconfig (bound service-account token).
     pub agent_kubeconfigs: BTreeMap<String, PathBuf>,
     pub agents: BTreeMap<String, Proc>,
+    /// Every agent process started, in order (a restarted agent appears twice), for log checks.
+    pub agent_runs: Vec<(String, Proc)>,
 }
 
 fn s(p: &Path) -> String {
@@ -134,6 +136,7 @@ impl Env {
             kube,
             agent_kubeconfigs,
             agents: BTreeMap::new(),
+            agent_runs: Vec::new(),
         })
     }
 
@@ -228,8 +231,13 @@ impl Env {
             .arg(format!("--namespace={NS}"))
             .arg(format!("--probe-interval={PROBE_INTERVAL_SECS}"))
             .env("KUBECONFIG", &kc)
-            .env("RUST_LOG", "info,wirekube_agent=debug");
+            // Every level of our crates, so the private-key check sees every log line.
+            .env(
+                "RUST_LOG",
+                "info,wirekube_agent=trace,wirekube_dataplane=trace,wirekube_relay_proto=trace",
+            );
         let p = self.lab.spawn(self.host(node), cmd)?;
+        self.agent_runs.push((node.to_owned(), p.clone()));
         self.agents.insert(node.to_owned(), p);
         Ok(())
     }

@@ -392,10 +392,9 @@ fn no_private_key_in_logs(env: &Env) -> Result<usize> {
     use base64::Engine as _;
     let (mut lines, mut change_sets) = (0, 0);
     for (n, proc) in &env.agent_runs {
-        let stored = env.lab.run(
-            env.host(n),
-            &["cat", "/var/lib/wirekube/private.key"],
-        )?;
+        let stored = env
+            .lab
+            .run(env.host(n), &["cat", "/var/lib/wirekube/private.key"])?;
         let b64 = stored.trim();
         let raw = base64::engine::general_purpose::STANDARD.decode(b64)?;
         ensure!(raw.len() == 32, "{n}: key file holds {} bytes", raw.len());
@@ -411,6 +410,9 @@ fn no_private_key_in_logs(env: &Env) -> Result<usize> {
         change_sets += log.matches("WireGuard changes").count();
     }
     // The debug lines that once carried the key (the dataplane's change sets) were captured.
-    ensure!(change_sets > 0, "no WireGuard change set logged: is debug on?");
+    ensure!(
+        change_sets > 0,
+        "no WireGuard change set logged: is debug on?"
+    );
     Ok(lines)
 }

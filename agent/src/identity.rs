@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -29,6 +29,15 @@ pub enum IdentityError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// A pre-existing state directory (or key file) that someone other than this process'
+    /// user could write: they could replace the key, so it is refused rather than chmodded
+    /// (the directory may be shared or managed by someone else, e.g. a hostPath).
+    #[error("{path} {problem}; refusing to keep the node's private key there: {fix}")]
+    Insecure {
+        path: PathBuf,
+        problem: String,
+        fix: String,
     },
     /// The file exists but is not a key; refuse to overwrite it (it may be an operator's
     /// mistake worth looking at, and replacing it would silently change the node's identity).
@@ -76,19 +85,15 @@ impl Identity {
         PrivateKey::from_bytes(self.private)
     }
 
-    /// Loads the key from `dir`, or creates the directory (0700) and a new key (0600).
+    /// Loads the key from `dir`, or creates a new key (0600), creating `dir` (0700) if it is
+    /// missing. An existing `dir` is checked, never chmodded (see [`prepare_dir`]).
     /// Returns the identity and whether it was newly generated.
     pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), IdentityError> {
-        let dir_err = |source| IdentityError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(dir_err)?;
-        // Tighten even a pre-existing directory: it holds the node's secret.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        prepare_dir(dir)?;
         let path = dir.join(KEY_FILE);
         match fs::read_to_string(&path) {
             Ok(text) => {
+                check_owner(&path, "key file")?;
                 let key = STANDARD
                     .decode(text.trim())
                     .ok()
@@ -111,6 +116,88 @@ impl Identity {
             Err(source) => Err(IdentityError::Io { path, source }),
         }
     }
+}
+
+/// Creates `dir` with mode 0700 when it is missing (parents with the default mode). A
+/// directory that already exists is not ours to chmod: it may be a hostPath kubelet made
+/// (0755), a path shared with other software, or an operator's choice. It must be owned by
+/// this process' user and not writable by group or others, since whoever can write it can
+/// put their own key file in place (even with the sticky bit: before the first start);
+/// otherwise the start fails with the fix in the error. Readable by others is accepted (the
+/// key file itself is 0600, so only file names show) and logged.
+fn prepare_dir(dir: &Path) -> Result<(), IdentityError> {
+    let dir_err = |source| IdentityError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(dir_err)?;
+    }
+    // Non-recursive, so "we created it" is decided by the kernel, not by a racy check.
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Exactly 0700 whatever the umask: it is ours.
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_existing_dir(dir),
+        Err(e) => Err(dir_err(e)),
+    }
+}
+
+fn check_existing_dir(dir: &Path) -> Result<(), IdentityError> {
+    let meta = fs::metadata(dir).map_err(|source| IdentityError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let insecure = |problem: String, fix: String| IdentityError::Insecure {
+        path: dir.to_path_buf(),
+        problem,
+        fix,
+    };
+    if !meta.is_dir() {
+        return Err(insecure(
+            "is not a directory".into(),
+            "point --state-dir at a directory".into(),
+        ));
+    }
+    check_owner(dir, "state directory")?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(insecure(
+            format!("is writable by group or others (mode {mode:04o})"),
+            format!("run `chmod go-w {}`", dir.display()),
+        ));
+    }
+    if mode & 0o077 != 0 {
+        tracing::info!(
+            path = %dir.display(),
+            mode = format!("{mode:04o}"),
+            "state directory is readable by others (the key file is 0600); `chmod 700` hides the file names"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses `path` unless this process' effective user owns it.
+fn check_owner(path: &Path, what: &str) -> Result<(), IdentityError> {
+    let meta = fs::metadata(path).map_err(|source| IdentityError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(IdentityError::Insecure {
+            path: path.to_path_buf(),
+            problem: format!(
+                "({what}) is owned by uid {}, not by this process (uid {me})",
+                meta.uid()
+            ),
+            fix: format!(
+                "run `chown {me} {}` or use another --state-dir",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Writes `data` to a temp file created 0600, fsyncs it, and renames it over `path`, so a
@@ -169,17 +256,83 @@ mod tests {
     }
 
     #[test]
-    fn reuses_key_after_restart_and_fixes_permissions() {
+    fn reuses_key_after_restart_and_fixes_key_permissions_only() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, _) = Identity::load_or_create(tmp.path()).unwrap();
         fs::set_permissions(tmp.path().join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        // As kubelet creates a DirectoryOrCreate hostPath: readable, not writable, by others.
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let (b, created) = Identity::load_or_create(tmp.path()).unwrap();
         assert!(!created);
         assert_eq!(a.public_key(), b.public_key());
         assert_eq!(a.private_bytes(), b.private_bytes());
         assert_eq!(mode(&tmp.path().join(KEY_FILE)), 0o600);
-        assert_eq!(mode(tmp.path()), 0o700);
+        // The directory pre-existed: not ours to chmod.
+        assert_eq!(mode(tmp.path()), 0o755);
+    }
+
+    #[test]
+    fn creates_missing_parents_and_the_directory_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/state");
+        Identity::load_or_create(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn refuses_a_writable_existing_directory_without_touching_it() {
+        for m in [0o775, 0o757, 0o1777] {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(m)).unwrap();
+            let err = Identity::load_or_create(tmp.path()).unwrap_err();
+            assert!(matches!(err, IdentityError::Insecure { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
+            assert!(msg.contains("chmod go-w"), "{msg}");
+            assert_eq!(
+                fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o7777,
+                m
+            );
+            assert_eq!(
+                fs::read_dir(tmp.path()).unwrap().count(),
+                0,
+                "no key written"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_a_directory_or_key_owned_by_someone_else() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test needs root (chown)");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(tmp.path(), Some(65534), None).unwrap();
+        let err = Identity::load_or_create(tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("owned by uid 65534") && err.contains("chown"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(tmp.path(), Some(0), None).unwrap();
+        Identity::load_or_create(tmp.path()).unwrap();
+        std::os::unix::fs::chown(tmp.path().join(KEY_FILE), Some(65534), None).unwrap();
+        let err = Identity::load_or_create(tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key file") && err.contains("65534"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_file_as_state_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, "x").unwrap();
+        let err = Identity::load_or_create(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,8 @@ struct Args {
         global = true
     )]
     namespace: String,
-    /// Directory for the private key (created 0700; key file 0600).
+    /// Directory for the private key (key file 0600). Created 0700 if missing; an existing
+    /// one is never chmodded and must be ours and not group/world-writable.
     #[arg(
         long,
         env = "WIREKUBE_STATE_DIR",
@@ -77,14 +78,21 @@ struct Args {
     /// fwmark on WireGuard's own packets (they bypass the mesh table).
     #[arg(long, env = "WIREKUBE_FWMARK", default_value_t = wirekube_dataplane::DEFAULT_FWMARK, global = true)]
     fwmark: u32,
-    /// Routing table for peer routes.
-    #[arg(long, env = "WIREKUBE_TABLE", default_value_t = 51820, global = true)]
+    /// Routing table for peer routes, WireKube's alone (not 0, 253-255; not wg-quick's 51820).
+    #[arg(
+        long,
+        env = "WIREKUBE_TABLE",
+        default_value_t = wirekube_dataplane::DEFAULT_TABLE,
+        value_parser = parse_table,
+        global = true
+    )]
     table: u32,
-    /// Priority of the ip rule selecting the table.
+    /// Priority of the ip rule selecting the table (2..32766; the bypass rule takes one less).
     #[arg(
         long,
         env = "WIREKUBE_RULE_PRIORITY",
-        default_value_t = 5200,
+        default_value_t = wirekube_dataplane::DEFAULT_RULE_PRIORITY,
+        value_parser = parse_rule_priority,
         global = true
     )]
     rule_priority: u32,
@@ -279,6 +287,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Bad routing flags are usage errors (exit 2 at start), not a reconcile error later.
+fn parse_table(s: &str) -> Result<u32, String> {
+    let t: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    wirekube_dataplane::validate_table(t).map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+fn parse_rule_priority(s: &str) -> Result<u32, String> {
+    let p: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    wirekube_dataplane::validate_rule_priority(p).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
 /// A bare program name (no `/`) is looked up in `PATH` the way a shell would; the dataplane
 /// only checks the path it is given, so `--wireguard-go-binary wireguard-go` (the default)
 /// would otherwise be taken relative to the working directory. Unresolvable names are
@@ -308,5 +329,30 @@ mod tests {
         assert_eq!(resolve_in_path(rel), rel);
         let missing = std::path::Path::new("no-such-binary-wk");
         assert_eq!(resolve_in_path(missing), missing);
+    }
+
+    #[test]
+    fn routing_flags_are_validated_and_default_away_from_wg_quick() {
+        let a = Args::try_parse_from(["wirekube-agent"]).unwrap();
+        assert_eq!(a.table, wirekube_dataplane::DEFAULT_TABLE);
+        assert_ne!(a.table, 51820);
+        assert_eq!(a.rule_priority, 5200);
+        let a = Args::try_parse_from(["wirekube-agent", "--table", "100", "--rule-priority", "2"])
+            .unwrap();
+        assert_eq!((a.table, a.rule_priority), (100, 2));
+        for bad in [
+            ["--table", "254"],
+            ["--table", "0"],
+            ["--table", "x"],
+            ["--rule-priority", "1"],
+            ["--rule-priority", "32766"],
+        ] {
+            let e = Args::try_parse_from(["wirekube-agent", bad[0], bad[1]]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

@@ -193,7 +193,8 @@ pub(crate) struct RuleKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RuleView {
     pub key: RuleKey,
-    pub protocol: u8,
+    /// `None`: the kernel (before 4.17) has no rule protocols and dropped our mark.
+    pub protocol: Option<u8>,
     pub plain: bool,
 }
 
@@ -207,7 +208,7 @@ impl RuleView {
             fwmark: None,
             invert: m.header.flags.contains(RuleFlags::Invert),
         };
-        let mut protocol = RTPROT_UNSPEC;
+        let mut protocol = None;
         let mut plain =
             m.header.src_len == 0 && m.header.tos == 0 && m.header.action == RuleAction::ToTable;
         for a in &m.attributes {
@@ -221,7 +222,7 @@ impl RuleView {
                 RuleAttribute::SuppressPrefixLen(n) | RuleAttribute::SuppressIfGroup(n) => {
                     plain &= *n == u32::MAX
                 }
-                RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+                RuleAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
                 _ => plain = false,
             }
         }
@@ -239,7 +240,7 @@ impl RuleView {
 /// rules (`not fwmark ... lookup <table>`, `lookup main suppress_prefixlength 0`) match
 /// neither shape.
 pub(crate) fn rule_is_ours(v: &RuleView, scope: &Scope) -> bool {
-    if v.protocol == ROUTE_PROTOCOL {
+    if v.protocol == Some(ROUTE_PROTOCOL) {
         return true;
     }
     let k = &v.key;
@@ -250,7 +251,10 @@ pub(crate) fn rule_is_ours(v: &RuleView, scope: &Scope) -> bool {
         && k.table == RT_TABLE_MAIN
         && k.fwmark.is_some()
         && k.dst.is_none();
-    v.protocol == RTPROT_UNSPEC && v.plain && !k.invert && (legacy_select || legacy_bypass)
+    v.protocol.is_none_or(|p| p == RTPROT_UNSPEC)
+        && v.plain
+        && !k.invert
+        && (legacy_select || legacy_bypass)
 }
 
 /// Indices of our rules to delete (not desired, duplicates, unmarked) and the desired
@@ -267,7 +271,10 @@ pub(crate) fn plan_rules(
         if !rule_is_ours(v, scope) {
             continue;
         }
-        let wanted = (v.protocol == ROUTE_PROTOCOL && v.plain)
+        // Without rule protocols (kernel < 4.17) a rule of the right shape is the best
+        // evidence there is; re-creating it on every reconcile would not mark it either.
+        let marked = v.protocol.is_none_or(|p| p == ROUTE_PROTOCOL);
+        let wanted = (marked && v.plain)
             .then(|| desired.iter().position(|d| *d == v.key))
             .flatten();
         match wanted {

@@ -172,6 +172,10 @@ fn route_view_reads_table_protocol_and_default_routes() {
 }
 
 fn rule(priority: u32, table: u32, fwmark: Option<u32>, protocol: u8) -> RuleView {
+    rule_p(priority, table, fwmark, Some(protocol))
+}
+
+fn rule_p(priority: u32, table: u32, fwmark: Option<u32>, protocol: Option<u8>) -> RuleView {
     RuleView {
         key: RuleKey {
             family_v6: false,
@@ -264,7 +268,7 @@ fn rule_view_reads_protocol_and_extra_selectors() {
         RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTOCOL)),
     ];
     let v = RuleView::of(&m);
-    assert_eq!(v.protocol, ROUTE_PROTOCOL);
+    assert_eq!(v.protocol, Some(ROUTE_PROTOCOL));
     assert!(v.plain);
     assert_eq!((v.key.priority, v.key.table), (P, T));
 
@@ -293,4 +297,17 @@ fn rule_view_reads_protocol_and_extra_selectors() {
     let mut from = m;
     from.header.src_len = 8;
     assert!(!RuleView::of(&from).plain);
+}
+
+#[test]
+fn kernels_without_rule_protocols_do_not_churn() {
+    // Before Linux 4.17 the kernel drops FRA_PROTOCOL: our rules come back without one.
+    let cur = [
+        rule_p(P, T, None, None),
+        rule_p(P - 1, RT_TABLE_MAIN, Some(0x206c), None),
+        rule_p(100, T, None, None), // someone else's
+    ];
+    let (delete, add) = plan_rules(&cur, &wanted(), &scope());
+    assert!(delete.is_empty() && add.is_empty(), "{delete:?} {add:?}");
+    assert_eq!(plan_rules(&cur, &[], &scope()).0, vec![0, 1]);
 }

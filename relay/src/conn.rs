@@ -15,7 +15,7 @@ use wirekube_relay_proto::{
 };
 
 use crate::admission::Ticket;
-use crate::outbox::{Chunk, Outbox};
+use crate::outbox::Chunk;
 use crate::pump::{Reader, write_loop};
 use crate::shared::{Peer, Shared};
 /// How long we keep reading (and discarding) after sending an Error frame, so the peer
@@ -229,7 +229,7 @@ pub(crate) async fn serve(
     let (mut rd, wr) = parts.io.into_split();
     let mut buf = parts.read_buf;
 
-    let outbox = Arc::new(Outbox::new(shared.cfg.queue_depth));
+    let outbox = shared.outbox();
     let kick = shared.shutdown.child_token();
     let id = shared.register(
         key,

@@ -96,6 +96,15 @@ struct Args {
     /// Frames queued per connection before new ones are dropped.
     #[arg(long, env = "WIREKUBE_RELAY_QUEUE_DEPTH", default_value_t = 512)]
     queue_depth: usize,
+    /// Bytes queued per connection (including what is being written) before a sender
+    /// to it is paused or, when the connection has stalled, its frames are dropped.
+    #[arg(long, env = "WIREKUBE_RELAY_QUEUE_BYTES", default_value_t = 2 << 20)]
+    queue_bytes: usize,
+    /// Bytes queued for all connections together (beyond 16 KiB per connection, which
+    /// every queue may always hold); frames beyond it are dropped. The relay's memory
+    /// limit must cover this plus the per-connection costs (see docs/relay.md).
+    #[arg(long, env = "WIREKUBE_RELAY_TOTAL_QUEUE_BYTES", default_value_t = 256 << 20)]
+    total_queue_bytes: usize,
     /// Seconds a stalled write may take before the client is disconnected.
     #[arg(long, env = "WIREKUBE_RELAY_WRITE_TIMEOUT", default_value_t = 10)]
     write_timeout: u64,
@@ -148,6 +157,8 @@ impl Args {
         c.first_frame_timeout = Duration::from_millis(self.first_frame_timeout_ms);
         c.auth_timeout = Duration::from_secs(self.auth_timeout);
         c.queue_depth = self.queue_depth;
+        c.queue_bytes = self.queue_bytes;
+        c.total_queue_bytes = self.total_queue_bytes;
         c.write_timeout = Duration::from_secs(self.write_timeout);
         c.registration_rate = self.registration_rate;
         c.registration_burst = self.registration_burst;

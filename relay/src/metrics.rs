@@ -48,11 +48,15 @@ pub struct Metrics {
     pub drops: Family<Labels, Counter>,
     /// Frames waiting in all per-connection send queues.
     pub queue_depth: Gauge,
+    /// Bytes charged to all send queues (queued or being written); bounded by the
+    /// relay-wide queue budget plus 16 KiB per authenticated connection.
+    pub queued_bytes: Gauge,
     /// Authenticated connections that ended, by reason.
     pub disconnects: Family<Labels, Counter>,
     /// Hot-path handles into `drops`, resolved once so dropping costs one atomic add.
     pub(crate) drop_queue_full: Counter,
     pub(crate) drop_unknown: Counter,
+    pub(crate) drop_budget: Counter,
     /// STUN Binding requests answered, by which address changed.
     pub stun_requests: Family<Labels, Counter>,
     /// UDP datagrams on the STUN ports that were not answered, by reason.
@@ -72,9 +76,11 @@ impl Metrics {
             forwarded_bytes: Counter::default(),
             drops: Family::default(),
             queue_depth: Gauge::default(),
+            queued_bytes: Gauge::default(),
             disconnects: Family::default(),
             drop_queue_full: Counter::default(),
             drop_unknown: Counter::default(),
+            drop_budget: Counter::default(),
             stun_requests: Family::default(),
             stun_ignored: Family::default(),
             registry: Registry::default(),
@@ -108,6 +114,11 @@ impl Metrics {
             m.queue_depth.clone(),
         );
         registry.register(
+            "queued_bytes",
+            "Bytes held by send queues (queued or being written)",
+            m.queued_bytes.clone(),
+        );
+        registry.register(
             "disconnects",
             "Authenticated connections closed by reason",
             m.disconnects.clone(),
@@ -130,6 +141,10 @@ impl Metrics {
             .drops
             .get_or_create(&vec![("reason", "unknown_destination")])
             .clone();
+        let drop_budget = m
+            .drops
+            .get_or_create(&vec![("reason", "memory_budget")])
+            .clone();
         // Dashboards and alerts (`rate(...auth_failures_total[5m]) > 0`) need the series to
         // exist before the first failure, so every reason starts at zero.
         for reason in AUTH_FAILURE_REASONS {
@@ -139,6 +154,7 @@ impl Metrics {
             registry,
             drop_queue_full,
             drop_unknown,
+            drop_budget,
             ..m
         }
     }

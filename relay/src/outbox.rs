@@ -1,17 +1,26 @@
 //! Per-connection send queue: already-encoded frames waiting for the connection's writer.
 //!
 //! Readers push chunks (one or more encoded frames for this connection); the writer takes
-//! everything queued at once. The queue is bounded in frames. When it is full a reader
-//! either waits for room (the writer is still making progress: back-pressure, like TCP)
-//! or drops (the writer made no progress for the stall timeout: a stalled client must
-//! never slow its senders down for longer than that).
+//! everything queued at once. The queue is bounded in frames and in bytes: a chunk is
+//! charged (see [`Chunk::charge`]) from the moment it is queued until the writer has
+//! written it, both to this queue and to the relay-wide [`Budget`]. When the queue is
+//! full a reader either waits for room (the writer is still making progress:
+//! back-pressure, like TCP) or drops (the writer made no progress for the stall timeout:
+//! a stalled client must never slow its senders down for longer than that). When the
+//! relay-wide budget is spent, the same rule applies: wait while the destination makes
+//! progress (its own writes free budget), drop otherwise.
+//!
+//! The first [`FLOOR`] bytes of every queue are not charged to the budget, so receivers
+//! that stall while holding the whole budget cannot starve everyone else's small packets:
+//! memory stays bounded by budget + connections × `FLOOR`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,12 +36,16 @@ pub(crate) struct Chunk {
     pub payload: u64,
     /// The writer closes the connection after writing this chunk.
     pub last: bool,
+    /// Bytes of memory this chunk keeps alive: its length, or for a chunk that shares a
+    /// sender's read buffer, the whole buffer (which lives as long as any part of it).
+    pub charge: usize,
 }
 
 impl Chunk {
     /// A single control frame built by the relay.
     pub fn control(bytes: Bytes, last: bool) -> Self {
         Self {
+            charge: bytes.len(),
             bytes,
             frames: 1,
             data: false,
@@ -47,11 +60,72 @@ impl Chunk {
     }
 }
 
+/// Bytes each queue may hold outside the relay-wide budget.
+pub(crate) const FLOOR: usize = 16 * 1024;
+
+/// Bytes charged to all outboxes together, with a hard limit.
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    /// All charged bytes (inside and outside the budget), for /metrics.
+    gauge: Gauge,
+}
+
+impl Budget {
+    pub fn new(limit: usize, gauge: Gauge) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+            gauge,
+        }
+    }
+
+    /// Charges `n` bytes unless that would exceed the limit (`force`: charge anyway, for
+    /// the few bytes of a final control frame).
+    fn charge(&self, n: usize, force: bool) -> bool {
+        if n == 0 {
+            return true;
+        }
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                let v = u.saturating_add(n);
+                (force || v <= self.limit).then_some(v)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes charged now.
+    #[cfg(test)]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Budget bytes needed to add `n` bytes to a queue holding `held`.
+fn over_floor(held: usize, n: usize) -> usize {
+    (held + n).saturating_sub(FLOOR) - held.saturating_sub(FLOOR)
+}
+
+/// Which bound refused a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// This connection's queue (frames or bytes).
+    Queue,
+    /// The relay-wide byte budget.
+    Budget,
+}
+
 /// Result of offering a chunk.
 pub(crate) enum Push {
     Queued,
     /// Full (and, after [`Outbox::push_wait`], the destination is stalled).
-    Full(Chunk),
+    Full(Chunk, Limit),
     /// The connection is closing.
     Closed(Chunk),
 }
@@ -59,13 +133,25 @@ pub(crate) enum Push {
 struct State {
     chunks: VecDeque<Chunk>,
     frames: usize,
+    /// Charged bytes: queued, plus taken by the writer and not yet written. The part
+    /// above [`FLOOR`] is charged to the budget as well.
+    bytes: usize,
     closed: bool,
     failed: bool,
+}
+
+/// Per-connection bounds of an [`Outbox`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
     cap: usize,
+    byte_cap: usize,
+    budget: std::sync::Arc<Budget>,
     /// Wakes the writer when the queue becomes non-empty or closes.
     ready: Notify,
     /// Wakes readers waiting for room.
@@ -83,15 +169,18 @@ pub(crate) struct Discarded {
 }
 
 impl Outbox {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(caps: Caps, budget: std::sync::Arc<Budget>) -> Self {
         Self {
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
                 frames: 0,
+                bytes: 0,
                 closed: false,
                 failed: false,
             }),
-            cap: cap.max(1),
+            cap: caps.frames.max(1),
+            byte_cap: caps.bytes.max(1),
+            budget,
             ready: Notify::new(),
             space: Notify::new(),
             base: Instant::now(),
@@ -113,18 +202,24 @@ impl Outbox {
         self.base + Duration::from_micros(self.progress_us.load(Ordering::Relaxed))
     }
 
-    /// Queues `c` if there is room. A chunk is accepted while fewer than `cap` frames are
-    /// queued, so the bound can be exceeded by one chunk (at most one read buffer).
+    /// Queues `c` if there is room. A chunk is accepted while fewer than the frame cap and
+    /// fewer than the byte cap are charged, so a queue can exceed its bounds by one chunk
+    /// (at most one read buffer); the relay-wide budget is never exceeded.
     pub fn try_push(&self, c: Chunk) -> Push {
         let mut s = self.lock();
         if s.closed {
             return Push::Closed(c);
         }
-        if s.frames >= self.cap {
-            return Push::Full(c);
+        if s.frames >= self.cap || s.bytes >= self.byte_cap {
+            return Push::Full(c, Limit::Queue);
+        }
+        if !self.budget.charge(over_floor(s.bytes, c.charge), false) {
+            return Push::Full(c, Limit::Budget);
         }
         let was_empty = s.chunks.is_empty();
         s.frames += c.frames as usize;
+        s.bytes += c.charge;
+        self.budget.gauge.inc_by(c.charge as i64);
         s.chunks.push_back(c);
         drop(s);
         if was_empty {
@@ -148,18 +243,21 @@ impl Outbox {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_push(c) {
-                Push::Full(back) => c = back,
+            let limit = match self.try_push(c) {
+                Push::Full(back, limit) => {
+                    c = back;
+                    limit
+                }
                 other => return other,
-            }
+            };
             let stalled_at = self.last_progress() + stall;
             if Instant::now() >= stalled_at {
-                return Push::Full(c);
+                return Push::Full(c, limit);
             }
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(stalled_at.into()) => {}
-                _ = cancel.cancelled() => return Push::Full(c),
+                _ = cancel.cancelled() => return Push::Full(c, limit),
             }
         }
     }
@@ -175,7 +273,10 @@ impl Outbox {
         s.closed = true;
         let queued = match c {
             Some(c) => {
+                self.budget.charge(over_floor(s.bytes, c.charge), true);
                 s.frames += c.frames as usize;
+                s.bytes += c.charge;
+                self.budget.gauge.inc_by(c.charge as i64);
                 s.chunks.push_back(c);
                 true
             }
@@ -199,6 +300,7 @@ impl Outbox {
                     let n = std::mem::take(&mut s.frames);
                     drop(s);
                     self.touch();
+                    // Frame room only: the bytes stay charged until written.
                     self.space.notify_waiters();
                     return Some(n);
                 }
@@ -208,6 +310,20 @@ impl Outbox {
             }
             self.ready.notified().await;
         }
+    }
+
+    /// Writer side: `n` charged bytes (of chunks it took) have been written.
+    pub fn written(&self, n: usize) {
+        let mut s = self.lock();
+        // After discard() everything was released already.
+        let n = n.min(s.bytes);
+        let before = s.bytes.saturating_sub(FLOOR);
+        s.bytes -= n;
+        let after = s.bytes.saturating_sub(FLOOR);
+        drop(s);
+        self.budget.release(before - after);
+        self.budget.gauge.dec_by(n as i64);
+        self.space.notify_waiters();
     }
 
     /// Writer side, when the socket failed: remembered so the reader can report why the
@@ -228,7 +344,10 @@ impl Outbox {
             d.data_frames += c.data_frames();
         }
         s.frames = 0;
+        let bytes = std::mem::take(&mut s.bytes);
         drop(s);
+        self.budget.release(bytes.saturating_sub(FLOOR));
+        self.budget.gauge.dec_by(bytes as i64);
         self.space.notify_waiters();
         d
     }
@@ -240,48 +359,5 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn data(n: u32) -> Chunk {
-        Chunk {
-            bytes: Bytes::from_static(b"x"),
-            frames: n,
-            data: true,
-            payload: 1,
-            last: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn bound_wait_and_stall() {
-        let o = Outbox::new(4);
-        assert!(matches!(o.try_push(data(4)), Push::Queued));
-        assert!(matches!(o.try_push(data(1)), Push::Full(_)));
-        // The writer never takes anything: after the stall timeout the push gives up.
-        let cancel = CancellationToken::new();
-        let t = Instant::now();
-        let stall = Duration::from_millis(50);
-        assert!(matches!(
-            o.push_wait(data(1), stall, &cancel).await,
-            Push::Full(_)
-        ));
-        assert!(t.elapsed() >= Duration::from_millis(40));
-        // A writer that takes frames makes room for a waiting reader.
-        let o = std::sync::Arc::new(o);
-        let w = {
-            let o = o.clone();
-            tokio::spawn(async move {
-                let mut out = VecDeque::new();
-                o.take(&mut out).await
-            })
-        };
-        let r = o.push_wait(data(1), Duration::from_secs(10), &cancel).await;
-        assert!(matches!(r, Push::Queued));
-        assert_eq!(w.await.unwrap(), Some(4));
-        assert!(o.close_with(Some(Chunk::control(Bytes::from_static(b"e"), true))));
-        assert!(matches!(o.try_push(data(1)), Push::Closed(_)));
-        let d = o.discard();
-        assert_eq!((d.frames, d.data_frames), (2, 1));
-    }
-}
+#[path = "outbox_tests.rs"]
+mod tests;

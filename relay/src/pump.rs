@@ -22,16 +22,17 @@ use wirekube_relay_proto::{
     DATA_KEY_OFFSET, ErrorCode, Frame, FrameHead, LEN_PREFIX, PublicKey, peek,
 };
 
-use crate::outbox::{Chunk, Outbox, Push};
+use crate::outbox::{Chunk, Limit, Outbox, Push};
 use crate::shared::Shared;
 
 /// Read size. Large reads make per-read costs (syscall, wakeup, queue push) small.
 const READ_BUF: usize = 256 * 1024;
 /// Reserve a new read buffer when less than this is left in the current one.
 const MIN_READ: usize = 64 * 1024;
-/// Runs shorter than this are copied out of the read buffer instead of sharing it, so a
-/// few small frames do not pin a whole read buffer while they wait in a queue.
-const COPY_BELOW: usize = 8 * 1024;
+/// Runs shorter than this are copied out of the read buffer instead of sharing it: a
+/// shared run keeps the whole buffer alive and is charged for all of it (see
+/// [`Chunk::charge`]), which for a short run would waste most of its queue's byte budget.
+const COPY_BELOW: usize = READ_BUF / 4;
 /// Encoded Data frame overhead in front of the payload.
 const DATA_HEADER: usize = DATA_KEY_OFFSET + 32;
 /// Slices per `writev`.
@@ -59,6 +60,8 @@ pub(crate) struct Reader<'a> {
     pub kick: &'a CancellationToken,
     pub shared: &'a Shared,
     notices: HashMap<PublicKey, Instant>,
+    /// Size of the allocation behind the read buffer: what a chunk sharing it pins.
+    alloc: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -74,6 +77,7 @@ impl<'a> Reader<'a> {
             kick,
             shared,
             notices: HashMap::new(),
+            alloc: 0,
         }
     }
 
@@ -81,6 +85,7 @@ impl<'a> Reader<'a> {
     /// during the handshake.
     pub async fn run(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> End {
         let idle = self.shared.cfg.idle_timeout;
+        self.alloc = buf.capacity();
         loop {
             let need = match self.process(buf).await {
                 Ok(need) => need,
@@ -91,7 +96,12 @@ impl<'a> Reader<'a> {
             }
             let spare = buf.capacity() - buf.len();
             if spare < MIN_READ || buf.capacity() < need {
+                let at = buf.as_ptr();
                 buf.reserve(READ_BUF.max(need.saturating_sub(buf.len())));
+                // A new (or reclaimed) allocation starts at the buffer's start.
+                if buf.as_ptr() != at {
+                    self.alloc = buf.capacity();
+                }
             }
             let read = async {
                 match idle {
@@ -202,12 +212,12 @@ impl<'a> Reader<'a> {
     /// Hands the first `off` bytes of `buf` (the run) to the run's destination.
     async fn flush(&mut self, run: &mut Option<Run>, buf: &mut BytesMut, off: usize) {
         let Some(r) = run.take() else { return };
-        let bytes: Bytes = if off < COPY_BELOW {
+        let (bytes, charge): (Bytes, usize) = if off < COPY_BELOW {
             let b = Bytes::copy_from_slice(&buf[..off]);
             buf.advance(off);
-            b
+            (b, off)
         } else {
-            buf.split_to(off).freeze()
+            (buf.split_to(off).freeze(), off.max(self.alloc))
         };
         let chunk = Chunk {
             bytes,
@@ -215,11 +225,12 @@ impl<'a> Reader<'a> {
             data: true,
             payload: r.payload,
             last: false,
+            charge,
         };
         let m = &self.shared.metrics;
         let frames = chunk.frames as i64;
         let pushed = match r.outbox.try_push(chunk) {
-            Push::Full(c) => {
+            Push::Full(c, _) => {
                 r.outbox
                     .push_wait(c, self.shared.cfg.stall_timeout, self.kick)
                     .await
@@ -230,8 +241,11 @@ impl<'a> Reader<'a> {
             Push::Queued => {
                 m.queue_depth.inc_by(frames);
             }
-            Push::Full(c) => {
+            Push::Full(c, Limit::Queue) => {
                 m.drop_queue_full.inc_by(c.data_frames());
+            }
+            Push::Full(c, Limit::Budget) => {
+                m.drop_budget.inc_by(c.data_frames());
             }
             Push::Closed(c) => m.drop_n("connection_closed", c.data_frames()),
         }
@@ -310,16 +324,23 @@ async fn write_chunks(
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         };
         outbox.touch();
+        let mut done = 0;
         while w > 0 && idx < chunks.len() {
             let rest = chunks[idx].bytes.len() - off;
             if w >= rest {
                 w -= rest;
+                done += chunks[idx].charge;
                 idx += 1;
                 off = 0;
             } else {
                 off += w;
                 w = 0;
             }
+        }
+        // Released as soon as written, so a sender waiting for room resumes while the
+        // rest of a large batch is still being written.
+        if done > 0 {
+            outbox.written(done);
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use wirekube_relay_proto::PublicKey;
 
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Budget, Caps, Outbox};
 use crate::ratelimit::RateLimiter;
 use crate::replay::ReplayCache;
 use crate::token::TokenStore;
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub limiter: RateLimiter,
     pub replays: ReplayCache,
     pub shutdown: CancellationToken,
+    /// Bytes all outboxes together may hold.
+    pub budget: Arc<Budget>,
     peers: RwLock<HashMap<PublicKey, Peer>>,
     next_id: AtomicU64,
 }
@@ -43,7 +45,12 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Self {
         let limiter = RateLimiter::new(cfg.registration_rate, cfg.registration_burst);
+        let budget = Arc::new(Budget::new(
+            cfg.total_queue_bytes,
+            metrics.queued_bytes.clone(),
+        ));
         Self {
+            budget,
             cfg,
             metrics,
             tokens,
@@ -53,6 +60,15 @@ impl Shared {
             peers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// A new send queue for an authenticated connection.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        let caps = Caps {
+            frames: self.cfg.queue_depth,
+            bytes: self.cfg.queue_bytes,
+        };
+        Arc::new(Outbox::new(caps, self.budget.clone()))
     }
 
     /// Registers an authenticated connection, kicking any older one with the same key.

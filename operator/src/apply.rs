@@ -14,9 +14,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use wirekube_crds::{
-    MESH_LABEL, OPERATOR_MANAGER, WireKubeMesh, WireKubeMeshStatus, WireKubePeer, WireKubePeerSpec,
+    MESH_LABEL, OPERATOR_MANAGER, QUARANTINE_ANNOTATION, WireKubeMesh, WireKubeMeshStatus,
+    WireKubePeer,
 };
 
+use crate::diff::DesiredPeer;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::relay::{self, hash_json};
@@ -71,31 +73,36 @@ impl Writer {
         }
     }
 
-    /// Server-side applies a node's peer: label, owner (the Node) and spec.
-    pub async fn apply_peer(
-        &self,
-        mesh: &str,
-        node: &str,
-        node_uid: &str,
-        spec: &WireKubePeerSpec,
-        observed_rv: Option<&str>,
-    ) -> Result<()> {
+    /// Server-side applies a node's peer: label, owner (the Node), quarantine note and spec.
+    /// Applying without the note removes it (the operator owns the annotation).
+    pub async fn apply_peer(&self, d: &DesiredPeer<'_>, observed_rv: Option<&str>) -> Result<()> {
+        let DesiredPeer {
+            mesh,
+            node,
+            node_uid,
+            spec,
+            quarantine,
+        } = *d;
         let key = format!("peer/{node}");
-        let hash = hash_json(&(mesh, node_uid, spec))?;
+        let hash = hash_json(&(mesh, node_uid, spec, quarantine))?;
         if self.recent.pending(&key, observed_rv, &hash) {
             return Ok(());
         }
         self.guard(&key)?;
+        let mut metadata = json!({
+            "name": node,
+            "labels": { MESH_LABEL: mesh },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid
+            }],
+        });
+        if let Some(note) = quarantine {
+            metadata["annotations"] = json!({ QUARANTINE_ANNOTATION: note });
+        }
         let body = json!({
             "apiVersion": "wirekube.io/v1alpha1",
             "kind": "WireKubePeer",
-            "metadata": {
-                "name": node,
-                "labels": { MESH_LABEL: mesh },
-                "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid
-                }],
-            },
+            "metadata": metadata,
             "spec": spec,
         });
         let api: Api<WireKubePeer> = Api::all(self.client.clone());

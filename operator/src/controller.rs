@@ -1,7 +1,7 @@
 //! The mesh controller: watches meshes, nodes, peers and the relay objects; each reconcile
 //! selects nodes, runs the relay part, calls the planner and writes what changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,17 +24,15 @@ use wirekube_crds::{
 };
 
 use crate::apply::{RecentWrites, Writer};
-use crate::diff::{self, Decision};
+use crate::diff;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeFacts, matches_selector, select_nodes};
+use crate::peer_writes;
 use crate::placement::RelayPlacement;
 use crate::plan::{self, PlanRequest};
 use crate::relay::{self, Exposure, RelayKind};
 use crate::status::{self, Cond};
-
-/// Peer writes in flight at once during one reconcile.
-const PARALLEL_WRITES: usize = 16;
 
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
@@ -276,59 +274,29 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let by_name: BTreeMap<&str, &NodeFacts> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let mut writes = Vec::new();
-    for (node, spec) in &outcome.specs {
-        let observed = all_peers.get(node).map(|p| p.as_ref());
-        if let Some(other) = observed.and_then(diff::peer_mesh).filter(|m| *m != name) {
-            outcome.issues.push(plan::PlanIssue {
-                reason: "NodeInOtherMesh".into(),
-                message: format!(
-                    "node {node} already belongs to mesh {other}; a node can be in one mesh only"
-                ),
-            });
-            continue;
-        }
-        let uid = by_name
-            .get(node.as_str())
-            .map(|n| n.uid.as_str())
-            .unwrap_or("");
-        if diff::needs_write(observed, spec, &name, uid) {
-            let rv = observed.and_then(|p| p.resource_version());
-            writes.push((node, uid, spec, rv));
-        }
-    }
-    let written = writes.len();
-    // Independent objects: apply them concurrently (bounded) rather than one round trip each.
-    let mut pending = Vec::with_capacity(writes.len());
-    for (node, uid, spec, rv) in &writes {
-        pending.push(ctx.writer.apply_peer(&name, node, uid, spec, rv.as_deref()));
-    }
-    let mut results = futures::stream::iter(pending).buffer_unordered(PARALLEL_WRITES);
-    while let Some(r) = results.next().await {
-        r?;
-    }
-    drop(results);
-    let selected: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let removed = diff::peers_to_delete(&name, all_peers.values().map(|p| p.as_ref()), &selected);
-    for p in &removed {
-        ctx.writer.delete_peer(p).await?;
-    }
+    let writes =
+        peer_writes::write_peers(&ctx.writer, &name, &mut outcome, &all_peers, &nodes).await;
     let prev_endpoints = prev_status
         .map(|s| s.relay_endpoints.clone())
         .unwrap_or_default();
-    for d in diff::decisions(
+    let mut decisions = diff::decisions(
         &previous,
         &outcome.specs,
-        &removed,
+        &writes.removed,
         &prev_endpoints,
         &endpoints,
-    ) {
+    );
+    decisions.extend(diff::key_decisions(
+        &peer_writes::stored_notes(&all_peers, &nodes),
+        &outcome.key_problems,
+    ));
+    for d in decisions {
         let (reason, note) = d.reason_note();
         info!(reason, %note, "decision");
-        let ty = match d {
-            Decision::PairToRelay { .. } | Decision::PairsToRelay(_) => EventType::Warning,
-            _ => EventType::Normal,
+        let ty = if d.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
         publish(ctx, mesh, ty, reason, note).await;
     }
@@ -337,7 +305,12 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     ctx.writer
         .metrics
         .mesh(&name, counts.total, &outcome.summary);
-    let st = status::computed_status(
+    ctx.writer
+        .metrics
+        .quarantined
+        .get_or_create(&crate::metrics::MeshLabel { mesh: name.clone() })
+        .set(outcome.quarantined() as i64);
+    let mut st = status::computed_status(
         prev_status,
         generation,
         &outcome,
@@ -346,18 +319,26 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         &relay_cond,
         &now,
     );
+    let written = status::written_condition(&writes.failure_texts());
+    status::merge_condition(&mut st.conditions, &written, generation, &now);
     let status_changed = Some(&st) != prev_status;
     if status_changed {
         ctx.writer.apply_status(mesh, &st).await?;
     }
     info!(
         nodes = nodes.len(),
-        peers_written = written,
-        peers_deleted = removed.len(),
+        peers_written = writes.applied,
+        peers_deleted = writes.removed.len(),
+        write_failures = writes.failures.len(),
+        quarantined = outcome.quarantined(),
         status_changed,
         "reconciled"
     );
-    Ok(Action::requeue(ctx.settings.resync))
+    // Failed writes are retried with the error's backoff; everything else was written.
+    match writes.into_error() {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(ctx.settings.resync)),
+    }
 }
 
 /// What the relay part decided.

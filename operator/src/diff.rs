@@ -4,29 +4,47 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
-use wirekube_crds::{MESH_LABEL, PathReason, PlannedPath, WireKubePeer, WireKubePeerSpec};
+use wirekube_crds::{
+    MESH_LABEL, PathReason, PlannedPath, QUARANTINE_ANNOTATION, WireKubePeer, WireKubePeerSpec,
+};
+
+use crate::plan::KeyProblem;
 
 /// Join/leave events per reconcile beyond which they are summarised in one event.
 pub const MAX_NODE_EVENTS: usize = 20;
 /// Pair events per reconcile beyond which they are summarised in one event.
 pub const MAX_PAIR_EVENTS: usize = 20;
 
+/// Everything the operator applies to one node's peer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DesiredPeer<'a> {
+    pub mesh: &'a str,
+    pub node: &'a str,
+    pub node_uid: &'a str,
+    pub spec: &'a WireKubePeerSpec,
+    /// Why the node is quarantined for its key (the annotation's value), if it is.
+    pub quarantine: Option<&'a str>,
+}
+
 /// Whether the stored peer differs from what the operator would apply: missing, another spec,
-/// the mesh label missing, or not owned by the node's current uid.
-pub fn needs_write(
-    observed: Option<&WireKubePeer>,
-    desired: &WireKubePeerSpec,
-    mesh: &str,
-    node_uid: &str,
-) -> bool {
+/// the mesh label missing, not owned by the node's current uid, or another quarantine note.
+pub fn needs_write(observed: Option<&WireKubePeer>, d: &DesiredPeer<'_>) -> bool {
     let Some(p) = observed else { return true };
-    p.spec != *desired
-        || p.labels().get(MESH_LABEL).map(String::as_str) != Some(mesh)
+    p.spec != *d.spec
+        || p.labels().get(MESH_LABEL).map(String::as_str) != Some(d.mesh)
         || !p
             .owner_references()
             .iter()
-            .any(|o| o.kind == "Node" && o.uid == node_uid)
+            .any(|o| o.kind == "Node" && o.uid == d.node_uid)
         || p.metadata.deletion_timestamp.is_some()
+        || quarantine_note(p) != d.quarantine
+}
+
+/// The quarantine note stored on a peer.
+pub fn quarantine_note(p: &WireKubePeer) -> Option<&str> {
+    p.annotations()
+        .get(QUARANTINE_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// The mesh a stored peer belongs to, by its label.
@@ -68,6 +86,13 @@ pub enum Decision {
     /// More pairs moved than are announced one by one.
     PairsToRelay(usize),
     RelayEndpointsPublished(Vec<String>),
+    /// Nodes newly quarantined for their key; `note` names them all.
+    KeyQuarantined {
+        reason: &'static str,
+        note: String,
+    },
+    /// A quarantined node's key is usable again: it is back in every spec.
+    KeyQuarantineLifted(String),
 }
 
 impl Decision {
@@ -96,8 +121,49 @@ impl Decision {
                 "RelayEndpointPublished",
                 format!("relay endpoints published: {}", e.join(", ")),
             ),
+            Decision::KeyQuarantined { reason, note } => (reason, note.clone()),
+            Decision::KeyQuarantineLifted(n) => (
+                "PublicKeyAccepted",
+                format!("node {n} is back in the mesh: its public key is well-formed and unique"),
+            ),
         }
     }
+
+    /// Whether the event is a warning.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Decision::PairToRelay { .. }
+                | Decision::PairsToRelay(_)
+                | Decision::KeyQuarantined { .. }
+        )
+    }
+}
+
+/// Quarantine events, from the notes stored on the peers (`stored`: node → note, for the
+/// mesh's current nodes) and this pass's key problems: one per problem some of whose nodes do
+/// not carry its note yet, and one per node whose note goes away. Deriving them from the
+/// stored objects announces each change once, across passes and operator restarts.
+pub fn key_decisions(stored: &BTreeMap<&str, &str>, problems: &[KeyProblem]) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for p in problems {
+        let note = p.to_string();
+        if p.nodes()
+            .iter()
+            .any(|n| stored.get(n.as_str()) != Some(&note.as_str()))
+        {
+            out.push(Decision::KeyQuarantined {
+                reason: p.reason(),
+                note,
+            });
+        }
+    }
+    for node in stored.keys() {
+        if !problems.iter().any(|p| p.nodes().iter().any(|n| n == node)) {
+            out.push(Decision::KeyQuarantineLifted((*node).to_owned()));
+        }
+    }
+    out
 }
 
 /// Decisions between the stored specs (`prev`) and the planned ones (`desired`).

@@ -33,19 +33,111 @@ fn stored(name: &str, mesh: &str, uid: &str, s: WireKubePeerSpec) -> WireKubePee
     p
 }
 
+fn desired<'a>(s: &'a WireKubePeerSpec, mesh: &'a str, uid: &'a str) -> DesiredPeer<'a> {
+    DesiredPeer {
+        mesh,
+        node: "a",
+        node_uid: uid,
+        spec: s,
+        quarantine: None,
+    }
+}
+
 #[test]
 fn write_only_what_differs() {
     let s = spec(&[("b", PlannedPath::Direct, PathReason::ConeCone)]);
-    assert!(needs_write(None, &s, "m", "u1"));
+    assert!(needs_write(None, &desired(&s, "m", "u1")));
     let p = stored("a", "m", "u1", s.clone());
-    assert!(!needs_write(Some(&p), &s, "m", "u1"));
+    assert!(!needs_write(Some(&p), &desired(&s, "m", "u1")));
     assert!(
-        needs_write(Some(&p), &s, "m", "u2"),
+        needs_write(Some(&p), &desired(&s, "m", "u2")),
         "node re-created with a new uid"
     );
-    assert!(needs_write(Some(&p), &s, "other", "u1"));
+    assert!(needs_write(Some(&p), &desired(&s, "other", "u1")));
     let s2 = spec(&[("b", PlannedPath::Relay, PathReason::BothSymmetric)]);
-    assert!(needs_write(Some(&p), &s2, "m", "u1"));
+    assert!(needs_write(Some(&p), &desired(&s2, "m", "u1")));
+}
+
+#[test]
+fn quarantine_note_is_written_and_removed() {
+    let s = WireKubePeerSpec::default();
+    let mut p = stored("a", "m", "u1", s.clone());
+    let q = DesiredPeer {
+        quarantine: Some("nodes a, b report the same public key"),
+        ..desired(&s, "m", "u1")
+    };
+    assert!(needs_write(Some(&p), &q));
+    p.metadata.annotations = Some(labels(&[(
+        QUARANTINE_ANNOTATION,
+        "nodes a, b report the same public key",
+    )]));
+    assert!(!needs_write(Some(&p), &q));
+    assert_eq!(quarantine_note(&p), q.quarantine);
+    assert!(needs_write(Some(&p), &desired(&s, "m", "u1")), "lifted");
+}
+
+/// Stored notes and this pass's problems → events (each change once).
+#[test]
+fn key_events_only_on_change() {
+    let dup = KeyProblem::Duplicate {
+        nodes: vec!["a".into(), "b".into()],
+    };
+    let note = dup.to_string();
+    let bad = KeyProblem::Malformed {
+        node: "c".into(),
+        detail: "publicKey \"x\" (1 bytes) is bad".into(),
+    };
+    let bad_note = bad.to_string();
+    let quarantined = |reason: &'static str, note: &str| Decision::KeyQuarantined {
+        reason,
+        note: note.to_string(),
+    };
+    // (stored notes, problems, events)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<KeyProblem>, Vec<Decision>);
+    let cases: Vec<Case> = vec![
+        (vec![], vec![], vec![]),
+        // New collision: one event naming both.
+        (
+            vec![],
+            vec![dup.clone()],
+            vec![quarantined("DuplicatePublicKey", &note)],
+        ),
+        // Half-written (one note stored): announced again until both carry it.
+        (
+            vec![("a", &note)],
+            vec![dup.clone()],
+            vec![quarantined("DuplicatePublicKey", &note)],
+        ),
+        // Already announced and stored: nothing.
+        (vec![("a", &note), ("b", &note)], vec![dup.clone()], vec![]),
+        // b regenerated: both lifted.
+        (
+            vec![("a", &note), ("b", &note)],
+            vec![],
+            vec![
+                Decision::KeyQuarantineLifted("a".into()),
+                Decision::KeyQuarantineLifted("b".into()),
+            ],
+        ),
+        (
+            vec![("a", &note), ("b", &note)],
+            vec![dup.clone(), bad.clone()],
+            vec![quarantined("MalformedPublicKey", &bad_note)],
+        ),
+    ];
+    for (stored, problems, want) in cases {
+        let stored: BTreeMap<&str, &str> = stored.into_iter().collect();
+        assert_eq!(
+            key_decisions(&stored, &problems),
+            want,
+            "{stored:?} {problems:?}"
+        );
+    }
+    let (reason, text) = quarantined("DuplicatePublicKey", &note).reason_note();
+    assert_eq!(reason, "DuplicatePublicKey");
+    assert!(text.contains("a, b"), "{text}");
+    assert!(quarantined("DuplicatePublicKey", &note).is_warning());
+    assert!(!Decision::KeyQuarantineLifted("a".into()).is_warning());
 }
 
 #[test]

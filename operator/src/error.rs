@@ -32,6 +32,15 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Some peer writes of a pass failed; the others were written. `first` is one of them.
+    #[error("{failed} of {attempted} peer write(s) failed ({nodes}); first: {first}")]
+    PeerWrites {
+        failed: usize,
+        attempted: usize,
+        nodes: String,
+        #[source]
+        first: Box<Error>,
+    },
     /// Serving /metrics, /healthz, /readyz failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -57,6 +66,7 @@ impl Error {
             Error::CacheNotSynced(_) => "cache-not-synced",
             Error::NotLeader(_) => "not-leader",
             Error::Lease(_) => "lease",
+            Error::PeerWrites { .. } => "peer-writes",
             Error::Http { .. } => "http",
         }
     }
@@ -69,6 +79,7 @@ impl Error {
                 _ => Duration::from_secs(5),
             },
             Error::NotLeader(_) => Duration::from_secs(30),
+            Error::PeerWrites { first, .. } => first.retry_after(),
             _ => Duration::from_secs(15),
         }
     }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;
+pub mod peer_writes;
 pub mod placement;
 pub mod plan;
 pub mod relay;

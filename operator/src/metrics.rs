@@ -32,6 +32,12 @@ pub struct WriteLabel {
     pub verb: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteFailureLabel {
+    pub kind: String,
+    pub reason: String,
+}
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -42,6 +48,10 @@ pub struct Metrics {
     pub nodes: Family<MeshLabel, Gauge>,
     pub pairs: Family<PathLabel, Gauge>,
     pub writes: Family<WriteLabel, Counter>,
+    /// Writes the API server refused or that failed; the reconcile wrote the others.
+    pub write_failures: Family<WriteFailureLabel, Counter>,
+    /// Nodes left out of the mesh for a duplicate or malformed public key.
+    pub quarantined: Family<MeshLabel, Gauge>,
     pub leader: Gauge,
 }
 
@@ -54,7 +64,19 @@ impl Default for Metrics {
         let nodes = Family::<MeshLabel, Gauge>::default();
         let pairs = Family::<PathLabel, Gauge>::default();
         let writes = Family::<WriteLabel, Counter>::default();
+        let write_failures = Family::<WriteFailureLabel, Counter>::default();
+        let quarantined = Family::<MeshLabel, Gauge>::default();
         let leader = Gauge::default();
+        r.register(
+            "api_write_failures",
+            "API writes that failed, by kind and reason (the other writes of the pass went on)",
+            write_failures.clone(),
+        );
+        r.register(
+            "mesh_quarantined_nodes",
+            "Nodes left out of the mesh for a duplicate or malformed public key",
+            quarantined.clone(),
+        );
         r.register("reconciles", "Mesh reconciles run", reconciles.clone());
         r.register(
             "reconcile_failures",
@@ -86,6 +108,8 @@ impl Default for Metrics {
             nodes,
             pairs,
             writes,
+            write_failures,
+            quarantined,
             leader,
         }
     }
@@ -105,6 +129,15 @@ impl Metrics {
             .get_or_create(&WriteLabel {
                 kind: kind.into(),
                 verb: verb.into(),
+            })
+            .inc();
+    }
+
+    pub fn write_failure(&self, kind: &str, reason: &str) {
+        self.write_failures
+            .get_or_create(&WriteFailureLabel {
+                kind: kind.into(),
+                reason: reason.into(),
             })
             .inc();
     }

@@ -11,6 +11,8 @@ use wirekube_crds::{PathSummary, WireKubeMeshSpec, WireKubePeerSpec, WireKubePee
 use crate::nodes::NodeFacts;
 use crate::planner::{self, NodeAddress, NodeAddressKind, NodeInfo, PlannerInput};
 
+pub use crate::planner::KeyProblem;
+
 /// Everything the planner needs, borrowed from the controller's observations.
 #[derive(Debug)]
 pub struct PlanRequest<'a> {
@@ -48,6 +50,9 @@ pub struct PlanOutcome {
     /// Nodes without a public key yet, sorted.
     pub pending: Vec<String>,
     pub issues: Vec<PlanIssue>,
+    /// Duplicate and malformed public keys; the nodes they name are quarantined (no spec lists
+    /// them, theirs lists nobody).
+    pub key_problems: Vec<KeyProblem>,
     /// Prefixes of `spec.routing` left out, each with its reason (a sentence).
     pub dropped_routes: Vec<String>,
     /// How many prefixes besides the mesh IPs are carried.
@@ -111,13 +116,30 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
             .collect(),
         dropped_routes: p.dropped_routes.iter().map(ToString::to_string).collect(),
         carried_routes: p.carried_routes,
+        key_problems: p.key_problems,
     })
+}
+
+impl PlanOutcome {
+    /// Why `node` is quarantined (the text of its peer's quarantine annotation), if it is.
+    pub fn quarantine_note(&self, node: &str) -> Option<String> {
+        self.key_problems
+            .iter()
+            .find(|p| p.nodes().iter().any(|n| n == node))
+            .map(ToString::to_string)
+    }
+
+    /// How many nodes are quarantined.
+    pub fn quarantined(&self) -> usize {
+        self.key_problems.iter().map(|p| p.nodes().len()).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::{mesh, peer_status};
+    use crate::planner::fixtures::test_key;
     use wirekube_crds::NatType;
 
     fn facts(name: &str, ip: &str) -> NodeFacts {
@@ -148,7 +170,12 @@ mod tests {
         let nodes = [facts("a", "10.0.0.1"), facts("b", "10.0.0.2")];
         let statuses = BTreeMap::from([(
             "a".to_string(),
-            peer_status("ka", NatType::FullCone, "10.0.0.1:51820", Some("1.1.1.1:1")),
+            peer_status(
+                &test_key("a"),
+                NatType::FullCone,
+                "10.0.0.1:51820",
+                Some("1.1.1.1:1"),
+            ),
         )]);
         let previous = BTreeMap::from([(
             "b".to_string(),

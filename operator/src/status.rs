@@ -1,7 +1,9 @@
 //! Mesh status computation and condition merging (pure).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use wirekube_crds::conditions::{READY, RELAY_READY, ROUTES_CARRIED};
+use wirekube_crds::conditions::{
+    PEERS_WRITTEN, PUBLIC_KEYS_VALID, READY, RELAY_READY, ROUTES_CARRIED,
+};
 use wirekube_crds::{NodeCounts, Problem, WireKubeMeshStatus, WireKubePeerStatus};
 
 use crate::plan::PlanOutcome;
@@ -123,6 +125,12 @@ pub fn ready_condition(outcome: &PlanOutcome, nodes: &NodeCounts) -> Cond {
             nodes.pending
         ));
     }
+    let quarantined = outcome.quarantined();
+    if quarantined > 0 {
+        msg.push_str(&format!(
+            "; {quarantined} node(s) quarantined for their public key (see {PUBLIC_KEYS_VALID})"
+        ));
+    }
     Cond::new(READY, true, "Reconciled", msg)
 }
 
@@ -147,6 +155,45 @@ pub fn routes_condition(outcome: &PlanOutcome) -> Cond {
     )
 }
 
+/// `PublicKeysValid`: True, or False with the first problem's reason and every problem
+/// (each names its nodes).
+pub fn keys_condition(outcome: &PlanOutcome) -> Cond {
+    let Some(first) = outcome.key_problems.first() else {
+        return Cond::new(
+            PUBLIC_KEYS_VALID,
+            true,
+            "AllValid",
+            "every node reported a well-formed public key of its own",
+        );
+    };
+    let msg = outcome
+        .key_problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Cond::new(PUBLIC_KEYS_VALID, false, first.reason(), msg)
+}
+
+/// `PeersWritten`: True, or False naming each node whose peer could not be written and why
+/// (`failed`: node, error text; the other peers of the pass were written).
+pub fn written_condition(failed: &[(String, String)]) -> Cond {
+    if failed.is_empty() {
+        return Cond::new(
+            PEERS_WRITTEN,
+            true,
+            "AllWritten",
+            "every planned peer is written",
+        );
+    }
+    let msg = failed
+        .iter()
+        .map(|(n, e)| format!("{n}: {e}"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Cond::new(PEERS_WRITTEN, false, "WriteFailed", msg)
+}
+
 /// The full status after a successful reconcile.
 pub fn computed_status(
     prev: Option<&WireKubeMeshStatus>,
@@ -166,6 +213,7 @@ pub fn computed_status(
     );
     merge_condition(&mut conditions, relay, generation, now);
     merge_condition(&mut conditions, &routes_condition(outcome), generation, now);
+    merge_condition(&mut conditions, &keys_condition(outcome), generation, now);
     WireKubeMeshStatus {
         observed_generation: Some(generation),
         conditions,

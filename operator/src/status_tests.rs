@@ -134,3 +134,35 @@ fn computed_status_is_stable_and_reports_issues() {
     );
     assert_eq!(r.last_transition_time, time(60));
 }
+
+#[test]
+fn key_and_write_conditions() {
+    use crate::plan::KeyProblem;
+    let ok = keys_condition(&PlanOutcome::default());
+    assert_eq!((ok.status, ok.reason.as_str()), (true, "AllValid"));
+    let outcome = PlanOutcome {
+        key_problems: vec![KeyProblem::Duplicate {
+            nodes: vec!["node-1".into(), "node-2".into()],
+        }],
+        ..Default::default()
+    };
+    let c = keys_condition(&outcome);
+    assert_eq!(c.type_, "PublicKeysValid");
+    assert_eq!((c.status, c.reason.as_str()), (false, "DuplicatePublicKey"));
+    assert!(c.message.contains("node-1, node-2"), "{}", c.message);
+    let counts = NodeCounts {
+        total: 3,
+        ready: 3,
+        pending: 0,
+    };
+    let r = ready_condition(&outcome, &counts);
+    assert!(
+        r.status && r.message.contains("2 node(s) quarantined"),
+        "{r:?}"
+    );
+
+    assert!(written_condition(&[]).status);
+    let w = written_condition(&[("b".into(), "denied".into())]);
+    assert_eq!((w.status, w.reason.as_str()), (false, "WriteFailed"));
+    assert_eq!(w.message, "b: denied");
+}

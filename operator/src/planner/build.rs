@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use wirekube_crds::{PathReason, PeerEntry, PlannedPath, WireKubePeerSpec, WireKubePeerStatus};
+use wirekube_crds::{
+    PathReason, PathSummary, PeerEntry, PlannedPath, WireKubePeerSpec, WireKubePeerStatus,
+};
 
 use super::alloc::{Pool, allocate};
 use super::facts::NodeFacts;
+use super::keys::quarantine;
 use super::routes::{NodePrefixes, carried_routes};
 use super::rules::{Decision, Rules, Side};
 use super::select::selected;
@@ -28,6 +31,9 @@ pub(crate) struct Core {
     pub facts: Vec<NodeFacts>,
     /// Pair `(i, j)`, `i < j`, at `tri(n, i, j)`; `Decision::a` is node `i`'s side.
     pub decisions: Vec<Decision>,
+    /// Node `i` is quarantined for its key (`super::keys`): no spec lists it, its own lists
+    /// nobody. Its pairs are still decided, so that lifting the quarantine is a plain re-plan.
+    pub quarantined: Vec<bool>,
 }
 
 /// Relay and STUN addresses (IP literals; names are resolved by the agents and cannot be
@@ -84,12 +90,26 @@ impl Core {
         }
     }
 
+    /// The nodes node `i`'s spec lists, in order: none when `i` is quarantined, else every
+    /// other node that is not.
+    fn listed(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let q = &self.quarantined;
+        let me_ok = !q.get(i).copied().unwrap_or(false);
+        (0..self.facts.len())
+            .filter(move |&j| me_ok && j != i && !q.get(j).copied().unwrap_or(false))
+    }
+
+    /// The path pair `(i, j)` counts as in the summary: `Down` when either side is quarantined.
+    fn effective_path(&self, i: usize, j: usize, d: &Decision) -> PlannedPath {
+        if self.quarantined[i] || self.quarantined[j] {
+            PlannedPath::Down
+        } else {
+            d.path
+        }
+    }
+
     pub fn spec(&self, i: usize) -> WireKubePeerSpec {
-        let n = self.facts.len();
-        let peers = (0..n)
-            .filter(|&j| j != i)
-            .map(|j| self.view(i, j).to_entry())
-            .collect();
+        let peers = self.listed(i).map(|j| self.view(i, j).to_entry()).collect();
         WireKubePeerSpec {
             mesh_ip: self.facts[i].mesh_ip_text.clone(),
             pod_cidrs: self.facts[i].pod_cidrs.clone(),
@@ -100,15 +120,27 @@ impl Core {
 
     /// The stored spec equals what [`Core::spec`] would build, compared without building it.
     fn matches(&self, i: usize, stored: &WireKubePeerSpec) -> bool {
-        let n = self.facts.len();
         header_eq(&self.template, stored)
             && stored.mesh_ip == self.facts[i].mesh_ip_text
             && stored.pod_cidrs == self.facts[i].pod_cidrs
-            && stored.peers.len() == n.saturating_sub(1)
-            && (0..n)
-                .filter(|&j| j != i)
+            && stored.peers.len() == self.listed(i).count()
+            && self
+                .listed(i)
                 .zip(&stored.peers)
                 .all(|(j, e)| self.view(i, j).matches(e))
+    }
+
+    /// Pair counts by effective path, from scratch.
+    fn summary(&self) -> PathSummary {
+        let n = self.facts.len();
+        let mut s = PathSummary::default();
+        for i in 0..n {
+            for j in i + 1..n {
+                let d = &self.decisions[tri(n, i, j)];
+                *path_count(&mut s, self.effective_path(i, j, d)) += 1;
+            }
+        }
+        s
     }
 }
 
@@ -312,16 +344,18 @@ impl PathPlanner {
         let mut decisions = Vec::with_capacity(n * n.saturating_sub(1) / 2);
         for i in 0..n {
             for j in i + 1..n {
-                let d = rules.decide(&facts[i], &facts[j]);
-                count(&mut plan, d.path, 1);
-                decisions.push(d);
+                decisions.push(rules.decide(&facts[i], &facts[j]));
             }
         }
+        let (quarantined, key_problems) = quarantine(&facts);
         plan.core = Core {
             template,
             facts,
             decisions,
+            quarantined,
         };
+        plan.summary = plan.core.summary();
+        plan.key_problems = key_problems;
 
         let core = &plan.core;
         plan.changed = (0..n)
@@ -390,59 +424,102 @@ impl PathPlanner {
         if facts == core.facts[k] {
             return &self.plan.changed;
         }
+        let key_moved = facts.key != core.facts[k].key || facts.bad_key != core.facts[k].bad_key;
         let old = std::mem::replace(&mut core.facts[k], facts);
+        let before = core.quarantined.clone();
+        if key_moved {
+            let (q, problems) = quarantine(&core.facts);
+            core.quarantined = q;
+            self.plan.key_problems = problems;
+            self.plan.pending_nodes = pending(&core.facts);
+        }
+        let changed = if core.quarantined == before {
+            self.replan_pairs(k, &old, true)
+        } else {
+            self.replan_pairs(k, &old, false);
+            let core = &self.plan.core;
+            self.plan.summary = core.summary();
+            quarantine_changes(&before, &core.quarantined)
+                .map(|i| core.facts[i].name.to_string())
+                .collect()
+        };
+        self.plan.changed = changed;
+        &self.plan.changed
+    }
 
+    /// Re-decides node `k`'s pairs after its facts changed from `old`. With `track`, also
+    /// moves the summary and returns the names whose spec changed (quarantine unchanged).
+    fn replan_pairs(&mut self, k: usize, old: &NodeFacts, track: bool) -> BTreeSet<String> {
+        let core = &mut self.plan.core;
         let n = core.facts.len();
         let mut changed = BTreeSet::new();
         let mut own_changed = false;
-        let (mut direct, mut relay, mut down) = (0i64, 0i64, 0i64);
-        for j in 0..n {
-            if j == k {
-                continue;
-            }
+        let mut delta = [0i64; 3];
+        for j in (0..n).filter(|&j| j != k) {
             let (lo, hi) = if k < j { (k, j) } else { (j, k) };
             let t = tri(n, lo, hi);
             let before = core.decisions[t];
             let after = self.rules.decide(&core.facts[lo], &core.facts[hi]);
             core.decisions[t] = after;
-            for (path, delta) in [(before.path, -1), (after.path, 1)] {
-                match path {
-                    PlannedPath::Direct => direct += delta,
-                    PlannedPath::Relay => relay += delta,
-                    PlannedPath::Down => down += delta,
-                }
+            if !track || core.quarantined[k] || core.quarantined[j] {
+                // Neither spec lists the other, and the pair counts as Down either way.
+                continue;
             }
+            delta[path_index(before.path)] -= 1;
+            delta[path_index(after.path)] += 1;
             // Sides (k's, j's) of the decision before and after.
             let side = |d: &Decision| if k == lo { (d.a, d.b) } else { (d.b, d.a) };
             let ((k_before, j_before), (k_after, j_after)) = (side(&before), side(&after));
             // j's entry for k: k's facts and j's side.
             let fj = &core.facts[j];
-            if EntryView::new(fj, &old, &j_before, &before)
+            if EntryView::new(fj, old, &j_before, &before)
                 != EntryView::new(fj, &core.facts[k], &j_after, &after)
             {
                 changed.insert(fj.name.to_string());
             }
             // k's entry for j: j's facts (unchanged), k's side, and whether k shares j's
             // LAN (which decides whether j's InternalIP is carried).
-            own_changed |= EntryView::new(&old, fj, &k_before, &before)
+            own_changed |= EntryView::new(old, fj, &k_before, &before)
                 != EntryView::new(&core.facts[k], fj, &k_after, &after);
         }
         if own_changed {
             changed.insert(core.facts[k].name.to_string());
         }
         let s = &mut self.plan.summary;
-        for (c, delta) in [
-            (&mut s.direct, direct),
-            (&mut s.relay, relay),
-            (&mut s.down, down),
-        ] {
-            *c = u32::try_from(i64::from(*c) + delta).unwrap_or(0);
+        for (path, d) in [PlannedPath::Direct, PlannedPath::Relay, PlannedPath::Down]
+            .into_iter()
+            .zip(delta)
+        {
+            let c = path_count(s, path);
+            *c = u32::try_from(i64::from(*c) + d).unwrap_or(0);
         }
-        if old.key.is_some() != self.plan.core.facts[k].key.is_some() {
-            self.plan.pending_nodes = pending(&self.plan.core.facts);
-        }
-        self.plan.changed = changed;
-        &self.plan.changed
+        changed
+    }
+}
+
+/// Nodes whose spec changes when the quarantine goes from `before` to `after` (which differ).
+/// A node that stays listed loses or gains whoever flipped; one that stays quarantined lists
+/// nobody either way; one that flips changes iff it lists somebody while it is not
+/// quarantined.
+fn quarantine_changes<'a>(
+    before: &'a [bool],
+    after: &'a [bool],
+) -> impl Iterator<Item = usize> + 'a {
+    let listed = |q: &[bool]| q.iter().filter(|x| !**x).count();
+    let (ok_before, ok_after) = (listed(before), listed(after));
+    (0..after.len()).filter(move |&i| match (before[i], after[i]) {
+        (true, true) => false,
+        (false, false) => true,
+        (false, true) => ok_before > 1,
+        (true, false) => ok_after > 1,
+    })
+}
+
+fn path_index(p: PlannedPath) -> usize {
+    match p {
+        PlannedPath::Direct => 0,
+        PlannedPath::Relay => 1,
+        PlannedPath::Down => 2,
     }
 }
 
@@ -451,19 +528,19 @@ fn tri(n: usize, i: usize, j: usize) -> usize {
     i * (2 * n - i - 1) / 2 + (j - i - 1)
 }
 
-fn count(plan: &mut Plan, path: PlannedPath, delta: u32) {
-    let c = match path {
-        PlannedPath::Direct => &mut plan.summary.direct,
-        PlannedPath::Relay => &mut plan.summary.relay,
-        PlannedPath::Down => &mut plan.summary.down,
-    };
-    *c += delta;
+fn path_count(s: &mut PathSummary, path: PlannedPath) -> &mut u32 {
+    match path {
+        PlannedPath::Direct => &mut s.direct,
+        PlannedPath::Relay => &mut s.relay,
+        PlannedPath::Down => &mut s.down,
+    }
 }
 
+/// Nodes whose agent has reported no key at all (a malformed one is a key problem instead).
 fn pending(facts: &[NodeFacts]) -> Vec<String> {
     facts
         .iter()
-        .filter(|f| f.key.is_none())
+        .filter(|f| f.key.is_none() && f.bad_key.is_none())
         .map(|f| f.name.to_string())
         .collect()
 }

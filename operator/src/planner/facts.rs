@@ -23,7 +23,10 @@ pub(crate) struct HostCandidate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct NodeFacts {
     pub name: Arc<str>,
+    /// The reported public key, when it is a well-formed one.
     pub key: Option<String>,
+    /// Why the reported key is unusable (the node is quarantined), when it is malformed.
+    pub bad_key: Option<String>,
     /// NAT type the rules use: the reported one, downgraded to `Unknown` when the endpoint
     /// that type relies on is missing (an "open" node without a public endpoint, a cone
     /// without a STUN mapping, a symmetric NAT without a known public IP).
@@ -70,9 +73,12 @@ impl NodeFacts {
         routed: Vec<IpNet>,
         internal_route: Option<IpNet>,
     ) -> NodeFacts {
-        let key = status
-            .and_then(|s| s.public_key.clone())
+        let reported = status
+            .and_then(|s| s.public_key.as_deref())
             .filter(|k| !k.is_empty());
+        // A malformed key is never copied anywhere: the CRD may predate the key schema.
+        let bad_key = reported.and_then(wirekube_crds::key_problem);
+        let key = reported.filter(|_| bad_key.is_none()).map(str::to_owned);
         let mut hosts = Vec::new();
         let mut srflx: Option<(String, SocketAddr)> = None;
         let mut prflx = Vec::new();
@@ -158,6 +164,7 @@ impl NodeFacts {
         NodeFacts {
             name: Arc::from(node.name.as_str()),
             key,
+            bad_key,
             nat,
             public_ip,
             hosts,

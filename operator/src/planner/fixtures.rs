@@ -49,6 +49,8 @@ pub struct Host {
     /// [`SYMMETRIC_STUN_PORT`] behind a symmetric NAT.
     pub mapped_port: Option<u16>,
     pub has_key: bool,
+    /// The key reported instead of [`test_key`] of the name (any string, malformed ones too).
+    pub raw_key: Option<String>,
     /// Peer-reflexive endpoints `(observer, ip:port)`.
     pub prflx: Vec<(String, String)>,
     /// Peers the agent reports a fallback to the relay for.
@@ -64,6 +66,7 @@ impl Host {
             public_ip: None,
             mapped_port: None,
             has_key: true,
+            raw_key: None,
             prflx: Vec::new(),
             fallbacks: Vec::new(),
         }
@@ -99,8 +102,15 @@ impl Host {
         self
     }
 
+    /// Reports `key` as is (a clone's, or a malformed one).
+    pub fn with_key(mut self, key: &str) -> Host {
+        self.has_key = true;
+        self.raw_key = Some(key.into());
+        self
+    }
+
     pub fn key(&self) -> String {
-        format!("key-{}", self.name)
+        self.raw_key.clone().unwrap_or_else(|| test_key(&self.name))
     }
 
     /// The `ip:port` peers reach this node's STUN mapping at.
@@ -235,4 +245,15 @@ pub fn synthetic_hosts(n: usize) -> Vec<Host> {
                 })
         })
         .collect()
+}
+
+/// A well-formed public key (base64 of 32 bytes) made from `label`, distinct for distinct
+/// labels of up to 32 bytes: the planner quarantines malformed keys, so fixtures need real ones.
+pub fn test_key(label: &str) -> String {
+    use base64::Engine;
+    let mut k = [0u8; 32];
+    for (d, s) in k.iter_mut().zip(label.bytes()) {
+        *d = s;
+    }
+    base64::engine::general_purpose::STANDARD.encode(k)
 }

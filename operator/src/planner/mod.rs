@@ -22,7 +22,8 @@
 //!
 //! Modules, by responsibility: `types` (input/output), `facts` (per-node facts derived once),
 //! `rules` (the pair table), `endpoints` (which address a side sends to), `alloc` (mesh IPs),
-//! `build` (plans, one-node re-plans, spec diff and summary), `select` (node selection),
+//! `build` (plans, one-node re-plans, spec diff and summary), `keys` (quarantine of nodes
+//! with a duplicate or malformed public key), `select` (node selection),
 //! `fixtures` (builders for tests and benchmarks).
 
 mod alloc;
@@ -30,12 +31,14 @@ mod build;
 mod endpoints;
 mod facts;
 pub mod fixtures;
+mod keys;
 pub mod routes;
 mod rules;
 mod select;
 mod types;
 
 pub use build::PathPlanner;
+pub use keys::{KeyProblem, duplicate_keys, key_problems};
 pub use rules::NAT_KEEPALIVE_SECS;
 pub use select::{select_nodes, selected};
 pub use types::{

@@ -233,6 +233,9 @@ pub struct Plan {
     /// Nodes in the mesh whose agent has not published a public key yet, sorted.
     pub pending_nodes: Vec<String>,
     pub issues: Vec<PlanIssue>,
+    /// Duplicate and malformed keys: the nodes they name are quarantined (listed by no spec,
+    /// listing nobody), and the summary counts their pairs `Down`.
+    pub key_problems: Vec<super::keys::KeyProblem>,
     /// Prefixes of `spec.routing` that are not carried, and why (the `RoutesCarried`
     /// condition); empty when everything asked for is carried.
     pub dropped_routes: Vec<super::routes::DroppedPrefix>,
@@ -292,6 +295,13 @@ impl Plan {
             std::cmp::Ordering::Greater => Some(self.core.pair(j, i)),
             std::cmp::Ordering::Equal => None,
         }
+    }
+
+    /// Why `node` is quarantined for its key, if it is.
+    pub fn quarantine(&self, node: &str) -> Option<&super::keys::KeyProblem> {
+        self.key_problems
+            .iter()
+            .find(|p| p.nodes().iter().any(|n| n == node))
     }
 
     /// Nodes that got no mesh IP because the CIDR is full.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use wirekube_crds::{NatType, WireKubeMesh, WireKubePeer};
 use wirekube_e2e::kube_lab::KubeLab;
 use wirekube_kubelab::cloud::LabCloud;
+use wirekube_operator::planner::fixtures::test_key;
 use wirekube_operator::{ControllerSettings, Metrics, OperatorSettings};
 
 pub const NS: &str = "wirekube-system";
@@ -232,7 +233,8 @@ impl Env {
     }
 
     /// Reports a status for `node` as its agent would (merge patch of the status subresource,
-    /// as the admin).
+    /// as the admin). `key` is a key, or a label made into one ([`test_key`]): the CRD refuses
+    /// anything that is not the base64 of 32 bytes.
     pub async fn report(
         &self,
         node: &str,
@@ -241,6 +243,11 @@ impl Env {
         host: &str,
         srflx: Option<&str>,
     ) {
+        let key = if wirekube_crds::is_public_key(key) {
+            key.to_string()
+        } else {
+            test_key(key)
+        };
         let mut candidates = vec![json!({"kind": "host", "address": host, "prefixLength": 24})];
         if let Some(s) = srflx {
             candidates.push(json!({"kind": "srflx", "address": s}));

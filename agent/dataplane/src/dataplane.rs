@@ -124,13 +124,17 @@ impl Dataplane {
             .await?
             .ok_or_else(|| DataplaneError::LinkNotFound(self.name.clone()))?;
         report.netlink_changes += self.nl.reconcile_link(&link, iface).await?;
-        let (routes, foreign) = self
+        // New routes, then rules, then stale routes: moving to another table (or priority)
+        // never leaves a moment in which the rule in force points at an empty table. Rules
+        // even with foreign routes in the table: every other prefix still works.
+        let routes = self
             .nl
             .reconcile_routes(link.index, iface, &route_prefixes(peers))
             .await?;
-        report.netlink_changes += routes;
-        // Rules even with foreign routes in the table: every other prefix still works.
+        report.netlink_changes += routes.changes;
         report.netlink_changes += self.nl.reconcile_rules(iface).await?;
+        report.netlink_changes += self.nl.delete_routes(routes.stale).await?;
+        let foreign = routes.foreign;
         if !report.is_noop() {
             tracing::info!(
                 wireguard = report.wireguard_changes,

@@ -31,6 +31,17 @@ pub(crate) struct LinkState {
     pub kind: Option<String>,
 }
 
+/// What `reconcile_routes` did and left to do.
+#[derive(Debug, Default)]
+pub(crate) struct RouteSync {
+    /// Writes made.
+    pub changes: usize,
+    /// Foreign routes at prefixes we need.
+    pub foreign: Vec<ForeignRoute>,
+    /// Our routes to delete once the rules are in place.
+    pub stale: Vec<RouteMessage>,
+}
+
 pub(crate) struct Netlink {
     handle: Handle,
 }
@@ -227,13 +238,14 @@ impl Netlink {
     /// with the mesh IP as the preferred source: traffic the node itself sends to a pod CIDR
     /// or node address behind a peer leaves from the mesh IP, so the reply comes back through
     /// the mesh. Only WireKube's routes are written (see `owner`); foreign routes at needed
-    /// prefixes are left alone and returned, with the number of writes.
+    /// prefixes are left alone and returned. Stale routes are returned too, for
+    /// [`Netlink::delete_routes`] after the rules.
     pub async fn reconcile_routes(
         &self,
         link_index: u32,
         iface: &InterfaceConfig,
         prefixes: &BTreeSet<IpNet>,
-    ) -> Result<(usize, Vec<ForeignRoute>), DataplaneError> {
+    ) -> Result<RouteSync, DataplaneError> {
         let scope = Scope {
             table: iface.table,
             priority: iface.rule_priority,
@@ -243,11 +255,13 @@ impl Netlink {
         let msgs = self.routes().await?;
         let views: Vec<RouteView> = msgs.iter().map(RouteView::of).collect();
         let plan = plan_routes(&views, prefixes, &scope, src);
-        let mut changes = 0;
+        let mut sync = RouteSync::default();
         for (i, r) in msgs.into_iter().enumerate() {
-            if plan.delete.contains(&i) {
+            if plan.duplicates.contains(&i) {
                 self.delete_route(r).await?;
-                changes += 1;
+                sync.changes += 1;
+            } else if plan.delete.contains(&i) {
+                sync.stale.push(r);
             }
         }
         for (p, replace) in plan
@@ -267,15 +281,14 @@ impl Netlink {
             req.execute().await.map_err(|e| {
                 DataplaneError::netlink(format!("add route {p} table {}", iface.table), e)
             })?;
-            changes += 1;
+            sync.changes += 1;
         }
-        let mut foreign = Vec::with_capacity(plan.conflicts.len());
         for v in plan.conflicts {
             let device = match v.oif {
                 Some(i) => self.link_name(i).await,
                 None => None,
             };
-            foreign.push(ForeignRoute {
+            sync.foreign.push(ForeignRoute {
                 prefix: v
                     .dst
                     .unwrap_or_else(|| unreachable!("conflicts have a prefix")),
@@ -284,7 +297,16 @@ impl Netlink {
                 device,
             });
         }
-        Ok((changes, foreign))
+        Ok(sync)
+    }
+
+    /// Deletes routes `reconcile_routes` found stale; returns the number of writes.
+    pub async fn delete_routes(&self, stale: Vec<RouteMessage>) -> Result<usize, DataplaneError> {
+        let n = stale.len();
+        for r in stale {
+            self.delete_route(r).await?;
+        }
+        Ok(n)
     }
 
     async fn rules(&self) -> Result<Vec<RuleMessage>, DataplaneError> {
@@ -346,6 +368,10 @@ impl Netlink {
         let views: Vec<RuleView> = msgs.iter().map(RuleView::of).collect();
         let (delete, add) = plan_rules(&views, desired, scope);
         let mut changes = 0;
+        for d in &add {
+            self.add_rule(d).await?;
+            changes += 1;
+        }
         for (i, msg) in msgs.into_iter().enumerate() {
             if delete.contains(&i) {
                 let op = format!("delete rule {:?}", views[i].key);
@@ -357,10 +383,6 @@ impl Netlink {
                     .map_err(|e| DataplaneError::netlink(op, e))?;
                 changes += 1;
             }
-        }
-        for d in &add {
-            self.add_rule(d).await?;
-            changes += 1;
         }
         Ok(changes)
     }

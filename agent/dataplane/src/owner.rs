@@ -114,8 +114,12 @@ pub(crate) fn route_is_ours(v: &RouteView, scope: &Scope) -> bool {
 /// The writes that bring the routes to one per desired prefix in `scope.table`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RoutePlan {
-    /// Indices into the current routes: ours and not wanted (stale, duplicate, other table).
+    /// Indices into the current routes: ours and not wanted (stale, other table). Deleted
+    /// last, after the rules, so that a move to another table never leaves a gap.
     pub delete: Vec<usize>,
+    /// Indices of extra routes of ours at desired prefixes: deleted first, so that a replace
+    /// cannot hit one of them.
+    pub duplicates: Vec<usize>,
     /// Ours at a desired prefix but not exactly as desired (unmarked, other source):
     /// rewritten in place (`NLM_F_REPLACE`), so the prefix is never unrouted.
     pub replace: Vec<IpNet>,
@@ -161,6 +165,10 @@ pub(crate) fn plan_routes(
             Some(d) if foreign.contains_key(&d) => {}
             Some(d) if !exact(v) => plan.replace.push(d),
             Some(_) => {}
+            None if in_table(v).is_some() => {
+                plan.duplicates.push(i);
+                continue;
+            }
             None => {
                 plan.delete.push(i);
                 continue;
@@ -258,8 +266,10 @@ pub(crate) fn rule_is_ours(v: &RuleView, scope: &Scope) -> bool {
 }
 
 /// Indices of our rules to delete (not desired, duplicates, unmarked) and the desired
-/// rules to add. An unmarked rule is deleted before its marked replacement is added: the
-/// kernel's delete ignores an unset protocol and could otherwise remove the new one.
+/// rules to add. The caller adds first, so traffic always meets a rule. That holds for an
+/// unmarked rule and its marked twin too: the kernel tells them apart when adding (its
+/// duplicate check compares the protocol), and a delete without protocol removes the first
+/// match in list order, the older rule (a new rule goes after those of equal priority).
 pub(crate) fn plan_rules(
     cur: &[RuleView],
     desired: &[RuleKey],

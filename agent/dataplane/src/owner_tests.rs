@@ -131,7 +131,8 @@ fn marked_routes_elsewhere_or_wrong_are_fixed() {
         src(),
     );
     assert_eq!(plan.replace, vec![net("100.96.0.2/32")]);
-    assert_eq!(plan.delete, vec![1, 3]);
+    assert_eq!(plan.delete, vec![1]);
+    assert_eq!(plan.duplicates, vec![3]);
     assert!(plan.add.is_empty());
 }
 
@@ -144,8 +145,8 @@ fn of_two_owned_routes_the_exact_one_stays() {
         ours("100.96.0.2/32"),
     ];
     let plan = plan_routes(&cur, &desired(&["100.96.0.2/32"]), &scope(), src());
-    assert_eq!(plan.delete, vec![0]);
-    assert!(plan.replace.is_empty() && plan.add.is_empty());
+    assert_eq!(plan.duplicates, vec![0]);
+    assert!(plan.delete.is_empty() && plan.replace.is_empty() && plan.add.is_empty());
 }
 
 #[test]

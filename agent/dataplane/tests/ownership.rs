@@ -243,3 +243,46 @@ fn state_of_agents_before_the_mark_is_adopted() {
     });
     assert_eq!(ours_left(&ns), "");
 }
+
+#[test]
+fn changing_table_and_priority_leaves_nothing_behind() {
+    let lab = Lab::new("mov");
+    let ns = lab.a.clone();
+    let (sk, _) = keypair(16);
+    let (_, pkb) = keypair(17);
+    let mut ia = iface(&lab.ifname("a"), sk, "100.96.0.1");
+    let pb = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+    let moved = in_ns(&ns, || {
+        let ia = &mut ia;
+        async move {
+            let mut dp = Dataplane::open(wggo(), ia).await.unwrap();
+            dp.reconcile(ia, &pb).await.unwrap();
+            ia.table = 4242;
+            ia.rule_priority = 4000;
+            let r = dp.reconcile(ia, &pb).await.unwrap();
+            assert!(dp.reconcile(ia, &pb).await.unwrap().is_noop());
+            r
+        }
+    });
+    // One route added and one deleted, two rules added and two deleted.
+    assert_eq!(moved.netlink_changes, 6, "{moved:?}");
+    let (old_v4, _, rules) = routing(&ns, TABLE);
+    assert_eq!(old_v4, "");
+    let (new_v4, _, _) = routing(&ns, 4242);
+    assert!(new_v4.contains("100.96.0.2 dev"), "{new_v4}");
+    assert!(!rules.contains(&TABLE.to_string()), "{rules}");
+    assert!(
+        rules.contains("4000:\tfrom all lookup 4242 proto 87"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("3999:\tfrom all fwmark 0xca6c lookup main proto 87"),
+        "{rules}"
+    );
+    in_ns(&ns, || async {
+        Dataplane::cleanup(&ia.name, ia.table, ia.rule_priority)
+            .await
+            .unwrap();
+    });
+    assert_eq!(ours_left(&ns), "");
+}

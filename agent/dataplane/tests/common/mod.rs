@@ -90,6 +90,19 @@ impl Lab {
             run(&["ip", "-n", ns, "link", "set", "v0", "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
+        // Carrier comes up asynchronously; until then routes print `linkdown`, and tests
+        // that compare route tables before and after would see a difference that is not theirs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while [&a, &b]
+            .iter()
+            .any(|ns| !run(&["ip", "-n", ns, "-o", "link", "show", "v0"]).contains("LOWER_UP"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "veth carrier never came up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         lab
     }
 

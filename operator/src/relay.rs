@@ -7,9 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -70,6 +71,17 @@ fn meta(mesh: &WireKubeMesh, namespace: &str) -> Result<ObjectMeta> {
     })
 }
 
+/// Bytes the relay may queue for all its clients together (`--total-queue-bytes`).
+pub const RELAY_QUEUE_BUDGET_MIB: u64 = 256;
+/// The relay container's memory limit: the queue budget, plus what its connections hold
+/// outside it at `--max-connections` 10,000 (~24 KiB of state and up to 16 KiB of queue
+/// each, ~400 MiB), pre-auth buffers (at most 1,000 × 64 KiB) and read buffers of
+/// clients sending at full speed (~320 KiB each). See docs/relay.md.
+pub const RELAY_MEMORY_LIMIT: &str = "1Gi";
+/// What a relay typically uses (a few hundred agents, queues mostly empty).
+pub const RELAY_MEMORY_REQUEST: &str = "128Mi";
+pub const RELAY_CPU_REQUEST: &str = "100m";
+
 /// The relay binary's arguments (flags of `wirekube-relay`, see relay/src/main.rs).
 pub fn relay_args(port: u16) -> Vec<String> {
     vec![
@@ -78,7 +90,26 @@ pub fn relay_args(port: u16) -> Vec<String> {
         format!("--stun-alt-port={}", port + 1),
         format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
         format!("--token-file={TOKEN_DIR}/{TOKEN_KEY}"),
+        // Explicit so the memory limit below and the budget cannot drift apart.
+        format!("--total-queue-bytes={}", RELAY_QUEUE_BUDGET_MIB << 20),
     ]
+}
+
+/// Requests and limits of the relay container. No CPU limit: throttling a relay adds
+/// latency to every relayed packet, and the request already gives it its share.
+pub fn relay_resources() -> ResourceRequirements {
+    let q = |v: &str| Quantity(v.to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q(RELAY_CPU_REQUEST)),
+            ("memory".to_string(), q(RELAY_MEMORY_REQUEST)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            q(RELAY_MEMORY_LIMIT),
+        )])),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// The relay Deployment.
@@ -126,6 +157,7 @@ pub fn desired_deployment(
             port("stun-alt", m.port + 1, "UDP"),
             port("metrics", METRICS_PORT, "TCP"),
         ]),
+        resources: Some(relay_resources()),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
         volume_mounts: Some(vec![VolumeMount {

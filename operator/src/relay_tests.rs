@@ -50,7 +50,20 @@ fn deployment_has_image_replicas_args_secret_and_owner() {
             "--stun-alt-port=3479",
             "--metrics-listen=0.0.0.0:9090",
             "--token-file=/etc/wirekube/token/token",
+            "--total-queue-bytes=268435456",
         ]
+    );
+    let res = c.resources.as_ref().unwrap();
+    let get = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+    };
+    assert_eq!(get(&res.requests, "memory").as_deref(), Some("128Mi"));
+    assert_eq!(get(&res.requests, "cpu").as_deref(), Some("100m"));
+    assert_eq!(get(&res.limits, "memory").as_deref(), Some("1Gi"));
+    assert_eq!(
+        get(&res.limits, "cpu"),
+        None,
+        "no CPU throttling of the relay"
     );
     assert_eq!(c.env.as_ref().unwrap()[0].name, "WIREKUBE_RELAY_STUN_IP");
     let vol = &pod.volumes.as_ref().unwrap()[0];
@@ -69,6 +82,24 @@ fn deployment_has_image_replicas_args_secret_and_owner() {
             .image
             .as_deref(),
         Some("local/relay:dev")
+    );
+}
+
+/// The memory limit must hold the queue budget the relay is started with, plus the
+/// connections' own memory (docs/relay.md): at least 2.5× the budget.
+#[test]
+fn relay_memory_limit_covers_the_queue_budget() {
+    let limit_mib = match RELAY_MEMORY_LIMIT.strip_suffix("Gi") {
+        Some(g) => g.parse::<u64>().unwrap() * 1024,
+        None => RELAY_MEMORY_LIMIT
+            .strip_suffix("Mi")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+    };
+    assert!(
+        limit_mib * 2 >= RELAY_QUEUE_BUDGET_MIB * 5,
+        "{limit_mib} MiB"
     );
 }
 

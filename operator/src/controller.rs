@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Config as CtrlConfig, Controller};
@@ -298,7 +298,8 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         } else {
             EventType::Normal
         };
-        publish(ctx, mesh, ty, reason, note).await;
+        let related = d.node().map(peer_ref);
+        publish_about(ctx, mesh, ty, reason, note, related).await;
     }
 
     let counts = status::node_counts(nodes.len(), statuses.values(), outcome.pending.len());
@@ -464,6 +465,27 @@ async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<Nod
 }
 
 async fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {
+    publish_about(ctx, mesh, type_, reason, note, None).await;
+}
+
+fn peer_ref(node: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(WireKubePeer::api_version(&()).into_owned()),
+        kind: Some(WireKubePeer::kind(&()).into_owned()),
+        name: Some(node.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+/// An event about the mesh and, when `related` is set, that object too.
+async fn publish_about(
+    ctx: &Context,
+    mesh: &WireKubeMesh,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
@@ -472,7 +494,7 @@ async fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &
         reason: reason.into(),
         note: Some(note),
         action: "Reconcile".into(),
-        secondary: None,
+        secondary: related,
     };
     match ctx.recorder.publish(&ev, &mesh.object_ref(&())).await {
         Ok(()) => ctx.writer.metrics.write("Event", "create"),

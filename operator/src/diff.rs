@@ -86,10 +86,11 @@ pub enum Decision {
     /// More pairs moved than are announced one by one.
     PairsToRelay(usize),
     RelayEndpointsPublished(Vec<String>),
-    /// Nodes newly quarantined for their key; `note` names them all.
+    /// Nodes newly quarantined for their key; `note` names them all, `first` is the first.
     KeyQuarantined {
         reason: &'static str,
         note: String,
+        first: String,
     },
     /// A quarantined node's key is usable again: it is back in every spec.
     KeyQuarantineLifted(String),
@@ -121,11 +122,22 @@ impl Decision {
                 "RelayEndpointPublished",
                 format!("relay endpoints published: {}", e.join(", ")),
             ),
-            Decision::KeyQuarantined { reason, note } => (reason, note.clone()),
+            Decision::KeyQuarantined { reason, note, .. } => (reason, note.clone()),
             Decision::KeyQuarantineLifted(n) => (
                 "PublicKeyAccepted",
                 format!("node {n} is back in the mesh: its public key is well-formed and unique"),
             ),
+        }
+    }
+
+    /// The node whose peer the event is also about (its `related` object). Events of one
+    /// reason about one mesh are otherwise merged into one series by the recorder, so two
+    /// collisions would show as one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Decision::KeyQuarantined { first, .. } => Some(first),
+            Decision::KeyQuarantineLifted(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -155,6 +167,7 @@ pub fn key_decisions(stored: &BTreeMap<&str, &str>, problems: &[KeyProblem]) -> 
             out.push(Decision::KeyQuarantined {
                 reason: p.reason(),
                 note,
+                first: p.nodes().first().cloned().unwrap_or_default(),
             });
         }
     }

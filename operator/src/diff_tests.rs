@@ -91,6 +91,12 @@ fn key_events_only_on_change() {
     let quarantined = |reason: &'static str, note: &str| Decision::KeyQuarantined {
         reason,
         note: note.to_string(),
+        first: if reason == "MalformedPublicKey" {
+            "c"
+        } else {
+            "a"
+        }
+        .into(),
     };
     // (stored notes, problems, events)
     type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<KeyProblem>, Vec<Decision>);
@@ -137,6 +143,7 @@ fn key_events_only_on_change() {
     assert_eq!(reason, "DuplicatePublicKey");
     assert!(text.contains("a, b"), "{text}");
     assert!(quarantined("DuplicatePublicKey", &note).is_warning());
+    assert_eq!(quarantined("DuplicatePublicKey", &note).node(), Some("a"));
     assert!(!Decision::KeyQuarantineLifted("a".into()).is_warning());
 }
 

@@ -196,6 +196,8 @@ pub(crate) async fn serve(
     let hs = tokio::select! {
         r = timeout(shared.cfg.auth_timeout, handshake(&mut framed, addr.ip(), &shared)) => r,
         _ = shared.shutdown.cancelled() => Ok(Err(Refusal::new(ErrorCode::ShuttingDown, "shutdown", "relay shutting down"))),
+        // Closed without an Error frame or linger: evictions happen at flood rates.
+        _ = ticket.evicted().cancelled() => Ok(Err(Refusal::silent("evicted"))),
     };
     let key = match hs {
         Ok(Ok(k)) => k,

@@ -22,7 +22,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "timeout",
     "server_full",
     "source_limit",
-    "unauthenticated_full",
+    "evicted",
     "hello_timeout",
     "shutdown",
     "closed",

@@ -191,10 +191,6 @@ fn refuse(
             ErrorCode::RateLimited,
             "too many unauthenticated connections from this source",
         ),
-        Refused::Unauthenticated => (
-            ErrorCode::ServerFull,
-            "too many unauthenticated connections",
-        ),
         Refused::Full => (ErrorCode::ServerFull, "relay connection limit reached"),
     };
     tracing::debug!(reason = why.reason(), "connection refused");

@@ -118,3 +118,56 @@ async fn agents_keep_relaying_and_connecting_during_a_flood_from_one_host() {
     assert_eq!(refused(&relay, "server_full"), 0);
     relay.shutdown().await;
 }
+
+/// Idle connections from 50 addresses (127.0.1.x), first as fast as possible, then one
+/// every 5 ms: more than the unauthenticated budget, none over its per-source limit.
+fn distributed_flood(to: SocketAddr, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut held = std::collections::VecDeque::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for i in 0usize.. {
+            if stop.is_cancelled() {
+                return;
+            }
+            if i >= 300 {
+                tick.tick().await;
+            }
+            let ip = format!("127.0.1.{}", 1 + i % 50);
+            if let Ok(s) = connect_from(&ip, to).await {
+                held.push_back(s);
+                if held.len() > 1000 {
+                    held.pop_front();
+                }
+            }
+        }
+    })
+}
+
+/// Many hosts keep the unauthenticated budget full: the oldest unauthenticated connection
+/// makes room for each newcomer, so an agent's handshake (a round trip) still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_unauthenticated_budget_evicts_the_oldest_so_agents_get_in() {
+    let mut cfg = config();
+    cfg.max_connections = 400;
+    let relay = Relay::start(cfg).await.unwrap();
+    let (a, mut a_rx, ak) = connected(&relay).await;
+    let stop = CancellationToken::new();
+    let flooder = distributed_flood(relay.tcp_addr, stop.clone());
+    wait_for("flood connections evicted", || {
+        refused(&relay, "evicted") >= 50
+    })
+    .await;
+    let (c, mut c_rx, ck) = connected(&relay).await;
+    exchange(&c, &mut a_rx, &ak, 10).await;
+    exchange(&a, &mut c_rx, &ck, 10).await;
+    stop.cancel();
+    flooder.await.unwrap();
+    eprintln!(
+        "evicted {} source_limit {} server_full {}",
+        refused(&relay, "evicted"),
+        refused(&relay, "source_limit"),
+        refused(&relay, "server_full")
+    );
+    assert_eq!(refused(&relay, "server_full"), 0);
+    relay.shutdown().await;
+}

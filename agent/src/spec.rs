@@ -1,6 +1,7 @@
 //! Spec → dataplane mapping (pure): the interface config, and per peer the WireGuard peer
 //! config given the path state's choice of endpoint.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -166,7 +167,67 @@ pub fn peer_targets(spec: &WireKubePeerSpec) -> (Vec<PeerTarget>, Vec<SpecError>
             },
         });
     }
+    let out = skip_shared_keys(out, &mut problems);
     (out, problems)
+}
+
+/// Drops every peer whose key is listed under another name too, reporting each. The dataplane
+/// refuses a config with one key twice (one WireGuard peer per key), so without this one bad
+/// spec would stop every peer; and which of the names really owns the key cannot be known
+/// here (the operator quarantines such nodes, docs/operator.md "Public keys").
+fn skip_shared_keys(targets: Vec<PeerTarget>, problems: &mut Vec<SpecError>) -> Vec<PeerTarget> {
+    let mut by_key: HashMap<[u8; 32], Vec<&str>> = HashMap::new();
+    for t in &targets {
+        by_key.entry(*t.key.as_bytes()).or_default().push(&t.name);
+    }
+    let mut shared: HashMap<String, Vec<String>> = HashMap::new();
+    for names in by_key.values().filter(|n| n.len() > 1) {
+        for n in names {
+            let others = names.iter().filter(|o| *o != n).map(|o| o.to_string());
+            shared.insert(n.to_string(), others.collect());
+        }
+    }
+    if shared.is_empty() {
+        return targets;
+    }
+    targets
+        .into_iter()
+        .filter(|t| match shared.get(&t.name) {
+            None => true,
+            Some(others) => {
+                problems.push(SpecError::Peer {
+                    peer: t.name.clone(),
+                    what: format!(
+                        "publicKey is also listed for {}; all of them are skipped",
+                        others.join(", ")
+                    ),
+                });
+                false
+            }
+        })
+        .collect()
+}
+
+/// Drops a peer that carries this node's own key (WireGuard ignores such a peer, so the
+/// dataplane would find it missing on every pass), reporting it.
+pub fn without_own_key(
+    targets: Vec<PeerTarget>,
+    own: &PublicKey,
+    problems: &mut Vec<SpecError>,
+) -> Vec<PeerTarget> {
+    targets
+        .into_iter()
+        .filter(|t| {
+            let mine = t.key.as_bytes() == own.as_bytes();
+            if mine {
+                problems.push(SpecError::Peer {
+                    peer: t.name.clone(),
+                    what: "publicKey is this node's own; skipped".into(),
+                });
+            }
+            !mine
+        })
+        .collect()
 }
 
 /// What WireGuard currently has for a peer (from its stats).

@@ -157,3 +157,44 @@ fn endpoint_choice_respects_roaming_and_relay() {
     let c = peer_config(&e, Want::Direct, cur(relay, fresh, true), Some(relay), now);
     assert_eq!(c.endpoint, None);
 }
+
+/// A spec listing one key under two names (the operator quarantines such nodes, but a spec
+/// written by anything else must not freeze the dataplane, which refuses the whole config):
+/// both peers are skipped and reported, the others are kept.
+#[test]
+fn a_key_listed_twice_skips_both_peers() {
+    let mut s = spec();
+    let shared = key();
+    s.peers[0].public_key = shared.clone();
+    s.peers[4].public_key = shared;
+    let (t, problems) = peer_targets(&s);
+    let names: Vec<&str> = t.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["b"]);
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(
+        text[1].contains("peer a") && text[1].contains("also listed for e"),
+        "{text:?}"
+    );
+    assert!(
+        text[2].contains("peer e") && text[2].contains("also listed for a"),
+        "{text:?}"
+    );
+}
+
+/// A peer carrying this node's own key is skipped: WireGuard ignores it, so the dataplane
+/// would report it missing on every pass.
+#[test]
+fn own_key_is_never_a_peer() {
+    let own = PrivateKey::generate().public_key();
+    let mut s = spec();
+    s.peers[1].public_key = own.to_base64();
+    let (t, mut problems) = peer_targets(&s);
+    let t = without_own_key(t, &own, &mut problems);
+    let names: Vec<&str> = t.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "e"]);
+    assert!(problems.iter().any(|p| {
+        p.to_string()
+            .contains("peer b: publicKey is this node's own")
+    }));
+}

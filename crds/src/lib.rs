@@ -64,4 +64,7 @@ pub mod conditions {
     /// Peer: the operator lists this node's key in the other nodes' specs (False while it is
     /// quarantined, see `QUARANTINE_ANNOTATION`).
     pub const PUBLIC_KEY_ACCEPTED: &str = "PublicKeyAccepted";
+    /// Peer: every entry of the spec is configured (False names each one the agent skipped,
+    /// e.g. a malformed key or one key listed under two names, and why).
+    pub const PEERS_ACCEPTED: &str = "PeersAccepted";
 }

@@ -10,10 +10,12 @@ impl Agent {
         let now_sys = SystemTime::now();
         let spec = &peer.spec;
         let iface = spec::interface_config(spec, self.id.private_bytes(), self.cfg.local);
-        let (targets, problems) = spec::peer_targets(spec);
+        let (targets, mut problems) = spec::peer_targets(spec);
+        let targets = spec::without_own_key(targets, &self.id.public_key(), &mut problems);
         for p in &problems {
             tracing::warn!("spec: {p}");
         }
+        self.spec_problems = problems.iter().map(ToString::to_string).collect();
         self.update_peers(&targets, timing(spec, self.cfg.probe_min), now);
         if let Some(r) = &self.relay {
             let keys: HashSet<[u8; 32]> = targets.iter().map(|t| *t.key.as_bytes()).collect();

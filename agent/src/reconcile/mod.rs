@@ -99,6 +99,8 @@ pub struct Agent {
     discovery_failures: u32,
     last_status: Option<WireKubePeerStatus>,
     last_patch: Option<Instant>,
+    /// Peers of the last spec that were skipped, and why (the `PeersAccepted` condition).
+    spec_problems: Vec<String>,
 }
 
 fn engine_of(k: EngineKind) -> Engine {
@@ -145,6 +147,7 @@ impl Agent {
             discovery_failures: 0,
             last_status: None,
             last_patch: None,
+            spec_problems: Vec::new(),
         }
     }
 

@@ -163,6 +163,7 @@ impl Agent {
                 msg,
             ));
         }
+        conds.extend(key_conditions(peer, &self.spec_problems));
         conds.push(CondInput::new(
             ct::READY,
             dp_ok,
@@ -222,5 +223,65 @@ impl Agent {
                 tracing::warn!(error = %e, "status apply failed (will retry)");
             }
         }
+    }
+}
+
+/// `PublicKeyAccepted` (False while the operator quarantines this node for its key, with the
+/// operator's note) and `PeersAccepted` (False naming each peer of the spec that was skipped).
+fn key_conditions(peer: &WireKubePeer, problems: &[String]) -> [CondInput; 2] {
+    let note = peer
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(wirekube_crds::QUARANTINE_ANNOTATION));
+    let key = match note {
+        Some(n) => CondInput::new(ct::PUBLIC_KEY_ACCEPTED, false, "Quarantined", n.clone()),
+        None => CondInput::new(
+            ct::PUBLIC_KEY_ACCEPTED,
+            true,
+            "Listed",
+            "the operator lists this node's key in the other nodes' specs",
+        ),
+    };
+    let peers = if problems.is_empty() {
+        CondInput::new(
+            ct::PEERS_ACCEPTED,
+            true,
+            "AllValid",
+            "every peer of the spec is configured",
+        )
+    } else {
+        CondInput::new(
+            ct::PEERS_ACCEPTED,
+            false,
+            "PeersSkipped",
+            problems.join(" | "),
+        )
+    };
+    [key, peers]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_note_and_skipped_peers_become_conditions() {
+        let mut p = WireKubePeer::new("n1", Default::default());
+        let [key, peers] = key_conditions(&p, &[]);
+        assert!(key.ok && peers.ok);
+        p.metadata.annotations = Some(
+            [(
+                wirekube_crds::QUARANTINE_ANNOTATION.to_string(),
+                "nodes n1, n2 report the same public key".to_string(),
+            )]
+            .into(),
+        );
+        let skipped = ["peer x: publicKey is also listed for y".to_string()];
+        let [key, peers] = key_conditions(&p, &skipped);
+        assert_eq!((key.ok, key.reason.as_str()), (false, "Quarantined"));
+        assert!(key.message.contains("n1, n2"));
+        assert_eq!((peers.ok, peers.reason.as_str()), (false, "PeersSkipped"));
+        assert_eq!(peers.message, skipped[0]);
     }
 }

@@ -402,7 +402,8 @@ impl PathPlanner {
     /// those, e.g. from `plan().changed_specs()`. Membership, mesh spec and relay changes
     /// need a new [`PathPlanner::new`]; a node not in the mesh is ignored. A status change
     /// that alters none of the facts the planner uses (byte counters, handshake times,
-    /// conditions) costs one comparison.
+    /// conditions) costs one comparison. A key change that moves a node into or out of
+    /// quarantine also re-counts the summary (O(n²), rare).
     pub fn update_status(
         &mut self,
         node: &str,

@@ -64,6 +64,7 @@ async fn spawn_relay(extra: &[&str]) -> Child {
             "--registration-burst",
             "100000",
         ])
+        .args(extra)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -15,11 +15,12 @@ use wirekube_relay::{Metrics, Relay};
 use wirekube_relay_proto::{PrivateKey, RelayClient, RelayReceiver, Status};
 
 const FLOOD_SOURCE: &str = "127.0.0.2";
-/// Idle connections the flooder keeps open at most (oldest dropped first): more than the
-/// relay's max_connections in this test, so without pre-auth limits it fills every slot.
-const HELD: usize = 300;
-/// How long the flooder keeps an idle connection.
-const KEEP: Duration = Duration::from_secs(3);
+/// Idle connections the flooder keeps open at most: more than the relay's
+/// max_connections in this test, so without pre-auth limits it takes every slot that
+/// frees up.
+const HELD: usize = 1000;
+/// How long the flooder keeps an idle connection: past the relay's 10 s auth timeout.
+const KEEP: Duration = Duration::from_secs(12);
 
 async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpSocket::new_v4()?;
@@ -27,24 +28,26 @@ async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     s.connect(to).await
 }
 
+/// Whether the relay still holds `s` open without having said anything (a refusal sends
+/// an Error frame and closes).
+fn silent(s: &TcpStream) -> bool {
+    matches!(s.try_read(&mut [0u8; 64]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Opens connections from `FLOOD_SOURCE` until `stop`: idle ones, kept for `KEEP` (past
-/// the first-frame deadline) while fewer than `HELD` are open, and garbage ones.
+/// the auth timeout) while the relay keeps them, and garbage ones. Refused connections
+/// are let go, so the flooder takes every slot that frees up.
 fn flood(to: SocketAddr, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
-        let mut held = std::collections::VecDeque::new();
+        let mut held: Vec<(Instant, TcpStream)> = Vec::new();
         let mut opened = 0u64;
         while !stop.is_cancelled() {
-            while held
-                .front()
-                .is_some_and(|(t, _): &(Instant, TcpStream)| t.elapsed() > KEEP)
-            {
-                held.pop_front();
-            }
+            held.retain(|(t, s)| t.elapsed() < KEEP && silent(s));
             if held.len() < HELD
                 && let Ok(s) = connect_from(FLOOD_SOURCE, to).await
             {
                 opened += 1;
-                held.push_back((Instant::now(), s));
+                held.push((Instant::now(), s));
             }
             if let Ok(mut s) = connect_from(FLOOD_SOURCE, to).await {
                 opened += 1;

@@ -244,30 +244,37 @@ async fn logins(relay: &Child, n: usize) -> usize {
     ok
 }
 
-/// Opens connections from `sources` round-robin until `stop`: idle ones kept 12 s (longer
-/// than the 10 s auth timeout; at most 12,000 open, more than `--max-connections`) and
-/// garbage ones. Returns how many were opened.
+/// Whether the relay still holds `s` open without having said anything (a refusal sends
+/// an Error frame and closes).
+fn silent(s: &TcpStream) -> bool {
+    matches!(s.try_read(&mut [0u8; 64]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Opens connections from `sources` round-robin until `stop`: idle ones, kept 12 s (past
+/// the 10 s auth timeout) while the relay keeps them (at most 12,000), and garbage ones.
+/// Refused connections are let go, so without pre-auth limits the flood takes every slot
+/// that frees up. Returns how many connections were opened.
 fn flood(
     to: SocketAddr,
     sources: Vec<IpAddr>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
-        let mut held = std::collections::VecDeque::new();
+        let mut held: Vec<(Instant, TcpStream)> = Vec::new();
         let (mut opened, mut i) = (0u64, 0usize);
-        while !stop.load(Ordering::Relaxed) {
-            while held
-                .front()
-                .is_some_and(|(t, _): &(Instant, TcpStream)| t.elapsed() > Duration::from_secs(12))
-            {
-                held.pop_front();
+        for round in 0u64.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
             i = (i + 1) % sources.len();
+            if round % 64 == 0 {
+                held.retain(|(t, s)| t.elapsed() < Duration::from_secs(12) && silent(s));
+            }
             if held.len() < 12_000
                 && let Ok(s) = connect_from(sources[i], to, None).await
             {
                 opened += 1;
-                held.push_back((Instant::now(), s));
+                held.push((Instant::now(), s));
             }
             if let Ok(mut s) = connect_from(sources[i], to, None).await {
                 opened += 1;

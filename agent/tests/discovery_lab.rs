@@ -47,7 +47,7 @@ fn discover_in(lab: &Lab, host: &Host, servers: Vec<String>, hold_port: bool) ->
                 None
             };
             let local = candidates::local_addrs().unwrap();
-            discovery::discover(&servers, Some(51820), local, Retransmit::default()).await
+            discovery::discover(&servers, Some(51820), local, vec![], Retransmit::default()).await
         })
     })
     .unwrap()

@@ -76,6 +76,10 @@ pub enum ActualPath {
 pub enum NatType {
     /// The mapped address is on a local NIC: no NAT.
     Open,
+    /// A 1:1 NAT (a cloud's elastic IP): the mapped address is one of the node's
+    /// `ExternalIP`s, the port is preserved and any remote may send to it. Reachable like
+    /// `open`, but the address is not on a local NIC (so it is not called `open`).
+    OneToOne,
     /// Endpoint-independent mapping and filtering.
     FullCone,
     /// Endpoint-independent mapping, address-dependent filtering.
@@ -91,6 +95,12 @@ pub enum NatType {
 }
 
 impl NatType {
+    /// Anyone can send to this node's public endpoint unsolicited: a public IP on its NIC or
+    /// a 1:1 NAT in front of it.
+    pub fn is_reachable(self) -> bool {
+        matches!(self, NatType::Open | NatType::OneToOne)
+    }
+
     /// Cones keep one public mapping for every destination.
     pub fn is_cone(self) -> bool {
         matches!(
@@ -228,6 +238,10 @@ mod tests {
 
     #[test]
     fn nat_types_are_kebab_case() {
+        assert_eq!(
+            serde_json::to_value(NatType::OneToOne).unwrap(),
+            "one-to-one"
+        );
         assert_eq!(
             serde_json::to_value(NatType::AddressRestricted).unwrap(),
             "address-restricted"

@@ -64,6 +64,11 @@ pub struct WireKubePeerSpec {
     pub stun_servers: Vec<String>,
     #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
     pub direct_timeout: String,
+    /// This node's `ExternalIP` addresses, as its cloud reports them on the Node. The agent
+    /// uses them to recognise a 1:1 NAT (an elastic IP): a STUN mapping onto one of them with
+    /// the port preserved and endpoint-independent filtering.
+    #[serde(rename = "externalIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
     /// This node's pod CIDRs (`Node.spec.podCIDRs`), for the pod network.
     #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<String>,

@@ -13,8 +13,9 @@ use NatType::*;
 use PathReason as R;
 use PlannedPath::{Direct, Down, Relay};
 
-const NATS: [NatType; 7] = [
+const NATS: [NatType; 8] = [
     Open,
+    OneToOne,
     FullCone,
     AddressRestricted,
     PortRestricted,
@@ -34,8 +35,16 @@ use Init::*;
 
 /// Two nodes on different sites, `mode: auto`, relay published.
 #[rustfmt::skip]
-const CROSS_SITE_AUTO: [(NatType, NatType, PlannedPath, PathReason, Init); 28] = [
+const CROSS_SITE_AUTO: [(NatType, NatType, PlannedPath, PathReason, Init); 36] = [
     (Open,              Open,              Direct, R::PublicPeer,              Both),
+    (Open,              OneToOne,          Direct, R::PublicPeer,              Both),
+    (OneToOne,          OneToOne,          Direct, R::PublicPeer,              Both),
+    (OneToOne,          FullCone,          Direct, R::PublicPeer,              Second),
+    (OneToOne,          AddressRestricted, Direct, R::PublicPeer,              Second),
+    (OneToOne,          PortRestricted,    Direct, R::PublicPeer,              Second),
+    (OneToOne,          Symmetric,         Direct, R::PublicPeer,              Second),
+    (OneToOne,          UdpBlocked,        Relay,  R::UdpBlocked,              Both),
+    (OneToOne,          Unknown,           Relay,  R::NatUnknown,              Both),
     (Open,              FullCone,          Direct, R::PublicPeer,              Second),
     (Open,              AddressRestricted, Direct, R::PublicPeer,              Second),
     (Open,              PortRestricted,    Direct, R::PublicPeer,              Second),
@@ -176,7 +185,7 @@ fn run_matrix(mode: RelayMode, relay: bool) -> usize {
 
 #[test]
 fn nat_matrix_mode_auto_with_relay() {
-    assert_eq!(run_matrix(RelayMode::Auto, true), 98);
+    assert_eq!(run_matrix(RelayMode::Auto, true), 128);
 }
 
 #[test]
@@ -208,7 +217,9 @@ fn nat_matrix_keepalive() {
                 let (sa, sb) = (p.spec("a").unwrap(), p.spec("b").unwrap());
                 let (ea, eb) = (&sa.peers[0], &sb.peers[0]);
                 assert_eq!(ea.persistent_keepalive, eb.persistent_keepalive);
-                let nat_between = ea.path == Direct && !same_site && !(a == Open && b == Open);
+                // A 1:1 NAT is static: nothing between two reachable nodes expires.
+                let nat_between =
+                    ea.path == Direct && !same_site && !(a.is_reachable() && b.is_reachable());
                 let want = if nat_between { 10 } else { 25 };
                 assert_eq!(ea.persistent_keepalive, want, "{a:?} {b:?} {same_site}");
             }

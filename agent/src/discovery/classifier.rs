@@ -36,6 +36,12 @@ pub struct MappingResult {
 pub struct ClassifierInput {
     /// Addresses on local interfaces (to recognise "open": the mapped IP is ours).
     pub local_ips: Vec<IpAddr>,
+    /// The node's `ExternalIP`s as its cloud reports them (the spec's `externalIPs`), to
+    /// recognise a 1:1 NAT: STUN alone cannot tell an elastic IP from a port-preserving full
+    /// cone, the cloud's word that the address belongs to this node can.
+    pub external_ips: Vec<IpAddr>,
+    /// The local port the mapping test ran from (to see whether the NAT preserved it).
+    pub local_port: Option<u16>,
     /// Results from one local port towards ≥ 2 server addresses.
     pub mapping: Vec<MappingResult>,
     /// Response from the other IP *and* port (endpoint-independent filtering test).
@@ -110,7 +116,17 @@ pub fn classify(input: &ClassifierInput) -> Classification {
             ),
         );
     }
-    // Endpoint-independent mapping: a cone. Filtering decides which one.
+    if is_one_to_one(input, first) {
+        return base(
+            NatType::OneToOne,
+            format!(
+                "1:1 NAT: mapped address {first} is an ExternalIP of this node, port preserved, endpoint-independent filtering"
+            ),
+        );
+    }
+    // Endpoint-independent mapping: a cone. Filtering decides which one. Behind two NATs (a
+    // home router behind a carrier-grade NAT) the probes cross both, so what is measured is
+    // the stricter layer's filtering, which is the one that decides what gets in.
     match (input.change_ip_port, input.change_port) {
         (Probe::Received, _) => base(
             NatType::FullCone,
@@ -137,6 +153,16 @@ pub fn classify(input: &ClassifierInput) -> Classification {
     }
 }
 
+/// A 1:1 NAT (a cloud's elastic IP) forwards every port of one public address to one node:
+/// the mapping lands on an address the cloud says is this node's, keeps the port, and admits
+/// packets from an address and port never contacted. Any of the three missing means a NAT
+/// that keeps per-flow state, which the cone rules describe (conservatively).
+fn is_one_to_one(input: &ClassifierInput, mapped: SocketAddr) -> bool {
+    input.external_ips.contains(&mapped.ip())
+        && input.local_port == Some(mapped.port())
+        && input.change_ip_port == Probe::Received
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +179,8 @@ mod tests {
     fn input(mapped: [Option<&str>; 3], cip: Probe, cp: Probe) -> ClassifierInput {
         ClassifierInput {
             local_ips: vec!["10.1.0.11".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            external_ips: Vec::new(),
+            local_port: Some(40000),
             mapping: [A, B, C]
                 .iter()
                 .zip(mapped)
@@ -164,6 +192,12 @@ mod tests {
             change_ip_port: cip,
             change_port: cp,
         }
+    }
+
+    /// The node's cloud reports the mapped IP as its ExternalIP.
+    fn elastic(mut i: ClassifierInput) -> ClassifierInput {
+        i.external_ips = vec!["198.18.0.31".parse().unwrap()];
+        i
     }
 
     /// One row per NAT type (and per way of reaching it).
@@ -255,6 +289,48 @@ mod tests {
                     NotRun,
                 ),
                 NatType::Symmetric,
+            ),
+            (
+                "1:1 NAT: ExternalIP, port preserved, endpoint-independent filtering",
+                elastic(input([pub_; 3], Received, Received)),
+                NatType::OneToOne,
+            ),
+            (
+                "ExternalIP but the port was not preserved: a full cone in front of it",
+                elastic(ClassifierInput {
+                    local_port: Some(51820),
+                    ..input([pub_; 3], Received, Received)
+                }),
+                NatType::FullCone,
+            ),
+            (
+                "port-preserving full cone without the cloud's word: not 1:1",
+                input([pub_; 3], Received, Received),
+                NatType::FullCone,
+            ),
+            (
+                "ExternalIP, port preserved, filtered (a security group): a cone",
+                elastic(input([pub_; 3], NotReceived, Received)),
+                NatType::AddressRestricted,
+            ),
+            (
+                "ExternalIP but endpoint-dependent mapping: symmetric",
+                elastic(input(
+                    [pub_, Some("198.18.0.31:40001"), None],
+                    Received,
+                    Received,
+                )),
+                NatType::Symmetric,
+            ),
+            (
+                "double NAT: full cone behind an address-restricted CGNAT",
+                input([pub_; 3], NotReceived, Received),
+                NatType::AddressRestricted,
+            ),
+            (
+                "double NAT: full cone behind a port-restricted CGNAT",
+                input([pub_; 3], NotReceived, NotReceived),
+                NatType::PortRestricted,
             ),
             (
                 "udp blocked",

@@ -25,6 +25,15 @@ pub use stun_io::Retransmit;
 /// Default STUN ports of the relay's responder (primary, alternate).
 pub const RELAY_STUN_PORTS: [u16; 2] = [3478, 3479];
 
+/// The node's `ExternalIP`s from the spec (unparseable entries are ignored: they cannot match
+/// a STUN mapping anyway).
+pub fn external_ips(spec: &WireKubePeerSpec) -> Vec<std::net::IpAddr> {
+    spec.external_ips
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
 /// STUN server addresses to use: the spec's list, or the relay's responder on ports 3478 and
 /// 3479 of every relay endpoint host.
 pub fn stun_servers(spec: &WireKubePeerSpec) -> Vec<String> {
@@ -91,6 +100,7 @@ pub async fn discover(
     servers: &[String],
     mapping_port: Option<u16>,
     local: Vec<candidates::LocalAddr>,
+    external_ips: Vec<std::net::IpAddr>,
     rt: Retransmit,
 ) -> DiscoveryReport {
     let local_ips: Vec<std::net::IpAddr> = local.iter().map(|a| a.ip).collect();
@@ -136,6 +146,7 @@ pub async fn discover(
     if addrs.is_empty() {
         return hairpin_only(&hairpin);
     }
+    let local_port = sock.local_addr().ok().map(|a| a.port());
     let mapping = match stun_io::mapping_test(&sock, &addrs, rt).await {
         Ok(m) => m,
         Err(e) => return unknown(format!("STUN mapping test failed: {e}")),
@@ -158,6 +169,8 @@ pub async fn discover(
     };
     let input = ClassifierInput {
         local_ips,
+        external_ips,
+        local_port,
         mapping,
         change_ip_port,
         change_port,
@@ -473,7 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_servers_is_unknown_with_message() {
-        let r = discover(&[], None, vec![], Retransmit::default()).await;
+        let r = discover(&[], None, vec![], vec![], Retransmit::default()).await;
         assert_eq!(r.classification.nat_type, NatType::Unknown);
         assert!(!r.stun_reachable);
         assert!(r.message.contains("no STUN servers"), "{}", r.message);

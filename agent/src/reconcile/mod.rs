@@ -27,6 +27,7 @@ use crate::status::{self, CondInput};
 use relay::RelayRt;
 
 mod converge;
+mod liveness_io;
 mod relay;
 mod report;
 
@@ -77,6 +78,8 @@ struct PeerRt {
     target: PeerTarget,
     state: PathState,
     last_trigger: Option<Instant>,
+    /// Liveness requests to the peer's mesh IP (opened on first use).
+    live: Option<liveness_io::LivenessSocket>,
 }
 
 pub struct Agent {
@@ -183,10 +186,11 @@ impl Agent {
                     None => std::future::pending().await,
                 }
             };
-            let probing = self
-                .peers
-                .values()
-                .any(|p| matches!(p.state.phase(), Phase::Probing { .. }));
+            // Probes and liveness requests in flight are decided within a second or so:
+            // sample faster than the stats tick while they last.
+            let probing = self.peers.values().any(|p| {
+                matches!(p.state.phase(), Phase::Probing { .. }) || p.state.fast_tick()
+            });
             let wake = tokio::select! {
                 _ = &mut shutdown => Wake::Shutdown,
                 _ = tokio::time::sleep(PROBE_TICK), if probing => Wake::Other,
@@ -292,10 +296,13 @@ impl Agent {
         let peer = peer.as_ref()?;
         let servers = discovery::stun_servers(&peer.spec);
         let local = candidates::local_addrs().unwrap_or_default();
+        let external = discovery::external_ips(&peer.spec);
         self.metrics.discovery_runs.inc();
         Some(tokio::spawn(
-            async move { discovery::discover(&servers, port, local, Retransmit::default()).await }
-                .instrument(tracing::debug_span!("discovery")),
+            async move {
+                discovery::discover(&servers, port, local, external, Retransmit::default()).await
+            }
+            .instrument(tracing::debug_span!("discovery")),
         ))
     }
 

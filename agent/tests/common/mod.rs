@@ -182,6 +182,7 @@ impl Env {
             relay_token_secret: Some(TOKEN_SECRET.into()),
             stun_servers: Vec::new(),
             direct_timeout: DIRECT_TIMEOUT.into(),
+            external_ips: Vec::new(),
             pod_cidrs: Vec::new(),
             pod_network: false,
             peers,

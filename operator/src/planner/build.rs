@@ -112,6 +112,7 @@ impl Core {
         let peers = self.listed(i).map(|j| self.view(i, j).to_entry()).collect();
         WireKubePeerSpec {
             mesh_ip: self.facts[i].mesh_ip_text.clone(),
+            external_ips: self.facts[i].external_ips.clone(),
             pod_cidrs: self.facts[i].pod_cidrs.clone(),
             peers,
             ..self.template.clone()
@@ -123,6 +124,7 @@ impl Core {
         header_eq(&self.template, stored)
             && stored.mesh_ip == self.facts[i].mesh_ip_text
             && stored.pod_cidrs == self.facts[i].pod_cidrs
+            && stored.external_ips == self.facts[i].external_ips
             && stored.peers.len() == self.listed(i).count()
             && self
                 .listed(i)
@@ -232,6 +234,7 @@ fn header_eq(a: &WireKubePeerSpec, b: &WireKubePeerSpec) -> bool {
         relay_token_secret,
         stun_servers,
         direct_timeout,
+        external_ips: _,
         pod_cidrs: _,
         pod_network,
         peers: _,
@@ -334,6 +337,7 @@ impl PathPlanner {
                 mesh.stun_servers.clone()
             },
             direct_timeout: mesh.relay.direct_timeout.clone(),
+            external_ips: Vec::new(),
             pod_cidrs: Vec::new(),
             pod_network: mesh.pod_network.enabled,
             peers: Vec::new(),

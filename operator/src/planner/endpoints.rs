@@ -77,12 +77,12 @@ fn lan_ep(peer: &NodeFacts) -> Option<Ep> {
 }
 
 /// How `from` reaches `to` across the internet, if `to`'s NAT type lets an unsolicited
-/// packet in at an address we know: open → its public endpoint; cone → its STUN mapping;
+/// packet in at an address we know: open or 1:1 NAT → its public endpoint; cone → its STUN mapping;
 /// symmetric → only the peer-reflexive endpoint `from` itself observed (the STUN mapping is
 /// toward the STUN server only, lab-notes §7.7).
 pub(crate) fn across(from: &NodeFacts, to: &NodeFacts) -> Ep {
     match to.nat {
-        NatType::Open => Ep::Public,
+        n if n.is_reachable() => Ep::Public,
         n if n.is_cone() => Ep::Srflx,
         _ => prflx(from, to),
     }
@@ -101,7 +101,7 @@ pub(crate) fn best_effort(from: &NodeFacts, to: &NodeFacts) -> Ep {
     if let Some(i) = to.prflx_seen_by(&from.name) {
         return Ep::Prflx(i);
     }
-    if to.nat == NatType::Open && to.public_ep.is_some() {
+    if to.nat.is_reachable() && to.public_ep.is_some() {
         return Ep::Public;
     }
     if to.nat != NatType::Symmetric && to.srflx.is_some() {

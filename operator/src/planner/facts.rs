@@ -59,6 +59,8 @@ pub(crate) struct NodeFacts {
     pub allowed_ips_remote: Vec<String>,
     /// The node's own pod CIDRs as the spec writes them (all of them, carried or not).
     pub pod_cidrs: Vec<String>,
+    /// The Node's `ExternalIP`s, copied into its spec (the agent recognises a 1:1 NAT by them).
+    pub external_ips: Vec<String>,
     /// The carried prefixes (input of the two lists above, kept for `update_status`).
     pub routed: Vec<IpNet>,
     pub internal_route: Option<IpNet>,
@@ -134,7 +136,7 @@ impl NodeFacts {
 
         let reported = status.map(|s| s.nat_type).unwrap_or(NatType::Unknown);
         let nat = match reported {
-            NatType::Open if public_ep.is_none() => NatType::Unknown,
+            n if n.is_reachable() && public_ep.is_none() => NatType::Unknown,
             n if n.is_cone() && srflx.is_none() => NatType::Unknown,
             NatType::Symmetric if public_ip.is_none() => NatType::Unknown,
             n => n,
@@ -179,6 +181,12 @@ impl NodeFacts {
             allowed_ips,
             allowed_ips_remote,
             pod_cidrs: node.pod_cidrs.iter().map(IpNet::to_string).collect(),
+            external_ips: node
+                .addresses
+                .iter()
+                .filter(|a| a.kind == NodeAddressKind::ExternalIp)
+                .map(|a| a.ip.to_string())
+                .collect(),
             routed,
             internal_route,
         }

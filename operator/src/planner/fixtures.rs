@@ -137,7 +137,8 @@ impl Host {
                 ip,
             });
         }
-        if let (NatType::Open, Some(ip)) = (self.nat, self.public_ip) {
+        // Clouds report a public IP on the NIC and an elastic IP (1:1 NAT) alike.
+        if let (NatType::Open | NatType::OneToOne, Some(ip)) = (self.nat, self.public_ip) {
             n.addresses.push(NodeAddress {
                 kind: NodeAddressKind::ExternalIp,
                 ip,

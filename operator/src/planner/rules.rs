@@ -175,21 +175,23 @@ fn natural(a: &NodeFacts, b: &NodeFacts) -> Result<Direct, PathReason> {
         return Err(PathReason::NatUnknown);
     }
     match (a.nat, b.nat) {
-        (Open, Open) => Ok(Direct {
+        // A 1:1 NAT forwards every port of its public address (an elastic IP) both ways, with
+        // no per-flow state to keep alive: reachable like a public NIC.
+        (x, y) if x.is_reachable() && y.is_reachable() => Ok(Direct {
             reason: PathReason::PublicPeer,
             a: sender(Ep::Public),
             b: sender(Ep::Public),
             through_nat: false,
         }),
-        // The NATed side initiates to the open side; its packets create the mapping through
-        // which the open side answers.
-        (Open, _) => Ok(Direct {
+        // The NATed side initiates to the reachable side; its packets create the mapping
+        // through which the reachable side answers.
+        (x, _) if x.is_reachable() => Ok(Direct {
             reason: PathReason::PublicPeer,
             a: listener(across(a, b)),
             b: sender(Ep::Public),
             through_nat: true,
         }),
-        (_, Open) => natural(b, a).map(Direct::swapped),
+        (_, y) if y.is_reachable() => natural(b, a).map(Direct::swapped),
         (x, y) if x.is_cone() && y.is_cone() => Ok(Direct {
             reason: PathReason::ConeCone,
             a: sender(Ep::Srflx),
@@ -238,6 +240,6 @@ fn forced(a: &NodeFacts, b: &NodeFacts) -> Direct {
         reason: PathReason::ModeNever,
         a: sender(best_effort(a, b)),
         b: sender(best_effort(b, a)),
-        through_nat: !(a.nat == NatType::Open && b.nat == NatType::Open),
+        through_nat: !(a.nat.is_reachable() && b.nat.is_reachable()),
     }
 }

@@ -75,8 +75,8 @@ fn meta(mesh: &WireKubeMesh, namespace: &str) -> Result<ObjectMeta> {
 pub const RELAY_QUEUE_BUDGET_MIB: u64 = 256;
 /// The relay container's memory limit: the queue budget, plus what its connections hold
 /// outside it at `--max-connections` 10,000 (~24 KiB of state and up to 16 KiB of queue
-/// each, ~400 MiB), pre-auth buffers (at most 1,000 × 64 KiB) and read buffers of
-/// clients sending at full speed (~320 KiB each). See docs/relay.md.
+/// each, ~400 MiB), pre-auth buffers (at most 1,000 × 8 KiB), allocator slack and read
+/// buffers of clients sending at full speed (~320 KiB each). See docs/relay.md.
 pub const RELAY_MEMORY_LIMIT: &str = "1Gi";
 /// What a relay typically uses (a few hundred agents, queues mostly empty).
 pub const RELAY_MEMORY_REQUEST: &str = "128Mi";

@@ -5,19 +5,57 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 use wirekube_relay_proto::{
-    CodecError, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, PublicKey, ServerChallenge,
+    CodecError, DecodeError, ErrorCode, Frame, FrameCodec, LEN_PREFIX, MAX_TOKEN_LEN,
+    PROTOCOL_VERSION, PublicKey, ServerChallenge,
 };
 
 use crate::admission::Ticket;
 use crate::outbox::Chunk;
 use crate::pump::{Reader, write_loop};
 use crate::shared::{Peer, Shared};
+/// Longest frame a client may send before it authenticated: an Auth frame with the
+/// longest token (Hello is shorter). Checked before buffering, so an unauthenticated
+/// connection never makes us reserve a maximum-size (64 KiB) frame.
+const MAX_HANDSHAKE_FRAME: usize = 1 + 32 + MAX_TOKEN_LEN;
+
+/// [`FrameCodec`] with the length limit of the handshake.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HandshakeCodec;
+
+impl Decoder for HandshakeCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if let Some(p) = src.get(..LEN_PREFIX) {
+            let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            if len > MAX_HANDSHAKE_FRAME {
+                return Err(DecodeError::FrameTooLarge {
+                    len,
+                    max: MAX_HANDSHAKE_FRAME,
+                }
+                .into());
+            }
+        }
+        FrameCodec.decode(src)
+    }
+}
+
+impl Encoder<Frame> for HandshakeCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        FrameCodec.encode(item, dst)
+    }
+}
+
 /// How long we keep reading (and discarding) after sending an Error frame, so the peer
 /// receives it instead of a TCP reset caused by unread data in our receive buffer.
 const LINGER: Duration = Duration::from_millis(500);
@@ -70,8 +108,8 @@ async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
 }
 
 /// Sends an Error frame on a connection that never authenticated, then closes it.
-pub(crate) async fn refuse(
-    mut framed: Framed<TcpStream, FrameCodec>,
+pub(crate) async fn refuse<C: Encoder<Frame>>(
+    mut framed: Framed<TcpStream, C>,
     code: ErrorCode,
     message: String,
 ) {
@@ -86,7 +124,7 @@ pub(crate) async fn refuse(
 }
 
 async fn handshake(
-    framed: &mut Framed<TcpStream, FrameCodec>,
+    framed: &mut Framed<TcpStream, HandshakeCodec>,
     ip: IpAddr,
     shared: &Shared,
 ) -> Result<PublicKey, Refusal> {
@@ -191,7 +229,7 @@ pub(crate) async fn serve(
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
-    let mut framed = Framed::new(stream, FrameCodec);
+    let mut framed = Framed::new(stream, HandshakeCodec);
 
     let hs = tokio::select! {
         r = timeout(shared.cfg.auth_timeout, handshake(&mut framed, addr.ip(), &shared)) => r,

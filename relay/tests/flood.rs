@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use wirekube_relay::{Metrics, Relay};
-use wirekube_relay_proto::{PrivateKey, RelayClient, RelayReceiver, Status};
+use wirekube_relay_proto::{ErrorCode, PrivateKey, RelayClient, RelayReceiver, Status};
 
 const FLOOD_SOURCE: &str = "127.0.0.2";
 /// Idle connections the flooder keeps open at most: more than the relay's
@@ -172,5 +172,20 @@ async fn a_full_unauthenticated_budget_evicts_the_oldest_so_agents_get_in() {
         refused(&relay, "server_full")
     );
     assert_eq!(refused(&relay, "server_full"), 0);
+    relay.shutdown().await;
+}
+
+/// Before authentication only handshake-sized frames are accepted: a connection that
+/// announces a 60,000-byte frame is refused at once instead of making the relay reserve
+/// the buffer and wait for it.
+#[tokio::test]
+async fn oversized_handshake_frame_is_refused_before_buffering() {
+    let relay = start().await;
+    let mut raw = Raw::connect(relay.tcp_addr).await;
+    let mut head = 60_000u32.to_be_bytes().to_vec();
+    head.extend_from_slice(&[1, 1]);
+    raw.0.get_mut().write_all(&head).await.unwrap();
+    raw.expect_refused(ErrorCode::MalformedFrame).await;
+    assert_eq!(refused(&relay, "malformed"), 1);
     relay.shutdown().await;
 }

@@ -1,5 +1,9 @@
 //! Building the topology: the internet bridge, sites with NAT gateways, nodes, public hosts, DMZ.
+//! Elastic IPs (1:1 NAT) and sites behind other sites (double NAT) are in [`layered`].
 
+mod layered;
+
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::error::{LabError, Result};
@@ -89,6 +93,9 @@ pub struct SiteSpec {
     pub lan_cidr: Ipv4Net,
     /// WAN (public) address; allocated from `198.18.0.0/24` when `None`.
     pub wan_ip: Option<Ipv4Addr>,
+    /// The site whose LAN this gateway's WAN is on (a carrier-grade NAT in front of a home
+    /// router: double NAT); `None` puts the WAN on the internet.
+    pub upstream: Option<String>,
 }
 
 impl SiteSpec {
@@ -103,7 +110,14 @@ impl SiteSpec {
                 .unwrap_or_else(|e| panic!("bad LAN prefix {lan_cidr:?}: {e}"))
                 .trunc(),
             wan_ip: None,
+            upstream: None,
         }
+    }
+
+    /// Puts the gateway's WAN on `site`'s LAN instead of the internet (double NAT).
+    pub fn behind(mut self, site: &str) -> SiteSpec {
+        self.upstream = Some(site.to_owned());
+        self
     }
 
     /// Sets the WAN address.
@@ -120,10 +134,17 @@ pub struct Site {
     /// Current gateway behaviour (changed by [`Lab::set_nat`]).
     pub nat: NatKind,
     pub lan: Ipv4Net,
+    /// The gateway's WAN address: public, or on the upstream site's LAN.
     pub wan_ip: Ipv4Addr,
     pub gateway: Host,
     /// Node names in creation order.
     pub nodes: Vec<String>,
+    /// The site whose LAN the WAN is on (double NAT).
+    pub upstream: Option<String>,
+    /// Gateways of sites whose WAN is on this LAN, in creation order.
+    pub downstream: Vec<String>,
+    /// Nodes with an elastic IP (1:1 NAT on this gateway): node name → public address.
+    pub elastic: BTreeMap<String, Ipv4Addr>,
 }
 
 impl Site {
@@ -201,7 +222,11 @@ impl Lab {
                 spec.lan_cidr
             )));
         }
-        let wan_ip = self.take_public(spec.wan_ip)?;
+        let parent = spec.upstream.as_deref().map(|u| self.site(u)).transpose()?;
+        let wan_ip = match &parent {
+            Some(p) => next_lan_ip(p)?,
+            None => self.take_public(spec.wan_ip)?,
+        };
         let lan_gw = spec.lan_cidr.hosts().next().expect("LAN has hosts");
         let gw = self.new_host(
             &format!("{}-gw", spec.name),
@@ -209,7 +234,16 @@ impl Lab {
             vec![wan_ip, lan_gw],
             Some(spec.name.clone()),
         )?;
-        self.attach_to_internet(&gw, WAN_IF, &format!("s-{}", spec.name), &[wan_ip])?;
+        let default_via = match &parent {
+            Some(p) => {
+                self.plug_into_lan(&gw, WAN_IF, p, &format!("d-{}", spec.name), wan_ip)?;
+                p.lan_gw()
+            }
+            None => {
+                self.attach_to_internet(&gw, WAN_IF, &format!("s-{}", spec.name), &[wan_ip])?;
+                INTERNET_GW
+            }
+        };
         netns::ip_batch(
             &gw.ns,
             &[
@@ -219,7 +253,7 @@ impl Lab {
                     spec.lan_cidr.prefix_len()
                 ),
                 format!("link set {LAN_IF} up"),
-                format!("route add default via {INTERNET_GW}"),
+                format!("route add default via {default_via}"),
             ],
         )?;
         netns::sysctl(&gw.ns, "net.ipv4.ip_forward", "1")?;
@@ -230,8 +264,21 @@ impl Lab {
             wan_ip,
             gateway: gw,
             nodes: Vec::new(),
+            upstream: spec.upstream.clone(),
+            downstream: Vec::new(),
+            elastic: BTreeMap::new(),
         };
-        self.lock().sites.insert(site.name.clone(), site.clone());
+        {
+            let mut st = self.lock();
+            if let Some(u) = &spec.upstream {
+                st.sites
+                    .get_mut(u)
+                    .expect("upstream exists")
+                    .downstream
+                    .push(spec.name.clone());
+            }
+            st.sites.insert(site.name.clone(), site.clone());
+        }
         self.set_nat(&site.name, spec.nat)?;
         self.site(&site.name)
     }
@@ -241,44 +288,12 @@ impl Lab {
     pub fn add_node(&self, site: &str, name: &str) -> Result<Host> {
         check_name(name, MAX_HOST_NAME)?;
         let s = self.site(site)?;
-        let ip = s
-            .lan
-            .hosts()
-            .nth(10 + s.nodes.len())
-            .ok_or_else(|| LabError::Topology(format!("LAN of {site} is full")))?;
+        let ip = next_lan_ip(&s)?;
         let host = self.new_host(name, Role::Node, vec![ip], Some(site.to_owned()))?;
-        let port = format!("n-{name}");
+        self.plug_into_lan(&host, HOST_IF, &s, &format!("n-{name}"), ip)?;
         netns::ip(
             &host.ns,
-            &[
-                "link",
-                "add",
-                HOST_IF,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &s.gateway.ns,
-            ],
-        )?;
-        let alias = self.link_alias();
-        netns::ip_batch(
-            &s.gateway.ns,
-            &[
-                format!("link set {port} alias {alias}"),
-                format!("link set {port} master {LAN_IF} up"),
-            ],
-        )?;
-        netns::ip_batch(
-            &host.ns,
-            &[
-                format!("link set {HOST_IF} alias {alias}"),
-                format!("addr add {ip}/{} dev {HOST_IF}", s.lan.prefix_len()),
-                format!("link set {HOST_IF} up"),
-                format!("route add default via {}", s.lan_gw()),
-            ],
+            &["route", "add", "default", "via", &s.lan_gw().to_string()],
         )?;
         self.lock()
             .sites
@@ -287,6 +302,50 @@ impl Lab {
             .nodes
             .push(name.to_owned());
         Ok(host)
+    }
+
+    /// veth `inner` (in `host`, address `ip` on the LAN's prefix) <-> `port` on `site`'s LAN
+    /// bridge.
+    fn plug_into_lan(
+        &self,
+        host: &Host,
+        inner: &str,
+        site: &Site,
+        port: &str,
+        ip: Ipv4Addr,
+    ) -> Result<()> {
+        netns::ip(
+            &host.ns,
+            &[
+                "link",
+                "add",
+                inner,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &site.gateway.ns,
+            ],
+        )?;
+        let alias = self.link_alias();
+        netns::ip_batch(
+            &site.gateway.ns,
+            &[
+                format!("link set {port} alias {alias}"),
+                format!("link set {port} master {LAN_IF} up"),
+            ],
+        )?;
+        netns::ip_batch(
+            &host.ns,
+            &[
+                format!("link set {inner} alias {alias}"),
+                format!("addr add {ip}/{} dev {inner}", site.lan.prefix_len()),
+                format!("link set {inner} up"),
+            ],
+        )?;
+        Ok(())
     }
 
     /// Adds a node whose NIC carries a public address (allocated) directly on the internet bridge.
@@ -416,7 +475,7 @@ impl Lab {
     }
 
     /// Reserves a public address: `want`, or the next free one from 198.18.0.10.
-    fn take_public(&self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr> {
+    pub(crate) fn take_public(&self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr> {
         let net: Ipv4Net = crate::INTERNET_NET.parse().expect("constant");
         let mut st = self.lock();
         let ip = match want {
@@ -467,6 +526,14 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// The next free LAN address of `site` for a node or a downstream gateway (`.11`, `.12`, ...).
+fn next_lan_ip(site: &Site) -> Result<Ipv4Addr> {
+    site.lan
+        .hosts()
+        .nth(10 + site.nodes.len() + site.downstream.len())
+        .ok_or_else(|| LabError::Topology(format!("LAN of {} is full", site.name)))
 }
 
 fn check_name(name: &str, max: usize) -> Result<()> {

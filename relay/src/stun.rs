@@ -314,3 +314,20 @@ impl StunSockets {
         set
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_source_and_in_total() {
+        let ip = |i: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+        // Per source: burst 2. In total: one second's worth (at least 1).
+        let l = StunLimits::new(0.001, 2, 3.0);
+        assert!(l.allow(ip(1)));
+        assert!(l.allow(ip(1)));
+        assert!(!l.allow(ip(1)), "source over its burst");
+        assert!(l.allow(ip(2)));
+        assert!(!l.allow(ip(3)), "total budget of 3 spent");
+    }
+}

@@ -189,3 +189,28 @@ async fn oversized_handshake_frame_is_refused_before_buffering() {
     assert_eq!(refused(&relay, "malformed"), 1);
     relay.shutdown().await;
 }
+
+/// A source over its limit of unauthenticated connections is told so (RateLimited) and
+/// closed at once; its other connection is unaffected.
+#[tokio::test]
+async fn source_over_its_unauthenticated_limit_is_refused() {
+    let mut cfg = config();
+    cfg.max_unauthenticated_per_source = 1;
+    let relay = Relay::start(cfg).await.unwrap();
+    let first = connect_from("127.0.0.5", relay.tcp_addr).await.unwrap();
+    wait_for("first connection admitted", || {
+        relay.metrics().accepted.get() == 1
+    })
+    .await;
+    let second = connect_from("127.0.0.5", relay.tcp_addr).await.unwrap();
+    let mut second = Raw(tokio_util::codec::Framed::new(
+        second,
+        wirekube_relay_proto::FrameCodec,
+    ));
+    second.expect_refused(ErrorCode::RateLimited).await;
+    assert_eq!(refused(&relay, "source_limit"), 1);
+    // Another address is not affected.
+    let (_c, _rx, _k) = connected(&relay).await;
+    drop(first);
+    relay.shutdown().await;
+}

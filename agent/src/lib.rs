@@ -7,6 +7,7 @@
 pub mod discovery;
 pub mod identity;
 pub mod kubeapi;
+pub mod liveness;
 pub mod metrics;
 pub mod pathstate;
 pub mod podnet;

@@ -96,11 +96,12 @@ struct Args {
         global = true
     )]
     rule_priority: u32,
-    /// Seconds between WireGuard stats reads (handshake and fallback detection).
+    /// Seconds between WireGuard stats reads (handshake and fallback detection). A dead
+    /// direct path is noticed within 0.5 s of silence plus one such tick (docs/agent.md).
     #[arg(
         long,
         env = "WIREKUBE_STATS_INTERVAL",
-        default_value_t = 1.0,
+        default_value_t = 0.5,
         global = true
     )]
     stats_interval: f64,

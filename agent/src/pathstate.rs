@@ -24,6 +24,12 @@ use std::time::{Duration, Instant};
 
 use wirekube_crds::{ActualPath, PlannedPath};
 
+use crate::liveness::{Liveness, LivenessTiming};
+
+/// Bytes sent without anything received that make a direct pair suspect: more than one
+/// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
+const SUSPECT_MIN_TX: u64 = 96;
+
 /// WireGuard's REJECT_AFTER_TIME: after this, a session's keys are dead, so a handshake older
 /// than this proves nothing about the current path.
 pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
@@ -47,6 +53,8 @@ pub struct Timing {
     pub probe_window: Duration,
     /// A direct path must last this long before the probe backoff resets.
     pub stable_after: Duration,
+    /// Fast loss detection on direct paths.
+    pub liveness: LivenessTiming,
 }
 
 impl Timing {
@@ -62,6 +70,7 @@ impl Timing {
             probe_max: probe_min * 8,
             probe_window: direct_timeout.min(PROBE_WINDOW_MAX),
             stable_after: Duration::from_secs(300).max(probe_min * 8),
+            liveness: LivenessTiming::DEFAULT,
         }
     }
 
@@ -185,6 +194,8 @@ pub enum Cause {
     Handshake,
     DirectTimeout,
     Stall,
+    /// Liveness requests on a suspect direct path went unanswered (crate::liveness).
+    LivenessLost,
     PeerOnRelay,
     ProbeDue,
     ProbeFailed,
@@ -217,6 +228,7 @@ pub struct PathState {
     /// change): rx growth between two direct samples proves packets arrive directly, which
     /// matters because an existing session sends over a new endpoint without a handshake.
     direct_rx: Option<u64>,
+    liveness: Liveness,
 }
 
 impl PathState {
@@ -237,6 +249,7 @@ impl PathState {
             tx: 0,
             tx_changed_at: now,
             direct_rx: None,
+            liveness: Liveness::default(),
         };
         s.phase = s.initial_phase(now, now.checked_sub(HANDSHAKE_FRESH).unwrap_or(now));
         s
@@ -309,6 +322,7 @@ impl PathState {
         let was_fallback = self.fallback();
         self.phase = to;
         self.direct_rx = None;
+        self.liveness.end_spell();
         let changed = from != self.actual() || was_fallback != self.fallback();
         // Probing is internal (still reported relay); everything else is a path change.
         if changed {
@@ -384,6 +398,7 @@ impl PathState {
             self.rx = obs.rx_bytes;
             self.rx_changed_at = now;
             self.tx_at_rx_change = obs.tx_bytes;
+            self.liveness.end_spell();
         }
         if obs.tx_bytes != self.tx {
             self.tx = obs.tx_bytes;
@@ -418,6 +433,11 @@ impl PathState {
             Phase::Direct { since } => {
                 let failed = if peer_on_relay(since) {
                     Some(Cause::PeerOnRelay)
+                } else if self
+                    .liveness
+                    .lost(self.suspect(now), now, &self.timing.liveness)
+                {
+                    Some(Cause::LivenessLost)
                 } else if self.stalled(now) {
                     Some(Cause::Stall)
                 } else {
@@ -483,6 +503,52 @@ impl PathState {
                 }
             }
         }
+    }
+
+    /// Direct, we sent data since anything last arrived, and that was `suspect_after` ago.
+    /// Our own persistent keepalives in that time do not count (a peer answers them with
+    /// nothing), so idle pairs are never suspect.
+    fn suspect(&self, now: Instant) -> bool {
+        let quiet = now.saturating_duration_since(self.rx_changed_at);
+        let keepalives = quiet
+            .as_secs()
+            .checked_div(u64::from(self.plan.keepalive))
+            .map_or(0, |n| 32 * (n + 1));
+        matches!(self.phase, Phase::Direct { .. })
+            && self.tx.saturating_sub(self.tx_at_rx_change) > SUSPECT_MIN_TX + keepalives
+            && quiet >= self.timing.liveness.suspect_after
+    }
+
+    /// Whether the agent should send the peer a liveness request now (crate::liveness).
+    pub fn liveness_due(&self, now: Instant) -> bool {
+        matches!(self.phase, Phase::Direct { .. })
+            && self
+                .liveness
+                .due(self.suspect(now), now, &self.timing.liveness)
+    }
+
+    /// The agent sent a liveness request.
+    pub fn liveness_sent(&mut self, now: Instant) {
+        let suspect = self.suspect(now);
+        self.liveness.sent(suspect, now);
+    }
+
+    /// The peer answered a liveness request: the path carries traffic right now.
+    pub fn liveness_answered(&mut self, now: Instant) {
+        self.liveness.answered();
+        if matches!(self.phase, Phase::Direct { .. }) {
+            self.reset_stall(now);
+        }
+    }
+
+    /// Liveness requests are waiting for an answer: sample faster than the stats tick.
+    pub fn fast_tick(&self) -> bool {
+        self.liveness.in_spell()
+    }
+
+    /// The peer has answered a liveness request, so fast loss detection is armed.
+    pub fn liveness_armed(&self) -> bool {
+        self.liveness.is_armed()
     }
 
     fn reset_stall(&mut self, now: Instant) {

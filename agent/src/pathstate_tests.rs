@@ -404,3 +404,116 @@ fn two_nodes_that_fell_back_apart_probe_together() {
         assert!(pa.contains(p), "B probes at {p} s, A at {pa:?}");
     }
 }
+
+/// The agent's loop for liveness, in 250 ms steps: answers read before `observe`, requests
+/// sent after. `answers` says whether the peer's kernel answers requests; `rx`/`tx` are bytes
+/// per step. Returns the number of requests sent.
+fn run_live(s: &mut Sim, steps: u32, answers: bool, rx: u64, tx: u64) -> u32 {
+    let mut sent = 0;
+    let mut pending = false;
+    for _ in 0..steps {
+        s.now += Duration::from_millis(250);
+        if pending {
+            s.ps.liveness_answered(s.now);
+            pending = false;
+        }
+        s.traffic(rx, tx);
+        if let Some(t) = s.ps.observe(&s.obs, s.now) {
+            s.log.push(t);
+        }
+        if s.ps.liveness_due(s.now) {
+            s.ps.liveness_sent(s.now);
+            sent += 1;
+            pending = answers;
+        }
+    }
+    sent
+}
+
+fn direct_and_armed() -> Sim {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    // Both ways busy, the capability request answered.
+    run_live(&mut s, 8, true, 500, 500);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    assert!(s.ps.liveness_armed(), "the first request arms detection");
+    s
+}
+
+#[test]
+fn busy_healthy_pair_sends_no_requests_once_armed() {
+    let mut s = direct_and_armed();
+    assert_eq!(run_live(&mut s, 400, true, 500, 500), 0);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn idle_pair_never_becomes_suspect() {
+    let mut s = direct_and_armed();
+    // 100 s with only a keepalive every 25 s.
+    let mut sent = 0;
+    for i in 0..400 {
+        let ka = if i % 100 == 0 { 32 } else { 0 };
+        sent += run_live(&mut s, 1, true, 0, ka);
+    }
+    assert_eq!(sent, 0);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn dead_path_under_traffic_fails_over_within_two_seconds() {
+    let mut s = direct_and_armed();
+    let before = s.now;
+    // The path dies: we keep sending, nothing arrives, requests go unanswered.
+    let mut steps = 0;
+    while s.ps.actual() == ActualPath::Direct && steps < 80 {
+        run_live(&mut s, 1, false, 0, 500);
+        steps += 1;
+    }
+    let took = s.now - before;
+    assert_eq!(s.ps.actual(), ActualPath::Relay);
+    assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
+    // suspect_after (0.5 s) + deadline (1 s), in 250 ms steps.
+    assert!(took <= Duration::from_millis(1750), "took {took:?}");
+    assert!(s.ps.fallback() && s.ps.want() == Want::Relay);
+}
+
+#[test]
+fn one_way_sender_whose_peer_answers_stays_direct() {
+    let mut s = direct_and_armed();
+    // We stream, the peer sends nothing back, but its kernel answers each request.
+    let sent = run_live(&mut s, 400, true, 0, 5_000);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    assert!(sent > 0, "suspect spells asked the peer");
+    assert!(s.log.iter().all(|t| t.cause != Cause::LivenessLost));
+}
+
+#[test]
+fn peer_that_never_answers_keeps_the_counter_rule() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    run_live(&mut s, 8, false, 500, 500);
+    assert!(!s.ps.liveness_armed());
+    let before = s.now;
+    while s.ps.actual() == ActualPath::Direct && s.now - before < Duration::from_secs(30) {
+        run_live(&mut s, 1, false, 0, 500);
+    }
+    // Not armed: the 15 s stall window decides, not the 1 s deadline.
+    let took = s.now - before;
+    assert_eq!(s.log.last().unwrap().cause, Cause::Stall);
+    assert!(took >= Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn an_answer_read_late_still_saves_the_path() {
+    let mut s = direct_and_armed();
+    // Suspect, one request out...
+    run_live(&mut s, 3, false, 0, 500);
+    // ... and the agent is descheduled for 3 s; the answer is pending when it runs again.
+    s.now += Duration::from_secs(3);
+    s.ps.liveness_answered(s.now);
+    if let Some(t) = s.ps.observe(&s.obs, s.now) {
+        s.log.push(t);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+}

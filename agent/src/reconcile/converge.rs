@@ -119,6 +119,7 @@ impl Agent {
                             target: t.clone(),
                             state,
                             last_trigger: None,
+                            live: None,
                         },
                     );
                 }
@@ -188,6 +189,7 @@ impl Agent {
                 rx_bytes: s.map_or(0, |s| s.rx_bytes),
                 tx_bytes: s.map_or(0, |s| s.tx_bytes),
             };
+            rt.poll_liveness(now);
             if let Some(tr) = rt.state.observe(&obs, now) {
                 self.metrics
                     .transitions
@@ -197,6 +199,7 @@ impl Agent {
                     .inc();
                 tracing::info!(from = ?tr.from, to = ?tr.to, cause = ?tr.cause, "path transition");
             }
+            rt.send_liveness(now);
             let relay_ep = match (rt.state.want(), relay) {
                 (crate::pathstate::Want::Relay, Some(r)) => {
                     match r.bridge.endpoint_for(*rt.target.key.as_bytes()).await {
@@ -301,5 +304,36 @@ pub(super) fn trigger_handshake(ip: std::net::IpAddr) {
     if let Ok(s) = UdpSocket::bind(bind) {
         let _ = s.set_nonblocking(true);
         let _ = s.send_to(b"wirekube-handshake-trigger", SocketAddr::new(ip, 9));
+    }
+}
+
+impl PeerRt {
+    /// Feeds answers to earlier liveness requests to the state machine (before `observe`, so
+    /// an answer that is merely read late still counts).
+    fn poll_liveness(&mut self, now: Instant) {
+        let Some(ip) = self.target.mesh_ip else {
+            self.live = None;
+            return;
+        };
+        if self.live.as_ref().is_none_or(|l| l.ip() != ip) {
+            self.live = liveness_io::LivenessSocket::open(ip)
+                .map_err(|e| tracing::warn!(error = %e, "liveness socket"))
+                .ok();
+        }
+        if self.live.as_ref().is_some_and(|l| l.answered()) {
+            self.state.liveness_answered(now);
+        }
+    }
+
+    fn send_liveness(&mut self, now: Instant) {
+        if !self.state.liveness_due(now) {
+            return;
+        }
+        if let Some(l) = &self.live {
+            if l.send() {
+                self.state.liveness_answered(now);
+            }
+            self.state.liveness_sent(now);
+        }
     }
 }

@@ -188,9 +188,10 @@ impl Agent {
             };
             // Probes and liveness requests in flight are decided within a second or so:
             // sample faster than the stats tick while they last.
-            let probing = self.peers.values().any(|p| {
-                matches!(p.state.phase(), Phase::Probing { .. }) || p.state.fast_tick()
-            });
+            let probing = self
+                .peers
+                .values()
+                .any(|p| matches!(p.state.phase(), Phase::Probing { .. }) || p.state.fast_tick());
             let wake = tokio::select! {
                 _ = &mut shutdown => Wake::Shutdown,
                 _ = tokio::time::sleep(PROBE_TICK), if probing => Wake::Other,

@@ -46,6 +46,15 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops UDP from `a` to `b` only (one-way loss); [`Lab::heal_udp`] lifts it.
+    pub fn block_udp_one_way(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+        self.ensure_impair()?;
+        let _ = self.heal_udp(a, b);
+        let cmd = format!("add element {TABLE} blocked {{ {a} . {b} }}\n");
+        self.run_input(&self.internet(), &["nft", "-f", "-"], &cmd)?;
+        Ok(())
+    }
+
     /// Lifts a [`Lab::block_udp`] between `a` and `b` (no error if there was none).
     pub fn heal_udp(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
         self.ensure_impair()?;

@@ -1,0 +1,142 @@
+//! Continuous ping at a fixed rate (`ping -i`), for measuring how long a path change interrupts
+//! traffic: every echo has a sequence number, so the longest run of unanswered ones is the gap.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::wait::wait_until;
+use crate::{Host, Lab, LabError, Proc, Result};
+
+/// A running `ping -i <interval>` in a lab host.
+#[derive(Debug)]
+pub struct PingStream {
+    proc: Proc,
+    interval: Duration,
+}
+
+/// What a [`PingStream`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PingReport {
+    /// Echo requests sent.
+    pub sent: u64,
+    /// Echo replies received (each sequence number once).
+    pub received: u64,
+    /// The longest run of consecutive unanswered requests.
+    pub longest_gap: u64,
+    /// The interval between requests.
+    pub interval: Duration,
+}
+
+impl PingReport {
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    /// The longest time without a reply, at the request rate.
+    pub fn longest_gap_time(&self) -> Duration {
+        self.interval * u32::try_from(self.longest_gap).unwrap_or(u32::MAX)
+    }
+
+    /// Parses `ping -n -O` output: reply lines carry `icmp_seq=N ... time=`, unanswered ones
+    /// `no answer yet for icmp_seq=N`, and the summary `S packets transmitted`.
+    pub fn parse(text: &str, interval: Duration) -> PingReport {
+        let seq = |l: &str| {
+            l.split("icmp_seq=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let mut replies = std::collections::BTreeSet::new();
+        let mut highest = 0;
+        for line in text.lines() {
+            if let Some(n) = seq(line) {
+                highest = highest.max(n);
+                if line.contains("time=") {
+                    replies.insert(n);
+                }
+            }
+        }
+        let sent = text
+            .lines()
+            .find_map(|l| l.split_once(" packets transmitted"))
+            .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+            .unwrap_or(highest)
+            .max(highest);
+        let (mut longest, mut run) = (0, 0);
+        for n in 1..=sent {
+            if replies.contains(&n) {
+                run = 0;
+            } else {
+                run += 1;
+                longest = longest.max(run);
+            }
+        }
+        PingReport {
+            sent,
+            received: replies.len() as u64,
+            longest_gap: longest,
+            interval,
+        }
+    }
+}
+
+impl Lab {
+    /// Starts pinging `ip` from `from` every `interval` (below 200 ms needs root) until
+    /// [`Lab::finish_ping`].
+    pub fn start_ping(&self, from: &Host, ip: Ipv4Addr, interval: Duration) -> Result<PingStream> {
+        let mut cmd = Command::new("ping");
+        cmd.args(["-n", "-O", "-W", "1", "-i"])
+            .arg(format!("{:.3}", interval.as_secs_f64()))
+            .arg(ip.to_string());
+        let proc = self.spawn(from, cmd)?;
+        Ok(PingStream { proc, interval })
+    }
+
+    /// Stops the stream with SIGINT (ping then prints its summary) and reports what it saw.
+    pub fn finish_ping(&self, s: PingStream) -> Result<PingReport> {
+        let pid = libc::pid_t::try_from(s.proc.pid)
+            .map_err(|_| LabError::Traffic(format!("pid {} out of range", s.proc.pid)))?;
+        // SAFETY: kill(2) with a pid the lab started and still owns; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let summary = wait_until(Duration::from_secs(5), "ping summary", || {
+            self.log(&s.proc).contains("packets transmitted")
+        });
+        let text = self.log(&s.proc);
+        self.stop(&s.proc)?;
+        summary?;
+        Ok(PingReport::parse(&text, s.interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_and_losses_from_ping_output() {
+        let text = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\
+            64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.1 ms\n\
+            no answer yet for icmp_seq=2\n\
+            no answer yet for icmp_seq=3\n\
+            64 bytes from 10.0.0.2: icmp_seq=4 ttl=64 time=0.1 ms\n\
+            no answer yet for icmp_seq=5\n\
+            64 bytes from 10.0.0.2: icmp_seq=6 ttl=64 time=0.1 ms\n\
+            \n--- 10.0.0.2 ping statistics ---\n\
+            7 packets transmitted, 3 received, 57% packet loss, time 600ms\n";
+        let r = PingReport::parse(text, Duration::from_millis(100));
+        assert_eq!((r.sent, r.received, r.lost()), (7, 3, 4));
+        // 2-3 missing, 5 missing, 7 (sent, never answered).
+        assert_eq!(r.longest_gap, 2);
+        assert_eq!(r.longest_gap_time(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_late_reply_counts_once() {
+        let text = "64 bytes from x: icmp_seq=1 ttl=64 time=0.1 ms\n\
+            64 bytes from x: icmp_seq=1 ttl=64 time=900 ms (DUP!)\n\
+            2 packets transmitted, 1 received\n";
+        let r = PingReport::parse(text, Duration::from_millis(100));
+        assert_eq!((r.sent, r.received, r.longest_gap), (2, 1, 1));
+    }
+}

@@ -101,8 +101,8 @@ impl RelayConfig {
             drain_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_millis(250),
             idle_timeout: Some(Duration::from_secs(60)),
-            stun_rate: 20.0,
-            stun_burst: 40,
+            stun_rate: 100.0,
+            stun_burst: 200,
             stun_total_rate: 10_000.0,
             notify_unknown_destination: false,
         }

@@ -30,11 +30,13 @@ struct Args {
     stun_alt_ip: Option<IpAddr>,
     /// STUN answers per second per source (IPv4 address or IPv6 /64), sustained. Requests
     /// over the limit are dropped silently: sources can be spoofed, so every answer can be
-    /// a reflection towards a victim.
-    #[arg(long, env = "WIREKUBE_RELAY_STUN_RATE", default_value_t = 20.0)]
+    /// a reflection towards a victim. A dropped answer to a CHANGE-REQUEST reads as NAT
+    /// filtering to the client, so the limit must stay well above what the agents behind one address send at once (an
+    /// agent's discovery sends up to ~12 requests).
+    #[arg(long, env = "WIREKUBE_RELAY_STUN_RATE", default_value_t = 100.0)]
     stun_rate: f64,
     /// STUN answers per source in a burst.
-    #[arg(long, env = "WIREKUBE_RELAY_STUN_BURST", default_value_t = 40)]
+    #[arg(long, env = "WIREKUBE_RELAY_STUN_BURST", default_value_t = 200)]
     stun_burst: u32,
     /// STUN answers per second over all sources.
     #[arg(

@@ -20,6 +20,7 @@ use crate::admission::Ticket;
 use crate::outbox::Chunk;
 use crate::pump::{Reader, write_loop};
 use crate::shared::{Peer, Shared};
+
 /// Longest frame a client may send before it authenticated: an Auth frame with the
 /// longest token (Hello is shorter). Checked before buffering, so an unauthenticated
 /// connection never makes us reserve a maximum-size (64 KiB) frame.

@@ -421,8 +421,14 @@ impl PathState {
                 if direct_ok(evidence_after) {
                     self.reset_stall(now);
                     self.go(Phase::Direct { since: now }, Cause::Handshake, now)
-                } else if peer_on_relay(evidence_after) && self.plan.relay_allowed {
-                    // The peer already fell back (one-way loss): converge on the relay.
+                } else if peer_on_relay(evidence_after)
+                    && self.plan.relay_allowed
+                    && now.duration_since(since) >= self.timing.direct_timeout / 2
+                {
+                    // The peer already fell back (one-way loss): converge on the relay. Not
+                    // at once: right after a plan change the peer's spec may still say Relay
+                    // (the operator writes specs one by one), and following it would park the
+                    // pair on the relay until the first probe slot, 15-30 s away.
                     self.enter_fallback(Cause::PeerOnRelay, now)
                 } else if now.duration_since(since) >= self.timing.direct_timeout {
                     self.enter_fallback(Cause::DirectTimeout, now)

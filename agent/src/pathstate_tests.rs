@@ -200,9 +200,32 @@ fn relay_frames_from_peer_while_connecting_converge_on_relay() {
     s.run(2);
     s.handshake(RELAY);
     s.run(1);
+    // A peer whose spec still says Relay right after the plan changed is not followed...
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+    // ... one still on the relay after half of directTimeout has fallen back: follow it.
+    s.handshake(RELAY);
+    s.run(2);
     assert_eq!(s.ps.actual(), ActualPath::Relay);
     assert!(s.ps.fallback());
     assert_eq!(s.log[0].cause, Cause::PeerOnRelay);
+}
+
+#[test]
+fn peer_lagging_on_the_relay_then_direct_connects_without_a_detour() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    // Start-up: the peer's spec says Relay for 2 s more, its packets arrive via the relay...
+    s.handshake(RELAY);
+    s.traffic(200, 0);
+    s.run(2);
+    // ... then its spec says Direct and its handshake arrives directly.
+    s.handshake(DIRECT);
+    s.run(1);
+    assert_eq!(s.ps.actual(), ActualPath::Direct);
+    assert!(
+        s.log.iter().all(|t| t.cause != Cause::PeerOnRelay),
+        "{:?}",
+        s.log
+    );
 }
 
 #[test]

@@ -11,6 +11,8 @@
 pub mod bins;
 pub mod cluster;
 pub mod diagnose;
+pub mod faults;
+pub mod grid;
 pub mod hosts;
 pub mod report;
 pub mod run;

@@ -118,9 +118,16 @@ impl Scenario {
         });
         let mut hosts = BTreeMap::new();
         for s in &topo.sites {
-            lab.add_site(SiteSpec::new(&s.name, s.nat, &s.cidr))?;
+            let mut spec = SiteSpec::new(&s.name, s.nat, &s.cidr);
+            if let Some(up) = &s.behind {
+                spec = spec.behind(up);
+            }
+            lab.add_site(spec)?;
             for n in &s.nodes {
                 hosts.insert(n.clone(), lab.add_node(&s.name, n)?);
+            }
+            for n in &s.elastic {
+                hosts.insert(n.clone(), lab.add_elastic_node(&s.name, n, None)?.0);
             }
         }
         for n in &topo.public_nodes {
@@ -398,16 +405,14 @@ impl Scenario {
     }
 
     /// Address `a` must see as `b`'s WireGuard endpoint on a direct path: the LAN address on the
-    /// same site, the public address of a public node, else the NAT gateway's WAN address.
+    /// same site, else the address the internet sees for `b` (its own when public, its elastic
+    /// IP, else the WAN address of the outermost NAT in front of it).
     pub fn direct_endpoint_ip(&self, a: &str, b: &str) -> Option<Ipv4Addr> {
         let (ha, hb) = (self.hosts.get(a)?, self.hosts.get(b)?);
         if hb.site.is_some() && ha.site == hb.site {
             return Some(hb.ip());
         }
-        match &hb.site {
-            None => Some(hb.ip()),
-            Some(s) => self.lab.site(s).ok().map(|s| s.wan_ip),
-        }
+        self.lab.public_ip(hb).ok()
     }
 
     /// Checks every pair in both directions: reported path and reason, `wg show`, ping and a
@@ -686,10 +691,16 @@ fn start_nodes(
     let mut out = BTreeMap::new();
     for (name, h) in hosts {
         let site = h.site.clone().unwrap_or_else(|| "public".into());
+        // As a cloud reports them: a public NIC's address, or the elastic IP mapped to the VM.
+        let external_ip = if topo.public_nodes.contains(name) || topo.is_elastic(name) {
+            Some(lab.public_ip(h)?)
+        } else {
+            None
+        };
         let spec = NodeSpec {
             name: name.clone(),
             internal_ip: h.ip(),
-            external_ip: topo.public_nodes.contains(name).then(|| h.ip()),
+            external_ip,
             labels: vec![("topology.wirekube.io/site".into(), site)],
             cni_from_conf_dir: pod_network,
         };
@@ -780,7 +791,7 @@ fn container_logs(pods: &Path, node: &str, lines: usize) -> String {
     out
 }
 
-fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
+pub(crate) fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
     let mut cmd = Command::new(binary("wirekube-relay")?);
     cmd.arg(format!("--listen=0.0.0.0:{RELAY_PORT}"))
         .arg(format!("--stun-ip={}", dmz.ips[0]))

@@ -17,6 +17,10 @@ pub struct SiteDef {
     pub cidr: String,
     /// Kubernetes node names on this LAN (at most 12 characters each).
     pub nodes: Vec<String>,
+    /// Nodes on this LAN with an elastic IP (a 1:1 NAT on the gateway, as a cloud's).
+    pub elastic: Vec<String>,
+    /// The site whose LAN this gateway's WAN is on (double NAT).
+    pub behind: Option<String>,
 }
 
 /// How the relay is provided.
@@ -101,8 +105,33 @@ impl Topology {
             nat,
             cidr: cidr.into(),
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            elastic: Vec::new(),
+            behind: None,
         });
         self
+    }
+
+    /// Puts the WAN of the last added site on `upstream`'s LAN (declared before it).
+    pub fn behind(mut self, upstream: &str) -> Topology {
+        if let Some(s) = self.sites.last_mut() {
+            s.behind = Some(upstream.into());
+        }
+        self
+    }
+
+    /// Adds `node` with an elastic IP to the last added site's LAN.
+    pub fn elastic(mut self, node: &str) -> Topology {
+        if let Some(s) = self.sites.last_mut() {
+            s.elastic.push(node.into());
+        }
+        self
+    }
+
+    /// Whether `node` has an elastic IP.
+    pub fn is_elastic(&self, node: &str) -> bool {
+        self.sites
+            .iter()
+            .any(|s| s.elastic.iter().any(|n| n == node))
     }
 
     pub fn public(mut self, node: &str) -> Topology {
@@ -151,7 +180,7 @@ impl Topology {
         let mut v: Vec<String> = self
             .sites
             .iter()
-            .flat_map(|s| s.nodes.iter().cloned())
+            .flat_map(|s| s.nodes.iter().chain(&s.elastic).cloned())
             .collect();
         v.extend(self.public_nodes.iter().cloned());
         v
@@ -191,6 +220,16 @@ impl Topology {
                         self.id
                     ));
                 }
+            }
+        }
+        for (i, s) in self.sites.iter().enumerate() {
+            if let Some(up) = &s.behind
+                && !self.sites[..i].iter().any(|u| &u.name == up)
+            {
+                return Err(format!(
+                    "{}: site {} is behind {up}, which is not declared before it",
+                    self.id, s.name
+                ));
             }
         }
         if let RelaySetup::ManagedNodePort { node, .. } | RelaySetup::ManagedLoadBalancer { node } =

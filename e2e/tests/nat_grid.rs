@@ -1,0 +1,66 @@
+//! The NAT grid (issue 17): one node per kind of network attachment (public IP, 1:1 NAT, full
+//! / address-restricted / port-restricted cone, symmetric, TCP-only firewall, CGNAT in front
+//! of a cone, two nodes on one LAN) in one lab, every ordered pair checked: the reported path
+//! and reason against the one table (`wirekube_e2e::scenario::grid::GRID`), `wg show`, a ping
+//! and a verified TCP transfer; and every node's reported NAT type. Needs root and
+//! `cargo build --workspace --bins`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use wirekube_e2e::scenario::{Options, PairReport, Scenario, grid, report};
+
+#[test]
+fn nat_grid_every_pair_of_nat_kinds() {
+    assert!(
+        wirekube_lab::is_root(),
+        "the NAT grid needs root (network namespaces)"
+    );
+    let t0 = Instant::now();
+    let opts = Options {
+        tag: "grid".into(),
+        // Ten nodes with a kubelet, kube-proxy and agent each start on two cores.
+        converge_timeout: Duration::from_secs(180),
+        transfer_bytes: 256 << 10,
+        progress: Box::new(|m| eprintln!("[nat-grid] {m}")),
+        ..Options::default()
+    };
+    let mut sc = Scenario::build(grid::topology(), opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let res = check(&mut sc);
+    let logs = res.as_ref().err().map(|_| sc.logs(40));
+    sc.shutdown().expect("teardown");
+    sc.timings.total = t0.elapsed();
+    match (res, logs) {
+        (Ok(pairs), _) => {
+            eprintln!("{}", report::table(&pairs));
+            eprintln!("NAT grid (row -> column):\n{}", grid::observed(&pairs));
+            eprintln!("timings: {}", report::timings(&sc.timings));
+        }
+        (Err(e), logs) => panic!("{e:#}\n---- logs ----\n{}", logs.unwrap_or_default()),
+    }
+}
+
+/// Converges, checks every direction and every node's NAT type.
+fn check(sc: &mut Scenario) -> Result<Vec<PairReport>> {
+    sc.converge()?;
+    let pairs = sc.verify()?;
+    let mut problems: Vec<String> = Vec::new();
+    for (name, peer) in sc.peers()? {
+        let got = peer.status.map(|s| s.nat_type);
+        let want = grid::kind_of(&name).nat_type();
+        if got != Some(want) {
+            problems.push(format!("{name}: NAT type {got:?}, expected {want:?}"));
+        }
+    }
+    if !pairs.iter().all(PairReport::ok) {
+        problems.push(format!("pairs failed\n{}", report::table(&pairs)));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}\nNAT grid (row -> column):\n{}",
+            problems.join("\n"),
+            grid::observed(&pairs)
+        );
+    }
+    Ok(pairs)
+}

@@ -374,6 +374,14 @@ pub fn nat_str(n: NatType) -> &'static str {
     }
 }
 
+pub fn mode_str(m: RelayMode) -> &'static str {
+    match m {
+        RelayMode::Never => "never",
+        RelayMode::Auto => "auto",
+        RelayMode::Always => "always",
+    }
+}
+
 pub fn engine_str(e: Engine) -> &'static str {
     match e {
         Engine::Kernel => "kernel",

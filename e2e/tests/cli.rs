@@ -1,0 +1,369 @@
+//! `kubectl wirekube` on the real control plane (needs root and `cargo build --workspace
+//! --bins`): a mesh and peers written as the operator and the agents write them (admin client,
+//! their field managers), then the built plugin binary run against the lab's admin kubeconfig,
+//! as a user runs it: `status` (text and JSON), `explain`, `doctor` (a node whose agent is not
+//! ready, then a quarantined duplicate key), `netcheck`, and its usage/connection errors.
+
+use std::process::Output;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use wirekube_crds::{WireKubeMesh, WireKubePeer};
+use wirekube_e2e::kube_lab::KubeLab;
+use wirekube_e2e::scenario::bins;
+
+const NS: &str = "wirekube-system";
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+const RELAY: &str = "198.18.0.2:3478";
+
+fn key(i: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([i as u8 + 1; 32])
+}
+
+/// RFC 3339 time `secs` ago.
+fn ago(secs: i64) -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs)).to_string()
+}
+
+fn admin<T: Send + 'static, F>(k: &KubeLab, f: impl FnOnce(kube::Client) -> F) -> T
+where
+    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    match k.admin.run(f) {
+        Ok(v) => v,
+        Err(e) => panic!("{e:#}\n{}", k.lab.logs_tail(30)),
+    }
+}
+
+/// Server-side apply of `body` (a whole object, or `{status: ...}` with `status`) as `manager`.
+fn apply<K>(k: &KubeLab, name: &str, manager: &str, status: bool, body: Value)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let (name, manager) = (name.to_owned(), manager.to_owned());
+    admin(k, move |c| async move {
+        let api: Api<K> = Api::all(c);
+        let pp = PatchParams::apply(&manager).force();
+        if status {
+            api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
+        } else {
+            api.patch(&name, &pp, &Patch::Apply(&body)).await?;
+        }
+        Ok(())
+    })
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": if ok { "True" } else { "False" }, "reason": reason,
+           "message": message, "lastTransitionTime": ago(600)})
+}
+
+fn mesh_status(k: &KubeLab, keys_valid: Value) {
+    let body = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
+        "metadata": {"name": "default"},
+        "status": {"conditions": [cond("Ready", true, "Reconciled", "3 nodes planned"), keys_valid],
+                   "relayEndpoints": [RELAY], "nodes": {"total": 3, "ready": 2, "pending": 0}}});
+    apply::<WireKubeMesh>(k, "default", "wirekube-operator", true, body);
+}
+
+/// (peer, path, reason) of each node's spec: node-1 and node-2 share a LAN, node-3 is behind
+/// a symmetric NAT elsewhere; node-2 (a full cone) is planned direct to node-3.
+fn plan(node: &str) -> Vec<(&'static str, &'static str, &'static str)> {
+    match node {
+        "node-1" => vec![
+            ("node-2", "Direct", "same-site"),
+            ("node-3", "Relay", "both-symmetric"),
+        ],
+        "node-2" => vec![
+            ("node-1", "Direct", "same-site"),
+            ("node-3", "Direct", "cone-symmetric"),
+        ],
+        _ => vec![
+            ("node-1", "Relay", "both-symmetric"),
+            ("node-2", "Direct", "cone-symmetric"),
+        ],
+    }
+}
+
+fn write_peer_spec(k: &KubeLab, i: usize, node: &str) {
+    let peers: Vec<Value> = plan(node)
+        .into_iter()
+        .map(|(to, path, reason)| {
+            let j = NODES.iter().position(|n| *n == to).unwrap_or(0);
+            json!({"name": to, "publicKey": key(j), "allowedIPs": [format!("10.99.0.{}/32", j + 1)],
+                   "path": path, "reason": reason})
+        })
+        .collect();
+    let body = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer",
+        "metadata": {"name": node, "labels": {"wirekube.io/mesh": "default"}},
+        "spec": {"mesh": "default", "meshIP": format!("10.99.0.{}", i + 1), "meshCIDR": "10.99.0.0/16",
+                 "interfaceName": "wirekube0", "listenPort": 51820, "mtu": 1420, "relayMode": "auto",
+                 "relayEndpoints": [RELAY], "directTimeout": "10s", "peers": peers}});
+    apply::<WireKubePeer>(k, node, "wirekube-operator", false, body);
+}
+
+/// The status node-`i`'s agent would write; node-3's dataplane failed.
+fn write_agent_status(k: &KubeLab, i: usize, node: &str) {
+    let (nat, public, lan) = match node {
+        "node-1" => ("symmetric", "198.18.0.10", "192.168.10.11"),
+        "node-2" => ("full-cone", "198.18.0.10", "192.168.10.12"),
+        _ => ("symmetric", "198.18.0.20", "192.168.20.11"),
+    };
+    let ready = node != "node-3";
+    let conns: Vec<Value> = plan(node)
+        .into_iter()
+        .map(|(to, _, reason)| match (node, to) {
+            ("node-2", "node-3") => json!({"name": to, "path": "relay", "reason": "direct-failed",
+                "fallback": true, "lastHandshake": ago(20)}),
+            ("node-3", _) => json!({"name": to, "path": "down", "reason": reason}),
+            (_, _) => {
+                json!({"name": to, "path": if reason == "same-site" { "direct" } else { "relay" },
+                "reason": reason, "lastHandshake": ago(5)})
+            }
+        })
+        .collect();
+    let body = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer",
+        "metadata": {"name": node},
+        "status": {"publicKey": key(i), "natType": nat, "publicIP": public, "engine": "kernel",
+            "candidates": [{"kind": "host", "address": format!("{lan}:51820"), "prefixLength": 24},
+                           {"kind": "srflx", "address": format!("{public}:4{i}000")}],
+            "conditions": [
+                cond("Ready", ready, if ready { "Ready" } else { "DataplaneNotReady" },
+                     if ready { "agent reconciled the dataplane" } else { "see DataplaneReady" }),
+                cond("DataplaneReady", ready, if ready { "Reconciled" } else { "Error" },
+                     if ready { "converged" } else { "wireguard: module not loaded" }),
+                cond("StunReachable", true, "Answered", "2 of 2 STUN server address(es) answered"),
+                cond("RelayConnected", true, "Connected", &format!("connected to {RELAY}"))],
+            "connections": conns}});
+    apply::<WireKubePeer>(k, node, "wirekube-agent", true, body);
+}
+
+/// The operator's leader election Lease, freshly renewed.
+fn write_lease(k: &KubeLab) {
+    admin(k, |c| async move {
+        let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "wirekube-operator", "namespace": NS},
+            "spec": {"holderIdentity": "wirekube-operator-0", "leaseDurationSeconds": 3600,
+                     "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c, NS)
+            .patch(
+                "wirekube-operator",
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        Ok(())
+    })
+}
+
+/// Runs the plugin in the DMZ (where the API server is reachable) with the admin kubeconfig.
+fn plugin(k: &KubeLab, args: &[&str]) -> Output {
+    let bin = bins::binary("kubectl-wirekube").expect("plugin binary");
+    let kc = k.cp.admin_kubeconfig();
+    let (bin, kc) = (bin.to_string_lossy(), kc.to_string_lossy());
+    let mut argv = vec![bin.as_ref(), "--kubeconfig", kc.as_ref()];
+    argv.extend_from_slice(args);
+    k.lab.exec(&k.dmz, &argv).expect("run kubectl-wirekube")
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", out(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn kubectl_wirekube_reports_status_explain_doctor_netcheck_on_the_lab_api() {
+    assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    bins::binary("kubectl-wirekube").expect("build it first: cargo build --workspace --bins");
+    let k = KubeLab::start("cli").expect("lab control plane");
+    k.install_api().expect("namespace, CRDs and RBAC");
+    let mesh = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
+        "metadata": {"name": "default"},
+        "spec": {"meshCIDR": "10.99.0.0/16",
+                 "relay": {"mode": "auto", "provider": "external", "external": {"endpoint": RELAY}}}});
+    apply::<WireKubeMesh>(&k, "default", "test", false, mesh);
+    mesh_status(
+        &k,
+        cond("PublicKeysValid", true, "AllValid", "3 distinct keys"),
+    );
+    for (i, n) in NODES.iter().enumerate() {
+        write_peer_spec(&k, i, n);
+        write_agent_status(&k, i, n);
+    }
+    write_lease(&k);
+
+    check_status(&k);
+    check_explain_and_netcheck(&k);
+    check_doctor(&k);
+    check_errors(&k);
+    k.shutdown().expect("clean teardown");
+}
+
+fn check_status(k: &KubeLab) {
+    let t = stdout(&plugin(k, &["status"]), 0);
+    eprintln!("$ kubectl wirekube status\n{t}");
+    for want in [
+        "mesh default: Ready; 2/3 agents ready; relay: 198.18.0.2:3478",
+        "1 node-1   ·   D   R",
+        "2 node-2   D   ·   R*",
+        "3 node-3   x   x   ·",
+        "legend: D direct",
+        "node-1  node-3  Relay    both-symmetric  relay",
+        "direct did not come up (direct-failed); relayed while probing",
+    ] {
+        assert!(t.contains(want), "status lacks {want:?}:\n{t}");
+    }
+    let j: Value = serde_json::from_str(&stdout(&plugin(k, &["status", "-o", "json"]), 0))
+        .expect("status -o json is JSON");
+    assert_eq!(j["nodes"].as_array().map(Vec::len), Some(3), "{j:#}");
+    let pairs = j["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 6, "both directions of 3 pairs: {j:#}");
+    let d = pairs
+        .iter()
+        .find(|p| p["from"] == "node-2" && p["to"] == "node-3")
+        .expect("node-2 → node-3");
+    assert_eq!(
+        (&d["planned"], &d["reason"]),
+        (&json!("Direct"), &json!("cone-symmetric"))
+    );
+    assert_eq!(
+        (&d["actual"], &d["fallback"]),
+        (&json!("relay"), &json!(true))
+    );
+    assert!(
+        d["handshakeAgeSeconds"]
+            .as_i64()
+            .is_some_and(|s| (15..120).contains(&s)),
+        "{d}"
+    );
+    assert_eq!(
+        j["matrix"][1][2],
+        json!({"path": "relay", "fallback": true})
+    );
+    assert_eq!(j["matrix"][0][1]["path"], "direct");
+}
+
+fn check_explain_and_netcheck(k: &KubeLab) {
+    let t = stdout(&plugin(k, &["explain", "node-1", "node-2"]), 0);
+    for want in [
+        "Why: rule 5 (same-site)",
+        "both have a LAN address in 192.168.10.0/24",
+        "both leave through the same public IP 198.18.0.10",
+        "node-1 → node-2: Direct (same-site)",
+        "node-1 → node-2: direct, last handshake",
+    ] {
+        assert!(t.contains(want), "explain lacks {want:?}:\n{t}");
+    }
+    eprintln!("$ kubectl wirekube explain node-1 node-2\n{t}");
+    let t = stdout(&plugin(k, &["explain", "node-2", "node-3"]), 0);
+    assert!(
+        t.contains("rule 10 (cone-symmetric)") && t.contains("FELL BACK"),
+        "{t}"
+    );
+    let t = stdout(&plugin(k, &["netcheck", "node-2"]), 0);
+    eprintln!("$ kubectl wirekube netcheck node-2\n{t}");
+    for want in [
+        "NAT type:     full-cone",
+        "public IP:    198.18.0.10",
+        "198.18.0.10:41000",
+        "relay:        ok",
+    ] {
+        assert!(t.contains(want), "netcheck lacks {want:?}:\n{t}");
+    }
+}
+
+fn check_doctor(k: &KubeLab) {
+    let t = stdout(&plugin(k, &["doctor"]), 1);
+    eprintln!("$ kubectl wirekube doctor\n{t}");
+    for want in [
+        "[ok  ] crds",
+        "[FAIL] agents    node-3: not Ready (wireguard: module not loaded)",
+        "fix: kubectl -n wirekube-system get pods -l app.kubernetes.io/name=wirekube-agent",
+        "leader wirekube-operator-0",
+        "[ok  ] keys",
+    ] {
+        assert!(t.contains(want), "doctor lacks {want:?}:\n{t}");
+    }
+    // The operator quarantines a cloned key: the mesh condition and both peers' annotations.
+    let msg = "nodes node-1, node-3 report the same public key";
+    mesh_status(k, cond("PublicKeysValid", false, "DuplicatePublicKey", msg));
+    for n in ["node-1", "node-3"] {
+        let body = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer",
+            "metadata": {"name": n, "annotations": {wirekube_crds::QUARANTINE_ANNOTATION: msg}}});
+        apply::<WireKubePeer>(k, n, "wirekube-operator-quarantine", false, body);
+    }
+    let j: Value = serde_json::from_str(&stdout(&plugin(k, &["doctor", "-o", "json"]), 1))
+        .expect("doctor -o json is JSON");
+    let keys = j
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "keys"))
+        .expect("keys check");
+    assert_eq!(keys["level"], "fail", "{keys}");
+    let detail = keys["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("DuplicatePublicKey") && detail.contains("quarantined: node-1 ("),
+        "{keys}"
+    );
+    assert!(
+        keys["fix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/var/lib/wirekube"),
+        "{keys}"
+    );
+    let clock = j
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "clock"));
+    assert_eq!(clock.map(|c| &c["level"]), Some(&json!("ok")), "{j:#}");
+}
+
+fn check_errors(k: &KubeLab) {
+    let o = plugin(k, &["explain", "node-1", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(
+        out(&o).contains("node nope is not in mesh default (its nodes: node-1, node-2, node-3)"),
+        "{}",
+        out(&o)
+    );
+    let dead = k.cp.dir.join("dead.kubeconfig");
+    let doc = json!({"apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": true}}],
+        "users": [{"name": "x", "user": {"token": "x"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}], "current-context": "x"});
+    std::fs::write(&dead, doc.to_string()).expect("write kubeconfig");
+    let bin = bins::binary("kubectl-wirekube").expect("plugin binary");
+    let o = k
+        .lab
+        .exec(
+            &k.dmz,
+            &[
+                &bin.to_string_lossy(),
+                "--kubeconfig",
+                &dead.to_string_lossy(),
+                "status",
+            ],
+        )
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(
+        out(&o).contains("cannot reach the API server at https://127.0.0.1:1/"),
+        "{}",
+        out(&o)
+    );
+}

@@ -59,6 +59,7 @@ pub fn checks(s: &Snapshot, now: Timestamp) -> Vec<Check> {
     vec![
         crds(s),
         mesh(s),
+        nodes_planned(s),
         operator(s, now),
         agents(s, now),
         relay(s),
@@ -179,6 +180,42 @@ fn mesh(s: &Snapshot) -> Check {
     }
 }
 
+/// Nodes the mesh selects that have no WireKubePeer: the operator has not planned them.
+fn nodes_planned(s: &Snapshot) -> Check {
+    let Some(m) = &s.mesh else {
+        return Check::bad("nodes", Level::Warn, "no mesh", "see the mesh check");
+    };
+    let selected = s.nodes.iter().filter(|n| {
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        m.spec
+            .node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    });
+    let missing: Vec<String> = selected
+        .filter_map(|n| n.metadata.name.clone())
+        .filter(|n| s.peer(n).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Check::bad(
+            "nodes",
+            Level::Warn,
+            format!(
+                "selected by the mesh but without a WireKubePeer: {}",
+                missing.join(", ")
+            ),
+            "a node that just joined gets one within seconds; otherwise see the operator check and its logs",
+        );
+    }
+    Check::ok(
+        "nodes",
+        format!(
+            "{} nodes in the mesh, every selected node planned",
+            s.peers.len()
+        ),
+    )
+}
+
 fn operator(s: &Snapshot, now: Timestamp) -> Check {
     let ns = &s.namespace;
     let logs = format!(
@@ -261,8 +298,8 @@ pub fn agent_write_time(p: &WireKubePeer) -> Option<Timestamp> {
 /// heartbeats mean it is gone or stuck.
 const STALE_STATUS_SECS: i64 = 300;
 
-fn agents(s: &Snapshot, now: Timestamp) -> Check {
-    let ns = &s.namespace;
+/// Per node: the agent never reported, is not Ready, or stopped writing.
+fn agent_problems(s: &Snapshot, now: Timestamp) -> Vec<String> {
     let mut problems = Vec::new();
     for p in &s.peers {
         let name = peer_name(p);
@@ -284,6 +321,12 @@ fn agents(s: &Snapshot, now: Timestamp) -> Check {
             ));
         }
     }
+    problems
+}
+
+fn agents(s: &Snapshot, now: Timestamp) -> Check {
+    let ns = &s.namespace;
+    let problems = agent_problems(s, now);
     let ds = s.agents.as_ref().and_then(|d| d.status.as_ref());
     let pods = ds.map(|st| {
         format!(

@@ -11,6 +11,10 @@ fn crd(name: &str) -> serde_json::Value {
            "status": {"conditions": [{"type": "Established", "status": "True"}]}})
 }
 
+fn node(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+}
+
 /// The fixture mesh with everything a healthy install has around it.
 fn healthy() -> Snapshot {
     let mut s = fixtures::three_nodes();
@@ -37,6 +41,10 @@ fn healthy() -> Snapshot {
                        "currentNumberScheduled": 3, "numberMisscheduled": 0}}))
         .unwrap(),
     );
+    s.nodes = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| serde_json::from_value(node(n)).unwrap())
+        .collect();
     for p in &mut s.peers {
         p.metadata.managed_fields = Some(vec![
             serde_json::from_value(json!({"manager": "wirekube-agent", "operation": "Apply",
@@ -338,6 +346,23 @@ fn this_machine_behind_the_server_is_reported() {
 }
 
 #[test]
+fn a_selected_node_without_a_peer_is_named() {
+    let mut s = healthy();
+    s.nodes
+        .push(serde_json::from_value(node("node-4")).unwrap());
+    let c = get(&checks(&s, now()), "nodes").clone();
+    assert_eq!(c.level, Level::Warn);
+    assert_eq!(
+        c.detail,
+        "selected by the mesh but without a WireKubePeer: node-4"
+    );
+    // A node the mesh's nodeSelector leaves out is not expected to have one.
+    s.mesh.as_mut().unwrap().spec.node_selector =
+        [("wirekube.io/mesh".to_string(), "yes".to_string())].into();
+    assert_eq!(get(&checks(&s, now()), "nodes").level, Level::Ok);
+}
+
+#[test]
 fn relay_mode_never_needs_no_relay() {
     let mut s = healthy();
     let m = s.mesh.as_mut().unwrap();
@@ -361,8 +386,8 @@ fn text_puts_the_fix_under_the_failure_and_a_summary_last() {
     );
     assert!(t.ends_with("failures\n"), "{t}");
     let v = serde_json::to_value(checks(&s, now())).unwrap();
-    assert_eq!(v[3]["name"], "agents");
-    assert_eq!(v[3]["level"], "fail");
+    assert_eq!(v[4]["name"], "agents");
+    assert_eq!(v[4]["level"], "fail");
     assert_eq!(v[0]["level"], "ok");
     assert!(v[0].get("fix").is_none());
 }

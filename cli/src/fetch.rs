@@ -110,13 +110,12 @@ pub async fn snapshot(
         namespace: namespace.to_owned(),
         mesh,
         peers,
-        nodes: optional(
-            Api::<Node>::all(client.clone())
-                .list(&ListParams::default())
-                .await,
-        )
-        .map(|l| l.items)
-        .unwrap_or_default(),
+        // Optional: a user may read the mesh without being allowed to list nodes.
+        nodes: Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default(),
         crds,
         crds_readable,
         lease: optional_get(
@@ -162,10 +161,6 @@ fn pick_mesh(
     }
 }
 
-fn optional<T>(r: Result<T, kube::Error>) -> Option<T> {
-    r.ok()
-}
-
 async fn optional_get<K>(api: Api<K>, name: &str) -> Option<K>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -200,4 +195,67 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(name: &str) -> WireKubeMesh {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
+            "metadata": {"name": name}, "spec": {}}))
+        .unwrap()
+    }
+
+    fn name(m: Option<WireKubeMesh>) -> Option<String> {
+        m.and_then(|m| m.metadata.name)
+    }
+
+    #[test]
+    fn the_only_mesh_or_the_named_one() {
+        assert_eq!(
+            name(pick_mesh(vec![mesh("a")], None).unwrap()),
+            Some("a".into())
+        );
+        assert_eq!(name(pick_mesh(vec![], None).unwrap()), None);
+        let two = || vec![mesh("a"), mesh("b")];
+        assert_eq!(name(pick_mesh(two(), Some("b")).unwrap()), Some("b".into()));
+        let err = pick_mesh(two(), None).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "more than one WireKubeMesh (a, b); choose one with --mesh"
+        );
+        let err = pick_mesh(two(), Some("c")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("no WireKubeMesh c in this cluster"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transport_errors_read_as_unreachable_and_answers_as_api_errors() {
+        let status = kube::core::Status {
+            code: 403,
+            message: "forbidden".into(),
+            reason: "Forbidden".into(),
+            ..Default::default()
+        };
+        let e = classify(
+            "https://x/",
+            "listing WireKubePeers",
+            kube::Error::Api(Box::new(status)),
+        );
+        assert_eq!(
+            e.to_string(),
+            "listing WireKubePeers: forbidden (403 Forbidden)"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = classify("https://x/", "listing", kube::Error::ReadEvents(io));
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach the API server at https://x/: "),
+            "{e}"
+        );
+    }
 }

@@ -134,6 +134,11 @@ impl Netcheck {
             "  engine:       {}\n\n",
             self.engine.clone().unwrap_or_else(dash)
         ));
+        out.push_str(&self.mappings_text());
+        out
+    }
+
+    fn mappings_text(&self) -> String {
         let rows: Vec<Vec<String>> = self
             .mappings
             .iter()
@@ -151,8 +156,7 @@ impl Netcheck {
                 vec![kind.to_string(), m.address.clone(), extra]
             })
             .collect();
-        out.push_str(&table(&["MAPPING", "ADDRESS", ""], &rows));
-        out
+        table(&["MAPPING", "ADDRESS", ""], &rows)
     }
 }
 

@@ -117,32 +117,41 @@ pub(super) fn stun(s: &Snapshot) -> Check {
     )
 }
 
-pub(super) fn keys(s: &Snapshot) -> Check {
-    let ns = &s.namespace;
+/// The quarantine as the mesh condition states it, plus the quarantined nodes; an
+/// annotation's reason is only repeated when the mesh condition does not already say it.
+fn quarantine_detail(s: &Snapshot) -> Option<String> {
+    let mesh_cond = s
+        .mesh
+        .as_ref()
+        .and_then(|m| mesh_condition(m, conditions::PUBLIC_KEYS_VALID))
+        .filter(|c| c.status == "False");
+    let said = mesh_cond.map(|c| c.message.as_str()).unwrap_or("");
     let quarantined: Vec<String> = s
         .peers
         .iter()
         .filter_map(|p| {
             let name = peer_name(p);
-            s.quarantine(&name).map(|why| format!("{name} ({why})"))
+            let why = s.quarantine(&name)?;
+            Some(if said.contains(why) {
+                name
+            } else {
+                format!("{name} ({why})")
+            })
         })
         .collect();
-    let mesh_cond = s
-        .mesh
-        .as_ref()
-        .and_then(|m| mesh_condition(m, conditions::PUBLIC_KEYS_VALID));
-    if !quarantined.is_empty() || is_true(mesh_cond) == Some(false) {
-        let mut detail = mesh_cond
-            .filter(|c| c.status == "False")
-            .map(|c| format!("{}: {}", c.reason, c.message))
-            .unwrap_or_default();
-        if !quarantined.is_empty() {
-            detail = format!(
-                "{detail}{}quarantined: {}",
-                if detail.is_empty() { "" } else { "; " },
-                names(&quarantined)
-            );
-        }
+    let mut parts: Vec<String> = mesh_cond
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .into_iter()
+        .collect();
+    if !quarantined.is_empty() {
+        parts.push(format!("quarantined: {}", quarantined.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+pub(super) fn keys(s: &Snapshot) -> Check {
+    let ns = &s.namespace;
+    if let Some(detail) = quarantine_detail(s) {
         return Check::bad(
             "keys",
             Level::Fail,

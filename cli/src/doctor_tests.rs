@@ -251,8 +251,24 @@ fn each_failure_names_its_cause_and_fix() {
             },
             "keys",
             Level::Fail,
-            "DuplicatePublicKey: nodes node-1, node-3 report the same public key; quarantined: node-1 (",
+            "DuplicatePublicKey: nodes node-1, node-3 report the same public key; quarantined: node-1, node-3",
             "delete the key under /var/lib/wirekube",
+        ),
+        (
+            "annotated before the mesh says so",
+            |s| {
+                s.peers[1].metadata.annotations = Some(
+                    [(
+                        wirekube_crds::QUARANTINE_ANNOTATION.to_string(),
+                        "malformed public key".to_string(),
+                    )]
+                    .into(),
+                );
+            },
+            "keys",
+            Level::Fail,
+            "quarantined: node-2 (malformed public key)",
+            "/var/lib/wirekube",
         ),
         (
             "peers skipped",

@@ -308,6 +308,9 @@ fn check_doctor(k: &KubeLab) {
             "metadata": {"name": n, "annotations": {wirekube_crds::QUARANTINE_ANNOTATION: msg}}});
         apply::<WireKubePeer>(k, n, "wirekube-operator-quarantine", false, body);
     }
+    let t = stdout(&plugin(k, &["doctor"]), 1);
+    eprintln!("$ kubectl wirekube doctor  # after the quarantine\n{t}");
+    assert!(t.contains("[FAIL] keys      DuplicatePublicKey: "), "{t}");
     let j: Value = serde_json::from_str(&stdout(&plugin(k, &["doctor", "-o", "json"]), 1))
         .expect("doctor -o json is JSON");
     let keys = j
@@ -317,7 +320,7 @@ fn check_doctor(k: &KubeLab) {
     assert_eq!(keys["level"], "fail", "{keys}");
     let detail = keys["detail"].as_str().unwrap_or("");
     assert!(
-        detail.contains("DuplicatePublicKey") && detail.contains("quarantined: node-1 ("),
+        detail.contains("DuplicatePublicKey") && detail.contains("quarantined: node-1, node-3"),
         "{keys}"
     );
     assert!(

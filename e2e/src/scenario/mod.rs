@@ -9,6 +9,7 @@
 //! through [`NodeAccess`], so the same checks could run against a real cluster (`e2e/kind/`).
 
 pub mod bins;
+pub mod cloud;
 pub mod cluster;
 pub mod diagnose;
 pub mod faults;

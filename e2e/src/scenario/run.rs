@@ -15,13 +15,15 @@ use wirekube_crds::{
     ActualPath, ExternalRelay, ManagedRelay, PathReason, RelayProvider, RelaySpec, ServiceType,
     WireKubeMesh, WireKubeMeshSpec, WireKubePeer,
 };
-use wirekube_kubelab::cloud::{Announcement, Announcer, LabCloud};
+use wirekube_kubelab::cloud::LabCloud;
 use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
 use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
 
 use crate::kube_lab::KubeLab;
 
 use super::bins::binary;
+pub use super::cloud::LB_ADDRESS;
+use super::cloud::start_cloud;
 
 /// How long a pair may take to pass its first ping once both agents report the path. Seen twice
 /// in about 100 runs of `seed_decision_mode_never` (once in CI, once locally with the CPUs
@@ -711,67 +713,6 @@ fn start_nodes(
         out.insert(name.clone(), node);
     }
     Ok(out)
-}
-
-/// The public address the lab cloud hands to a LoadBalancer Service: high in the lab's internet
-/// range, where the lab's own allocation (from .10 upwards) never reaches.
-pub const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 240);
-
-/// The lab cloud, announcing LoadBalancer addresses on the public node that runs the endpoint
-/// (a second address on its NIC, as a cloud's floating IP) and forwarding them to the pods there
-/// with nftables DNAT (an IP-target load balancer: the client's address is kept).
-fn start_cloud(lab: &Arc<Lab>, kube: &KubeLab, hosts: &BTreeMap<String, Host>) -> Result<LabCloud> {
-    let (lab, hosts) = (lab.clone(), hosts.clone());
-    let announce: Announcer = Arc::new(move |a: &Announcement, up: bool| {
-        let Some(h) = hosts.get(&a.node).filter(|h| h.site.is_none()) else {
-            tracing::warn!(
-                "lab cloud: {} is not a public lab host; {} not announced",
-                a.node,
-                a.ip
-            );
-            return;
-        };
-        if let Err(e) = announce_on(&lab, h, a, up) {
-            eprintln!("lab cloud: announce {} on {} ({up}): {e:#}", a.ip, a.node);
-        }
-    });
-    let ns = wirekube_lab::netns::ns_path(&kube.dmz.ns);
-    Ok(LabCloud::start(
-        &kube.cp.admin_kubeconfig(),
-        Some(&ns),
-        vec![LB_ADDRESS],
-        Some(announce),
-    )?)
-}
-
-/// Adds (or removes) the address and its DNAT table on `host`.
-fn announce_on(lab: &Lab, host: &Host, a: &Announcement, up: bool) -> Result<()> {
-    let table = format!("wklb_{}", a.ip.to_string().replace('.', "_"));
-    let addr = format!("{}/32", a.ip);
-    if !up {
-        let _ = lab.exec(host, &["nft", "delete", "table", "ip", &table]);
-        lab.run(host, &["ip", "addr", "del", &addr, "dev", "eth0"])?;
-        return Ok(());
-    }
-    let rules: String = a
-        .forwards
-        .iter()
-        .map(|f| {
-            format!(
-                "ip daddr {} {} dport {} dnat to {}:{}; ",
-                a.ip, f.protocol, f.port, f.pod_ip, f.target_port
-            )
-        })
-        .collect();
-    let script = format!(
-        "table ip {table} {{ \
-           chain pre {{ type nat hook prerouting priority dstnat - 10; {rules}}}; \
-           chain out {{ type nat hook output priority -110; {rules}}}; }}"
-    );
-    let _ = lab.exec(host, &["nft", "delete", "table", "ip", &table]);
-    lab.run(host, &["nft", &script])?;
-    let _ = lab.exec(host, &["ip", "addr", "add", &addr, "dev", "eth0"]);
-    Ok(())
 }
 
 /// The last `lines` lines of each container log under a kubelet's pods directory.

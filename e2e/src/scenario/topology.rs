@@ -235,9 +235,10 @@ impl Topology {
         if let RelaySetup::ManagedNodePort { node, .. } | RelaySetup::ManagedLoadBalancer { node } =
             &self.relay
             && !self.public_nodes.contains(node)
+            && !self.is_elastic(node)
         {
             return Err(format!(
-                "{}: managed relay node {node} is not public",
+                "{}: managed relay node {node} has no public address",
                 self.id
             ));
         }
@@ -292,12 +293,13 @@ pub fn seed_1_all_private() -> Topology {
 
 /// Topology 2, "Mixed (Private + Public)", with a managed relay behind a LoadBalancer.
 ///
-/// The lab's public node has its address on its NIC and is not on VPC A's LAN, so node-1 ↔ node-2
-/// is direct because node-2 is public (`public-peer`), not because they share a subnet.
+/// node-2 is in VPC A's subnet and has a public IP, as the seed says: an elastic IP (a 1:1 NAT
+/// on the VPC's gateway), so node-1 and node-2 share a LAN (`same-site`) and everyone else
+/// reaches node-2 at its public address (`public-peer`).
 pub fn seed_2_mixed() -> Topology {
     Topology::new("seed-2", "Mixed (private + public)")
         .site("vpc-a", NatKind::Symmetric, "10.1.0.0/24", &["node-1"])
-        .public("node-2")
+        .elastic("node-2")
         .site("vpc-b", NatKind::Symmetric, "10.2.0.0/24", &["node-3"])
         .relay(RelaySetup::ManagedLoadBalancer {
             node: "node-2".into(),
@@ -305,8 +307,8 @@ pub fn seed_2_mixed() -> Topology {
         .direct(
             "node-1",
             "node-2",
-            PublicPeer,
-            "seed: same subnet; lab: node-2's public IP is on its NIC",
+            SameSite,
+            "same subnet (node-2's public IP is an elastic IP)",
         )
         .direct("node-2", "node-3", PublicPeer, "node-2 has a public IP")
         .relayed(

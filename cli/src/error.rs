@@ -24,6 +24,8 @@ pub enum CliError {
         mesh: String,
         known: String,
     },
+    #[error("explain needs two different nodes (got {0} twice)")]
+    SameNode(String),
     #[error("cannot encode the report as JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -27,6 +27,9 @@ pub struct Explanation {
 }
 
 pub fn explain(s: &Snapshot, a: &str, b: &str) -> Result<Explanation, CliError> {
+    if a == b {
+        return Err(CliError::SameNode(a.to_owned()));
+    }
     let pa = find(s, a)?;
     let pb = find(s, b)?;
     let mut facts = vec![side_facts(s, pa), side_facts(s, pb)];

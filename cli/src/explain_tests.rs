@@ -115,6 +115,15 @@ fn a_node_without_status_or_plan_is_said_so() {
 }
 
 #[test]
+fn a_node_with_itself_is_a_usage_error() {
+    let err = explain(&fixtures::three_nodes(), "node-1", "node-1").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "explain needs two different nodes (got node-1 twice)"
+    );
+}
+
+#[test]
 fn unknown_node_lists_the_known_ones() {
     let err = explain(&fixtures::three_nodes(), "node-1", "nope").unwrap_err();
     assert_eq!(

@@ -417,3 +417,40 @@ fn choosing__symmetric_nat_means_deploy_a_relay_with_mode_auto() {
     assert!(p.summary.relay > 0);
     assert_eq!(p.summary.down, 0);
 }
+
+/// The seed's wording, as the lab builds it: node-2 in VPC A's subnet with an elastic IP (a
+/// 1:1 NAT, reported `one-to-one`, the Node's ExternalIP).
+fn topology_2_elastic() -> Vec<Host> {
+    let mut hosts = topology_2();
+    hosts[1] = Host::new("node-2", OneToOne)
+        .lan("10.1.0.12", 24)
+        .public("198.18.0.41");
+    hosts
+}
+
+#[test]
+fn topology_2_mixed__node2_behind_an_elastic_ip() {
+    let p = auto(&topology_2_elastic());
+    assert_pair(&p, "node-1", "node-2", Direct, R::SameSite);
+    assert_pair(&p, "node-2", "node-3", Direct, R::PublicPeer);
+    assert_pair(&p, "node-1", "node-3", Relay, R::BothSymmetric);
+    let to_public = entry(&p, "node-3", "node-2");
+    assert_eq!(to_public.endpoint.as_deref(), Some("198.18.0.41:51820"));
+    assert!(to_public.initiate);
+    assert!(!entry(&p, "node-2", "node-3").initiate);
+    // The agent recognises the 1:1 NAT by the ExternalIPs its spec carries.
+    assert_eq!(p.spec("node-2").unwrap().external_ips, ["198.18.0.41"]);
+    assert!(p.spec("node-1").unwrap().external_ips.is_empty());
+}
+
+/// `one-to-one` without a STUN mapping has no address to be reached at: relayed until it has.
+#[test]
+fn one_to_one_without_a_mapping_is_planned_as_unknown() {
+    let hosts = vec![
+        Host::new("a", OneToOne).lan("10.1.0.11", 24),
+        Host::new("b", Symmetric)
+            .lan("10.2.0.11", 24)
+            .public("198.18.0.21"),
+    ];
+    assert_pair(&auto(&hosts), "a", "b", Relay, R::NatUnknown);
+}

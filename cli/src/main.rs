@@ -44,7 +44,11 @@ enum Output {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Every pair as a matrix of the paths the agents report, then each direction in detail.
-    Status,
+    Status {
+        /// List only the directions that are not up as planned (text output; JSON has all).
+        #[arg(long)]
+        problems: bool,
+    },
     /// The facts and the planning rule behind one pair's path, and what the agents do.
     Explain { node_a: String, node_b: String },
     /// Checks the install and every agent's report; exits 1 when a check fails.
@@ -90,10 +94,10 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
             print(json, &checks, || doctor::to_text(&checks))?;
             return Ok(if doctor::failed(&checks) { 1 } else { 0 });
         }
-        Command::Status => {
+        Command::Status { problems } => {
             need_mesh(&snap, cli)?;
             let r = status::render(&snap);
-            print(json, &r, || r.to_text())?;
+            print(json, &r, || r.to_text(*problems))?;
         }
         Command::Explain { node_a, node_b } => {
             need_mesh(&snap, cli)?;

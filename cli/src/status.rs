@@ -204,15 +204,16 @@ pub const LEGEND: &str =
 
 impl StatusReport {
     /// The terminal rendering: header, matrix with numbered columns (names would make it too
-    /// wide at 10+ nodes), legend, nodes, then every direction.
-    pub fn to_text(&self) -> String {
+    /// wide at 10+ nodes), legend, nodes, then every direction (or, with `problems_only`,
+    /// the directions that need a look: at 10+ nodes the full list runs to hundreds of lines).
+    pub fn to_text(&self, problems_only: bool) -> String {
         let mut out = self.header();
         out.push('\n');
         out.push_str(&self.matrix_text());
         out.push_str(&format!("legend: {LEGEND}\n\n"));
         out.push_str(&self.nodes_text());
         out.push('\n');
-        out.push_str(&self.pairs_text());
+        out.push_str(&self.pairs_text(problems_only));
         out
     }
 
@@ -291,8 +292,18 @@ impl StatusReport {
         )
     }
 
-    fn pairs_text(&self) -> String {
-        let rows: Vec<Vec<String>> = self.pairs.iter().map(direction_row).collect();
+    fn pairs_text(&self, problems_only: bool) -> String {
+        let shown = self
+            .pairs
+            .iter()
+            .filter(|d| !problems_only || d.is_problem());
+        let rows: Vec<Vec<String>> = shown.map(direction_row).collect();
+        if rows.is_empty() && problems_only {
+            return format!(
+                "every one of the {} directions is up as planned\n",
+                self.pairs.len()
+            );
+        }
         table(
             &[
                 "FROM",
@@ -305,6 +316,14 @@ impl StatusReport {
             ],
             &rows,
         )
+    }
+}
+
+impl Direction {
+    /// Not up as planned: fell back, down, still connecting, unreported, or off the plan.
+    pub fn is_problem(&self) -> bool {
+        !matches!(self.actual, Some(ActualPath::Direct | ActualPath::Relay))
+            || !note(self).is_empty()
     }
 }
 

@@ -64,7 +64,7 @@ fn mesh_line_counts_ready_agents_and_names_the_relay() {
 
 #[test]
 fn text_has_matrix_legend_nodes_and_notes() {
-    let t = render(&fixtures::three_nodes()).to_text();
+    let t = render(&fixtures::three_nodes()).to_text(false);
     assert!(
         t.starts_with("mesh default: Ready; 3/3 agents ready; relay: 198.18.0.2:3478\n"),
         "{t}"
@@ -114,10 +114,41 @@ fn matrix_stays_narrow_at_twelve_nodes() {
         taken_at: fixtures::now(),
         ..Default::default()
     };
-    let t = render(&s).to_text();
+    let t = render(&s).to_text(false);
     let matrix_width = t.lines().nth(2).map(|l| l.chars().count()).unwrap_or(0);
     // 12 columns of 4 characters after "12 worker-12".
     assert!(matrix_width <= 12 + 12 * 4, "{matrix_width}\n{t}");
     assert!(t.lines().nth(2).unwrap().ends_with("12"), "{t}");
     assert_eq!(render(&s).pairs.len(), 12 * 11);
+}
+
+#[test]
+fn problems_only_keeps_the_directions_that_need_a_look() {
+    let r = render(&fixtures::three_nodes());
+    let t = r.to_text(true);
+    let listed: Vec<&str> = t
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM"))
+        .skip(1)
+        .collect();
+    assert_eq!(listed.len(), 2, "{t}");
+    assert!(
+        listed[0].starts_with("node-2  node-3") && listed[0].contains("relay*"),
+        "{t}"
+    );
+    assert!(
+        listed[1].starts_with("node-3  node-2") && listed[1].contains("connecting"),
+        "{t}"
+    );
+    let mut healthy = fixtures::three_nodes();
+    healthy.peers.truncate(2);
+    for p in &mut healthy.peers {
+        p.spec.peers.truncate(1);
+        p.status.as_mut().unwrap().connections.truncate(1);
+    }
+    let t = render(&healthy).to_text(true);
+    assert!(
+        t.ends_with("every one of the 2 directions is up as planned\n"),
+        "{t}"
+    );
 }

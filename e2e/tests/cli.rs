@@ -229,6 +229,18 @@ fn check_status(k: &KubeLab) {
     ] {
         assert!(t.contains(want), "status lacks {want:?}:\n{t}");
     }
+    let t = stdout(&plugin(k, &["status", "--problems"]), 0);
+    let listed: Vec<&str> = t
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM"))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        listed.len(),
+        3,
+        "node-3's two directions and node-2's fallback:\n{t}"
+    );
+    assert!(!t.contains("node-1  node-2  Direct"), "{t}");
     let j: Value = serde_json::from_str(&stdout(&plugin(k, &["status", "-o", "json"]), 0))
         .expect("status -o json is JSON");
     assert_eq!(j["nodes"].as_array().map(Vec::len), Some(3), "{j:#}");

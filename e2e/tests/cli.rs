@@ -1,8 +1,9 @@
 //! `kubectl wirekube` on the real control plane (needs root and `cargo build --workspace
 //! --bins`): a mesh and peers written as the operator and the agents write them (admin client,
 //! their field managers), then the built plugin binary run against the lab's admin kubeconfig,
-//! as a user runs it: `status` (text and JSON), `explain`, `doctor` (a node whose agent is not
-//! ready, then a quarantined duplicate key), `netcheck`, and its usage/connection errors.
+//! as a user runs it: `doctor` and `status` before WireKube is installed, then `status` (text,
+//! `--problems`, JSON), `explain`, `netcheck`, `doctor` (a node whose agent is not ready, then
+//! a quarantined duplicate key), and its usage/connection errors.
 
 use std::process::Output;
 
@@ -192,6 +193,7 @@ fn kubectl_wirekube_reports_status_explain_doctor_netcheck_on_the_lab_api() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     bins::binary("kubectl-wirekube").expect("build it first: cargo build --workspace --bins");
     let k = KubeLab::start("cli").expect("lab control plane");
+    check_before_install(&k);
     k.install_api().expect("namespace, CRDs and RBAC");
     let mesh = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
         "metadata": {"name": "default"},
@@ -213,6 +215,23 @@ fn kubectl_wirekube_reports_status_explain_doctor_netcheck_on_the_lab_api() {
     check_doctor(&k);
     check_errors(&k);
     k.shutdown().expect("clean teardown");
+}
+
+/// A cluster without WireKube: doctor says what to install, status that there is no mesh.
+fn check_before_install(k: &KubeLab) {
+    let t = stdout(&plugin(k, &["doctor"]), 1);
+    assert!(
+        t.contains("[FAIL] crds      wirekubemeshes.wirekube.io is not installed"),
+        "{t}"
+    );
+    assert!(t.contains("fix: install the CRDs"), "{t}");
+    let o = plugin(k, &["status"]);
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(
+        out(&o).contains("no WireKubeMesh at all in this cluster"),
+        "{}",
+        out(&o)
+    );
 }
 
 fn check_status(k: &KubeLab) {

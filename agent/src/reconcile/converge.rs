@@ -189,7 +189,7 @@ impl Agent {
                 rx_bytes: s.map_or(0, |s| s.rx_bytes),
                 tx_bytes: s.map_or(0, |s| s.tx_bytes),
             };
-            rt.poll_liveness(now);
+            rt.poll_liveness(iface.address.addr(), now);
             if let Some(tr) = rt.state.observe(&obs, now) {
                 self.metrics
                     .transitions
@@ -310,17 +310,21 @@ pub(super) fn trigger_handshake(ip: std::net::IpAddr) {
 impl PeerRt {
     /// Feeds answers to earlier liveness requests to the state machine (before `observe`, so
     /// an answer that is merely read late still counts).
-    fn poll_liveness(&mut self, now: Instant) {
+    fn poll_liveness(&mut self, local: std::net::IpAddr, now: Instant) {
         let Some(ip) = self.target.mesh_ip else {
             self.live = None;
             return;
         };
-        if self.live.as_ref().is_none_or(|l| l.ip() != ip) {
-            self.live = liveness_io::LivenessSocket::open(ip)
-                .map_err(|e| tracing::warn!(error = %e, "liveness socket"))
+        if self.live.as_ref().is_none_or(|l| !l.is_for(local, ip)) {
+            // Fails until our mesh IP is on the interface (first pass): retried every pass.
+            self.live = liveness_io::LivenessSocket::open(local, ip)
+                .map_err(|e| tracing::debug!(error = %e, "liveness socket"))
                 .ok();
         }
         if self.live.as_ref().is_some_and(|l| l.answered()) {
+            if !self.state.liveness_armed() {
+                tracing::info!(peer = %self.target.name, %ip, "peer answered a liveness request: fast failover armed");
+            }
             self.state.liveness_answered(now);
         }
     }
@@ -330,6 +334,7 @@ impl PeerRt {
             return;
         }
         if let Some(l) = &self.live {
+            tracing::debug!(peer = %self.target.name, "liveness request");
             if l.send() {
                 self.state.liveness_answered(now);
             }

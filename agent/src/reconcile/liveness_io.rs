@@ -3,30 +3,32 @@
 //! ICMP port unreachable, which Linux reports on a connected socket as `ECONNREFUSED`.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 /// Port 9 (discard): nothing listens there, so the kernel answers.
 const PORT: u16 = 9;
 
 pub(super) struct LivenessSocket {
+    local: IpAddr,
     ip: IpAddr,
     sock: UdpSocket,
 }
 
 impl LivenessSocket {
-    pub(super) fn open(ip: IpAddr) -> std::io::Result<Self> {
-        let any: IpAddr = match ip {
-            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-        };
-        let sock = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    /// Bound to our own mesh IP, which must be on the interface already: `connect` fixes the
+    /// source address from the route of the moment, and one chosen before the mesh routes
+    /// exist (the LAN address) is outside the peer's AllowedIPs, so the peer drops every
+    /// request and fast failover never arms.
+    pub(super) fn open(local: IpAddr, ip: IpAddr) -> std::io::Result<Self> {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
         sock.connect(SocketAddr::new(ip, PORT))?;
         sock.set_nonblocking(true)?;
-        Ok(Self { ip, sock })
+        Ok(Self { local, ip, sock })
     }
 
-    pub(super) fn ip(&self) -> IpAddr {
-        self.ip
+    /// Whether this socket runs from `local` to `ip`.
+    pub(super) fn is_for(&self, local: IpAddr, ip: IpAddr) -> bool {
+        self.local == local && self.ip == ip
     }
 
     /// Whether an answer arrived since the last call (drains what is pending).

@@ -96,7 +96,7 @@ pub fn rule_text(r: PathReason) -> &'static str {
             "rule 7 (nat-unknown): a side's NAT type is not known yet, or lacks the address it relies on (open without a public endpoint, a cone without a STUN mapping, symmetric without a public IP); the relay works regardless, and the pair moves to its real rule once the agent has classified its NAT (seconds)"
         }
         PathReason::PublicPeer => {
-            "rule 8 (public-peer): a side has a public IP on its NIC (open), so the NATed side sends first to that public endpoint and the open side answers to wherever the packets came from"
+            "rule 8 (public-peer): a side is reachable unsolicited, with a public IP on its NIC (open) or behind a 1:1 NAT (one-to-one, an elastic IP), so the other side sends first to that public endpoint and the reachable side answers to wherever the packets came from"
         }
         PathReason::ConeCone => {
             "rule 9 (cone-cone): both sides are cones (one public mapping for every destination), so both send at once to each other's STUN mapping and each NAT lets the other in"

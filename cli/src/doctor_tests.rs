@@ -167,8 +167,8 @@ fn each_failure_names_its_cause_and_fix() {
                     ));
             },
             "agents",
-            Level::Fail,
-            "node-1: status last written 15m ago",
+            Level::Warn,
+            "node-1: status unchanged for 15m",
             "logs",
         ),
         (

@@ -273,7 +273,7 @@ fn operator(s: &Snapshot, now: Timestamp) -> Check {
         Some(_) if available < replicas => Check::bad(
             "operator",
             Level::Warn,
-            format!("{detail}; {available}/{replicas} replicas available (no standby)"),
+            format!("{detail}; {available}/{replicas} replicas available"),
             logs,
         ),
         Some(_) => Check::ok(

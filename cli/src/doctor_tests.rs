@@ -120,7 +120,7 @@ fn each_failure_names_its_cause_and_fix() {
             "logs",
         ),
         (
-            "no standby",
+            "fewer replicas available",
             |s| {
                 s.operator
                     .as_mut()

@@ -401,3 +401,58 @@ fn check_errors(k: &KubeLab) {
         out(&o)
     );
 }
+
+/// The plugin on a mesh the real operator, relay and agents converged (seed topology 1): what
+/// `status -o json` reports is what the seed table expects, and `doctor` finds no failure on
+/// a healthy install (no false alarms from real agents' statuses).
+#[test]
+fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
+    use wirekube_e2e::scenario::{Options, Scenario, topology};
+    assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
+    bins::binary("kubectl-wirekube").expect("build it first: cargo build --workspace --bins");
+    let mut sc =
+        Scenario::build(topology::seed_1_all_private(), Options::default()).expect("build");
+    if let Err(e) = sc.converge() {
+        panic!("{e:#}\n{}", sc.logs(40));
+    }
+    let j: Value = serde_json::from_str(&stdout(&plugin(&sc.kube, &["status", "-o", "json"]), 0))
+        .expect("status -o json is JSON");
+    let pairs = j["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 6, "{j:#}");
+    for d in pairs {
+        let (a, b) = (
+            d["from"].as_str().unwrap_or(""),
+            d["to"].as_str().unwrap_or(""),
+        );
+        let want = sc.topo.expectation(a, b).expect("seed row");
+        assert_eq!(
+            d["actual"],
+            serde_json::to_value(want.path).unwrap_or_default(),
+            "{d}"
+        );
+        assert_eq!(
+            d["reason"],
+            serde_json::to_value(want.reason).unwrap_or_default(),
+            "{d}"
+        );
+        assert!(
+            d["handshakeAgeSeconds"].as_i64().is_some(),
+            "a handshake: {d}"
+        );
+    }
+    let doctor = plugin(&sc.kube, &["doctor"]);
+    eprintln!(
+        "$ kubectl wirekube doctor  # converged seed 1\n{}",
+        out(&doctor)
+    );
+    assert_eq!(
+        doctor.status.code(),
+        Some(0),
+        "{}\n{}",
+        out(&doctor),
+        sc.logs(20)
+    );
+    let t = stdout(&plugin(&sc.kube, &["explain", "node-1", "node-3"]), 0);
+    assert!(t.contains("rule 12 (both-symmetric)"), "{t}");
+    sc.shutdown().expect("clean teardown");
+}

@@ -1,13 +1,15 @@
 //! The NAT grid (issue 17): one node per kind of network attachment (public IP, 1:1 NAT, full
 //! / address-restricted / port-restricted cone, symmetric, TCP-only firewall, CGNAT in front
-//! of a cone, two nodes on one LAN) in one lab, every ordered pair checked: the reported path
-//! and reason against the one table (`wirekube_e2e::scenario::grid::GRID`), `wg show`, a ping
-//! and a verified TCP transfer; and every node's reported NAT type. Needs root and
+//! of a cone, two nodes on one LAN) in one lab, every ordered pair checked against the one
+//! table (`wirekube_e2e::scenario::grid::GRID`): the planned path and reason (the operator's
+//! spec), the path and reason the agent reports, `wg show`, a ping and a verified TCP
+//! transfer; and every node's reported NAT type. Needs root and
 //! `cargo build --workspace --bins`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use wirekube_crds::{ActualPath, PlannedPath};
 use wirekube_e2e::scenario::{Options, PairReport, Scenario, grid, report};
 
 #[test]
@@ -45,7 +47,31 @@ fn check(sc: &mut Scenario) -> Result<Vec<PairReport>> {
     sc.converge()?;
     let pairs = sc.verify()?;
     let mut problems: Vec<String> = Vec::new();
+    let others = sc.topo.nodes().len() - 1;
     for (name, peer) in sc.peers()? {
+        // The plan: the operator's spec entry for every peer.
+        if peer.spec.peers.len() != others {
+            problems.push(format!(
+                "{name}: spec lists {} peers, expected {others}",
+                peer.spec.peers.len()
+            ));
+        }
+        for e in &peer.spec.peers {
+            let Some(x) = sc.topo.expectation(&name, &e.name) else {
+                problems.push(format!("{name}: spec lists unknown peer {}", e.name));
+                continue;
+            };
+            let want = match x.path {
+                ActualPath::Direct => PlannedPath::Direct,
+                _ => PlannedPath::Relay,
+            };
+            if (e.path, e.reason) != (want, x.reason) {
+                problems.push(format!(
+                    "{name} -> {}: planned {:?} ({}), expected {want:?} ({})",
+                    e.name, e.path, e.reason, x.reason
+                ));
+            }
+        }
         let got = peer.status.map(|s| s.nat_type);
         let want = grid::kind_of(&name).nat_type();
         if got != Some(want) {

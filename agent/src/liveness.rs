@@ -29,6 +29,11 @@ pub struct LivenessTiming {
     pub deadline: Duration,
     /// Interval between requests to a peer that has never answered.
     pub capability_every: Duration,
+    /// No fast detection for this long after a pair turns direct: right after a probe both
+    /// ends are still moving their endpoints (stray relay packets roam WireGuard back for a
+    /// moment) and the peer's kernel has spent its ICMP allowance (about one answer a second
+    /// after a burst of six) on the probe's trigger datagrams. The data-stall rule covers it.
+    pub settle: Duration,
 }
 
 impl LivenessTiming {
@@ -40,6 +45,7 @@ impl LivenessTiming {
         every: Duration::from_millis(200),
         deadline: Duration::from_millis(1000),
         capability_every: Duration::from_secs(30),
+        settle: Duration::from_secs(5),
     };
 }
 

@@ -511,7 +511,8 @@ impl PathState {
         }
     }
 
-    /// Direct, we sent data since anything last arrived, and that was `suspect_after` ago.
+    /// Direct for `settle`, we sent data since anything last arrived, and that was
+    /// `suspect_after` ago.
     /// Our own persistent keepalives in that time do not count (a peer answers them with
     /// nothing), so idle pairs are never suspect.
     fn suspect(&self, now: Instant) -> bool {
@@ -520,7 +521,13 @@ impl PathState {
             .as_secs()
             .checked_div(u64::from(self.plan.keepalive))
             .map_or(0, |n| 32 * (n + 1));
-        matches!(self.phase, Phase::Direct { .. })
+        let settled = match self.phase {
+            Phase::Direct { since } => {
+                now.saturating_duration_since(since) >= self.timing.liveness.settle
+            }
+            _ => false,
+        };
+        settled
             && self.tx.saturating_sub(self.tx_at_rx_change) > SUSPECT_MIN_TX + keepalives
             && quiet >= self.timing.liveness.suspect_after
     }

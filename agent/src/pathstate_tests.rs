@@ -456,8 +456,8 @@ fn run_live(s: &mut Sim, steps: u32, answers: bool, rx: u64, tx: u64) -> u32 {
 fn direct_and_armed() -> Sim {
     let mut s = Sim::new(PlannedPath::Direct, true);
     s.handshake(DIRECT);
-    // Both ways busy, the capability request answered.
-    run_live(&mut s, 8, true, 500, 500);
+    // Both ways busy past the settle time, the capability request answered.
+    run_live(&mut s, 24, true, 500, 500);
     assert_eq!(s.ps.actual(), ActualPath::Direct);
     assert!(s.ps.liveness_armed(), "the first request arms detection");
     s
@@ -539,4 +539,31 @@ fn an_answer_read_late_still_saves_the_path() {
         s.log.push(t);
     }
     assert_eq!(s.ps.actual(), ActualPath::Direct);
+}
+
+#[test]
+fn no_fast_failover_while_a_new_direct_path_settles() {
+    let mut s = direct_and_armed();
+    // Back on the relay and up again by a probe...
+    s.obs.endpoint = Some(RELAY.parse().unwrap());
+    s.obs.via_relay = true;
+    s.obs.last_handshake = Some(s.now);
+    run_live(&mut s, 4, true, 500, 500);
+    assert!(s.ps.fallback(), "{:?}", s.ps.phase());
+    while s.ps.actual() != ActualPath::Direct {
+        s.now += Duration::from_secs(1);
+        if matches!(s.ps.phase(), Phase::Probing { .. }) {
+            s.handshake(DIRECT);
+        }
+        if let Some(t) = s.ps.observe(&s.obs, s.now) {
+            s.log.push(t);
+        }
+        assert!(s.elapsed() < 2000, "never probed back");
+    }
+    // ... and a 2 s silence right after the upgrade while the endpoints settle: no failover.
+    run_live(&mut s, 8, false, 0, 500);
+    assert_eq!(s.ps.actual(), ActualPath::Direct, "{:?}", s.log.last());
+    // Silence past the settle time is a dead path again.
+    run_live(&mut s, 24, false, 0, 500);
+    assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
 }

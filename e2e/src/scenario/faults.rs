@@ -1,0 +1,259 @@
+//! Fault injection on a running [`Scenario`] and the measurement around it: a 10/s ping stream
+//! on the affected pair runs from before the fault until traffic flows again, so the report
+//! gives the traffic gap and the pings lost, next to the time the agents took to report the
+//! expected state. Used by `e2e/tests/faults.rs`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use wirekube_crds::ActualPath;
+use wirekube_lab::{Host, PingReport, wait_until};
+
+use super::run::{RELAY_PORT, Scenario, start_relay};
+
+/// Interval of the measuring ping stream.
+pub const PING_EVERY: Duration = Duration::from_millis(100);
+
+/// One fault's outcome.
+#[derive(Clone, Debug)]
+pub struct FaultRow {
+    pub fault: String,
+    pub pair: (String, String),
+    /// From the injection until the agents reported the expected state and a ping passed.
+    pub recovered_after: Duration,
+    pub pings: PingReport,
+}
+
+impl FaultRow {
+    /// A Markdown table row: fault, pair, recovery, longest gap, lost/sent.
+    pub fn markdown(&self) -> String {
+        format!(
+            "| {} | {} ↔ {} | {:.1} s | {:.1} s | {} / {} |",
+            self.fault,
+            self.pair.0,
+            self.pair.1,
+            self.recovered_after.as_secs_f64(),
+            self.pings.longest_gap_time().as_secs_f64(),
+            self.pings.lost(),
+            self.pings.sent
+        )
+    }
+}
+
+/// The Markdown table of a fault run.
+pub fn table(rows: &[FaultRow]) -> String {
+    let mut out = String::from(
+        "| fault | pair | recovered after | longest ping gap | pings lost / sent |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &r.markdown();
+        out.push('\n');
+    }
+    out
+}
+
+impl Scenario {
+    fn host_of(&self, node: &str) -> Result<&Host> {
+        self.hosts
+            .get(node)
+            .ok_or_else(|| anyhow!("no node {node} in this scenario"))
+    }
+
+    /// The address the internet sees for `node` (its own, its elastic IP or its NAT's WAN).
+    pub fn wan_ip(&self, node: &str) -> Result<Ipv4Addr> {
+        Ok(self.lab.public_ip(self.host_of(node)?)?)
+    }
+
+    /// The site (gateway) `node` sits behind.
+    pub fn site_of(&self, node: &str) -> Result<String> {
+        self.host_of(node)?
+            .site
+            .clone()
+            .ok_or_else(|| anyhow!("{node} is not behind a gateway"))
+    }
+
+    /// Whether both agents of the pair report `path` toward each other.
+    pub fn pair_reports(&self, a: &str, b: &str, path: ActualPath) -> bool {
+        let Ok(peers) = self.peers() else {
+            return false;
+        };
+        let says = |x: &str, y: &str| {
+            peers
+                .get(x)
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.connections.iter().find(|c| c.name == y))
+                .is_some_and(|c| c.path == path)
+        };
+        says(a, b) && says(b, a)
+    }
+
+    /// Runs `inject` on the pair (a, b) under a 10/s ping stream from a to b, then waits up to
+    /// `deadline` for `recovered` and a passing ping; returns what the stream saw.
+    pub fn measure_fault(
+        &mut self,
+        fault: &str,
+        (a, b): (&str, &str),
+        inject: impl FnOnce(&mut Scenario) -> Result<()>,
+        recovered: impl Fn(&Scenario) -> bool,
+        deadline: Duration,
+    ) -> Result<FaultRow> {
+        let ip = *self
+            .mesh_ips(&self.peers()?)
+            .get(b)
+            .ok_or_else(|| anyhow!("no mesh IP for {b}"))?;
+        let from = self.host_of(a)?.clone();
+        self.lab
+            .ping_until(&from, ip, Duration::from_secs(30))
+            .with_context(|| format!("{a} -> {b} before {fault}"))?;
+        let stream = self.lab.start_ping(&from, ip, PING_EVERY)?;
+        let t = Instant::now();
+        let outcome = inject(self).and_then(|()| {
+            let this = &*self;
+            wait_until(deadline, &format!("recovery from {fault}"), || {
+                recovered(this) && this.lab.ping(&from, ip).is_ok()
+            })
+            .map_err(anyhow::Error::from)
+        });
+        let recovered_after = t.elapsed();
+        let pings = self.lab.finish_ping(stream)?;
+        outcome
+            .with_context(|| format!("{fault}: {}\n{}", self.pair_state(a, b), self.logs(30)))?;
+        Ok(FaultRow {
+            fault: fault.to_string(),
+            pair: (a.to_string(), b.to_string()),
+            recovered_after,
+            pings,
+        })
+    }
+
+    /// Checks that `cond` holds for the whole of `window` (sampled every 100 ms): a path that
+    /// came back must stay, not flap.
+    pub fn holds_for(
+        &self,
+        what: &str,
+        window: Duration,
+        cond: impl Fn(&Scenario) -> bool,
+    ) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < window {
+            if !cond(self) {
+                return Err(anyhow!(
+                    "{what} stopped holding after {:?}: {}",
+                    start.elapsed(),
+                    self.pair_state_summary()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn pair_state_summary(&self) -> String {
+        self.peers()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|(n, peer)| {
+                        let s = peer.status.as_ref()?;
+                        let c: Vec<String> = s
+                            .connections
+                            .iter()
+                            .map(|c| format!("{}:{:?}", c.name, c.path))
+                            .collect();
+                        Some(format!("{n} -> [{}]", c.join(", ")))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    }
+
+    /// `wg show` of both nodes and the conntrack tables of their gateways, for failure messages.
+    pub fn pair_state(&self, a: &str, b: &str) -> String {
+        let mut out = String::new();
+        for n in [a, b] {
+            if let Ok(h) = self.host_of(n) {
+                let wg = self.lab.run(h, &["wg", "show", "all", "dump"]);
+                out += &format!(
+                    "--- wg show on {n}:\n{}\n",
+                    wg.unwrap_or_else(|e| e.to_string())
+                );
+            }
+            if let Ok(site) = self.site_of(n)
+                && let Ok(s) = self.lab.site(&site)
+            {
+                let ct = self.lab.run(&s.gateway, &["conntrack", "-L", "-p", "udp"]);
+                out += &format!(
+                    "--- conntrack on {site}:\n{}\n",
+                    ct.unwrap_or_else(|e| e.to_string())
+                );
+            }
+        }
+        out
+    }
+
+    /// Stops the external relay and starts it again on the same address and token.
+    pub fn restart_relay(&mut self) -> Result<()> {
+        let old = self
+            .relay
+            .take()
+            .ok_or_else(|| anyhow!("this scenario has no external relay"))?;
+        self.lab.stop(&old)?;
+        let token_file = self.lab.dir().join("relay-token");
+        let p = start_relay(&self.lab, &self.dmz, &token_file)?;
+        wait_until(Duration::from_secs(10), "relay listening again", || {
+            self.lab.tcp_listening(&self.dmz, RELAY_PORT) || !self.lab.is_running(&p)
+        })?;
+        self.relay = Some(p);
+        Ok(())
+    }
+
+    /// The pid of `node`'s agent container process (0 when it is not running).
+    pub fn agent_pid(&self, node: &str) -> u32 {
+        let pattern = format!("wirekube-agent.*--node-name={node}( |$)");
+        std::process::Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGKILLs `node`'s agent (its lab kubelet restarts the container); returns the old pid.
+    pub fn kill_agent(&self, node: &str) -> Result<u32> {
+        let pid = self.agent_pid(node);
+        if pid == 0 {
+            return Err(anyhow!("no running agent on {node}"));
+        }
+        let pid_t = libc::pid_t::try_from(pid)?;
+        // SAFETY: kill(2) on a process of this lab; no memory is involved.
+        if unsafe { libc::kill(pid_t, libc::SIGKILL) } != 0 {
+            return Err(anyhow!("kill {pid}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(pid)
+    }
+
+    /// Deletes `node`'s private key file (its private `/var/lib/wirekube`).
+    pub fn delete_key(&self, node: &str) -> Result<()> {
+        let h = self.host_of(node)?.clone();
+        self.lab
+            .run(&h, &["rm", "-f", "/var/lib/wirekube/private.key"])?;
+        Ok(())
+    }
+
+    /// The public key `node`'s agent reports.
+    pub fn reported_key(&self, node: &str) -> Option<String> {
+        self.peers()
+            .ok()?
+            .get(node)?
+            .status
+            .as_ref()?
+            .public_key
+            .clone()
+    }
+}

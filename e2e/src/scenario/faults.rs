@@ -119,12 +119,14 @@ impl Scenario {
         let pings = self.lab.finish_ping(stream)?;
         outcome
             .with_context(|| format!("{fault}: {}\n{}", self.pair_state(a, b), self.logs(30)))?;
-        Ok(FaultRow {
+        let row = FaultRow {
             fault: fault.to_string(),
             pair: (a.to_string(), b.to_string()),
             recovered_after,
             pings,
-        })
+        };
+        eprintln!("[fault] {}", row.markdown());
+        Ok(row)
     }
 
     /// Checks that `cond` holds for the whole of `window` (sampled every 100 ms): a path that

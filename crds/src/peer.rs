@@ -106,7 +106,7 @@ pub struct PeerEntry {
     #[serde(default)]
     pub initiate: bool,
     /// Address to send a few packets toward so that this side's address-restricted NAT
-    /// accepts the peer's packets (lab-notes §4).
+    /// accepts the peer's packets (docs/lab-findings.md §4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub punch_toward: Option<String>,
     /// Persistent keepalive in seconds (0 = off).

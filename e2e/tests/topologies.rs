@@ -1,4 +1,4 @@
-//! The seed topologies (`../shared/seed-topologies.md`) as end-to-end tests: each builds its
+//! The seed topologies (the seed tables in `docs/topologies.md`) as end-to-end tests: each builds its
 //! topology in the network lab, runs the real API server, operator, relay and agents, and checks
 //! every pair in both directions (reported path and reason, `wg show`, ping, TCP transfer).
 //! Needs root and the binaries: `cargo build --workspace --bins` first (`make test` does).

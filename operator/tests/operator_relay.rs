@@ -104,8 +104,7 @@ fn managed_relay_lifecycle() {
         env.run_pods(NS, RELAY_PODS, &["a"]).await;
         eventually(T, "NodePort endpoints", || async {
             let m = env.mesh("default").await;
-            (m.status.as_ref()?.relay_endpoints == ["198.51.100.1:31478"])
-                .then_some(())
+            (m.status.as_ref()?.relay_endpoints == ["198.51.100.1:31478"]).then_some(())
         })
         .await;
         assert_eq!(

@@ -1,6 +1,6 @@
-//! One test per row of the five seed topologies (`../shared/seed-topologies.md`), named
+//! One test per row of the five seed topologies (the seed tables in `docs/topologies.md`), named
 //! `topology_<n>_<name>__<row>`. Each builds the topology's nodes as the lab would see them
-//! (addresses from lab-notes §2) and asserts the planned path, reason, endpoints and who
+//! (addresses from docs/lab-findings.md §2) and asserts the planned path, reason, endpoints and who
 //! initiates, on both sides of the pair.
 
 // `__` separates the topology from the row in test names, so that `cargo test topology_3`
@@ -242,7 +242,7 @@ fn topology_3_multi_cloud__onprem_to_onprem_cone_cone() {
     assert!(a.initiate && b.initiate, "both sides punch");
 }
 
-/// Deviation from the seed ("Cone ↔ Symmetric: Direct"), measured in lab-notes §4: a
+/// Deviation from the seed ("Cone ↔ Symmetric: Direct"), measured in docs/lab-findings.md §4: a
 /// port-restricted cone drops the symmetric side's packets even when both send.
 #[test]
 fn topology_3_multi_cloud__onprem_port_restricted_cone_to_cloud_symmetric_is_relayed() {
@@ -260,7 +260,7 @@ fn topology_4() -> Vec<Host> {
         Host::new("home-1", FullCone)
             .lan("192.168.1.11", 24)
             .public("198.18.0.31"),
-        // The second host behind the same NAT got another port (lab-notes §3.4).
+        // The second host behind the same NAT got another port (docs/lab-findings.md §3.4).
         Host::new("home-2", FullCone)
             .lan("192.168.1.12", 24)
             .public("198.18.0.31")
@@ -282,7 +282,7 @@ fn topology_4_home_lab_cloud__home_cone_to_cloud_symmetric() {
     let p = auto(&topology_4());
     assert_pair(&p, "home-1", "node-2", Direct, R::ConeSymmetric);
     assert!(entry(&p, "node-2", "home-1").initiate);
-    // The STUN-observed port, not the listen port, is advertised (lab-notes §3.4).
+    // The STUN-observed port, not the listen port, is advertised (docs/lab-findings.md §3.4).
     assert_pair(&p, "home-2", "node-2", Direct, R::ConeSymmetric);
     assert_eq!(
         entry(&p, "node-2", "home-2").endpoint.as_deref(),

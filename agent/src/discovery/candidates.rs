@@ -80,7 +80,7 @@ pub fn host_candidates(addrs: &[LocalAddr], wg_interface: &str, port: u16) -> Ve
 
 /// Peer-reflexive candidates: for every peer whose WireGuard endpoint is a real (not relay)
 /// address, that address with `observedBy` naming the peer it belongs to. Behind a
-/// port-changing NAT this is the only endpoint that works (lab-notes §7.7), so the planner
+/// port-changing NAT this is the only endpoint that works (docs/lab-findings.md §7.7), so the planner
 /// can prefer it over the STUN-derived one.
 pub fn prflx_candidates<'a>(
     observed: impl IntoIterator<Item = (&'a str, SocketAddr)>,

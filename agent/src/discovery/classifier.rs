@@ -2,7 +2,7 @@
 //!
 //! Inputs are what the I/O layer measured: the local addresses, the mapped address that each
 //! STUN server address reported for *one* local port (the mapping test), and the outcome of
-//! the CHANGE-REQUEST filtering tests run from a *fresh* local port (lab-notes §3.2: a port
+//! the CHANGE-REQUEST filtering tests run from a *fresh* local port (docs/lab-findings.md §3.2: a port
 //! that already talked to the alternate address would have opened the filter for it).
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,7 +1,7 @@
 //! Endpoint and NAT discovery.
 //!
 //! * At start-up, **before the dataplane binds the WireGuard port**, the mapping test runs
-//!   from that very port (lab-notes §7.7), so the server-reflexive candidate is the public
+//!   from that very port (docs/lab-findings.md §7.7), so the server-reflexive candidate is the public
 //!   mapping of the WireGuard socket itself (not assumed to be `public-ip:listen-port`: NATs
 //!   do not always preserve ports, §3.4).
 //! * Afterwards WireGuard owns the port (kernel WireGuard cannot share its socket), so the

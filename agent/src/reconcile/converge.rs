@@ -222,7 +222,7 @@ impl Agent {
             // Initiation: make sure a handshake starts for peers we must initiate, by
             // sending one datagram into the tunnel (WireGuard handshakes on demand). The
             // keepalive set for them keeps it going; this covers engines that do not send an
-            // initiation when a peer is added (boringtun, lab-notes §4.1).
+            // initiation when a peer is added (boringtun, docs/lab-findings.md §4.1).
             // A probe (either side) is confirmed by traffic over the direct endpoint, i.e. rx
             // growth between two samples (an existing session does not handshake again), so
             // while probing it triggers every PROBE_TRIGGER_EVERY; the peer's kernel answers

@@ -252,7 +252,7 @@ impl Agent {
             if !first_discovery_done {
                 discovered_with = servers.clone();
                 // First discovery runs from the WireGuard port itself, before the dataplane
-                // binds it (lab-notes §7.7). Publish the key and discovery result first: the
+                // binds it (docs/lab-findings.md §7.7). Publish the key and discovery result first: the
                 // operator needs both to plan anyone's path to us.
                 let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
                 let mut answered = false;

@@ -48,7 +48,7 @@ pub const IFACE: &str = "wirekube0";
 pub const LISTEN_PORT: u16 = 51820;
 pub const METRICS_PORT: u16 = 9473;
 pub const MESH_CIDR: &str = "10.77.0.0/24";
-/// Above two WireGuard handshake retries (REKEY_TIMEOUT 5 s, lab-notes §4.1): with 5 s a first
+/// Above two WireGuard handshake retries (REKEY_TIMEOUT 5 s, docs/lab-findings.md §4.1): with 5 s a first
 /// initiation that reaches a not-yet-configured peer made a healthy pair fall back under load.
 pub const DIRECT_TIMEOUT: &str = "12s";
 /// `--probe-interval` of the lab agents: the first probe after a fallback waits 4-12 s

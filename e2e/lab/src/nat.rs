@@ -1,4 +1,4 @@
-//! NAT gateway behaviours as nftables rulesets (lab-notes §2.1, extended for several inner hosts).
+//! NAT gateway behaviours as nftables rulesets (docs/lab-findings.md §2.1, extended for several inner hosts).
 
 use std::fmt;
 
@@ -118,7 +118,7 @@ pub fn ruleset(kind: NatKind) -> String {
         NatKind::None => "accept".to_owned(),
         _ => format!("iifname != \"{w}\" accept"),
     };
-    // INPUT policy drop matters (lab-notes §7.4): an accepted unsolicited inbound packet would
+    // INPUT policy drop matters (docs/lab-findings.md §7.4): an accepted unsolicited inbound packet would
     // leave a conntrack entry that makes a later outbound mapping pick another port.
     format!(
         "table ip {t}

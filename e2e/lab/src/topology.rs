@@ -499,7 +499,7 @@ impl Lab {
     }
 
     /// Replaces the gateway ruleset of `site` by the one of `kind`, then flushes the gateway's
-    /// conntrack table so that no old mapping survives (lab-notes §7.5).
+    /// conntrack table so that no old mapping survives (docs/lab-findings.md §7.5).
     pub fn set_nat(&self, site: &str, kind: NatKind) -> Result<()> {
         let s = self.site(site)?;
         self.run_input(&s.gateway, &["nft", "-f", "-"], &nat::ruleset(kind))?;

@@ -1,5 +1,5 @@
 //! Topology descriptions: sites with NAT kinds, nodes, public nodes, how the relay runs, the mesh
-//! mode, and the path every pair must end up on (the rows of `../shared/seed-topologies.md`).
+//! mode, and the path every pair must end up on (the rows of the seed tables in `docs/topologies.md`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -377,7 +377,7 @@ pub fn seed_3_multi_cloud() -> Topology {
 }
 
 /// Topology 3 with Linux's default cone (port-restricted): the seed's "Cone ↔ Symmetric: Direct"
-/// does not hold (lab-notes §4), so those pairs are relayed; cone ↔ cone stays direct.
+/// does not hold (docs/lab-findings.md §4), so those pairs are relayed; cone ↔ cone stays direct.
 pub fn seed_3_port_restricted() -> Topology {
     Topology::new("seed-3-prc", "Multi-cloud, port-restricted cones")
         .site("cloud-a", NatKind::Symmetric, "10.1.0.0/24", &["cloud-a-1"])

@@ -79,7 +79,7 @@ fn lan_ep(peer: &NodeFacts) -> Option<Ep> {
 /// How `from` reaches `to` across the internet, if `to`'s NAT type lets an unsolicited
 /// packet in at an address we know: open or 1:1 NAT → its public endpoint; cone → its STUN mapping;
 /// symmetric → only the peer-reflexive endpoint `from` itself observed (the STUN mapping is
-/// toward the STUN server only, lab-notes §7.7).
+/// toward the STUN server only, docs/lab-findings.md §7.7).
 pub(crate) fn across(from: &NodeFacts, to: &NodeFacts) -> Ep {
     match to.nat {
         n if n.is_reachable() => Ep::Public,

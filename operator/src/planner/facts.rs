@@ -36,7 +36,7 @@ pub(crate) struct NodeFacts {
     pub hosts: Vec<HostCandidate>,
     /// `InternalIP:listenPort`, the LAN endpoint when the agent reported no host candidate.
     pub internal: Option<String>,
-    /// The STUN-observed mapping (lab-notes §3.4: not necessarily the listen port).
+    /// The STUN-observed mapping (docs/lab-findings.md §3.4: not necessarily the listen port).
     pub srflx: Option<String>,
     /// Where anybody can reach an `open` node: its mapping (equal to its own address), else
     /// `publicIP:listenPort`, else `ExternalIP:listenPort`.

@@ -1,6 +1,6 @@
 //! Builders for planner tests, benchmarks and scenario tests: a simulated machine ([`Host`])
 //! produces the `NodeInfo` and the agent status a real node in that network position would.
-//! Addresses follow the lab (lab-notes §2): "public" addresses in 198.18.0.0/15.
+//! Addresses follow the lab (docs/lab-findings.md §2): "public" addresses in 198.18.0.0/15.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +13,7 @@ use wirekube_crds::{
 use super::types::{NodeAddress, NodeAddressKind, NodeInfo, PlannerInput};
 
 pub const LISTEN_PORT: u16 = 51820;
-/// A port a symmetric NAT picked toward the STUN server (lab-notes §3.1).
+/// A port a symmetric NAT picked toward the STUN server (docs/lab-findings.md §3.1).
 pub const SYMMETRIC_STUN_PORT: u16 = 52078;
 pub const RELAY_ENDPOINT: &str = "198.18.0.51:3478";
 

@@ -7,7 +7,7 @@ use super::endpoints::{Ep, across, best_effort, prflx, same_site};
 use super::facts::NodeFacts;
 
 /// Keepalive for pairs with a NAT between them. Linux conntrack drops an unreplied UDP flow
-/// after 30 s (`nf_conntrack_udp_timeout`, lab-notes §0) and many home routers use 30-60 s;
+/// after 30 s (`nf_conntrack_udp_timeout`, docs/lab-findings.md §0) and many home routers use 30-60 s;
 /// WireGuard's usual 25 s leaves one lost keepalive from a dead mapping. 10 s survives two.
 /// The cost is one 32-byte packet per peer every 10 s.
 pub const NAT_KEEPALIVE_SECS: u32 = 10;
@@ -19,7 +19,7 @@ pub(crate) struct Side {
     pub endpoint: Ep,
     pub initiate: bool,
     /// Send a few packets toward the other node's public IP so that this side's
-    /// address-restricted filter admits it (lab-notes §4).
+    /// address-restricted filter admits it (docs/lab-findings.md §4).
     pub punch: bool,
 }
 
@@ -213,7 +213,7 @@ fn natural(a: &NodeFacts, b: &NodeFacts) -> Result<Direct, PathReason> {
         }),
         (Symmetric, FullCone | AddressRestricted) => natural(b, a).map(Direct::swapped),
         // A port-restricted cone drops the symmetric side's packets even when both send
-        // (lab-notes §4): the port they come from was never contacted.
+        // (docs/lab-findings.md §4): the port they come from was never contacted.
         (PortRestricted, Symmetric) | (Symmetric, PortRestricted) => {
             Err(PathReason::PortRestrictedSymmetric)
         }

@@ -29,7 +29,7 @@ pub struct LivenessTiming {
     pub deadline: Duration,
     /// Interval between requests to a peer that has never answered.
     pub capability_every: Duration,
-    /// No fast detection for this long after a pair turns direct: right after a probe both
+    /// No fast detection for this long after a probe brings a pair back to direct: both
     /// ends are still moving their endpoints (stray relay packets roam WireGuard back for a
     /// moment) and the peer's kernel has spent its ICMP allowance (about one answer a second
     /// after a burst of six) on the probe's trigger datagrams. The data-stall rule covers it.

@@ -229,6 +229,8 @@ pub struct PathState {
     /// matters because an existing session sends over a new endpoint without a handshake.
     direct_rx: Option<u64>,
     liveness: Liveness,
+    /// A direct path that a probe brought back gets no fast failover before this.
+    settle_until: Option<Instant>,
 }
 
 impl PathState {
@@ -250,6 +252,7 @@ impl PathState {
             tx_changed_at: now,
             direct_rx: None,
             liveness: Liveness::default(),
+            settle_until: None,
         };
         s.phase = s.initial_phase(now, now.checked_sub(HANDSHAKE_FRESH).unwrap_or(now));
         s
@@ -323,6 +326,7 @@ impl PathState {
         self.phase = to;
         self.direct_rx = None;
         self.liveness.end_spell();
+        self.settle_until = None;
         let changed = from != self.actual() || was_fallback != self.fallback();
         // Probing is internal (still reported relay); everything else is a path change.
         if changed {
@@ -478,7 +482,7 @@ impl PathState {
                 if direct_ok(since) {
                     // The peer's probe reached us directly and WireGuard roamed: upgrade.
                     self.reset_stall(now);
-                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                    self.upgrade(now)
                 } else if on_direct && rx_grew {
                     // Something arrived directly (the peer's probe) and WireGuard roamed:
                     // keep that endpoint and confirm it like a probe of our own.
@@ -492,7 +496,7 @@ impl PathState {
             Phase::Probing { since } => {
                 if direct_ok(since) {
                     self.reset_stall(now);
-                    self.go(Phase::Direct { since: now }, Cause::Handshake, now)
+                    self.upgrade(now)
                 } else if now.duration_since(since) >= self.timing.probe_window {
                     self.backoff = (self.backoff * 2).min(self.timing.probe_max);
                     let next_probe = self.clock.next_slot(now, self.backoff);
@@ -511,8 +515,15 @@ impl PathState {
         }
     }
 
-    /// Direct for `settle`, we sent data since anything last arrived, and that was
-    /// `suspect_after` ago.
+    /// Back to direct from the relay: fast failover waits for the path to settle.
+    fn upgrade(&mut self, now: Instant) -> Option<Transition> {
+        let t = self.go(Phase::Direct { since: now }, Cause::Handshake, now);
+        self.settle_until = Some(now + self.timing.liveness.settle);
+        t
+    }
+
+    /// Direct (and settled after an upgrade), we sent data since anything last arrived, and
+    /// that was `suspect_after` ago.
     /// Our own persistent keepalives in that time do not count (a peer answers them with
     /// nothing), so idle pairs are never suspect.
     fn suspect(&self, now: Instant) -> bool {
@@ -521,12 +532,8 @@ impl PathState {
             .as_secs()
             .checked_div(u64::from(self.plan.keepalive))
             .map_or(0, |n| 32 * (n + 1));
-        let settled = match self.phase {
-            Phase::Direct { since } => {
-                now.saturating_duration_since(since) >= self.timing.liveness.settle
-            }
-            _ => false,
-        };
+        let settled = matches!(self.phase, Phase::Direct { .. })
+            && self.settle_until.is_none_or(|t| now >= t);
         settled
             && self.tx.saturating_sub(self.tx_at_rx_change) > SUSPECT_MIN_TX + keepalives
             && quiet >= self.timing.liveness.suspect_after

@@ -93,6 +93,18 @@ fn heal_and_return_to_direct(
     Ok(back)
 }
 
+/// `cond` holds at every sample (100 ms apart) for the whole of `window`.
+fn stays(env: &Env, window: Duration, what: &str, cond: impl Fn() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        if !cond() {
+            return Err(env.fail(&format!("{what}: stopped after {:?}", start.elapsed())));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// `wg show` on `n` has its one peer at `ip` (not a relay bridge socket).
 fn wg_endpoint_is_direct(env: &Env, n: &str, ip: std::net::Ipv4Addr) -> bool {
     env.wg(n)
@@ -285,6 +297,14 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         steps.log(&format!(
             "(f) healed: both back to direct after {back:?} (probe interval {PROBE_INTERVAL_SECS} s)"
         ));
+        // It stays there (no flapping), and after 5 s fast failover is armed again
+        // (docs/agent.md, Fast failover: the settle time after a probe).
+        stays(
+            &env,
+            Duration::from_secs(6),
+            "direct after the heal",
+            || both_report(&env, ActualPath::Direct),
+        )?;
     }
 
     // (g) A removed peer disappears from WireGuard and routes.

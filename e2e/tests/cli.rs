@@ -415,8 +415,23 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
     if let Err(e) = sc.converge() {
         panic!("{e:#}\n{}", sc.logs(40));
     }
-    let j: Value = serde_json::from_str(&stdout(&plugin(&sc.kube, &["status", "-o", "json"]), 0))
-        .expect("status -o json is JSON");
+    // Converged means every direction reports its path; the handshake of a relayed pair may
+    // reach the status a moment later (the next status write), so wait for it.
+    let mut j = Value::Null;
+    let handshakes = wirekube_lab::wait_until(
+        std::time::Duration::from_secs(30),
+        "a handshake in every direction",
+        || {
+            j = serde_json::from_str(&stdout(&plugin(&sc.kube, &["status", "-o", "json"]), 0))
+                .expect("status -o json is JSON");
+            j["pairs"].as_array().is_some_and(|p| {
+                p.len() == 6
+                    && p.iter()
+                        .all(|d| d["handshakeAgeSeconds"].as_i64().is_some())
+            })
+        },
+    );
+    assert!(handshakes.is_ok(), "{handshakes:?}: {j:#}");
     let pairs = j["pairs"].as_array().expect("pairs");
     assert_eq!(pairs.len(), 6, "{j:#}");
     for d in pairs {

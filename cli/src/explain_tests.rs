@@ -67,22 +67,7 @@ fn fallback_is_explained_with_the_direct_failed_rule() {
 
 #[test]
 fn every_reason_has_a_rule() {
-    for r in [
-        PathReason::SameSite,
-        PathReason::PublicPeer,
-        PathReason::ConeSymmetric,
-        PathReason::ConeCone,
-        PathReason::PortRestrictedSymmetric,
-        PathReason::BothSymmetric,
-        PathReason::UdpBlocked,
-        PathReason::NatUnknown,
-        PathReason::KeyMissing,
-        PathReason::ModeAlways,
-        PathReason::ModeNever,
-        PathReason::NoRelay,
-        PathReason::DirectFailed,
-        PathReason::CidrFull,
-    ] {
+    for r in PathReason::ALL {
         assert!(rule_text(r).contains(r.as_str()), "{r}");
     }
 }

@@ -159,6 +159,24 @@ pub enum PathReason {
 }
 
 impl PathReason {
+    /// Every reason code, in the order of the decision table (docs/topologies.md).
+    pub const ALL: [PathReason; 14] = [
+        PathReason::SameSite,
+        PathReason::PublicPeer,
+        PathReason::ConeSymmetric,
+        PathReason::ConeCone,
+        PathReason::PortRestrictedSymmetric,
+        PathReason::BothSymmetric,
+        PathReason::UdpBlocked,
+        PathReason::NatUnknown,
+        PathReason::KeyMissing,
+        PathReason::ModeAlways,
+        PathReason::ModeNever,
+        PathReason::NoRelay,
+        PathReason::DirectFailed,
+        PathReason::CidrFull,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PathReason::SameSite => "same-site",
@@ -216,22 +234,7 @@ mod tests {
 
     #[test]
     fn reason_codes_match_serde_names() {
-        for r in [
-            PathReason::SameSite,
-            PathReason::PublicPeer,
-            PathReason::ConeSymmetric,
-            PathReason::ConeCone,
-            PathReason::PortRestrictedSymmetric,
-            PathReason::BothSymmetric,
-            PathReason::UdpBlocked,
-            PathReason::NatUnknown,
-            PathReason::KeyMissing,
-            PathReason::ModeAlways,
-            PathReason::ModeNever,
-            PathReason::NoRelay,
-            PathReason::DirectFailed,
-            PathReason::CidrFull,
-        ] {
+        for r in PathReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }

@@ -20,6 +20,18 @@ pub struct KubeLab {
 }
 
 impl KubeLab {
+    /// Runs `f` with the admin client; panics with the tail of the lab's process logs when it
+    /// fails (tests want the logs beside the error).
+    pub fn run_admin<T, F>(&self, f: impl FnOnce(kube::Client) -> F) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        match self.admin.run(f) {
+            Ok(v) => v,
+            Err(e) => panic!("{e:#}\n{}", self.lab.logs_tail(30)),
+        }
+    }
     /// Builds a lab with only a DMZ and starts the control plane in it.
     pub fn start(tag: &str) -> Result<KubeLab> {
         let lab = Arc::new(Lab::new_unique(tag).context("lab (needs root)")?);

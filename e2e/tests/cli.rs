@@ -27,16 +27,6 @@ fn ago(secs: i64) -> String {
     (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs)).to_string()
 }
 
-fn admin<T: Send + 'static, F>(k: &KubeLab, f: impl FnOnce(kube::Client) -> F) -> T
-where
-    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-{
-    match k.admin.run(f) {
-        Ok(v) => v,
-        Err(e) => panic!("{e:#}\n{}", k.lab.logs_tail(30)),
-    }
-}
-
 /// Server-side apply of `body` (a whole object, or `{status: ...}` with `status`) as `manager`.
 fn apply<K>(k: &KubeLab, name: &str, manager: &str, status: bool, body: Value)
 where
@@ -48,7 +38,7 @@ where
         + 'static,
 {
     let (name, manager) = (name.to_owned(), manager.to_owned());
-    admin(k, move |c| async move {
+    k.run_admin(move |c| async move {
         let api: Api<K> = Api::all(c);
         let pp = PatchParams::apply(&manager).force();
         if status {
@@ -147,7 +137,7 @@ fn write_agent_status(k: &KubeLab, i: usize, node: &str) {
 
 /// The operator's leader election Lease, freshly renewed.
 fn write_lease(k: &KubeLab) {
-    admin(k, |c| async move {
+    k.run_admin(|c| async move {
         let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "wirekube-operator", "namespace": NS},
             "spec": {"holderIdentity": "wirekube-operator-0", "leaseDurationSeconds": 3600,

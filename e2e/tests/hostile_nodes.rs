@@ -58,20 +58,9 @@ fn start(tag: &str, prepare: impl FnOnce(&KubeLab)) -> KubeLab {
     k
 }
 
-/// Runs `f` with the admin client; panics with the process logs on error.
-fn admin<T: Send + 'static, F>(k: &KubeLab, f: impl FnOnce(kube::Client) -> F) -> T
-where
-    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-{
-    match k.admin.run(f) {
-        Ok(v) => v,
-        Err(e) => panic!("{e:#}\n{}", k.lab.logs_tail(30)),
-    }
-}
-
 fn add_node(k: &KubeLab, name: &str, ip: &str) {
     let (name, ip) = (name.to_owned(), ip.to_owned());
-    admin(k, move |c| async move {
+    k.run_admin(move |c| async move {
         let api: Api<Node> = Api::all(c);
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
@@ -86,7 +75,7 @@ fn add_node(k: &KubeLab, name: &str, ip: &str) {
 }
 
 fn apply_mesh(k: &KubeLab) {
-    admin(k, |c| async move {
+    k.run_admin(|c| async move {
         let body = json!({"apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubeMesh",
             "metadata": {"name": "default"},
             "spec": {"meshCIDR": "10.99.0.0/24", "nodeSelector": {SELECTOR: "true"},
@@ -104,7 +93,7 @@ fn report(k: &KubeLab, node: &str, key: &str, ip: &str) -> Result<(), String> {
     let node = node.to_owned();
     let st = json!({"status": {"publicKey": key, "natType": "open", "publicIP": ip,
         "candidates": [{"kind": "host", "address": format!("{ip}:51820"), "prefixLength": 24}]}});
-    admin(k, move |c| async move {
+    k.run_admin(move |c| async move {
         let r = Api::<WireKubePeer>::all(c)
             .patch_status(&node, &PatchParams::default(), &Patch::Merge(st))
             .await;
@@ -113,7 +102,7 @@ fn report(k: &KubeLab, node: &str, key: &str, ip: &str) -> Result<(), String> {
 }
 
 fn peers(k: &KubeLab) -> Vec<WireKubePeer> {
-    admin(k, |c| async move {
+    k.run_admin(|c| async move {
         Ok(Api::<WireKubePeer>::all(c)
             .list(&Default::default())
             .await?
@@ -138,7 +127,7 @@ fn listed(ps: &[WireKubePeer], node: &str) -> Option<Vec<String>> {
 
 fn mesh_condition(k: &KubeLab, ty: &str) -> Option<(String, String, String)> {
     let ty = ty.to_owned();
-    admin(k, move |c| async move {
+    k.run_admin(move |c| async move {
         let m = Api::<WireKubeMesh>::all(c).get("default").await?;
         Ok((m.status.unwrap_or_default().conditions.into_iter())
             .find(|x| x.type_ == ty)
@@ -149,7 +138,7 @@ fn mesh_condition(k: &KubeLab, ty: &str) -> Option<(String, String, String)> {
 /// The operator's events with `reason`: note and how many times it was published.
 fn events(k: &KubeLab, reason: &str) -> Vec<(String, i32)> {
     let reason = reason.to_owned();
-    admin(k, move |c| async move {
+    k.run_admin(move |c| async move {
         let evs = Api::<Event>::all(c).list(&Default::default()).await?;
         Ok((evs.items.into_iter())
             .filter(|e| e.reason.as_deref() == Some(reason.as_str()))
@@ -283,7 +272,7 @@ fn deny_node_b(k: &KubeLab) {
     }
     // Active once the admin's own dry-run create is refused.
     wait(k, "policy active", || {
-        let refused = admin(k, |c| async move {
+        let refused = k.run_admin(|c| async move {
             let p: WireKubePeer = serde_json::from_value(peer_body("node-b"))?;
             let r = Api::<WireKubePeer>::all(c)
                 .create(
@@ -342,7 +331,7 @@ fn one_refused_peer_write_does_not_stop_the_others() {
         (l == ["node-c", "node-d"]).then_some(())
     });
     // A leaver's peer is deleted in the same passes.
-    admin(&k, |c| async move {
+    k.run_admin(|c| async move {
         let patch = json!({"metadata": {"labels": {SELECTOR: null}}});
         Api::<Node>::all(c)
             .patch("node-d", &PatchParams::default(), &Patch::Merge(patch))
@@ -355,7 +344,7 @@ fn one_refused_peer_write_does_not_stop_the_others() {
     });
 
     // The policy goes: node-b converges.
-    admin(&k, |c| async move {
+    k.run_admin(|c| async move {
         let api: Api<
             k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
         > = Api::all(c);

@@ -273,7 +273,10 @@ impl Lab {
             if let Some(u) = &spec.upstream {
                 st.sites
                     .get_mut(u)
-                    .expect("upstream exists")
+                    .ok_or_else(|| LabError::Unknown {
+                        kind: "upstream site",
+                        name: u.clone(),
+                    })?
                     .downstream
                     .push(spec.name.clone());
             }

@@ -42,7 +42,10 @@ impl Lab {
         self.lock()
             .sites
             .get_mut(site)
-            .expect("site exists")
+            .ok_or_else(|| LabError::Unknown {
+                kind: "site",
+                name: site.to_owned(),
+            })?
             .elastic
             .insert(name.to_owned(), public);
         Ok((host, public))

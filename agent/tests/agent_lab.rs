@@ -93,16 +93,9 @@ fn heal_and_return_to_direct(
     Ok(back)
 }
 
-/// `cond` holds at every sample (100 ms apart) for the whole of `window`.
+/// `cond` holds for the whole of `window` (no flapping).
 fn stays(env: &Env, window: Duration, what: &str, cond: impl Fn() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < window {
-        if !cond() {
-            return Err(env.fail(&format!("{what}: stopped after {:?}", start.elapsed())));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    wirekube_lab::holds_for(window, what, cond).map_err(|e| env.fail(&e.to_string()))
 }
 
 /// `wg show` on `n` has its one peer at `ip` (not a relay bridge socket).

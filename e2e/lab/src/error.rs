@@ -31,6 +31,9 @@ pub enum LabError {
     /// A command or a wait did not finish in time.
     #[error("timed out after {after:?}: {what}")]
     Timeout { what: String, after: Duration },
+    /// A condition that had to hold for a while stopped holding.
+    #[error("{what} stopped holding after {after:?}")]
+    NotHeld { what: String, after: Duration },
     /// A traffic check failed (wrong bytes, no reply, unparsable output).
     #[error("traffic: {0}")]
     Traffic(String),

@@ -35,7 +35,7 @@ pub use pingstream::{PingReport, PingStream};
 pub use process::{MARKER_ENV, PRIVATE_PATHS, Proc};
 pub use topology::{Host, Role, Site, SiteSpec};
 pub use traffic::{Filtering, Mapping, NatProbe, Transfer};
-pub use wait::{wait_for, wait_until};
+pub use wait::{holds_for, wait_for, wait_until};
 
 use process::{Entry, Running};
 

@@ -78,13 +78,7 @@ impl Scenario {
         let Ok(peers) = self.peers() else {
             return false;
         };
-        let says = |x: &str, y: &str| {
-            peers
-                .get(x)
-                .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.connections.iter().find(|c| c.name == y))
-                .is_some_and(|c| c.path == path)
-        };
+        let says = |x: &str, y: &str| Scenario::reported(&peers, x, y).is_some_and(|r| r.0 == path);
         says(a, b) && says(b, a)
     }
 
@@ -129,26 +123,16 @@ impl Scenario {
         Ok(row)
     }
 
-    /// Checks that `cond` holds for the whole of `window` (sampled every 100 ms): a path that
-    /// came back must stay, not flap.
+    /// Checks that `cond` holds for the whole of `window`: a path that came back must stay,
+    /// not flap.
     pub fn holds_for(
         &self,
         what: &str,
         window: Duration,
         cond: impl Fn(&Scenario) -> bool,
     ) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < window {
-            if !cond(self) {
-                return Err(anyhow!(
-                    "{what} stopped holding after {:?}: {}",
-                    start.elapsed(),
-                    self.pair_state_summary()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        wirekube_lab::holds_for(window, what, || cond(self))
+            .map_err(|e| anyhow!("{e}: {}", self.pair_state_summary()))
     }
 
     fn pair_state_summary(&self) -> String {

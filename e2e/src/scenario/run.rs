@@ -298,7 +298,7 @@ impl Scenario {
     }
 
     /// The (path, reason) node `a`'s agent reports for peer `b`.
-    fn reported(
+    pub(crate) fn reported(
         peers: &BTreeMap<String, WireKubePeer>,
         a: &str,
         b: &str,

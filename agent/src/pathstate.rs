@@ -41,6 +41,15 @@ pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(5);
 /// Default wait before the first probe after a fallback.
 pub const PROBE_MIN_DEFAULT: Duration = Duration::from_secs(30);
 
+/// Extra time a hole-punched pair (cone ↔ cone, cone ↔ symmetric) gets to connect before it
+/// falls back: one more of WireGuard's handshake retries (REKEY_TIMEOUT, 5 s, plus up to a
+/// third of a second of jitter) and a second of scheduling slack. Such a pair typically needs
+/// one retry for the punch (the first initiation meets a closed filter) and another when that
+/// initiation reached a peer whose agent had not configured us yet (docs/lab-findings.md
+/// §7.10), so its handshake lands near 10 s, right at the default `directTimeout`; falling
+/// back then parked it on the relay until the first probe slot, 30-60 s later.
+pub const PUNCH_GRACE: Duration = Duration::from_secs(6);
+
 /// Timing knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -133,6 +142,9 @@ pub struct Plan {
     /// Our persistent keepalive toward this peer, seconds (0 = off); keepalives we send are
     /// not "data" for stall detection.
     pub keepalive: u16,
+    /// The direct path needs a hole punched through NAT filters (planner reasons cone-cone
+    /// and cone-symmetric): connecting may take [`PUNCH_GRACE`] longer than `directTimeout`.
+    pub punched: bool,
 }
 
 /// One sample of the peer's WireGuard counters.
@@ -379,6 +391,15 @@ impl PathState {
         )
     }
 
+    /// How long a connect attempt waits for direct evidence before falling back.
+    fn connect_timeout(&self) -> Duration {
+        if self.plan.punched {
+            self.timing.direct_timeout + PUNCH_GRACE
+        } else {
+            self.timing.direct_timeout
+        }
+    }
+
     fn stalled(&self, now: Instant) -> bool {
         let window = self.timing.stall_window();
         if now.duration_since(self.rx_changed_at) < window {
@@ -434,7 +455,7 @@ impl PathState {
                     // (the operator writes specs one by one), and following it would park the
                     // pair on the relay until the first probe slot, 15-30 s away.
                     self.enter_fallback(Cause::PeerOnRelay, now)
-                } else if now.duration_since(since) >= self.timing.direct_timeout {
+                } else if now.duration_since(since) >= self.connect_timeout() {
                     self.enter_fallback(Cause::DirectTimeout, now)
                 } else {
                     None

@@ -15,6 +15,10 @@ struct Sim {
 
 impl Sim {
     fn new(planned: PlannedPath, relay_allowed: bool) -> Sim {
+        Sim::with_punch(planned, relay_allowed, false)
+    }
+
+    fn with_punch(planned: PlannedPath, relay_allowed: bool, punched: bool) -> Sim {
         let t0 = Instant::now();
         // Start "late" so that now - HANDSHAKE_FRESH does not underflow.
         let now = t0 + Duration::from_secs(1000);
@@ -22,6 +26,7 @@ impl Sim {
             planned,
             relay_allowed,
             keepalive: 25,
+            punched,
         };
         Sim {
             t0,
@@ -195,6 +200,66 @@ fn idle_peer_with_old_handshake_stays_direct_until_it_sends() {
 }
 
 #[test]
+fn a_punched_pair_gets_one_more_handshake_retry_before_falling_back() {
+    // (hole-punched, second of the first direct handshake) -> connected without a detour.
+    // A cone <-> symmetric pair typically handshakes on WireGuard's second retry, near 10 s:
+    // a plain pair falls back at directTimeout (10 s; a handshake seen in that very sample
+    // still counts), a punched one waits PUNCH_GRACE more.
+    for (punched, at, direct_first) in [
+        (false, 9, true),
+        (false, 10, true),
+        (false, 11, false),
+        (true, 11, true),
+        (true, 14, true),
+        (true, 16, true),
+        (true, 17, false),
+    ] {
+        let mut s = Sim::with_punch(PlannedPath::Direct, true, punched);
+        s.run(at - 1);
+        s.now += Duration::from_secs(1);
+        s.handshake(DIRECT);
+        if let Some(t) = s.ps.observe(&s.obs, s.now) {
+            s.log.push(t);
+        }
+        let causes: Vec<Cause> = s.log.iter().map(|t| t.cause).collect();
+        if direct_first {
+            assert_eq!(causes, [Cause::Handshake], "punched {punched}, at {at} s");
+            assert_eq!(s.ps.actual(), ActualPath::Direct);
+        } else {
+            // The detour: on the relay first (the sim's endpoint stays direct, so the late
+            // handshake then upgrades at once; a real pair waits for a probe slot).
+            assert_eq!(
+                causes[0],
+                Cause::DirectTimeout,
+                "punched {punched}, at {at} s"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_punched_pair_that_never_connects_falls_back_and_probes_on_the_usual_slots() {
+    let mut s = Sim::with_punch(PlannedPath::Direct, true, true);
+    s.run(15);
+    assert_eq!(s.ps.actual(), ActualPath::Connecting);
+    s.run(1);
+    assert!(s.ps.fallback());
+    assert_eq!(s.log[0].cause, Cause::DirectTimeout);
+    s.handshake(RELAY);
+    // Fell back at 16 s: the first 30 s slot at least 15 s away is 60 s (counted from the
+    // clock's origin, the creation), then 120 s (60 s backoff after a failed probe).
+    let mut starts = vec![];
+    for _ in 0..150 {
+        let was = matches!(s.ps.phase(), Phase::Probing { .. });
+        s.run(1);
+        if !was && matches!(s.ps.phase(), Phase::Probing { .. }) {
+            starts.push(s.elapsed());
+        }
+    }
+    assert_eq!(starts, [60, 120], "{starts:?}");
+}
+
+#[test]
 fn relay_frames_from_peer_while_connecting_converge_on_relay() {
     let mut s = Sim::new(PlannedPath::Direct, true);
     s.run(2);
@@ -281,6 +346,7 @@ fn plan_change_restarts_and_counts_a_transition() {
         planned: PlannedPath::Direct,
         relay_allowed: true,
         keepalive: 25,
+        punched: false,
     };
     let t = s.ps.set_plan(plan, s.now).unwrap();
     assert_eq!(t.to, ActualPath::Connecting);
@@ -313,6 +379,7 @@ fn restart_adopts_a_working_tunnel() {
         planned: PlannedPath::Direct,
         relay_allowed: true,
         keepalive: 25,
+        punched: false,
     };
     let mut ps = PathState::new(Timing::new(Duration::from_secs(10)), plan, t0);
     let obs = Observation {
@@ -390,6 +457,7 @@ fn two_nodes_that_fell_back_apart_probe_together() {
         planned: PlannedPath::Direct,
         relay_allowed: true,
         keepalive: 25,
+        punched: false,
     };
     let timing = Timing::new(Duration::from_secs(10));
     let mut a = PathState::new(timing, plan, ta);

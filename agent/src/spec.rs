@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use wirekube_crds::{PlannedPath, RelayMode, WireKubePeerSpec};
+use wirekube_crds::{PathReason, PlannedPath, RelayMode, WireKubePeerSpec};
 use wirekube_dataplane::{InterfaceConfig, PeerConfig};
 use wirekube_relay_proto::PublicKey;
 
@@ -164,6 +164,7 @@ pub fn peer_targets(spec: &WireKubePeerSpec) -> (Vec<PeerTarget>, Vec<SpecError>
                 planned: p.path,
                 relay_allowed: relay && p.path != PlannedPath::Down,
                 keepalive,
+                punched: matches!(p.reason, PathReason::ConeCone | PathReason::ConeSymmetric),
             },
         });
     }

@@ -113,6 +113,9 @@ fn peers_are_validated_and_mapped() {
     assert_eq!(t[1].mesh_ip, Some("100.96.0.7".parse().unwrap()));
     assert_eq!(t[2].keepalive, Some(15));
     assert!(t.iter().all(|p| p.plan.relay_allowed));
+    // Hole-punched pairs (cone-cone, cone-symmetric) get longer to connect; e is not one.
+    let punched: Vec<bool> = t.iter().map(|p| p.plan.punched).collect();
+    assert_eq!(punched, [true, true, false]);
     let mut never = spec();
     never.relay_mode = RelayMode::Never;
     assert!(peer_targets(&never).0.iter().all(|p| !p.plan.relay_allowed));

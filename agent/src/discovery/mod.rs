@@ -223,6 +223,48 @@ pub fn next_check(answered: bool, failures: u32, interval: Duration) -> (Duratio
     (wait.min(interval), failures.saturating_add(1))
 }
 
+/// How long the agent's first discovery may keep the WireGuard port unbound while STUN stays
+/// silent, when nothing says why (the relay is not reachable over TCP either: the agents of a
+/// new cluster start before the relay pod is ready and its address routed).
+pub const FIRST_DISCOVERY_GRACE: Duration = Duration::from_secs(30);
+
+/// What the agent does after a round of its first discovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRound {
+    /// A server answered (or the round could not run from the WireGuard port anyway, after a
+    /// restart): done, the dataplane may bind the port.
+    Done,
+    /// No answer, but the relay's TCP connection was authenticated when the round began: the
+    /// relay is up and reachable, its STUN responder is the same process, so it is this
+    /// node's UDP that is blocked. Waiting longer would only delay the relay path.
+    UdpBlocked,
+    /// No answer for [`FIRST_DISCOVERY_GRACE`]: bind anyway.
+    GraceOver,
+    /// No answer yet: keep the port unbound and ask again.
+    Retry,
+}
+
+/// Decides after one round of the first discovery. `from_listen_port`: the round ran from the
+/// WireGuard port (the only time its mapping can be measured); `relay_up`: the relay client
+/// was connected and authenticated when the round started; `since_start`: since the agent
+/// started.
+pub fn after_first_round(
+    answered: bool,
+    from_listen_port: bool,
+    relay_up: bool,
+    since_start: Duration,
+) -> FirstRound {
+    if answered || !from_listen_port {
+        FirstRound::Done
+    } else if relay_up {
+        FirstRound::UdpBlocked
+    } else if since_start >= FIRST_DISCOVERY_GRACE {
+        FirstRound::GraceOver
+    } else {
+        FirstRound::Retry
+    }
+}
+
 /// Splits STUN server addresses into those on a local interface (hairpin) and the rest.
 pub fn split_hairpin(
     addrs: &[SocketAddr],
@@ -385,6 +427,33 @@ mod tests {
                 next_check(answered, before, day),
                 (wait, after),
                 "{answered} {before}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_discovery_waits_for_stun_only_while_the_relay_is_unreachable_too() {
+        use FirstRound::*;
+        let s = Duration::from_secs;
+        // (answered, from the WireGuard port, relay up at round start, since start) -> step
+        for (answered, from_port, relay_up, since, want) in [
+            (true, true, false, s(1), Done),
+            (true, true, true, s(1), Done),
+            // After a restart the port is bound already: nothing to measure, go on.
+            (false, false, false, s(1), Done),
+            // Silent STUN, relay not reachable either (relay pod not ready): wait...
+            (false, true, false, s(3), Retry),
+            (false, true, false, s(29), Retry),
+            // ... up to the grace.
+            (false, true, false, s(30), GraceOver),
+            // Silent STUN while the relay answers over TCP: UDP is blocked here, at once.
+            (false, true, true, s(3), UdpBlocked),
+            (false, true, true, s(40), UdpBlocked),
+        ] {
+            assert_eq!(
+                after_first_round(answered, from_port, relay_up, since),
+                want,
+                "answered {answered}, from port {from_port}, relay up {relay_up}, {since:?}"
             );
         }
     }

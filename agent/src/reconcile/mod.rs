@@ -17,7 +17,10 @@ use wirekube_dataplane::{
 };
 use wirekube_relay_proto::{ConnectionState, RelayClient, RelayClientConfig, Status};
 
-use crate::discovery::{self, DiscoveryReport, DiscoveryState, Retransmit, candidates};
+use crate::discovery::{
+    self, DiscoveryReport, DiscoveryState, FIRST_DISCOVERY_GRACE, FirstRound, Retransmit,
+    candidates,
+};
 use crate::identity::Identity;
 use crate::kubeapi::{self, TokenWatch};
 use crate::metrics::{KindLabel, Metrics, PathLabel};
@@ -42,10 +45,6 @@ const PROBE_TICK: Duration = Duration::from_millis(250);
 /// `relayEndpoints` entry (round robin), e.g. when one address of the relay is unreachable
 /// from this node.
 const RELAY_FAILOVER_AFTER: Duration = Duration::from_secs(10);
-
-/// How long the first discovery waits for STUN servers (the relay being published) before the
-/// dataplane takes the WireGuard port anyway.
-const FIRST_DISCOVERY_GRACE: Duration = Duration::from_secs(30);
 
 /// Settings from flags.
 #[derive(Clone, Debug)]
@@ -233,6 +232,9 @@ impl Agent {
                 &self.cfg.namespace,
                 peer.spec.relay_token_secret.as_deref(),
             );
+            // Before the first discovery too: a relay that answers over TCP while STUN stays
+            // silent tells that this node's UDP is blocked (discovery::after_first_round).
+            self.ensure_relay(&peer, token.token());
             let servers = discovery::stun_servers(&peer.spec);
             if !first_discovery_done
                 && servers.is_empty()
@@ -255,6 +257,10 @@ impl Agent {
                 // binds it (docs/lab-findings.md §7.7). Publish the key and discovery result first: the
                 // operator needs both to plan anyone's path to us.
                 let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
+                let relay_up = self
+                    .relay
+                    .as_ref()
+                    .is_some_and(|r| r.client.state().status == Status::Connected);
                 let mut answered = false;
                 if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
                     && let Ok(r) = h.await
@@ -262,18 +268,32 @@ impl Agent {
                     answered = r.stun_reachable;
                     disc_tick.reset_after(self.on_discovery(r));
                 }
-                if !answered && port.is_some() && started.elapsed() < FIRST_DISCOVERY_GRACE {
-                    // Published but silent servers (the relay pod not ready yet, its address
-                    // not announced): the WireGuard port's own mapping is worth a few more
-                    // seconds before the dataplane binds the port and it can no longer be
-                    // measured; the discovery tick (reset above) wakes the retry.
-                    self.metrics.tick();
-                    continue;
+                match discovery::after_first_round(
+                    answered,
+                    port.is_some(),
+                    relay_up,
+                    started.elapsed(),
+                ) {
+                    FirstRound::Done => {}
+                    FirstRound::UdpBlocked => tracing::info!(
+                        "no STUN answer while the relay answers over TCP: UDP is blocked here; \
+                         binding WireGuard without waiting for the first-discovery grace"
+                    ),
+                    FirstRound::GraceOver => tracing::info!(
+                        "no STUN answer for {FIRST_DISCOVERY_GRACE:?}: binding WireGuard anyway"
+                    ),
+                    FirstRound::Retry => {
+                        // Published but silent servers (the relay pod not ready yet, its
+                        // address not announced): the WireGuard port's own mapping is worth a
+                        // few more seconds before the dataplane binds the port and it can no
+                        // longer be measured; the discovery tick (reset above) wakes the retry.
+                        self.metrics.tick();
+                        continue;
+                    }
                 }
                 self.seed_srflx(&peer);
                 first_discovery_done = true;
             }
-            self.ensure_relay(&peer, token.token());
             let span = tracing::info_span!("reconcile", node = %self.cfg.node, generation = ?peer.metadata.generation);
             let t = Instant::now();
             self.reconcile(&peer).instrument(span).await;

@@ -33,6 +33,27 @@ pub enum ControlPlaneError {
     Io(String, #[source] std::io::Error),
     #[error("{what}: {detail}")]
     NotReady { what: String, detail: String },
+    #[error("{0} is not running: start it before stopping it")]
+    NotRunning(String),
+    #[error("{0} is already running: stop it before starting it again")]
+    AlreadyRunning(String),
+}
+
+/// The control-plane processes a test may stop and start again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Etcd,
+    ApiServer,
+}
+
+impl Component {
+    /// The process name (as [`ControlPlane::dead`] reports it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, ControlPlaneError>;
@@ -346,7 +367,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Waits for `ready`, failing early (with its log) when the process exits.
+    /// Waits for `ready` (up to `timeout` times [`slowdown`]), failing early (with its log)
+    /// when the process exits.
     pub(crate) fn wait_started(
         &self,
         lab: &Lab,
@@ -355,6 +377,7 @@ impl ControlPlane {
         timeout: Duration,
         mut ready: impl FnMut(&Lab, &Host) -> bool,
     ) -> Result<()> {
+        let timeout = timeout * slowdown();
         let mut exited = false;
         let res = wait_until(timeout, &format!("{component} ready"), || {
             exited = !lab.is_running(p);
@@ -403,6 +426,33 @@ impl ControlPlane {
         self.write_kubeconfig(&format!("kube-proxy-{node}"), "system:kube-proxy", &[])
     }
 
+    /// Stops `component` (TERM, then KILL after 3 s): the API server's clients and etcd's see
+    /// connections refused until [`ControlPlane::start_component`]. For the fault suite.
+    pub fn stop_component(&mut self, lab: &Lab, component: Component) -> Result<()> {
+        let name = component.name();
+        let i = self
+            .procs
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or_else(|| ControlPlaneError::NotRunning(name.into()))?;
+        let (_, p) = self.procs.remove(i);
+        lab.stop(&p)?;
+        Ok(())
+    }
+
+    /// Starts a component stopped by [`ControlPlane::stop_component`] again, on the same data
+    /// and addresses, and waits until it serves (etcd: its port; the API server: `/readyz`).
+    pub fn start_component(&mut self, lab: &Lab, component: Component) -> Result<()> {
+        let name = component.name();
+        if self.procs.iter().any(|(n, _)| *n == name) {
+            return Err(ControlPlaneError::AlreadyRunning(name.into()));
+        }
+        match component {
+            Component::Etcd => self.start_etcd(lab),
+            Component::ApiServer => self.start_apiserver(lab),
+        }
+    }
+
     /// Components that are no longer running.
     pub fn dead(&self, lab: &Lab) -> Vec<String> {
         self.procs
@@ -416,6 +466,22 @@ impl ControlPlane {
     pub fn kubernetes_service_ip(&self) -> Ipv4Addr {
         first_host(self.cfg.service_cidr)
     }
+}
+
+/// Environment variable with a whole factor (default 1) on the control plane's start-up
+/// deadlines, for machines much slower than a CI runner: `make test-kernel` runs the control
+/// plane under software emulation in a VM, where the API server needs about two minutes.
+pub const SLOWDOWN_ENV: &str = "WIREKUBE_LAB_SLOWDOWN";
+
+/// The factor of [`SLOWDOWN_ENV`]; 1 when unset or not a whole number of at least 1.
+pub fn slowdown() -> u32 {
+    parse_slowdown(std::env::var(SLOWDOWN_ENV).ok().as_deref())
+}
+
+fn parse_slowdown(v: Option<&str>) -> u32 {
+    v.and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|f| (1..=100).contains(f))
+        .unwrap_or(1)
 }
 
 /// The last `n` lines of `text`.
@@ -439,6 +505,21 @@ pub fn kubectl_ok(lab: &Lab, host: &Host, kubeconfig: &Path, args: &[&str]) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slowdown_is_a_whole_factor_of_at_least_one() {
+        for (v, want) in [
+            (None, 1),
+            (Some("4"), 4),
+            (Some(" 3 "), 3),
+            (Some("0"), 1),
+            (Some("1.5"), 1),
+            (Some("x"), 1),
+            (Some("1000"), 1),
+        ] {
+            assert_eq!(parse_slowdown(v), want, "{v:?}");
+        }
+    }
 
     #[test]
     fn the_kubernetes_service_is_the_first_address_of_the_service_range() {

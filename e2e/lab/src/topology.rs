@@ -2,6 +2,7 @@
 //! Elastic IPs (1:1 NAT) and sites behind other sites (double NAT) are in [`layered`].
 
 mod layered;
+mod reboot;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -243,3 +243,46 @@ impl Scenario {
             .clone()
     }
 }
+
+/// Label of the managed relay's pods.
+const RELAY_POD_LABEL: &str = "app.kubernetes.io/name=wirekube-relay";
+
+impl Scenario {
+    /// The running managed relay pod: (name, node), `None` when none runs.
+    pub fn relay_pod(&self) -> Option<(String, String)> {
+        let out = self
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                super::run::SYSTEM_NAMESPACE,
+                "-l",
+                RELAY_POD_LABEL,
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+            ])
+            .ok()?;
+        out.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // A third field is a deletion timestamp: that pod is on its way out.
+            (f.len() == 2).then(|| (f[0].to_string(), f[1].to_string()))
+        })
+    }
+
+    /// Deletes the managed relay pod (its Deployment creates another); returns its name.
+    pub fn delete_relay_pod(&self) -> Result<String> {
+        let (pod, _) = self
+            .relay_pod()
+            .ok_or_else(|| anyhow!("no running managed relay pod"))?;
+        self.kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            super::run::SYSTEM_NAMESPACE,
+            &pod,
+            "--wait=false",
+        ])?;
+        Ok(pod)
+    }
+}

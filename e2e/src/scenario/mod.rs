@@ -15,6 +15,8 @@ pub mod diagnose;
 pub mod faults;
 pub mod grid;
 pub mod hosts;
+pub mod membership;
+pub mod outage;
 pub mod report;
 pub mod run;
 pub mod topology;

@@ -222,6 +222,11 @@ impl Scenario {
         })
     }
 
+    /// Whether WireKube is the pod network in this run.
+    pub(crate) fn pod_network(&self) -> bool {
+        self.opts.pod_network
+    }
+
     /// The admin's client.
     pub fn cluster(&self) -> &Cluster {
         &self.kube.admin
@@ -685,7 +690,7 @@ fn image_map() -> Result<ImageMap> {
 
 /// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
 /// label; public nodes also get their address as ExternalIP).
-fn start_nodes(
+pub(crate) fn start_nodes(
     lab: &Lab,
     kube: &KubeLab,
     topo: &Topology,

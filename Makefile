@@ -30,12 +30,14 @@ k8s:
 
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
 test: deps k8s build
-	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_ --skip pod_traffic_ --skip nat_grid_
+	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_ --skip pod_traffic_ --skip nat_grid_ --skip faults_
 	@# The seed topologies each run a whole lab (API server, operator, relay, agents): one at a time.
 	$(CARGO) test -p wirekube-e2e --test topologies -- --test-threads=1
 	$(CARGO) test -p wirekube-e2e --test pod_traffic -- --test-threads=1
 	@# The NAT grid: ten nodes, every pair of NAT kinds, one lab (docs/topologies.md).
 	$(CARGO) test -p wirekube-e2e --test nat_grid -- --test-threads=1
+	@# The fault suite: faults grouped per lab, each with a recovery deadline (docs/benchmarks.md).
+	$(CARGO) test -p wirekube-e2e --test faults -- --test-threads=1
 
 manifests:
 	$(CARGO) run -q -p wirekube-crds --bin crdgen

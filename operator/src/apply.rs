@@ -18,6 +18,7 @@ use wirekube_crds::{
     WireKubePeer,
 };
 
+use crate::decide::RelayObject;
 use crate::diff::DesiredPeer;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -228,29 +229,32 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes the mesh's managed relay objects (only those owned by this mesh).
-    pub async fn delete_managed(&self, mesh: &WireKubeMesh) -> Result<bool> {
+    /// Deletes the named relay objects of `mesh` (the ones [`crate::decide::relay`] found
+    /// owned by it). Whether any was deleted (one already gone is not).
+    pub async fn delete_relay_objects(
+        &self,
+        mesh: &WireKubeMesh,
+        objects: &[RelayObject],
+    ) -> Result<bool> {
         let name = relay::relay_name(&mesh.name_any());
         let mut deleted = false;
-        deleted |= self.delete_owned::<Deployment>(&name, mesh).await?;
-        deleted |= self.delete_owned::<Service>(&name, mesh).await?;
-        deleted |= self.delete_owned::<Secret>(&name, mesh).await?;
+        for o in objects {
+            deleted |= match o {
+                RelayObject::Deployment => self.delete_named::<Deployment>(&name).await?,
+                RelayObject::Service => self.delete_named::<Service>(&name).await?,
+                RelayObject::Secret => self.delete_named::<Secret>(&name).await?,
+            };
+        }
         Ok(deleted)
     }
 
-    async fn delete_owned<K>(&self, name: &str, mesh: &WireKubeMesh) -> Result<bool>
+    async fn delete_named<K>(&self, name: &str) -> Result<bool>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let Some(obj) = self.get::<K>(name).await? else {
-            return Ok(false);
-        };
-        if !relay::owned_by(obj.meta(), mesh) || obj.meta().deletion_timestamp.is_some() {
-            return Ok(false);
-        }
         let kind = K::kind(&()).to_string();
         self.guard(name)?;
         match self

@@ -1,5 +1,6 @@
 //! The mesh controller: watches meshes, nodes, peers and the relay objects; each reconcile
-//! selects nodes, runs the relay part, calls the planner and writes what changed.
+//! observes (caches, three GETs), decides (`decide.rs`, pure), applies (`apply.rs`,
+//! `peer_writes.rs`) and writes the status.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,21 +19,18 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
-use wirekube_crds::{
-    MESH_LABEL, OPERATOR_MANAGER, WireKubeMesh, WireKubePeer, WireKubePeerSpec, WireKubePeerStatus,
-    validate_mesh,
-};
+use wirekube_crds::{MESH_LABEL, OPERATOR_MANAGER, WireKubeMesh, WireKubePeer};
 
 use crate::apply::{RecentWrites, Writer};
+use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, RelayOutcome};
 use crate::diff;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::nodes::{NodeFacts, matches_selector, select_nodes};
+use crate::nodes::{ClusterNode, matches_selector, select_nodes};
 use crate::peer_writes;
 use crate::placement::RelayPlacement;
-use crate::plan::{self, PlanRequest};
-use crate::relay::{self, Exposure, RelayKind};
-use crate::status::{self, Cond};
+use crate::relay;
+use crate::status;
 
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
@@ -190,6 +188,7 @@ async fn reconcile(mesh: Arc<WireKubeMesh>, ctx: Arc<Context>) -> Result<Action>
     r
 }
 
+/// observe → decide → apply → status, for one mesh (the decisions are in `decide.rs`).
 async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     if mesh.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -198,19 +197,10 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     let _ = ctx.nodes.wait_until_ready().await;
     let _ = ctx.peers.wait_until_ready().await;
     let name = mesh.name_any();
-    let generation = mesh.metadata.generation.unwrap_or(0);
-    let prev_status = mesh.status.as_ref();
     let now = Time(Timestamp::now());
 
-    if let Err(problems) = validate_mesh(&mesh.spec) {
-        let st = status::invalid_status(prev_status, &problems, generation, &now);
-        if Some(&st) != prev_status {
-            ctx.writer.apply_status(mesh, &st).await?;
-            let msg = status::problems_message(&problems);
-            warn!(%msg, "invalid mesh spec; nothing applied");
-            publish(ctx, mesh, EventType::Warning, "InvalidSpec", msg).await;
-        }
-        return Ok(Action::await_change());
+    if let Some(rejected) = decide::invalid_spec(mesh, &now) {
+        return reject(ctx, mesh, rejected).await;
     }
 
     let node_objs = ctx.nodes.state();
@@ -218,79 +208,25 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         node_objs.iter().map(|n| n.as_ref()),
         &mesh.spec.node_selector,
     );
-    let RelayOutcome {
-        endpoints,
-        cond: relay_cond,
-        token_secret,
-        stun,
-    } = reconcile_relay(mesh, ctx).await?;
-
-    let all_peers: BTreeMap<String, Arc<WireKubePeer>> = ctx
-        .peers
-        .state()
-        .into_iter()
+    let relay = reconcile_relay(mesh, ctx).await?;
+    let peers: BTreeMap<String, Arc<WireKubePeer>> = (ctx.peers.state().into_iter())
         .map(|p| (p.name_any(), p))
         .collect();
-    let mine = |p: &WireKubePeer| diff::peer_mesh(p) == Some(name.as_str());
-    let previous: BTreeMap<String, WireKubePeerSpec> = all_peers
-        .values()
-        .filter(|p| mine(p))
-        .map(|p| (p.name_any(), p.spec.clone()))
-        .collect();
-    let statuses: BTreeMap<String, WireKubePeerStatus> = nodes
-        .iter()
-        .filter_map(|n| {
-            let p = all_peers.get(&n.name)?;
-            Some((n.name.clone(), p.status.clone()?))
-        })
-        .collect();
-    let planned = plan::plan(&PlanRequest {
-        mesh_name: &name,
-        spec: &mesh.spec,
-        relay_endpoints: &endpoints,
-        relay_token_secret: token_secret.as_deref(),
-        relay_stun_servers: &stun,
+    let observed = MeshObserved {
+        mesh,
         nodes: &nodes,
-        statuses: &statuses,
-        previous: &previous,
-    });
-    let mut outcome = match planned {
-        Ok(o) => o,
-        Err(issue) => {
-            // Keep every stored spec: report and wait for a spec change.
-            let mut st = prev_status.cloned().unwrap_or_default();
-            st.observed_generation = Some(generation);
-            let c = Cond::new(
-                wirekube_crds::conditions::READY,
-                false,
-                &issue.reason,
-                issue.message.clone(),
-            );
-            status::merge_condition(&mut st.conditions, &c, generation, &now);
-            if Some(&st) != prev_status {
-                ctx.writer.apply_status(mesh, &st).await?;
-                publish(ctx, mesh, EventType::Warning, &issue.reason, issue.message).await;
-            }
-            return Ok(Action::await_change());
-        }
+        peers: &peers,
+        relay: &relay,
     };
+    let changes = match decide::mesh(&observed, &now) {
+        Ok(changes) => changes,
+        // Keep every stored spec: report and wait for a spec change.
+        Err(rejected) => return reject(ctx, mesh, *rejected).await,
+    };
+
     let writes =
-        peer_writes::write_peers(&ctx.writer, &name, &mut outcome, &all_peers, &nodes).await;
-    let prev_endpoints = prev_status
-        .map(|s| s.relay_endpoints.clone())
-        .unwrap_or_default();
-    let mut decisions = diff::decisions(
-        &previous,
-        &outcome.specs,
-        &writes.removed,
-        &prev_endpoints,
-        &endpoints,
-    );
-    decisions.extend(diff::key_decisions(
-        &peer_writes::stored_notes(&all_peers, &nodes),
-        &outcome.key_problems,
-    ));
-    for d in decisions {
+        peer_writes::write_peers(&ctx.writer, &name, &changes.writes, &changes.deletes).await;
+    for d in &changes.events {
         let (reason, note) = d.reason_note();
         info!(reason, %note, "decision");
         let ty = if d.is_warning() {
@@ -302,27 +238,16 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         publish_about(ctx, mesh, ty, reason, note, related).await;
     }
 
-    let counts = status::node_counts(nodes.len(), statuses.values(), outcome.pending.len());
-    ctx.writer
-        .metrics
-        .mesh(&name, counts.total, &outcome.summary);
-    ctx.writer
-        .metrics
-        .quarantined
+    let metrics = &ctx.writer.metrics;
+    metrics.mesh(&name, changes.counts.total, &changes.summary);
+    (metrics.quarantined)
         .get_or_create(&crate::metrics::MeshLabel { mesh: name.clone() })
-        .set(outcome.quarantined() as i64);
-    let mut st = status::computed_status(
-        prev_status,
-        generation,
-        &outcome,
-        counts,
-        endpoints,
-        &relay_cond,
-        &now,
-    );
+        .set(changes.quarantined as i64);
+    let mut st = changes.status;
+    let generation = mesh.metadata.generation.unwrap_or(0);
     let written = status::written_condition(&writes.failure_texts());
     status::merge_condition(&mut st.conditions, &written, generation, &now);
-    let status_changed = Some(&st) != prev_status;
+    let status_changed = Some(&st) != mesh.status.as_ref();
     if status_changed {
         ctx.writer.apply_status(mesh, &st).await?;
     }
@@ -331,7 +256,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         peers_written = writes.applied,
         peers_deleted = writes.removed.len(),
         write_failures = writes.failures.len(),
-        quarantined = outcome.quarantined(),
+        quarantined = changes.quarantined,
         status_changed,
         "reconciled"
     );
@@ -342,98 +267,62 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     }
 }
 
-/// What the relay part decided.
-struct RelayOutcome {
-    /// Published endpoints, best first.
-    endpoints: Vec<String>,
-    /// RelayReady.
-    cond: Cond,
-    /// Secret the peers read the token from.
-    token_secret: Option<String>,
-    /// The relay's STUN responder addresses.
-    stun: Vec<String>,
+/// Writes a rejected reconcile's status and event (once: not when the status already says
+/// so), then waits for a spec change.
+async fn reject(ctx: &Context, mesh: &WireKubeMesh, r: Rejected) -> Result<Action> {
+    if Some(&r.status) != mesh.status.as_ref() {
+        ctx.writer.apply_status(mesh, &r.status).await?;
+        warn!(reason = %r.reason, msg = %r.message, "mesh rejected; nothing applied");
+        publish(ctx, mesh, EventType::Warning, &r.reason, r.message).await;
+    }
+    Ok(Action::await_change())
 }
 
-/// The relay part: ensures (or removes) the managed objects and says what to publish.
+/// The relay part: observe the relay objects, decide, apply, and say what to publish.
 async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutcome> {
     let w = &ctx.writer;
-    let secret_name = relay::relay_name(&mesh.name_any());
-    match relay::relay_kind(&mesh.spec) {
-        RelayKind::Disabled => {
-            if w.delete_managed(mesh).await? {
-                info!("relay.mode is never: managed relay objects deleted");
+    let name = relay::relay_name(&mesh.name_any());
+    // observe: one GET per relay object (the operator does not cache them).
+    let observed = RelayObserved {
+        secret: w.get::<Secret>(&name).await?,
+        deployment: w.get::<Deployment>(&name).await?,
+        service: w.get::<Service>(&name).await?,
+    };
+    let image = ctx.settings.relay_image_override.as_deref();
+    match decide::relay(mesh, &observed, &w.namespace, image)? {
+        RelayChanges::Remove { delete, outcome } => {
+            if w.delete_relay_objects(mesh, &delete).await? {
+                info!(reason = %outcome.cond.reason, "no managed relay: its objects deleted");
             }
-            let c = status::relay_cond(
-                false,
-                "RelayDisabled",
-                "relay.mode is never: no relay is run or published",
-            );
-            Ok(RelayOutcome {
-                endpoints: Vec::new(),
-                cond: c,
-                token_secret: None,
-                stun: Vec::new(),
-            })
+            Ok(outcome)
         }
-        RelayKind::External(ep) => {
-            if w.delete_managed(mesh).await? {
-                info!("relay.provider is external: managed relay objects deleted");
-            }
-            let msg = format!(
-                "external relay {ep} published; agents read the token from Secret {}/{secret_name}",
-                w.namespace
-            );
-            Ok(RelayOutcome {
-                stun: relay::external_stun(&ep),
-                endpoints: vec![ep],
-                cond: status::relay_cond(true, "ExternalEndpoint", msg),
-                token_secret: Some(secret_name),
-            })
-        }
-        RelayKind::Managed => {
-            let ns = &w.namespace;
-            let secret: Option<Secret> = w.get(&secret_name).await?;
-            if secret.as_ref().and_then(relay::existing_token).is_none() {
-                if secret.is_some() {
-                    let msg = format!(
-                        "Secret {ns}/{secret_name} exists without a non-empty '{}' key; add one or delete the Secret so the operator generates it",
-                        relay::TOKEN_KEY
-                    );
-                    return Ok(RelayOutcome {
-                        endpoints: Vec::new(),
-                        cond: status::relay_cond(false, "TokenSecretInvalid", msg),
-                        token_secret: Some(secret_name),
-                        stun: Vec::new(),
-                    });
-                }
+        RelayChanges::Blocked(outcome) => Ok(outcome),
+        RelayChanges::Run {
+            create_secret,
+            deployment,
+            service,
+        } => {
+            if create_secret {
                 let token = relay::generate_token();
-                w.create_secret(&relay::desired_secret(mesh, ns, token.as_bytes())?)
-                    .await?;
-                info!(secret = %secret_name, "relay token generated");
+                w.create_secret(&relay::desired_secret(
+                    mesh,
+                    &w.namespace,
+                    token.as_bytes(),
+                )?)
+                .await?;
+                info!(secret = %name, "relay token generated");
             }
-            let image = ctx.settings.relay_image_override.as_deref();
-            let dep = relay::desired_deployment(mesh, ns, image)?;
             let dep = w
-                .apply_relay_object(w.get(&secret_name).await?, &dep)
+                .apply_relay_object(observed.deployment, &deployment)
                 .await?;
-            let svc = relay::desired_service(mesh, ns)?;
-            let svc = w
-                .apply_relay_object(w.get(&secret_name).await?, &svc)
-                .await?;
-            let m = &mesh.spec.relay.managed;
+            let svc = w.apply_relay_object(observed.service, &service).await?;
+            // Where the pods run is known only once they are scheduled: read it after applying.
             let hosts = relay_hosts(ctx, &mesh.name_any(), &svc).await?;
-            let exposure = relay::exposure(Some(&svc), m.port, &hosts);
-            if let Exposure::Waiting(reason, _) = &exposure {
-                debug!(reason, "relay endpoints not available yet");
+            let outcome = decide::managed_relay(mesh, &dep, &svc, &hosts);
+            if outcome.endpoints.is_empty() {
+                debug!(reason = %outcome.cond.reason, "relay endpoints not available yet");
             }
-            let (endpoints, cond) =
-                relay::managed_outcome(exposure, relay::available_replicas(Some(&dep)), m.replicas);
-            Ok(RelayOutcome {
-                endpoints,
-                cond,
-                stun: relay::managed_stun(Some(&svc), m.port, &hosts),
-                token_secret: Some(secret_name),
-            })
+            Ok(outcome)
         }
     }
 }
@@ -445,7 +334,7 @@ const POD_CACHE_WAIT: Duration = Duration::from_secs(10);
 /// the relay may be pinned to a gateway that is not a member). Only a NodePort Service needs
 /// them; its reconcile fails (keeping the published endpoints) rather than publish from a
 /// pod cache that never synced, e.g. when the operator's Role cannot list pods.
-async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<NodeFacts>> {
+async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<ClusterNode>> {
     let node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort");
     if !node_port {
         return Ok(Vec::new());

@@ -1,9 +1,9 @@
-//! WireKube operator: PathPlanner, mesh and relay controllers
-
-pub mod planner;
+//! WireKube operator: the mesh controller (it runs the PathPlanner of `wirekube-planner`
+//! and the managed relay).
 
 pub mod apply;
 pub mod controller;
+pub mod decide;
 pub mod diff;
 pub mod error;
 pub mod fixtures;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::nodes::NodeFacts;
+use crate::nodes::ClusterNode;
 
 /// Nodes running the relay's pods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,26 +44,20 @@ impl RelayPlacement {
     /// pods start) those a relay pod is bound to. ExternalIP nodes first (agents dial the
     /// first endpoint, and an InternalIP is usually reachable from its own site only), then
     /// by name. Nodes missing from `nodes` are skipped.
-    pub fn hosts<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<NodeFacts> {
+    pub fn hosts<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<ClusterNode> {
         let wanted = if self.ready.is_empty() {
             &self.scheduled
         } else {
             &self.ready
         };
-        let mut hosts: Vec<NodeFacts> = nodes
+        let mut hosts: Vec<ClusterNode> = nodes
             .into_iter()
-            .map(NodeFacts::from_node)
-            .filter(|n| wanted.contains(&n.name))
+            .map(ClusterNode::from_node)
+            .filter(|n| wanted.contains(n.name()))
             .collect();
-        hosts.sort_by(|a, b| (!has_external(a), &a.name).cmp(&(!has_external(b), &b.name)));
+        hosts.sort_by(|a, b| (!a.has_external(), a.name()).cmp(&(!b.has_external(), b.name())));
         hosts
     }
-}
-
-fn has_external(n: &NodeFacts) -> bool {
-    n.addresses
-        .iter()
-        .any(|(t, a)| t == "ExternalIP" && !a.is_empty())
 }
 
 fn live(pod: &Pod) -> bool {
@@ -178,7 +172,7 @@ mod tests {
             node("d", &[("ExternalIP", "198.51.100.4")], &[]),
         ];
         let names = |p: &RelayPlacement| -> Vec<String> {
-            p.hosts(&nodes).into_iter().map(|n| n.name).collect()
+            p.hosts(&nodes).into_iter().map(|n| n.info.name).collect()
         };
         let p = |ready: &[&str], scheduled: &[&str]| RelayPlacement {
             ready: set(ready),

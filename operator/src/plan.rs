@@ -1,17 +1,18 @@
-//! The one place the controller calls the PathPlanner.
+//! The one place the controller calls the PathPlanner (`wirekube-planner`).
 //!
 //! The controller builds a [`PlanRequest`] from what it observed and gets a [`PlanOutcome`]
-//! back. [`plan`] adapts these to the PathPlanner's own types (`crate::planner`), so the rest
-//! of the controller does not depend on them.
+//! back: the specs it may write, and the planner's findings as [`MeshIssue`]s for the mesh
+//! status.
 
 use std::collections::BTreeMap;
 
 use wirekube_crds::{PathSummary, WireKubeMeshSpec, WireKubePeerSpec, WireKubePeerStatus};
 
-use crate::nodes::NodeFacts;
-use crate::planner::{self, NodeAddress, NodeAddressKind, NodeInfo, PlannerInput};
+use wirekube_planner::PlannerInput;
 
-pub use crate::planner::KeyProblem;
+use crate::nodes::ClusterNode;
+
+pub use wirekube_planner::KeyProblem;
 
 /// Everything the planner needs, borrowed from the controller's observations.
 #[derive(Debug)]
@@ -25,16 +26,17 @@ pub struct PlanRequest<'a> {
     /// The relay's STUN responder addresses (used when the mesh lists no STUN servers).
     pub relay_stun_servers: &'a [String],
     /// Selected nodes, sorted by name.
-    pub nodes: &'a [NodeFacts],
+    pub nodes: &'a [ClusterNode],
     /// Agent-reported status per node name.
     pub statuses: &'a BTreeMap<String, WireKubePeerStatus>,
     /// The specs currently stored, per node name (for stable mesh IPs).
     pub previous: &'a BTreeMap<String, WireKubePeerSpec>,
 }
 
-/// A problem the planner found that the user should see.
+/// A problem with the mesh the user should see (the planner's issues, a node claimed by
+/// another mesh): the Ready condition's reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanIssue {
+pub struct MeshIssue {
     /// PascalCase condition reason, e.g. `MeshCIDRFull`.
     pub reason: String,
     pub message: String,
@@ -49,7 +51,7 @@ pub struct PlanOutcome {
     pub summary: PathSummary,
     /// Nodes without a public key yet, sorted.
     pub pending: Vec<String>,
-    pub issues: Vec<PlanIssue>,
+    pub issues: Vec<MeshIssue>,
     /// Duplicate and malformed public keys; the nodes they name are quarantined (no spec lists
     /// them, theirs lists nobody).
     pub key_problems: Vec<KeyProblem>,
@@ -59,46 +61,20 @@ pub struct PlanOutcome {
     pub carried_routes: usize,
 }
 
-/// The planner's view of a node.
-pub fn node_info(n: &NodeFacts) -> NodeInfo {
-    let addresses = n
-        .addresses
-        .iter()
-        .filter_map(|(t, a)| {
-            let kind = match t.as_str() {
-                "InternalIP" => NodeAddressKind::InternalIp,
-                "ExternalIP" => NodeAddressKind::ExternalIp,
-                _ => return None,
-            };
-            Some(NodeAddress {
-                kind,
-                ip: a.parse().ok()?,
-            })
-        })
-        .collect();
-    NodeInfo {
-        name: n.name.clone(),
-        addresses,
-        labels: n.labels.clone(),
-        pod_cidrs: n.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
-        deleting: n.deleting,
-    }
-}
-
 /// Runs the planner. `Err` means planning could not start at all (the stored specs must stay
 /// untouched); the issue says why.
-pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
+pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, MeshIssue> {
     let input = PlannerInput {
         mesh_name: req.mesh_name.to_string(),
         mesh: req.spec.clone(),
         relay_endpoints: req.relay_endpoints.to_vec(),
         relay_token_secret: req.relay_token_secret.map(str::to_string),
         relay_stun_servers: req.relay_stun_servers.to_vec(),
-        nodes: req.nodes.iter().map(node_info).collect(),
+        nodes: req.nodes.iter().map(|n| n.info.clone()).collect(),
         statuses: req.statuses.clone(),
         previous: req.previous.clone(),
     };
-    let p = planner::plan(&input).map_err(|e| PlanIssue {
+    let p = wirekube_planner::plan(&input).map_err(|e| MeshIssue {
         reason: "PlanningFailed".into(),
         message: e.to_string(),
     })?;
@@ -109,7 +85,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<PlanOutcome, PlanIssue> {
         issues: p
             .issues
             .iter()
-            .map(|i| PlanIssue {
+            .map(|i| MeshIssue {
                 reason: i.reason().into(),
                 message: i.to_string(),
             })
@@ -138,30 +114,12 @@ impl PlanOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{mesh, peer_status};
-    use crate::planner::fixtures::test_key;
+    use crate::fixtures::{mesh, node, peer_status};
     use wirekube_crds::NatType;
+    use wirekube_planner::fixtures::test_key;
 
-    fn facts(name: &str, ip: &str) -> NodeFacts {
-        NodeFacts {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            addresses: vec![
-                ("Hostname".into(), name.into()),
-                ("InternalIP".into(), ip.into()),
-            ],
-            ..NodeFacts::default()
-        }
-    }
-
-    #[test]
-    fn node_info_keeps_ip_addresses_only() {
-        let i = node_info(&facts("a", "10.0.0.1"));
-        assert_eq!(i.addresses.len(), 1);
-        assert_eq!(
-            i.address(NodeAddressKind::InternalIp),
-            Some("10.0.0.1".parse().unwrap())
-        );
+    fn facts(name: &str, ip: &str) -> ClusterNode {
+        ClusterNode::from_node(&node(name, &[("Hostname", name), ("InternalIP", ip)], &[]))
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rand::RngCore;
 use wirekube_crds::{ServiceType, WireKubeMesh};
 
 use crate::error::{Error, Result};
-use crate::nodes::{NodeFacts, host_port};
+use crate::nodes::{ClusterNode, host_port, ip_port};
 
 /// Annotation carrying a hash of the desired object, so an unchanged object is not rewritten.
 pub const HASH_ANNOTATION: &str = "wirekube.io/desired-hash";
@@ -344,7 +344,7 @@ pub enum Exposure {
 /// `relay_hosts` with the nodePort. `relay_hosts` are the nodes running the relay's pods, in
 /// publishing order ([`crate::placement::RelayPlacement::hosts`]): with
 /// `externalTrafficPolicy: Local` no other node answers on the nodePort.
-pub fn exposure(service: Option<&Service>, port: u16, relay_hosts: &[NodeFacts]) -> Exposure {
+pub fn exposure(service: Option<&Service>, port: u16, relay_hosts: &[ClusterNode]) -> Exposure {
     let Some(svc) = service else {
         return Exposure::Waiting("WaitingForService", "relay Service not created yet".into());
     };
@@ -389,7 +389,7 @@ fn node_port_of(svc: &Service, name: &str) -> Option<u16> {
         .and_then(|n| u16::try_from(n).ok())
 }
 
-fn node_port_exposure(svc: &Service, relay_hosts: &[NodeFacts]) -> Exposure {
+fn node_port_exposure(svc: &Service, relay_hosts: &[ClusterNode]) -> Exposure {
     let Some(np) = node_port_of(svc, "relay") else {
         return Exposure::Waiting("WaitingForNodePort", "no nodePort allocated yet".into());
     };
@@ -404,10 +404,10 @@ fn node_port_exposure(svc: &Service, relay_hosts: &[NodeFacts]) -> Exposure {
     }
     let eps: Vec<String> = relay_hosts
         .iter()
-        .filter_map(|n| Some(host_port(n.reachable_address()?, np)))
+        .filter_map(|n| Some(ip_port(n.reachable_address()?, np)))
         .collect();
     if eps.is_empty() {
-        let names: Vec<&str> = relay_hosts.iter().map(|n| n.name.as_str()).collect();
+        let names: Vec<&str> = relay_hosts.iter().map(ClusterNode::name).collect();
         return Exposure::Waiting(
             "NoNodeAddresses",
             format!(
@@ -425,7 +425,7 @@ fn node_port_exposure(svc: &Service, relay_hosts: &[NodeFacts]) -> Exposure {
 pub fn managed_stun(
     service: Option<&Service>,
     port: u16,
-    relay_hosts: &[NodeFacts],
+    relay_hosts: &[ClusterNode],
 ) -> Vec<String> {
     let Some(svc) = service else {
         return Vec::new();
@@ -437,7 +437,7 @@ pub fn managed_stun(
             node_port_of(svc, "stun"),
             node_port_of(svc, "stun-alt"),
         ) {
-            (Some(h), Some(a), Some(b)) => vec![host_port(h, a), host_port(h, b)],
+            (Some(h), Some(a), Some(b)) => vec![ip_port(h, a), ip_port(h, b)],
             _ => Vec::new(),
         };
     }

@@ -13,15 +13,15 @@ fn managed(extra: serde_json::Value) -> WireKubeMesh {
     mesh("default", spec)
 }
 
-fn facts() -> Vec<NodeFacts> {
+fn facts() -> Vec<ClusterNode> {
     vec![
-        NodeFacts::from_node(&node(
+        ClusterNode::from_node(&node(
             "a",
             &[("InternalIP", "10.0.0.1"), ("ExternalIP", "198.51.100.1")],
             &[],
         )),
-        NodeFacts::from_node(&node("b", &[("InternalIP", "10.0.0.2")], &[])),
-        NodeFacts::from_node(&node("c", &[("Hostname", "c")], &[])),
+        ClusterNode::from_node(&node("b", &[("InternalIP", "10.0.0.2")], &[])),
+        ClusterNode::from_node(&node("c", &[("Hostname", "c")], &[])),
     ]
 }
 

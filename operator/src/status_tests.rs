@@ -2,7 +2,7 @@ use wirekube_crds::{PathSummary, Problem};
 
 use super::*;
 use crate::fixtures::time;
-use crate::plan::PlanIssue;
+use crate::plan::MeshIssue;
 
 fn ready(c: &[Condition]) -> &Condition {
     c.iter().find(|c| c.type_ == READY).unwrap()
@@ -122,7 +122,7 @@ fn computed_status_is_stable_and_reports_issues() {
     );
     assert_eq!(s1, s2, "an unchanged reconcile yields an identical status");
     let mut bad = outcome.clone();
-    bad.issues.push(PlanIssue {
+    bad.issues.push(MeshIssue {
         reason: "MeshCIDRFull".into(),
         message: "full".into(),
     });

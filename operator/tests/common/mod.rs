@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use wirekube_crds::{NatType, WireKubeMesh, WireKubePeer};
 use wirekube_e2e::kube_lab::KubeLab;
 use wirekube_kubelab::cloud::LabCloud;
-use wirekube_operator::planner::fixtures::test_key;
 use wirekube_operator::{ControllerSettings, Metrics, OperatorSettings};
+use wirekube_planner::fixtures::test_key;
 
 pub const NS: &str = "wirekube-system";
 /// The lab cloud's LoadBalancer pool (one address).

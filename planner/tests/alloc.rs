@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode, WireKubePeerSpec};
-use wirekube_operator::planner::fixtures::{Host, input, mesh};
-use wirekube_operator::planner::{NodeInfo, PathPlanner, PlanError, PlanIssue, plan};
+use wirekube_planner::fixtures::{Host, input, mesh};
+use wirekube_planner::{NodeInfo, PathPlanner, PlanError, PlanIssue, plan};
 
 fn hosts(names: &[&str]) -> Vec<Host> {
     names

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use wirekube_crds::{NatType, PlannedPath, RelayMode, WireKubePeerSpec};
-use wirekube_operator::planner::fixtures::{Host, input, mesh, test_key};
-use wirekube_operator::planner::{KeyProblem, PathPlanner, Plan, plan};
+use wirekube_planner::fixtures::{Host, input, mesh, test_key};
+use wirekube_planner::{KeyProblem, PathPlanner, Plan, plan};
 
 fn host(name: &str, i: u8) -> Host {
     Host::new(name, NatType::FullCone)

@@ -1,4 +1,4 @@
-//! PathPlanner benchmark: `cargo bench -p wirekube-operator --bench planner`.
+//! PathPlanner benchmark: `cargo bench -p wirekube-planner --bench planner`.
 //!
 //! Meshes of 100 / 1,000 / 5,000 synthetic nodes (sites of 8 behind rotating NAT types, see
 //! `planner::fixtures::synthetic_hosts`). For each size it prints: the full plan from
@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use wirekube_crds::{NatType, RelayMode, WireKubePeerStatus};
-use wirekube_operator::planner::fixtures::{Host, input, mesh, synthetic_hosts};
-use wirekube_operator::planner::{PathPlanner, PlannerInput, plan};
+use wirekube_planner::fixtures::{Host, input, mesh, synthetic_hosts};
+use wirekube_planner::{PathPlanner, PlannerInput, plan};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

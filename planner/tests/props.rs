@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode, WireKubePeerSpec};
-use wirekube_operator::planner::fixtures::{Host, LISTEN_PORT, input, mesh};
-use wirekube_operator::planner::{PathPlanner, Plan, PlannerInput, plan};
+use wirekube_planner::fixtures::{Host, LISTEN_PORT, input, mesh};
+use wirekube_planner::{PathPlanner, Plan, PlannerInput, plan};
 
 const NATS: [NatType; 7] = [
     NatType::Open,

@@ -8,8 +8,8 @@
 #![allow(non_snake_case)]
 
 use wirekube_crds::{NatType, PathReason, PeerEntry, PlannedPath, RelayMode};
-use wirekube_operator::planner::fixtures::{Host, input, mesh};
-use wirekube_operator::planner::{NAT_KEEPALIVE_SECS, Plan, plan};
+use wirekube_planner::fixtures::{Host, input, mesh};
+use wirekube_planner::{NAT_KEEPALIVE_SECS, Plan, plan};
 
 use NatType::*;
 use PathReason as R;

@@ -1,13 +1,11 @@
 //! What goes into the planner and what comes out. Plain data: no kube client, no clock.
 //!
 //! Only the API types of `wirekube-crds` leak in (the mesh spec, the agent's status, the spec
-//! the planner writes); nodes are described by [`NodeInfo`], which the controller builds from a
-//! Kubernetes `Node` with [`NodeInfo::from_node`] and tests build by hand.
+//! the planner writes); nodes are described by [`NodeInfo`], which the operator builds from a
+//! Kubernetes `Node` in one place (`operator/src/nodes.rs`) and tests build by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-
-use k8s_openapi::api::core::v1::Node;
 
 use super::build::Core;
 use wirekube_crds::{
@@ -46,45 +44,6 @@ impl NodeInfo {
         NodeInfo {
             name: name.into(),
             ..NodeInfo::default()
-        }
-    }
-
-    /// Builds the planner's view of a Kubernetes node. Unparseable addresses and hostnames are
-    /// skipped (they cannot be WireGuard endpoints).
-    pub fn from_node(node: &Node) -> Self {
-        let addresses = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .map(|addrs| {
-                addrs
-                    .iter()
-                    .filter_map(|a| {
-                        let kind = match a.type_.as_str() {
-                            "InternalIP" => NodeAddressKind::InternalIp,
-                            "ExternalIP" => NodeAddressKind::ExternalIp,
-                            _ => return None,
-                        };
-                        let ip = a.address.parse().ok()?;
-                        Some(NodeAddress { kind, ip })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let pod_cidrs = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_cidrs.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        NodeInfo {
-            name: node.metadata.name.clone().unwrap_or_default(),
-            addresses,
-            pod_cidrs,
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            deleting: node.metadata.deletion_timestamp.is_some(),
         }
     }
 
@@ -223,7 +182,7 @@ pub enum PlanError {
 /// anything, so the operator builds exactly the specs it writes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Names whose spec differs from the stored one (after [`crate::planner::PathPlanner::update_status`]:
+    /// Names whose spec differs from the stored one (after [`crate::PathPlanner::update_status`]:
     /// from the planner's previous state). Write exactly these.
     pub changed: BTreeSet<String>,
     /// Stored specs of nodes that are no longer in the mesh (deleted, deleting, deselected).

@@ -1,13 +1,14 @@
 //! PathPlanner: for every pair of mesh nodes, Direct or Relay (or Down), which endpoint each
 //! side sends to, who initiates and why; plus every node's mesh IP.
 //!
-//! Pure: no kube client, no async, no clock, no I/O. The input is the mesh spec, the nodes,
+//! Pure: no kube client, no async, no clock, no I/O; the crate depends on the API types
+//! (`wirekube-crds`) and `ipnet` only, so the compiler keeps it that way. The input is the mesh spec, the nodes,
 //! the agents' reported statuses and the stored specs; the output is the desired
 //! `WireKubePeer` spec of every node, which of them changed, and a per-pair summary for the
 //! mesh status. The rules and their evidence are in docs/topologies.md, "Path planning rules".
 //!
 //! ```
-//! use wirekube_operator::planner::{plan, NodeInfo, PlannerInput};
+//! use wirekube_planner::{plan, NodeInfo, PlannerInput};
 //! let mut input = PlannerInput::new("default", wirekube_crds::WireKubeMeshSpec {
 //!     mesh_cidr: "10.99.0.0/24".into(), listen_port: 51820, interface_name: "wirekube0".into(),
 //!     mtu: 1420, persistent_keepalive: 25, node_selector: Default::default(),
@@ -24,12 +25,13 @@
 //! `rules` (the pair table), `endpoints` (which address a side sends to), `alloc` (mesh IPs),
 //! `build` (plans, one-node re-plans, spec diff and summary), `keys` (quarantine of nodes
 //! with a duplicate or malformed public key), `select` (node selection),
-//! `fixtures` (builders for tests and benchmarks).
+//! `fixtures` (builders for tests and benchmarks, behind the `test-support` feature).
 
 mod alloc;
 mod build;
 mod endpoints;
 mod facts;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
 mod keys;
 pub mod routes;

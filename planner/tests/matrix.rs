@@ -6,8 +6,8 @@
 //! cases; they are written out here, not derived from the planner's code.
 
 use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode};
-use wirekube_operator::planner::fixtures::{Host, input, mesh};
-use wirekube_operator::planner::plan;
+use wirekube_planner::fixtures::{Host, input, mesh};
+use wirekube_planner::plan;
 
 use NatType::*;
 use PathReason as R;

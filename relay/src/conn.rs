@@ -11,9 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::{Decoder, Encoder, Framed};
+use wirekube_relay_proto::handshake::{Authenticated, Refusal as HandshakeRefusal};
 use wirekube_relay_proto::{
-    CodecError, DecodeError, ErrorCode, Frame, FrameCodec, LEN_PREFIX, MAX_TOKEN_LEN,
-    PROTOCOL_VERSION, PublicKey, ServerChallenge,
+    CodecError, DecodeError, ErrorCode, Frame, FrameCodec, LEN_PREFIX, MAX_TOKEN_LEN, PublicKey,
+    ServerHandshake,
 };
 
 use crate::admission::Ticket;
@@ -96,6 +97,12 @@ impl Refusal {
     }
 }
 
+impl From<HandshakeRefusal> for Refusal {
+    fn from(r: HandshakeRefusal) -> Self {
+        Refusal::new(r.code(), r.reason(), r.to_string())
+    }
+}
+
 async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
     let _ = timeout(LINGER, async {
         let mut b = [0u8; 4096];
@@ -124,11 +131,15 @@ pub(crate) async fn refuse<C: Encoder<Frame>>(
     linger(&mut stream).await;
 }
 
+/// Drives the protocol's handshake ([`ServerHandshake`]) over the connection, adding the
+/// relay's own policy: the first-frame deadline, the per-source rate limit (after the Hello,
+/// before any crypto) and the replay memory.
 async fn handshake(
     framed: &mut Framed<TcpStream, HandshakeCodec>,
     ip: IpAddr,
     shared: &Shared,
 ) -> Result<PublicKey, Refusal> {
+    let mut hs = ServerHandshake::new();
     // Most of a connection's life before auth is spent waiting for its first frame, so
     // that wait gets its own short deadline (the whole handshake keeps auth_timeout).
     let first = timeout(shared.cfg.first_frame_timeout, framed.next())
@@ -140,27 +151,7 @@ async fn handshake(
                 "no Hello before the first-frame deadline",
             )
         })?;
-    let key = match first {
-        None => return Err(Refusal::silent("closed")),
-        Some(Err(e)) => return Err(Refusal::from_stream(e)),
-        Some(Ok(Frame::Hello { version, key })) => {
-            if version != PROTOCOL_VERSION {
-                return Err(Refusal::new(
-                    ErrorCode::UnsupportedVersion,
-                    "version",
-                    format!("relay speaks version {PROTOCOL_VERSION}, client sent {version}"),
-                ));
-            }
-            key
-        }
-        Some(Ok(_)) => {
-            return Err(Refusal::new(
-                ErrorCode::ProtocolViolation,
-                "protocol",
-                "expected Hello",
-            ));
-        }
-    };
+    hs.hello(next_frame(first)?).map_err(Refusal::from)?;
     // Checked before any crypto so a flood from one address costs us little.
     if !shared.limiter.allow(ip) {
         return Err(Refusal::new(
@@ -169,52 +160,32 @@ async fn handshake(
             "too many registrations",
         ));
     }
-    let challenge = ServerChallenge::new();
-    if framed.send(challenge.frame()).await.is_err() {
+    let challenge = hs.challenge().ok_or(Refusal::silent("protocol"))?;
+    if framed.send(challenge).await.is_err() {
         return Err(Refusal::silent("io"));
     }
-    let (mac, token) = match framed.next().await {
-        None => return Err(Refusal::silent("closed")),
-        Some(Err(e)) => return Err(Refusal::from_stream(e)),
-        Some(Ok(Frame::Auth { mac, token })) => (mac, token),
-        Some(Ok(Frame::Data { .. })) => {
-            return Err(Refusal::new(
-                ErrorCode::ProtocolViolation,
-                "protocol",
-                "data before auth",
-            ));
+    let auth = next_frame(framed.next().await)?;
+    match hs.auth(auth, |token| shared.tokens.matches(token)) {
+        Ok(Authenticated { key, mac }) => {
+            shared.replays.remember(mac);
+            Ok(key)
         }
-        Some(Ok(_)) => {
-            return Err(Refusal::new(
-                ErrorCode::ProtocolViolation,
-                "protocol",
-                "expected Auth",
-            ));
-        }
-    };
-    if !shared.tokens.matches(&token) {
-        return Err(Refusal::new(
-            ErrorCode::BadToken,
-            "bad_token",
-            "mesh token rejected",
-        ));
+        Err(HandshakeRefusal::BadProof { mac }) if shared.replays.seen(&mac) => Err(Refusal::new(
+            ErrorCode::Replayed,
+            "replay",
+            "replayed authentication",
+        )),
+        Err(r) => Err(r.into()),
     }
-    if challenge.verify(&key, &mac, &token).is_err() {
-        if shared.replays.seen(&mac) {
-            return Err(Refusal::new(
-                ErrorCode::Replayed,
-                "replay",
-                "replayed authentication",
-            ));
-        }
-        return Err(Refusal::new(
-            ErrorCode::BadProof,
-            "bad_proof",
-            "key possession proof failed",
-        ));
+}
+
+/// A frame read during the handshake, or why there is none.
+fn next_frame(read: Option<Result<Frame, CodecError>>) -> Result<Frame, Refusal> {
+    match read {
+        None => Err(Refusal::silent("closed")),
+        Some(Err(e)) => Err(Refusal::from_stream(e)),
+        Some(Ok(f)) => Ok(f),
     }
-    shared.replays.remember(mac);
-    Ok(key)
 }
 
 /// Serves one accepted connection to completion.

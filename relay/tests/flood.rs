@@ -12,7 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use wirekube_relay::{Metrics, Relay};
-use wirekube_relay_proto::{ErrorCode, PrivateKey, RelayClient, RelayReceiver, Status};
+use wirekube_relay_client::{RelayClient, RelayReceiver, Status};
+use wirekube_relay_proto::{ErrorCode, PrivateKey};
 
 const FLOOD_SOURCE: &str = "127.0.0.2";
 /// Idle connections the flooder keeps open at most: more than the relay's

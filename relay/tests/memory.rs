@@ -7,7 +7,8 @@ use bytes::Bytes;
 use common::*;
 use tokio_util::sync::CancellationToken;
 use wirekube_relay::{Metrics, Relay};
-use wirekube_relay_proto::{PrivateKey, PublicKey, RelayClient};
+use wirekube_relay_client::RelayClient;
+use wirekube_relay_proto::{PrivateKey, PublicKey};
 
 /// What one queued chunk may charge beyond the queue's byte cap: one read buffer
 /// (256 KiB plus a partial frame of up to 64 KiB).

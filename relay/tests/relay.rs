@@ -8,7 +8,8 @@ use bytes::Bytes;
 use common::*;
 use tokio::io::AsyncWriteExt;
 use wirekube_relay::{Metrics, Relay};
-use wirekube_relay_proto::{ErrorCode, Frame, PrivateKey, Status, client_auth};
+use wirekube_relay_client::Status;
+use wirekube_relay_proto::{ErrorCode, Frame, PrivateKey, client_auth};
 
 fn auth_failures(r: &Relay, reason: &'static str) -> u64 {
     Metrics::count(&r.metrics().auth_failures, "reason", reason)
@@ -19,8 +20,8 @@ fn drops(r: &Relay, reason: &'static str) -> u64 {
 }
 
 async fn exchange(
-    a: &wirekube_relay_proto::RelayClient,
-    b_rx: &mut wirekube_relay_proto::RelayReceiver,
+    a: &wirekube_relay_client::RelayClient,
+    b_rx: &mut wirekube_relay_client::RelayReceiver,
     b_key: &PrivateKey,
     msg: &'static [u8],
 ) {
@@ -221,13 +222,13 @@ async fn idle_authenticated_connection_is_closed() {
     let relay = Relay::start(cfg).await.unwrap();
     // A client that pings more often than the idle timeout stays.
     let key = PrivateKey::generate();
-    let mut ccfg = wirekube_relay_proto::RelayClientConfig::new(
+    let mut ccfg = wirekube_relay_client::RelayClientConfig::new(
         relay.tcp_addr.to_string(),
         key.clone(),
         TOKEN.to_vec(),
     );
     ccfg.keepalive_interval = Duration::from_millis(50);
-    let (pinger, _rx) = wirekube_relay_proto::RelayClient::start(ccfg);
+    let (pinger, _rx) = wirekube_relay_client::RelayClient::start(ccfg);
     assert!(pinger.wait_connected(DEADLINE).await);
     // A silent one is told why and closed.
     let (mut silent, _) = Raw::login(relay.tcp_addr, &PrivateKey::generate()).await;
@@ -301,10 +302,10 @@ async fn stalled_reader_does_not_slow_others() {
 
     async fn rtts(
         n: usize,
-        a: &wirekube_relay_proto::RelayClient,
-        a_rx: &mut wirekube_relay_proto::RelayReceiver,
-        b: &wirekube_relay_proto::RelayClient,
-        b_rx: &mut wirekube_relay_proto::RelayReceiver,
+        a: &wirekube_relay_client::RelayClient,
+        a_rx: &mut wirekube_relay_client::RelayReceiver,
+        b: &wirekube_relay_client::RelayClient,
+        b_rx: &mut wirekube_relay_client::RelayReceiver,
         ak: &PrivateKey,
         bk: &PrivateKey,
     ) -> Vec<Duration> {
@@ -488,13 +489,13 @@ async fn client_socket_carries_the_configured_mark() {
         "SO_MARK needs CAP_NET_ADMIN: run this test as root (a test that cannot run must fail)"
     );
     let relay = start().await;
-    let mut ccfg = wirekube_relay_proto::RelayClientConfig::new(
+    let mut ccfg = wirekube_relay_client::RelayClientConfig::new(
         relay.tcp_addr.to_string(),
         PrivateKey::generate(),
         TOKEN.to_vec(),
     );
     ccfg.socket_mark = Some(0xca6d);
-    let (client, _rx) = wirekube_relay_proto::RelayClient::start(ccfg);
+    let (client, _rx) = wirekube_relay_client::RelayClient::start(ccfg);
     assert!(
         client.wait_connected(DEADLINE).await,
         "{:?}",

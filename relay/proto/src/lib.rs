@@ -1,4 +1,5 @@
-//! WireKube relay wire protocol (sans-IO) and the async client the agent uses.
+//! WireKube relay wire protocol, without I/O: frames, the codec, authentication and the
+//! handshake state machines.
 //!
 //! # Protocol
 //! TCP stream of frames, `len: u32 BE | type: u8 | body` (see [`frame`]):
@@ -13,31 +14,25 @@
 //! The relay never sees WireGuard plaintext: payloads are already-encrypted WireGuard
 //! packets.
 //!
-//! # Client
-//! ```no_run
-//! # async fn demo() {
-//! use wirekube_relay_proto::{PrivateKey, PublicKey, RelayClient, RelayClientConfig};
-//! let key = PrivateKey::from_base64("...").unwrap();
-//! let (client, mut rx) = RelayClient::start(RelayClientConfig::new("relay:3478", key, "token"));
-//! let peer: PublicKey = "...".parse().unwrap();
-//! let _ = client.send(peer, bytes::Bytes::from_static(b"wg packet"));
-//! while let Some((src, packet)) = rx.recv().await { /* hand to WireGuard */ }
-//! # }
-//! ```
+//! # Handshake
+//! [`handshake`] is the handshake as two state machines without I/O ([`ServerHandshake`] for
+//! the relay, [`ClientHandshake`] for the client); both sides use them, so the protocol is
+//! written once. The async client with sockets and reconnects is `wirekube-relay-client`
+//! (`relay/client`).
 
 pub mod auth;
-pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod handshake;
 pub mod key;
 
 pub use auth::{AuthError, ServerChallenge, client_auth, token_matches};
-pub use client::{
-    ConnectionState, RelayClient, RelayClientConfig, RelayReceiver, SendError, Status,
-};
 pub use codec::{CodecError, FrameCodec};
 pub use frame::{
     DATA_KEY_OFFSET, DecodeError, EncodeError, ErrorCode, Frame, FrameHead, LEN_PREFIX,
     MAX_FRAME_LEN, MAX_PACKET_LEN, MAX_TOKEN_LEN, PROTOCOL_VERSION, peek,
+};
+pub use handshake::{
+    Authenticated, ClientError, ClientHandshake, ClientStep, Refusal, ServerHandshake,
 };
 pub use key::{KeyError, PrivateKey, PublicKey};

@@ -9,9 +9,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use wirekube_relay::{Relay, RelayConfig, StunConfig, TokenSource};
+use wirekube_relay_client::{RelayClient, RelayClientConfig, RelayReceiver};
 use wirekube_relay_proto::{
-    Frame, FrameCodec, PROTOCOL_VERSION, PrivateKey, PublicKey, RelayClient, RelayClientConfig,
-    RelayReceiver, client_auth,
+    Frame, FrameCodec, PROTOCOL_VERSION, PrivateKey, PublicKey, client_auth,
 };
 
 pub const TOKEN: &[u8] = b"mesh-token";

@@ -1,9 +1,22 @@
-//! Async relay client used by the agent.
+//! The relay client the agent uses (tokio, `SO_MARK`, reconnects); the protocol itself
+//! (frames, auth, the handshake state machine) is `wirekube-relay-proto`.
 //!
 //! A background task owns the TCP connection: it connects, authenticates, forwards
 //! queued packets, answers pings, sends keepalives, and reconnects with jittered
 //! exponential backoff. The handles never block: [`RelayClient::send`] drops the packet
 //! when the queue is full, like a UDP socket would, and WireGuard retransmits as needed.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use wirekube_relay_client::{RelayClient, RelayClientConfig};
+//! use wirekube_relay_proto::{PrivateKey, PublicKey};
+//! let key = PrivateKey::from_base64("...").unwrap();
+//! let (client, mut rx) = RelayClient::start(RelayClientConfig::new("relay:3478", key, "token"));
+//! let peer: PublicKey = "...".parse().unwrap();
+//! let _ = client.send(peer, bytes::Bytes::from_static(b"wg packet"));
+//! while let Some((src, packet)) = rx.recv().await { /* hand to WireGuard */ }
+//! # }
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +30,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::client_auth;
-use crate::codec::FrameCodec;
-use crate::frame::{ErrorCode, Frame, MAX_PACKET_LEN, PROTOCOL_VERSION};
-use crate::key::{PrivateKey, PublicKey};
+use wirekube_relay_proto::{
+    ClientHandshake, ClientStep, ErrorCode, Frame, FrameCodec, MAX_PACKET_LEN, PrivateKey,
+    PublicKey,
+};
 
 /// Settings for [`RelayClient::start`]. Build with [`RelayClientConfig::new`] and
 /// adjust fields as needed; the defaults suit a WireGuard mesh.
@@ -335,23 +348,14 @@ impl Task {
         // instead of the ~6 that tokio-util's 8 KiB defaults allow.
         let mut framed = Framed::with_capacity(stream, FrameCodec, IO_BUFFER);
         framed.set_backpressure_boundary(IO_BUFFER);
-        let key = &self.config.private_key;
-        framed
-            .send(Frame::Hello {
-                version: PROTOCOL_VERSION,
-                key: key.public_key(),
-            })
-            .await
-            .map_err(fail)?;
-        let (ephemeral, nonce) = match next(&mut framed).await? {
-            Frame::Challenge { ephemeral, nonce } => (ephemeral, nonce),
-            other => return Err(unexpected(other)),
-        };
-        let auth = client_auth(key, &ephemeral, &nonce, &self.config.token).map_err(fail)?;
-        framed.send(auth).await.map_err(fail)?;
-        match next(&mut framed).await? {
-            Frame::AuthOk => Ok(framed),
-            other => Err(unexpected(other)),
+        let mut hs = ClientHandshake::new(&self.config.private_key, &self.config.token);
+        framed.send(hs.hello()).await.map_err(fail)?;
+        loop {
+            match hs.on_frame(next(&mut framed).await?) {
+                Ok(ClientStep::Send(f)) => framed.send(f).await.map_err(fail)?,
+                Ok(ClientStep::Authenticated) => return Ok(framed),
+                Err(e) => return Err(End::Failed(e.to_string(), e.code())),
+            }
         }
     }
 
@@ -489,6 +493,8 @@ async fn next(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Frame, End> 
     }
 }
 
+/// A frame the session does not expect (after the handshake): the relay closing it with an
+/// Error frame, or a protocol violation.
 fn unexpected(f: Frame) -> End {
     match f {
         Frame::Error { code, message } => {

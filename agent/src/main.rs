@@ -21,7 +21,14 @@ enum EngineFlag {
     Kernel,
     WireguardGo,
     Embedded,
+    /// Kernel WireGuard if the kernel has it, else the userspace daemon of the pod's
+    /// `wireguard` container (`userspace-engine`): the agent waits for its socket and never
+    /// starts one, so an agent restart keeps the tunnel (config/agent/daemonset.yaml).
+    Sidecar,
 }
+
+/// How long `--engine sidecar` waits for the `wireguard` container's daemon.
+const SIDECAR_WAIT: Duration = Duration::from_secs(60);
 
 /// WireKube node agent: WireGuard mesh with NAT discovery and relay fallback.
 #[derive(Debug, Parser)]
@@ -126,7 +133,8 @@ struct Args {
     discovery_interval: u64,
     /// Seconds before a fallen-back direct path is first probed again; later probes wait
     /// twice as long each time, up to 8x. Probes start on wall-clock multiples of the wait so
-    /// that both nodes of a pair probe together (keep node clocks NTP-synchronised).
+    /// that both nodes of a pair probe together; an agent also tells its peer through the relay
+    /// when it starts a probe, so clocks that disagree do not keep a pair apart.
     #[arg(
         long,
         env = "WIREKUBE_PROBE_INTERVAL",
@@ -134,6 +142,18 @@ struct Args {
         global = true
     )]
     probe_interval: u64,
+    /// TEST ONLY: seconds added to this node's clock for probe slots, so that the lab can
+    /// emulate a node whose clock is off (network namespaces share the host clock). Never
+    /// set it in production.
+    #[arg(
+        long,
+        env = "WIREKUBE_TEST_CLOCK_OFFSET_SECS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        hide = true,
+        global = true
+    )]
+    test_clock_offset_secs: i64,
     /// Interface to remove with `cleanup` (default: the name in this node's spec, else wirekube0).
     #[arg(long, env = "WIREKUBE_INTERFACE", global = true)]
     interface: Option<String>,
@@ -147,6 +167,9 @@ enum Cmd {
     Run,
     /// Remove the interface, routes and rules the agent created (the key stays).
     Cleanup,
+    /// The agent pod's `wireguard` container: wireguard-go in the foreground for --interface
+    /// (default wirekube0) when the kernel has no WireGuard, else wait for SIGTERM.
+    UserspaceEngine,
 }
 
 async fn terminated() {
@@ -209,6 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             binary: resolve_in_path(&args.wireguard_go_binary),
         },
         EngineFlag::Embedded => EngineChoice::Embedded,
+        EngineFlag::Sidecar => EngineChoice::Sidecar { wait: SIDECAR_WAIT },
     };
     let cfg = AgentConfig {
         node,
@@ -224,7 +248,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         discovery_interval: Duration::from_secs(args.discovery_interval.max(10)),
         probe_min: Duration::from_secs(args.probe_interval.max(1)),
         cni_conf_dir: args.cni_conf_dir.clone(),
+        key_created: created,
+        test_clock_offset_secs: args.test_clock_offset_secs,
     };
+    if cfg.test_clock_offset_secs != 0 {
+        tracing::warn!(
+            secs = cfg.test_clock_offset_secs,
+            "TEST ONLY: probe slots use a clock shifted by WIREKUBE_TEST_CLOCK_OFFSET_SECS"
+        );
+    }
     Agent::new(cfg, id, client, metrics).run(terminated()).await;
     shutdown.cancel();
     Ok(())
@@ -253,6 +285,25 @@ async fn cleanup(args: Args) -> anyhow::Result<()> {
         "removed the MSS clamp and the pod network's CNI file and rule (if any)"
     );
     Ok(())
+}
+
+/// `userspace-engine`: see `wirekube_agent::sidecar`.
+async fn userspace_engine(args: Args) -> anyhow::Result<()> {
+    use wirekube_agent::sidecar::{Plan, exec_wireguard_go, plan};
+    let iface = args.interface.clone().unwrap_or_else(|| "wirekube0".into());
+    let probe = wirekube_dataplane::kernel_wireguard_probe().await;
+    match plan(probe.map_err(|e| e.to_string())) {
+        Plan::Idle => {
+            tracing::info!(interface = %iface, "kernel WireGuard available: the agent uses it; idle until stopped");
+            terminated().await;
+            Ok(())
+        }
+        Plan::RunWireguardGo { kernel } => {
+            let bin = resolve_in_path(&args.wireguard_go_binary);
+            tracing::info!(interface = %iface, binary = %bin.display(), reason = %kernel, "no kernel WireGuard: running wireguard-go in the foreground");
+            Err(exec_wireguard_go(&bin, &iface).into())
+        }
+    }
 }
 
 /// The interface name from this node's spec, if the API server is reachable.
@@ -285,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
     match args.cmd.take() {
         None | Some(Cmd::Run) => run(args).await,
         Some(Cmd::Cleanup) => cleanup(args).await,
+        Some(Cmd::UserspaceEngine) => userspace_engine(args).await,
     }
 }
 

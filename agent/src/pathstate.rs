@@ -116,6 +116,21 @@ impl WallClock {
         Self::new(now, unix)
     }
 
+    /// This clock `secs` seconds ahead (negative: behind). Only for the lab, which emulates
+    /// a node with a wrong clock this way (`WIREKUBE_TEST_CLOCK_OFFSET_SECS`).
+    pub fn shifted(self, secs: i64) -> Self {
+        let by = Duration::from_secs(secs.unsigned_abs());
+        let unix_at_origin = if secs >= 0 {
+            self.unix_at_origin + by
+        } else {
+            self.unix_at_origin.saturating_sub(by)
+        };
+        Self {
+            unix_at_origin,
+            ..self
+        }
+    }
+
     /// The first instant at least `period / 2` from `now` at which Unix time is a multiple of
     /// `period` (whole milliseconds).
     pub fn next_slot(&self, now: Instant, period: Duration) -> Instant {
@@ -267,6 +282,16 @@ impl PathState {
             settle_until: None,
         };
         s.phase = s.initial_phase(now, now.checked_sub(HANDSHAKE_FRESH).unwrap_or(now));
+        s
+    }
+
+    /// A peer with no usable history: its key or ours is new, so no WireGuard session that
+    /// existed before (an adopted interface still holds the old key's sessions and their
+    /// handshake times, which die as soon as the new key is written) proves anything about
+    /// the new pair; only handshakes from `now` on count.
+    pub fn fresh(timing: Timing, plan: Plan, now: Instant) -> Self {
+        let mut s = Self::new(timing, plan, now);
+        s.phase = s.initial_phase(now, now);
         s
     }
 
@@ -534,6 +559,17 @@ impl PathState {
                 }
             }
         }
+    }
+
+    /// The peer announced (through the relay) that it starts a probe now: probe with it, so
+    /// that both ends send directly at the same moment even when their clocks disagree about
+    /// the slot. Returns whether a probe started.
+    pub fn peer_probing(&mut self, now: Instant) -> bool {
+        if !matches!(self.phase, Phase::Fallback { .. }) {
+            return false;
+        }
+        self.go(Phase::Probing { since: now }, Cause::ProbeDue, now);
+        true
     }
 
     /// Back to direct from the relay: fast failover waits for the path to settle.

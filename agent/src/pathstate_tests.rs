@@ -394,6 +394,43 @@ fn restart_adopts_a_working_tunnel() {
 }
 
 #[test]
+fn a_new_key_does_not_adopt_the_old_keys_session() {
+    // An agent whose key file was deleted comes back with a new key on the interface its
+    // predecessor left; the sessions there (handshake 60 s ago, direct) belong to the old
+    // key and die when the new one is written. Adopting them reported the pair direct,
+    // then stalled it onto the relay with a doubled probe backoff.
+    let t0 = Instant::now() + Duration::from_secs(1000);
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+        punched: false,
+    };
+    let old_session = Observation {
+        last_handshake: Some(t0 - Duration::from_secs(60)),
+        endpoint: Some(DIRECT.parse().unwrap()),
+        via_relay: false,
+        rx_bytes: 10,
+        tx_bytes: 10,
+    };
+    let timing = Timing::new(Duration::from_secs(10));
+    let mut ps = PathState::fresh(timing, plan, t0);
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(ps.observe(&old_session, t1), None);
+    assert_eq!(ps.actual(), ActualPath::Connecting);
+    // A handshake with the new key connects it as usual.
+    let new_session = Observation {
+        last_handshake: Some(t1),
+        ..old_session
+    };
+    let t = ps
+        .observe(&new_session, t1 + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!((t.to, t.cause), (ActualPath::Direct, Cause::Handshake));
+    assert_eq!(ps.backoff(), timing.probe_min);
+}
+
+#[test]
 fn a_probe_lasts_the_short_probe_window_not_direct_timeout() {
     let mut s = Sim::new(PlannedPath::Direct, true);
     s.run(10);
@@ -634,4 +671,108 @@ fn no_fast_failover_while_a_new_direct_path_settles() {
     // Silence past the settle time is a dead path again.
     run_live(&mut s, 24, false, 0, 500);
     assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
+}
+
+/// Two fallen-back ends of a pair whose clocks differ by `skew`, for 2000 s: how many probes
+/// started and how many of them found the other end not probing at that moment. With
+/// `announce`, a probe started on one's own slot makes the other probe too (as the agent does
+/// through the relay, `reconcile::probe_signal`).
+fn probes_alone(skew: Duration, announce: bool) -> (usize, usize) {
+    let t0 = Instant::now();
+    let unix = Duration::from_secs(1_764_000_003);
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+        punched: false,
+    };
+    let timing = Timing::new(Duration::from_secs(10));
+    let mut ends = [
+        PathState::new(timing, plan, t0),
+        PathState::new(timing, plan, t0),
+    ];
+    ends[0].set_clock(WallClock::new(t0, unix));
+    ends[1].set_clock(WallClock::new(t0, unix + skew));
+    let relay = Observation {
+        last_handshake: None,
+        endpoint: Some(RELAY.parse().unwrap()),
+        via_relay: true,
+        rx_bytes: 0,
+        tx_bytes: 0,
+    };
+    let (mut probes, mut alone) = (0, 0);
+    for step in 1..8000u64 {
+        let now = t0 + Duration::from_millis(250 * step);
+        let mut started = [false; 2];
+        for (i, end) in ends.iter_mut().enumerate() {
+            let was_fallback = matches!(end.phase(), Phase::Fallback { .. });
+            end.observe(&relay, now);
+            started[i] = was_fallback && matches!(end.phase(), Phase::Probing { .. });
+        }
+        for i in 0..2 {
+            if started[i] {
+                probes += 1;
+                if announce {
+                    ends[1 - i].peer_probing(now);
+                }
+            }
+        }
+        for i in 0..2 {
+            if started[i] && !matches!(ends[1 - i].phase(), Phase::Probing { .. }) {
+                alone += 1;
+            }
+        }
+    }
+    (probes, alone)
+}
+
+#[test]
+fn clocks_apart_probe_alone_without_announcements_and_together_with_them() {
+    let s = Duration::from_secs;
+    // In sync: every probe meets the other end's.
+    assert_eq!(probes_alone(s(0), false).1, 0);
+    // 30 s apart: the first probes still meet (a multiple of the 30 s slot), the later ones
+    // on 60 s and longer slots do not.
+    let (probes, alone) = probes_alone(s(30), false);
+    assert!(alone >= 4, "{alone} of {probes} probes alone");
+    // With announcements every probe is a joint one, whatever the skew.
+    for skew in [0, 7, 30, 45, 100] {
+        let (probes, alone) = probes_alone(s(skew), true);
+        assert!(probes >= 8, "skew {skew} s: {probes} probes");
+        assert_eq!(alone, 0, "skew {skew} s: {alone} of {probes} probes alone");
+    }
+}
+
+#[test]
+fn an_announced_probe_only_starts_from_the_relay() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    // Connecting: the peer's announcement does not cut the connect attempt short.
+    assert!(!s.ps.peer_probing(s.now));
+    s.run(10);
+    assert!(matches!(s.ps.phase(), Phase::Fallback { .. }));
+    assert!(s.ps.peer_probing(s.now));
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    // Already probing: nothing more; the probe ends after its window as usual.
+    assert!(!s.ps.peer_probing(s.now));
+    s.handshake(RELAY);
+    s.run(5);
+    assert!(matches!(s.ps.phase(), Phase::Fallback { .. }));
+    assert_eq!(s.ps.transitions, 1, "probing is not a reported change");
+}
+
+#[test]
+fn a_shifted_clock_moves_the_slots() {
+    let t = Instant::now();
+    let c = WallClock::new(t, Duration::from_millis(1_000_400));
+    let secs = |i: Instant| (i - t).as_millis();
+    // 30 s ahead: unix 1030.4 + 15 -> 1050.
+    assert_eq!(
+        secs(c.shifted(30).next_slot(t, Duration::from_secs(30))),
+        19_600
+    );
+    // 10 s behind: unix 990.4 + 15 -> 1020.
+    assert_eq!(
+        secs(c.shifted(-10).next_slot(t, Duration::from_secs(30))),
+        29_600
+    );
 }

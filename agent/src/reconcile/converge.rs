@@ -31,6 +31,7 @@ impl Agent {
         self.reconcile_podnet(spec).await;
         self.reconcile_mss(&spec.interface_name).await;
         let st = self.build_status(peer, &stats, now, now_sys);
+        self.metrics.observe_status(&st, now_sys);
         self.maybe_patch(st, now).await;
     }
 
@@ -93,6 +94,14 @@ impl Agent {
         self.peers
             .retain(|name, _| targets.iter().any(|t| &t.name == name));
         for t in targets {
+            let update = peer_update(
+                self.peers.get(&t.name).map(|rt| &rt.target.key),
+                &t.key,
+                self.cfg.key_created,
+            );
+            if update == PeerUpdate::Fresh && self.peers.remove(&t.name).is_some() {
+                tracing::info!(peer = %t.name, "peer has a new public key: its path starts over");
+            }
             match self.peers.get_mut(&t.name) {
                 Some(rt) => {
                     rt.state.set_timing(timing);
@@ -111,8 +120,13 @@ impl Agent {
                     rt.target = t.clone();
                 }
                 None => {
-                    let mut state = PathState::new(timing, t.plan, now);
-                    state.set_clock(WallClock::system(now));
+                    let mut state = if update == PeerUpdate::Adopt {
+                        PathState::new(timing, t.plan, now)
+                    } else {
+                        PathState::fresh(timing, t.plan, now)
+                    };
+                    state
+                        .set_clock(WallClock::system(now).shifted(self.cfg.test_clock_offset_secs));
                     self.peers.insert(
                         t.name.clone(),
                         PeerRt {
@@ -169,6 +183,19 @@ impl Agent {
         let is_relay = |ep: SocketAddr| {
             ep.ip().is_loopback() || relay.is_some_and(|r| r.bridge.is_relay_endpoint(ep).is_some())
         };
+        let local = iface.address.addr();
+        if self.signal.as_ref().is_none_or(|s| !s.is_for(local)) {
+            // Fails until our mesh IP is on the interface (first pass): retried every pass.
+            self.signal = probe_signal::ProbeSignal::open(local)
+                .map_err(|e| tracing::debug!(error = %e, "probe announcement socket"))
+                .ok();
+        }
+        let announced_by = self
+            .signal
+            .as_ref()
+            .map(|s| s.received())
+            .unwrap_or_default();
+        let mut announce = Vec::new();
         let mut configs = Vec::with_capacity(self.peers.len());
         let (mut triggers, mut reassert) = (Vec::new(), Vec::new());
         for (name, rt) in self.peers.iter_mut() {
@@ -189,7 +216,16 @@ impl Agent {
                 rx_bytes: s.map_or(0, |s| s.rx_bytes),
                 tx_bytes: s.map_or(0, |s| s.tx_bytes),
             };
-            rt.poll_liveness(iface.address.addr(), now);
+            rt.poll_liveness(local, now);
+            if rt
+                .target
+                .mesh_ip
+                .is_some_and(|ip| announced_by.contains(&ip))
+                && rt.state.peer_probing(now)
+            {
+                tracing::info!("peer announced a probe: probing with it");
+            }
+            let was_fallback = matches!(rt.state.phase(), Phase::Fallback { .. });
             if let Some(tr) = rt.state.observe(&obs, now) {
                 self.metrics
                     .transitions
@@ -198,6 +234,12 @@ impl Agent {
                     })
                     .inc();
                 tracing::info!(from = ?tr.from, to = ?tr.to, cause = ?tr.cause, "path transition");
+            }
+            if was_fallback
+                && matches!(rt.state.phase(), Phase::Probing { .. })
+                && let Some(ip) = rt.target.mesh_ip
+            {
+                announce.push(ip);
             }
             rt.send_liveness(now);
             let relay_ep = match (rt.state.want(), relay) {
@@ -234,8 +276,13 @@ impl Agent {
                 // (and the reply to them) go through the relay and prove nothing.
                 reassert.push(*rt.target.key.as_bytes());
             }
+            // A hole-punched pair's non-initiating side triggers too: its WireGuard then sends
+            // toward the punch target, which opens its own NAT's filter for the initiator;
+            // without it nothing left that side until the first probe (the lab's cone <->
+            // symmetric pairs stayed unconnected for the whole directTimeout).
             let attempting = probing
-                || (rt.target.initiate && matches!(rt.state.actual(), ActualPath::Connecting));
+                || ((rt.target.initiate || rt.target.plan.punched)
+                    && matches!(rt.state.actual(), ActualPath::Connecting));
             let every = if probing {
                 PROBE_TRIGGER_EVERY
             } else {
@@ -250,6 +297,17 @@ impl Agent {
                 rt.last_trigger = Some(now);
                 triggers.push(ip);
             }
+        }
+        if let Some(sig) = &self.signal
+            && !announce.is_empty()
+        {
+            // Before the endpoint write, so that the announcement still leaves through the
+            // relay (the direct path is what the probe tests); a moment for the engine to
+            // encrypt and send it before its endpoint changes.
+            for ip in &announce {
+                sig.announce(*ip);
+            }
+            tokio::time::sleep(ANNOUNCE_LEAD).await;
         }
         let Some(dp) = self.dp.as_mut() else {
             return stats;
@@ -296,6 +354,39 @@ impl Agent {
     }
 }
 
+/// Time given to WireGuard to send probe announcements through the relay before the probe
+/// points the peers at their direct endpoints.
+const ANNOUNCE_LEAD: Duration = Duration::from_millis(20);
+
+/// What a peer of a new spec does with the path state kept for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PeerUpdate {
+    /// Same key: the state carries on.
+    Keep,
+    /// New to this agent: an existing recent handshake on the interface (an agent restart
+    /// that kept the interface) is evidence for the path (`PathState::new`).
+    Adopt,
+    /// The peer's key changed, or ours was generated at this start: sessions on the interface
+    /// belong to the old key and prove nothing (`PathState::fresh`). Keeping the old state
+    /// instead read the new WireGuard peer's zeroed counters and missing handshake as "keys
+    /// expired while sending", stalled every pair with the node onto the relay and doubled
+    /// their probe backoff.
+    Fresh,
+}
+
+pub(super) fn peer_update(
+    kept_key: Option<&wirekube_relay_proto::PublicKey>,
+    key: &wirekube_relay_proto::PublicKey,
+    own_key_created: bool,
+) -> PeerUpdate {
+    match kept_key {
+        Some(k) if k == key => PeerUpdate::Keep,
+        Some(_) => PeerUpdate::Fresh,
+        None if own_key_created => PeerUpdate::Fresh,
+        None => PeerUpdate::Adopt,
+    }
+}
+
 /// Sends one datagram to the peer's mesh IP; it is routed into the WireGuard interface, which
 /// starts a handshake if it has no session. Port 9 (discard) has no listener, so the peer's
 /// kernel answers with ICMP port unreachable through its tunnel: probes count that reply.
@@ -339,6 +430,32 @@ impl PeerRt {
                 self.state.liveness_answered(now);
             }
             self.state.liveness_sent(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wirekube_relay_proto::PublicKey;
+
+    #[test]
+    fn a_changed_key_on_either_side_starts_the_path_over() {
+        let (k1, k2) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        use PeerUpdate::*;
+        // (key kept for the peer, key in the spec, own key generated at this start) -> update
+        for (kept, key, own_new, want) in [
+            (Some(&k1), &k1, false, Keep),
+            (Some(&k1), &k1, true, Keep),
+            (Some(&k1), &k2, false, Fresh),
+            (None, &k1, false, Adopt),
+            (None, &k1, true, Fresh),
+        ] {
+            assert_eq!(
+                peer_update(kept, key, own_new),
+                want,
+                "{kept:?} {key:?} {own_new}"
+            );
         }
     }
 }

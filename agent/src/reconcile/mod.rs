@@ -15,7 +15,7 @@ use wirekube_crds::{
 use wirekube_dataplane::{
     Dataplane, EngineChoice, EngineKind, InterfaceConfig, PeerStats, RelayBridge,
 };
-use wirekube_relay_proto::{ConnectionState, RelayClient, RelayClientConfig, Status};
+use wirekube_relay_client::{ConnectionState, RelayClient, RelayClientConfig, Status};
 
 use crate::discovery::{
     self, DiscoveryReport, DiscoveryState, FIRST_DISCOVERY_GRACE, FirstRound, Retransmit,
@@ -31,6 +31,7 @@ use relay::RelayRt;
 
 mod converge;
 mod liveness_io;
+mod probe_signal;
 mod relay;
 mod report;
 
@@ -63,6 +64,12 @@ pub struct AgentConfig {
     pub probe_min: Duration,
     /// Where the CNI configuration goes when the agent provides the pod network.
     pub cni_conf_dir: std::path::PathBuf,
+    /// The private key was generated at this start (none on disk): WireGuard sessions on an
+    /// interface left by a previous run belong to the old key and are not adopted.
+    pub key_created: bool,
+    /// Test only: seconds added to the system clock for probe slots, to emulate a node whose
+    /// clock is off (`WIREKUBE_TEST_CLOCK_OFFSET_SECS`; 0 in production).
+    pub test_clock_offset_secs: i64,
 }
 
 enum Wake {
@@ -103,6 +110,8 @@ pub struct Agent {
     last_patch: Option<Instant>,
     /// Peers of the last spec that were skipped, and why (the `PeersAccepted` condition).
     spec_problems: Vec<String>,
+    /// Probe announcements to and from peers (opened once our mesh IP is up).
+    signal: Option<probe_signal::ProbeSignal>,
 }
 
 fn engine_of(k: EngineKind) -> Engine {
@@ -150,6 +159,7 @@ impl Agent {
             last_status: None,
             last_patch: None,
             spec_problems: Vec::new(),
+            signal: None,
         }
     }
 

@@ -86,6 +86,51 @@ impl KubeLab {
         Ok(out)
     }
 
+    /// Installs WireKube with the Helm chart as a user does (`helm install wirekube
+    /// charts/wirekube -n wirekube-system --create-namespace`, default values plus `set`, e.g.
+    /// `metrics.serviceMonitor.enabled=false`) and waits until its CRDs are established.
+    /// Returns helm's output.
+    pub fn install_chart(&self, set: &[&str]) -> Result<String> {
+        let helm = helm_bin()?;
+        let root = crate::scenario::bins::repo_root();
+        let home = self.lab.dir().join("helm");
+        let env = |k: &str| format!("{k}={}", home.join(k).display());
+        let (cache, config, data) = (
+            env("HELM_CACHE_HOME"),
+            env("HELM_CONFIG_HOME"),
+            env("HELM_DATA_HOME"),
+        );
+        let (helm, chart, kc) = (
+            helm.to_string_lossy().into_owned(),
+            root.join("charts/wirekube").to_string_lossy().into_owned(),
+            self.cp.admin_kubeconfig().to_string_lossy().into_owned(),
+        );
+        let mut argv = vec![
+            "env", &cache, &config, &data, &helm, "install", "wirekube", &chart,
+        ];
+        argv.extend([
+            "--kubeconfig",
+            &kc,
+            "-n",
+            "wirekube-system",
+            "--create-namespace",
+        ]);
+        for s in set {
+            argv.extend(["--set", s]);
+        }
+        let out = self
+            .lab
+            .exec_timeout(&self.dmz, &argv, std::time::Duration::from_secs(120))?;
+        if !out.status.success() {
+            bail!(
+                "helm install: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.wait_crds()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Installs WireKube's namespace, CRDs and RBAC but no workloads (for tests that run the
     /// operator or the agents themselves) and waits until the CRDs are established.
     pub fn install_api(&self) -> Result<()> {
@@ -192,6 +237,31 @@ impl KubeLab {
     /// Stops every process and removes the lab (also done on drop of the lab).
     pub fn shutdown(&self) -> Result<()> {
         Ok(self.lab.shutdown()?)
+    }
+}
+
+/// The helm binary: `$WIREKUBE_HELM`, else what `scripts/build-go-tool.sh helm` prints (building
+/// it from its Go module on first use, cached in ~/.cache/wirekube/tools).
+pub fn helm_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WIREKUBE_HELM") {
+        return Ok(PathBuf::from(p));
+    }
+    let script = crate::scenario::bins::repo_root().join("scripts/build-go-tool.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("helm")
+        .env("BUILD_TOOL_QUIET", "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(p) if out.status.success() => Ok(PathBuf::from(p.trim())),
+        _ => bail!(
+            "{} helm failed ({}); run it by hand to see why",
+            script.display(),
+            out.status
+        ),
     }
 }
 

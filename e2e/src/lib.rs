@@ -1,3 +1,4 @@
 //! WireKube end-to-end: the lab with a real Kubernetes control plane, scenarios, the demo
 pub mod kube_lab;
+pub mod monitoring;
 pub mod scenario;

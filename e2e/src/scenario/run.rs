@@ -66,6 +66,9 @@ pub struct Options {
     /// `podNetwork.enabled`, and the kubelets take the pod network from the CNI
     /// configuration the agents write (no built-in bridge).
     pub pod_network: bool,
+    /// Install with the Helm chart (`helm install wirekube charts/wirekube`) instead of
+    /// `kubectl apply -k`; ignored with `pod_network`.
+    pub chart: bool,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             transfer_bytes: 1 << 20,
             progress: Box::new(|m| eprintln!("[scenario] {m}")),
             pod_network: false,
+            chart: false,
         }
     }
 }
@@ -153,8 +157,13 @@ impl Scenario {
         } else {
             "config/default"
         };
-        (opts.progress)(&format!("installing WireKube: kubectl apply -k {install}"));
-        kube.install_from(install)?;
+        if opts.chart && !opts.pod_network {
+            (opts.progress)("installing WireKube: helm install wirekube charts/wirekube");
+            kube.install_chart(&[])?;
+        } else {
+            (opts.progress)(&format!("installing WireKube: kubectl apply -k {install}"));
+            kube.install_from(install)?;
+        }
         let fail = |lab: &Lab, e: anyhow::Error| e.context(lab.logs_tail(30));
 
         let mut relay = None;

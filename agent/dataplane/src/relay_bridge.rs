@@ -25,7 +25,8 @@ use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use wirekube_relay_proto::{PublicKey, RelayClient, RelayReceiver};
+use wirekube_relay_client::{RelayClient, RelayReceiver};
+use wirekube_relay_proto::PublicKey;
 
 use crate::diff::short;
 use crate::error::DataplaneError;

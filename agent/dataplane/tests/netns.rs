@@ -188,7 +188,8 @@ fn roamed_endpoint_is_not_reset() {
 #[test]
 fn relay_bridge_carries_tunnel_with_udp_blocked() {
     use wirekube_relay::{Relay, RelayConfig, TokenSource};
-    use wirekube_relay_proto::{PrivateKey, RelayClient, RelayClientConfig};
+    use wirekube_relay_client::{RelayClient, RelayClientConfig};
+    use wirekube_relay_proto::PrivateKey;
 
     let lab = Lab::new("rly");
     // No UDP between the nodes at all: only the relay's TCP can carry the tunnel.

@@ -1,8 +1,9 @@
 //! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use wirekube_crds::{ActualPath, WireKubePeerStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabel {
@@ -24,6 +26,21 @@ pub struct PathLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+/// The label of an actual path: `direct`, `relay`, `connecting`, `down`.
+pub fn path_label(p: ActualPath) -> &'static str {
+    match p {
+        ActualPath::Direct => "direct",
+        ActualPath::Relay => "relay",
+        ActualPath::Connecting => "connecting",
+        ActualPath::Down => "down",
+    }
 }
 
 /// Every metric the agent exports.
@@ -38,6 +55,14 @@ pub struct Metrics {
     pub status_patches: Counter,
     pub status_patch_errors: Counter,
     pub discovery_runs: Counter,
+    /// Peers on the relay although planned direct (`fallback` in the status).
+    pub fallbacks: Gauge,
+    /// Seconds since the last WireGuard handshake, per peer that had one.
+    pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    /// Unix time of the last status this agent built (every reconcile pass).
+    pub last_status: Gauge,
+    /// Each peer's path at the last status, to count transitions.
+    last_paths: Mutex<HashMap<String, ActualPath>>,
     /// Unix time of the last completed loop iteration, for /healthz.
     last_loop: AtomicU64,
 }
@@ -55,6 +80,10 @@ impl Metrics {
             status_patches: Counter::default(),
             status_patch_errors: Counter::default(),
             discovery_runs: Counter::default(),
+            fallbacks: Gauge::default(),
+            handshake_age: Family::default(),
+            last_status: Gauge::default(),
+            last_paths: Mutex::new(HashMap::new()),
             last_loop: AtomicU64::new(now_secs()),
             registry: Registry::default(),
         };
@@ -95,7 +124,77 @@ impl Metrics {
             "STUN discovery rounds",
             m.discovery_runs.clone(),
         );
+        registry.register(
+            "fallback_peers",
+            "Peers on the relay although their planned path is direct",
+            m.fallbacks.clone(),
+        );
+        registry.register(
+            "peer_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with each peer",
+            m.handshake_age.clone(),
+        );
+        registry.register(
+            "last_status_timestamp_seconds",
+            "Unix time of the last status this agent built",
+            m.last_status.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Exports what a status says: peers by path, fallbacks, handshake ages, path transitions
+    /// (a peer whose path differs from the previous status's enters the new one).
+    pub fn observe_status(&self, st: &WireKubePeerStatus, now: SystemTime) {
+        let mut counts = [0i64; 4];
+        for c in &st.connections {
+            counts[c.path as usize] += 1;
+        }
+        for p in [
+            ActualPath::Direct,
+            ActualPath::Relay,
+            ActualPath::Connecting,
+            ActualPath::Down,
+        ] {
+            self.peers
+                .get_or_create(&PathLabel {
+                    path: path_label(p).into(),
+                })
+                .set(counts[p as usize]);
+        }
+        self.fallbacks
+            .set(st.connections.iter().filter(|c| c.fallback).count() as i64);
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.handshake_age.clear();
+        for c in &st.connections {
+            if let Some(h) = &c.last_handshake {
+                let age_ms = now_ms.saturating_sub(h.0.as_millisecond()).max(0);
+                self.handshake_age
+                    .get_or_create(&PeerLabel {
+                        peer: c.name.clone(),
+                    })
+                    .set(age_ms as f64 / 1000.0);
+            }
+        }
+        let mut last = self.last_paths.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &st.connections {
+            if last
+                .insert(c.name.clone(), c.path)
+                .is_some_and(|old| old != c.path)
+            {
+                self.transitions
+                    .get_or_create(&PathLabel {
+                        path: path_label(c.path).into(),
+                    })
+                    .inc();
+            }
+        }
+        let names: std::collections::HashSet<&str> =
+            st.connections.iter().map(|c| c.name.as_str()).collect();
+        last.retain(|n, _| names.contains(n.as_str()));
+        self.last_status.set(now_ms / 1000);
     }
 
     pub fn tick(&self) {
@@ -164,6 +263,8 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use wirekube_crds::PeerConnection;
 
     #[test]
     fn encodes_registered_metrics() {
@@ -181,5 +282,72 @@ mod tests {
             "{text}"
         );
         assert!(m.healthy());
+    }
+
+    fn conn(name: &str, path: ActualPath, fallback: bool, hs: Option<i64>) -> PeerConnection {
+        PeerConnection {
+            name: name.into(),
+            path,
+            fallback,
+            last_handshake: hs
+                .map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_becomes_paths_fallbacks_ages_and_transitions() {
+        let m = Metrics::new();
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let st = |conns| WireKubePeerStatus {
+            connections: conns,
+            ..Default::default()
+        };
+        m.observe_status(
+            &st(vec![
+                conn("a", ActualPath::Direct, false, Some(990)),
+                conn("b", ActualPath::Relay, true, Some(880)),
+                conn("c", ActualPath::Down, false, None),
+            ]),
+            now,
+        );
+        let text = m.encode();
+        for want in [
+            "wirekube_agent_peers{path=\"direct\"} 1",
+            "wirekube_agent_peers{path=\"relay\"} 1",
+            "wirekube_agent_peers{path=\"connecting\"} 0",
+            "wirekube_agent_peers{path=\"down\"} 1",
+            "wirekube_agent_fallback_peers 1",
+            "wirekube_agent_peer_handshake_age_seconds{peer=\"a\"} 10.0",
+            "wirekube_agent_peer_handshake_age_seconds{peer=\"b\"} 120.0",
+            "wirekube_agent_last_status_timestamp_seconds 1000",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert!(
+            !text.contains("peer=\"c\""),
+            "no handshake, no age:\n{text}"
+        );
+        assert!(
+            !text.contains("wirekube_agent_path_transitions_total{"),
+            "{text}"
+        );
+        // b comes back direct, a goes down, c disappears from the spec.
+        m.observe_status(
+            &st(vec![
+                conn("a", ActualPath::Down, false, Some(990)),
+                conn("b", ActualPath::Direct, false, Some(1_000)),
+            ]),
+            now,
+        );
+        let text = m.encode();
+        for want in [
+            "wirekube_agent_path_transitions_total{path=\"direct\"} 1",
+            "wirekube_agent_path_transitions_total{path=\"down\"} 1",
+            "wirekube_agent_fallback_peers 0",
+            "wirekube_agent_peers{path=\"relay\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 }

@@ -31,6 +31,7 @@ impl Agent {
         self.reconcile_podnet(spec).await;
         self.reconcile_mss(&spec.interface_name).await;
         let st = self.build_status(peer, &stats, now, now_sys);
+        self.metrics.observe_status(&st, now_sys);
         self.maybe_patch(st, now).await;
     }
 

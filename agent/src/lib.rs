@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod pathstate;
 pub mod podnet;
 pub mod reconcile;
+pub mod sidecar;
 pub mod spec;
 pub mod status;

@@ -1,6 +1,7 @@
 //! Engine selection: kernel WireGuard, an external userspace daemon, or the embedded one.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Which WireGuard implementation the caller wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,14 @@ pub enum EngineChoice {
     },
     /// boringtun embedded in this process (defguard_wireguard_rs `WGApi<Userspace>`).
     Embedded,
+    /// Kernel if `ip link add type wireguard` works, else a userspace daemon that another
+    /// process runs (the `wireguard` container of the agent pod): wait up to `wait` for its
+    /// UAPI socket and attach to it, never start one. A restart of the agent then leaves the
+    /// userspace tunnel running, as it leaves a kernel link.
+    Sidecar {
+        /// How long to wait for the daemon's socket to answer.
+        wait: Duration,
+    },
 }
 
 /// Which WireGuard implementation is actually running.
@@ -60,7 +69,7 @@ pub struct EngineSelection {
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use defguard_wireguard_rs::{Userspace, WGApi, WireguardInterfaceApi};
 
@@ -134,9 +143,18 @@ pub(crate) async fn open_engine(
         adopted,
     };
 
+    let sidecar = match choice {
+        EngineChoice::Sidecar { wait } => Some(*wait),
+        _ => None,
+    };
     // Adoption first: whatever a previous agent run left working is kept, so that a
     // restart does not interrupt traffic.
-    if kernel_link && matches!(choice, EngineChoice::Auto | EngineChoice::Kernel) {
+    if kernel_link
+        && matches!(
+            choice,
+            EngineChoice::Auto | EngineChoice::Kernel | EngineChoice::Sidecar { .. }
+        )
+    {
         let reason = format!("adopted existing kernel WireGuard link {name}");
         return Ok((
             Backend::Kernel(KernelWg::new(name)?),
@@ -162,6 +180,11 @@ pub(crate) async fn open_engine(
             sel(EngineKind::UserspaceExternal, reason, true),
         ));
     }
+    if let (Some(wait), false, true) = (sidecar, kernel_link, link.is_some()) {
+        // The sidecar's daemon made its TUN and is about to serve the socket (or is
+        // starting over): never delete what another container owns.
+        return attach_sidecar(&uapi, name, wait, String::new()).await;
+    }
     if let Some(l) = &link {
         if kernel_link || alive {
             return Err(DataplaneError::EngineMismatch {
@@ -180,7 +203,10 @@ pub(crate) async fn open_engine(
     }
     remove_stale_socket(&uapi.path);
 
-    let try_kernel = matches!(choice, EngineChoice::Auto | EngineChoice::Kernel);
+    let try_kernel = matches!(
+        choice,
+        EngineChoice::Auto | EngineChoice::Kernel | EngineChoice::Sidecar { .. }
+    );
     let kernel_err = if try_kernel {
         match kernel_wireguard_available(nl).await {
             Ok(()) => {
@@ -202,6 +228,9 @@ pub(crate) async fn open_engine(
     let prefix = kernel_err
         .map(|e| format!("kernel WireGuard unavailable ({e}); "))
         .unwrap_or_default();
+    if let Some(wait) = sidecar {
+        return attach_sidecar(&uapi, name, wait, prefix).await;
+    }
 
     if matches!(
         choice,
@@ -238,6 +267,60 @@ pub(crate) async fn open_engine(
     ))
 }
 
+/// Waits for the userspace daemon another container runs and attaches to it.
+async fn attach_sidecar(
+    uapi: &Uapi,
+    name: &str,
+    wait: Duration,
+    prefix: String,
+) -> Result<(Backend, EngineSelection), DataplaneError> {
+    if !socket_alive_within(uapi, wait).await {
+        return Err(DataplaneError::DaemonStart {
+            iface: name.into(),
+            reason: format!(
+                "no userspace WireGuard daemon answered on {} within {wait:?}: with the sidecar \
+                 engine the agent pod's wireguard container runs it \
+                 (`wirekube-agent userspace-engine`)",
+                uapi.path.display()
+            ),
+        });
+    }
+    let reason = format!(
+        "{prefix}attached to the sidecar's userspace WireGuard daemon on {}",
+        uapi.path.display()
+    );
+    Ok((
+        Backend::External(Uapi::new(name)),
+        EngineSelection {
+            kind: EngineKind::UserspaceExternal,
+            reason,
+            adopted: false,
+        },
+    ))
+}
+
+async fn socket_alive_within(uapi: &Uapi, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if uapi.alive().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether this kernel can create WireGuard links (`Err` says why not), probed with a
+/// throw-away link in the current network namespace.
+pub async fn kernel_wireguard_probe() -> Result<(), DataplaneError> {
+    let nl = Netlink::connect()?;
+    kernel_wireguard_available(&nl)
+        .await
+        .map_err(DataplaneError::KernelUnavailable)
+}
+
 fn remove_stale_socket(path: &Path) {
     // A dead daemon (e.g. boringtun-cli exiting on a privilege error) can leave its socket
     // file; the next daemon could not bind it.
@@ -254,10 +337,11 @@ async fn start_wireguard_go(bin: &Path, name: &str, uapi: &Uapi) -> Result<(), D
     let mut cmd = Command::new(bin);
     cmd.arg(name)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        // The parent logs why it failed (e.g. no /dev/net/tun) to stdout, its banner to stderr.
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Silent daemon: with LOG_LEVEL set it would inherit our stderr pipe and
-        // `output()` would wait for its exit.
+        // Silent daemon: with LOG_LEVEL set it would inherit our pipes and `output()` would
+        // wait for its exit (without it the daemon gets /dev/null for all three).
         .env_remove("LOG_LEVEL")
         .env_remove("WG_PROCESS_FOREGROUND")
         // Explicitly requested userspace must not refuse to run on a kernel with the module.
@@ -282,8 +366,9 @@ async fn start_wireguard_go(bin: &Path, name: &str, uapi: &Uapi) -> Result<(), D
         return Err(DataplaneError::DaemonStart {
             iface: name.into(),
             reason: format!(
-                "wireguard-go exited with {}: {}",
+                "wireguard-go exited with {}: {} {}",
                 out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         });

@@ -22,7 +22,9 @@ mod uapi;
 
 pub use dataplane::Dataplane;
 pub use diff::{validate_rule_priority, validate_table};
-pub use engine::{DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection};
+pub use engine::{
+    DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection, kernel_wireguard_probe,
+};
 pub use error::DataplaneError;
 pub use owner::{DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, ROUTE_PROTOCOL};
 pub use relay_bridge::{RelayBridge, RelayBridgeCounters};

@@ -366,3 +366,55 @@ fn embedded_engine_smoke() {
         assert_eq!(signalfds, 0, "embedded engine still holds a signalfd");
     });
 }
+
+/// `EngineChoice::Sidecar` on a kernel without WireGuard: it attaches to the wireguard-go that
+/// another process runs in the foreground (the agent pod's `wireguard` container), never starts
+/// one, and fails with a clear error when none answers.
+#[test]
+fn sidecar_engine_attaches_to_a_daemon_it_did_not_start() {
+    let lab = Lab::new("side");
+    let (ska, pka) = keypair(9);
+    let (skb, pkb) = keypair(10);
+    let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
+    let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
+    let wait = Duration::from_secs(1);
+    // Nothing runs yet: the sidecar choice waits, then says what is missing.
+    in_ns(&lab.a, || async {
+        let e = Dataplane::open(EngineChoice::Sidecar { wait }, &ia)
+            .await
+            .err()
+            .expect("opened without a daemon");
+        assert!(e.to_string().contains("wireguard container"), "{e}");
+    });
+    assert!(!try_run(&["ip", "-n", &lab.a, "link", "show", &ia.name]));
+    // The "container": wireguard-go in the foreground, started before or after the agent.
+    let mut sidecar = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.a, "wireguard-go", "-f", &ia.name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    in_ns(&lab.b, || async {
+        let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
+        dp.reconcile(&ib, &[peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")])
+            .await
+            .unwrap();
+    });
+    let pa = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+    for round in 0..2 {
+        in_ns(&lab.a, || async {
+            let wait = Duration::from_secs(10);
+            let mut dp = Dataplane::open(EngineChoice::Sidecar { wait }, &ia)
+                .await
+                .unwrap();
+            assert_eq!(dp.engine(), EngineKind::UserspaceExternal);
+            let r = dp.reconcile(&ia, &pa).await.unwrap();
+            assert_eq!(r.is_noop(), round == 1, "round {round}: {r:?}");
+        });
+        // The "agent" is gone after each round; the daemon and the tunnel are not.
+        assert!(lab.ping(&lab.a, "100.96.0.2", 15), "round {round}: no ping");
+    }
+    assert!(sidecar.try_wait().unwrap().is_none(), "the daemon exited");
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+}

@@ -2,6 +2,7 @@
 //! publish (all pure; the controller does the I/O).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -16,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use rand::RngCore;
 use wirekube_crds::{ServiceType, WireKubeMesh};
+use wirekube_relay_proto::flags::RelayFlags;
 
 use crate::error::{Error, Result};
 use crate::nodes::{ClusterNode, host_port, ip_port};
@@ -82,17 +84,21 @@ pub const RELAY_MEMORY_LIMIT: &str = "1Gi";
 pub const RELAY_MEMORY_REQUEST: &str = "128Mi";
 pub const RELAY_CPU_REQUEST: &str = "100m";
 
-/// The relay binary's arguments (flags of `wirekube-relay`, see relay/src/main.rs).
+/// The relay binary's arguments, rendered from the relay's typed flags
+/// (`wirekube_relay_proto::flags`); a unit test parses them with the relay's own parser.
 pub fn relay_args(port: u16) -> Vec<String> {
-    vec![
-        format!("--listen=0.0.0.0:{port}"),
-        format!("--stun-port={port}"),
-        format!("--stun-alt-port={}", port + 1),
-        format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
-        format!("--token-file={TOKEN_DIR}/{TOKEN_KEY}"),
+    let any = std::net::Ipv4Addr::UNSPECIFIED.into();
+    RelayFlags {
+        listen: Some(SocketAddr::new(any, port)),
+        stun_port: Some(port),
+        stun_alt_port: Some(port.wrapping_add(1)),
+        metrics_listen: Some(SocketAddr::new(any, METRICS_PORT)),
+        token_file: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}").into()),
         // Explicit so the memory limit below and the budget cannot drift apart.
-        format!("--total-queue-bytes={}", RELAY_QUEUE_BUDGET_MIB << 20),
-    ]
+        total_queue_bytes: Some((RELAY_QUEUE_BUDGET_MIB << 20) as usize),
+        ..RelayFlags::default()
+    }
+    .to_args()
 }
 
 /// Requests and limits of the relay container. No CPU limit: throttling a relay adds

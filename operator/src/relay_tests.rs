@@ -53,6 +53,21 @@ fn deployment_has_image_replicas_args_secret_and_owner() {
             "--total-queue-bytes=268435456",
         ]
     );
+    // The relay's own parser reads them back as meant.
+    use clap::Parser as _;
+    let argv = std::iter::once("wirekube-relay".to_string()).chain(c.args.clone().unwrap());
+    let parsed = wirekube_relay::cli::Args::try_parse_from(argv).unwrap();
+    assert_eq!(parsed.listen, "0.0.0.0:3478".parse().unwrap());
+    assert_eq!((parsed.stun_port, parsed.stun_alt_port), (3478, 3479));
+    assert_eq!(parsed.metrics_listen.port(), METRICS_PORT);
+    assert_eq!(
+        parsed.token_file,
+        std::path::Path::new(TOKEN_DIR).join(TOKEN_KEY)
+    );
+    assert_eq!(
+        parsed.total_queue_bytes as u64,
+        RELAY_QUEUE_BUDGET_MIB << 20
+    );
     let res = c.resources.as_ref().unwrap();
     let get = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
         m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())

@@ -23,6 +23,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
+use wirekube_relay_proto::flags::RelayFlags;
 use wirekube_relay_proto::{
     Frame, FrameCodec, PROTOCOL_VERSION, PrivateKey, PublicKey, client_auth,
 };
@@ -46,7 +47,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn spawn_relay(extra: &[&str]) -> Child {
+async fn spawn_relay(max_connections: Option<usize>) -> Child {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
@@ -55,16 +56,19 @@ async fn spawn_relay(extra: &[&str]) -> Child {
     let bin = std::env::var("RELAY_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wirekube-relay").to_string());
     let proc = tokio::process::Command::new(bin)
-        .args(["--listen", &addr.to_string(), "--no-stun"])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .args(["--token-file", token.to_str().unwrap()])
-        .args([
-            "--registration-rate",
-            "100000",
-            "--registration-burst",
-            "100000",
-        ])
-        .args(extra)
+        .args(
+            RelayFlags {
+                listen: Some(addr),
+                no_stun: true,
+                metrics_listen: Some(metrics),
+                token_file: Some(token.clone()),
+                registration_rate: Some(100_000.0),
+                registration_burst: Some(100_000),
+                max_connections,
+                ..RelayFlags::default()
+            }
+            .to_args(),
+        )
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -407,13 +411,13 @@ fn main() {
         // 1,000 slots: this flooder opens a few hundred to a few thousand connections per
         // second next to a pair at full speed on 2 vCPUs, so it fills 1,000 within a run
         // as ~1,000/s fill the default 10,000 within the 10 s auth timeout.
-        let relay = spawn_relay(&["--max-connections", "1000"]).await;
+        let relay = spawn_relay(Some(1000)).await;
         println!("relay under hostile load: separate relay process, 2 tokio workers here, loopback, {} s per run", RUN.as_secs());
         println!("relay RSS idle: {:.1} MiB", relay.rss_mib());
         throughput_under_flood(&relay, rounds).await;
         println!("relay RSS after the floods: {:.1} MiB", relay.rss_mib());
         drop(relay);
-        let relay = spawn_relay(&[]).await;
+        let relay = spawn_relay(None).await;
         slow_receivers(&relay, 1000).await;
     });
     rt.shutdown_background();

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use wirekube_relay::{Relay, RelayConfig, TokenSource};
+use wirekube_relay_proto::flags::RelayFlags;
 use wirekube_relay_proto::{
     Frame, FrameCodec, PROTOCOL_VERSION, PrivateKey, PublicKey, client_auth,
 };
@@ -217,25 +218,19 @@ async fn idle_rss(n: usize) -> (u64, u64) {
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wirekube-relay"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--no-stun",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--token-file",
-            token.to_str().unwrap(),
-            "--registration-rate",
-            "100000",
-        ])
-        .args([
-            "--registration-burst",
-            "100000",
-            "--max-connections",
-            "5000",
-        ])
+        .args(
+            RelayFlags {
+                listen: Some(addr),
+                no_stun: true,
+                metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                token_file: Some(token.clone()),
+                registration_rate: Some(100_000.0),
+                registration_burst: Some(100_000),
+                max_connections: Some(5000),
+                ..RelayFlags::default()
+            }
+            .to_args(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

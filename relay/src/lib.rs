@@ -5,6 +5,7 @@
 //! STUN Binding requests (RFC 5389/5780) so agents can classify their NAT.
 
 mod admission;
+pub mod cli;
 pub mod config;
 mod conn;
 mod http;

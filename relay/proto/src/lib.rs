@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod flags;
 pub mod frame;
 pub mod handshake;
 pub mod key;

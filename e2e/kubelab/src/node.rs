@@ -22,6 +22,9 @@ pub struct NodeSpec {
     /// (written there by WireKube in pod-network mode), as with a real runtime; `false`: the
     /// lab kubelet's built-in bridge (the "cluster has a CNI" case).
     pub cni_from_conf_dir: bool,
+    /// NAME=VALUE added to every container's environment on this node (test-only knobs such
+    /// as the agent's `WIREKUBE_TEST_CLOCK_OFFSET_SECS`).
+    pub container_env: Vec<(String, String)>,
 }
 
 /// The processes of one node.
@@ -112,6 +115,9 @@ impl ControlPlane {
         }
         for (pattern, b) in images {
             cmd.arg(format!("--image={pattern}={}", b.display()));
+        }
+        for (k, v) in &spec.container_env {
+            cmd.arg(format!("--container-env={k}={v}"));
         }
         if spec.cni_from_conf_dir {
             cmd.arg(format!("--cni-conf-dir={}", wirekube_lab::PRIVATE_PATHS[2]));

@@ -82,6 +82,27 @@ impl Scenario {
         says(a, b) && says(b, a)
     }
 
+    /// Whether `a`'s agent reports `path` toward `b` with a path change at or after `since`
+    /// (a status written by an agent that started after `since`, not one left from before).
+    pub fn reports_since(
+        &self,
+        a: &str,
+        b: &str,
+        path: ActualPath,
+        since: jiff::Timestamp,
+    ) -> bool {
+        let Ok(peers) = self.peers() else {
+            return false;
+        };
+        peers
+            .get(a)
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.connections.iter().find(|c| c.name == b))
+            .is_some_and(|c| {
+                c.path == path && c.last_transition.as_ref().is_some_and(|t| t.0 >= since)
+            })
+    }
+
     /// Runs `inject` on the pair (a, b) under a 10/s ping stream from a to b, then waits up to
     /// `deadline` for `recovered` and a passing ping; returns what the stream saw.
     pub fn measure_fault(
@@ -230,6 +251,17 @@ impl Scenario {
         self.lab
             .run(&h, &["rm", "-f", "/var/lib/wirekube/private.key"])?;
         Ok(())
+    }
+
+    /// The public address `node`'s agent reports (what STUN told it).
+    pub fn reported_public_ip(&self, node: &str) -> Option<String> {
+        self.peers()
+            .ok()?
+            .get(node)?
+            .status
+            .as_ref()?
+            .public_ip
+            .clone()
     }
 
     /// The public key `node`'s agent reports.

@@ -92,7 +92,14 @@ impl Scenario {
         self.hosts.insert(new.to_string(), host.clone());
         self.nodes = Arc::new(LabNodes::new(self.lab.clone(), self.hosts.clone()));
         let one = BTreeMap::from([(new.to_string(), host)]);
-        let started = start_nodes(&self.lab, &self.kube, &self.topo, &one, self.pod_network())?;
+        let started = start_nodes(
+            &self.lab,
+            &self.kube,
+            &self.topo,
+            &one,
+            self.pod_network(),
+            &BTreeMap::new(),
+        )?;
         self.kube_nodes.extend(started);
         Ok(())
     }

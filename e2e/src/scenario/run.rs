@@ -69,6 +69,9 @@ pub struct Options {
     /// Install with the Helm chart (`helm install wirekube charts/wirekube`) instead of
     /// `kubectl apply -k`; ignored with `pod_network`.
     pub chart: bool,
+    /// NAME=VALUE added to every container's environment on one node (node name → pairs),
+    /// through its lab kubelet: test-only knobs such as an agent's clock offset.
+    pub node_env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             progress: Box::new(|m| eprintln!("[scenario] {m}")),
             pod_network: false,
             chart: false,
+            node_env: BTreeMap::new(),
         }
     }
 }
@@ -197,7 +201,7 @@ impl Scenario {
             hosts.len()
         ));
         let agents_started = Instant::now();
-        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts, opts.pod_network)?;
+        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts, opts.pod_network, &opts.node_env)?;
         (opts.progress)(&format!(
             "applying WireKubeMesh {MESH_NAME} (mode {:?}, {})",
             topo.mode,
@@ -705,6 +709,7 @@ pub(crate) fn start_nodes(
     topo: &Topology,
     hosts: &BTreeMap<String, Host>,
     pod_network: bool,
+    node_env: &BTreeMap<String, Vec<(String, String)>>,
 ) -> Result<BTreeMap<String, LabNode>> {
     let images = image_map()?;
     let kubelet = binary("wirekube-lab-kubelet")?;
@@ -723,6 +728,7 @@ pub(crate) fn start_nodes(
             external_ip,
             labels: vec![("topology.wirekube.io/site".into(), site)],
             cni_from_conf_dir: pod_network,
+            container_env: node_env.get(name).cloned().unwrap_or_default(),
         };
         let node = kube
             .cp

@@ -46,6 +46,9 @@ struct Args {
     /// `/etc/cni/net.d`); without it, a built-in bridge on the node's podCIDR.
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// NAME=VALUE added to every container's environment (repeatable; test-only knobs).
+    #[arg(long = "container-env")]
+    container_env: Vec<String>,
     /// Seconds between node heartbeats.
     #[arg(long, default_value_t = 10)]
     heartbeat: u64,
@@ -94,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| kubelet::parse_label(s))
         .collect::<Result<_, _>>()?;
+    let container_env = args
+        .container_env
+        .iter()
+        .map(|s| kubelet::parse_env(s))
+        .collect::<Result<_, _>>()?;
     let cfg = Config {
         node_name: args.node_name,
         node_ip: args.node_ip,
@@ -105,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         cni_bin_dir: args.cni_bin_dir,
         cni_conf_dir: args.cni_conf_dir,
         heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        container_env,
     };
     let client = client(&args.kubeconfig).await?;
     let shutdown = CancellationToken::new();

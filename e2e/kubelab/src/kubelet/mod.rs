@@ -74,14 +74,26 @@ pub struct Config {
     /// Take the pod network's configuration from here (`None`: the built-in bridge).
     pub cni_conf_dir: Option<PathBuf>,
     pub heartbeat: Duration,
+    /// Environment added to every container after the pod's own (`--container-env`): a
+    /// test-only knob for the workloads of one node, e.g. an agent's clock offset.
+    pub container_env: Vec<(String, String)>,
 }
 
 /// Parses a `--label` value `KEY=VALUE`.
 pub fn parse_label(s: &str) -> Result<(String, String)> {
+    parse_pair("--label", s)
+}
+
+/// Parses a `--container-env` value `NAME=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String)> {
+    parse_pair("--container-env", s)
+}
+
+fn parse_pair(flag: &'static str, s: &str) -> Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(KubeletError::Flag {
-            flag: "--label",
+            flag,
             value: s.to_owned(),
             reason: "expected KEY=VALUE",
         }),
@@ -100,6 +112,7 @@ pub(crate) struct Ctx {
     pub cni_conf_dir: Option<PathBuf>,
     pub pod_cidr: watch::Receiver<Option<Ipv4Net>>,
     pub api_service: OnceCell<(String, u16)>,
+    pub container_env: Vec<(String, String)>,
 }
 
 fn node_facts(cfg: &Config) -> node::NodeFacts {
@@ -168,6 +181,7 @@ pub async fn run(client: Client, cfg: Config, shutdown: CancellationToken) -> Re
         netns_prefix: cfg.netns_prefix,
         cni_bin_dir: cfg.cni_bin_dir,
         cni_conf_dir: cfg.cni_conf_dir,
+        container_env: cfg.container_env,
         pod_cidr: cidr_rx,
         api_service: OnceCell::new(),
     });
@@ -191,5 +205,22 @@ mod tests {
         );
         assert!(parse_label("=b").is_err());
         assert!(parse_label("novalue").is_err());
+    }
+
+    #[test]
+    fn container_env_flags_name_themselves_in_errors() {
+        assert_eq!(
+            parse_env("WIREKUBE_TEST_CLOCK_OFFSET_SECS=30").unwrap(),
+            ("WIREKUBE_TEST_CLOCK_OFFSET_SECS".into(), "30".into())
+        );
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        let err = parse_env("=30").unwrap_err().to_string();
+        assert!(err.contains("--container-env"), "{err}");
+        assert!(
+            parse_label("x")
+                .unwrap_err()
+                .to_string()
+                .contains("--label")
+        );
     }
 }

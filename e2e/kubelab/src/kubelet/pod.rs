@@ -161,7 +161,8 @@ fn plan_container(
             binary: binary.to_path_buf(),
         });
     }
-    let env = env::container_env(pod, c, facts, objects)?;
+    let mut env = env::container_env(pod, c, facts, objects)?;
+    env.extend(ctx.container_env.iter().cloned());
     let argv = expand::argv(
         binary,
         c.command.as_deref().unwrap_or_default(),

@@ -1,15 +1,27 @@
-//! The fault suite (first part, not yet in `make test`: see the `ignore` reason below): seed topology 3 (two symmetric clouds, a full-cone and an
-//! address-restricted on-prem site, external relay) on the real control plane, with the operator
-//! and the agents as pods. Each fault runs under a 10/s ping stream on the pair it hits; the
-//! suite asserts recovery within a deadline and prints the recovery time, the longest traffic
-//! gap and the pings lost per fault as a Markdown table (recorded in docs/benchmarks.md).
+//! The fault suite (in `make test`, one test at a time): seed topologies on the real control
+//! plane, with the operator and the agents as pods. Each fault runs under a 10/s ping stream on
+//! the pair it hits; the suite asserts recovery within a deadline and prints the recovery time,
+//! the longest traffic gap and the pings lost per fault as a Markdown table (recorded in
+//! docs/benchmarks.md). Faults share a lab per group:
+//! - `faults_network_seed_3`: data-path faults on seed 3 (external relay): UDP loss both ways
+//!   and one way, 30 % loss, NAT mappings flushed, a NAT gateway rebooted onto a new public
+//!   address, the relay process restarted, an agent SIGKILLed, a node's key deleted on disk;
+//! - `faults_control_plane_seed_4`: control-plane and membership faults on seed 4 (managed
+//!   relay on a NodePort): kube-apiserver down 60 s, etcd restarted, a direct pair's UDP cut
+//!   and healed with one end's clock 30 s ahead, the operator leader killed during a mass
+//!   write, the managed relay pod deleted, a node replaced.
+//!
+//! Not here: the kernel engine's SIGKILL (needs kernel WireGuard, a VM: `make test-kernel`).
+//!
 //! Needs root and the binaries (`cargo build --workspace --bins`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use wirekube_crds::ActualPath;
 use wirekube_e2e::scenario::faults::{FaultRow, table};
-use wirekube_e2e::scenario::{Options, Scenario, topology};
+use wirekube_e2e::scenario::{Options, Scenario, Topology, topology};
+use wirekube_kubelab::controlplane::Component;
 
 /// The cone ↔ cone pair (direct) and the symmetric ↔ symmetric pair (relayed).
 const DIRECT: (&str, &str) = ("onprem-1", "onprem-2");
@@ -19,11 +31,12 @@ const RELAYED: (&str, &str) = ("cloud-a-1", "cloud-b-1");
 /// twice as long for its next probe, by design: docs/agent.md).
 const DIRECT_2: (&str, &str) = ("onprem-2", "cloud-b-1");
 const DIRECT_3: (&str, &str) = ("onprem-1", "cloud-b-1");
+const KEY_PAIR: (&str, &str) = ("onprem-2", "cloud-a-1");
 /// Longest wait for a healed pair to be direct again: the next probe slot (30 s, doubled to
 /// 60 s after a quick re-failure) plus the probe.
 const HEAL_DEADLINE: Duration = Duration::from_secs(100);
 
-fn scenario() -> Scenario {
+fn scenario(topo: Topology, node_env: BTreeMap<String, Vec<(String, String)>>) -> Scenario {
     assert!(
         wirekube_lab::is_root(),
         "scenario tests need root (network namespaces)"
@@ -31,9 +44,10 @@ fn scenario() -> Scenario {
     let opts = Options {
         tag: "flt".into(),
         progress: Box::new(|m| eprintln!("[faults] {m}")),
+        node_env,
         ..Options::default()
     };
-    let mut sc = Scenario::build(topology::seed_3_multi_cloud(), opts).expect("lab");
+    let mut sc = Scenario::build(topo, opts).expect("lab");
     sc.converge().expect("converged before the faults");
     sc
 }
@@ -163,25 +177,251 @@ fn relay_restart(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
     rows.push(row);
 }
 
-/// An agent SIGKILLed (the kubelet restarts its container), then a node whose key file was
-/// deleted before its agent died: it comes back with a new key and every pair recovers.
-fn agent_faults(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+/// The gateway of the direct pair's first node reboots onto a new public address (every
+/// mapping gone, the old address dead): the agents rediscover and the pair is direct again.
+fn nat_reboot(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
     let (a, b) = DIRECT;
+    let site = sc.site_of(a).unwrap();
+    let old = sc.wan_ip(a).unwrap();
+    let row = sc
+        .measure_fault(
+            "NAT gateway rebooted onto a new public IP",
+            DIRECT,
+            |sc| {
+                sc.lab
+                    .reboot_gateway_new_ip(&site)
+                    .map(drop)
+                    .map_err(Into::into)
+            },
+            // Rediscovered: the agent publishes the new address, and the pair is direct again.
+            |sc| {
+                let new = sc.wan_ip(a).map(|ip| ip.to_string()).ok();
+                sc.reported_public_ip(a) == new && sc.pair_reports(a, b, ActualPath::Direct)
+            },
+            // Measured 95 s to direct (docs/benchmarks.md): the relay carries the pair within
+            // 3 s, the way back waits for a probe slot.
+            Duration::from_secs(150),
+        )
+        .unwrap();
+    assert_ne!(sc.wan_ip(a).unwrap(), old, "the gateway kept its address");
+    rows.push(row);
+}
+
+/// An agent SIGKILLed (the kubelet restarts its container; userspace engine).
+fn agent_kill(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    // The other end of the pair than the NAT reboot's, so that the two faults do not mix.
+    let (b, a) = DIRECT;
+    let killed_at = jiff::Timestamp::now();
+    let old = sc.agent_pid(a);
     let row = sc
         .measure_fault(
             "agent SIGKILL (userspace engine)",
             DIRECT,
             |sc| sc.kill_agent(a).map(drop),
-            |sc| sc.agent_pid(a) != 0 && sc.pair_reports(a, b, ActualPath::Direct),
+            // The restarted agent itself reports the pair direct (not the status left behind).
+            |sc| {
+                let pid = sc.agent_pid(a);
+                pid != 0 && pid != old && sc.reports_since(a, b, ActualPath::Direct, killed_at)
+            },
             Duration::from_secs(90),
         )
         .unwrap();
     rows.push(row);
+}
+
+/// After every fault the whole mesh is as the seed expects again; prints the table.
+fn finish(mut sc: Scenario, rows: &[FaultRow], what: &str) {
+    eprintln!("fault suite, {what}:\n{}", table(rows));
+    if let Err(e) = sc.converge() {
+        let peers = sc
+            .kubectl(&["get", "wirekubepeers", "-o", "yaml"])
+            .unwrap_or_else(|e| e.to_string());
+        panic!(
+            "not every pair back on its planned path: {e:#}\n---- peers ----\n{peers}\n\
+             ---- logs ----\n{}",
+            sc.logs(80)
+        );
+    }
+    let pairs = sc.verify().expect("every pair verified after the faults");
+    let bad: Vec<_> = pairs.iter().filter(|p| !p.ok()).collect();
+    assert!(bad.is_empty(), "pairs failed after the faults: {bad:?}");
+    sc.shutdown().unwrap();
+}
+
+#[test]
+fn faults_network_seed_3() {
+    let mut sc = scenario(topology::seed_3_multi_cloud(), BTreeMap::new());
+    let mut rows = Vec::new();
+    udp_loss(&mut sc, &mut rows);
+    lossy_link(&mut sc, &mut rows);
+    conntrack_flush(&mut sc, &mut rows);
+    nat_reboot(&mut sc, &mut rows);
+    relay_restart(&mut sc, &mut rows);
+    agent_kill(&mut sc, &mut rows);
+    key_deleted(&mut sc, &mut rows);
+    finish(sc, &rows, "seed topology 3 (network)");
+}
+
+/// Seed 4's cone <-> symmetric pair (direct) and its symmetric <-> symmetric pair (relayed
+/// through the managed relay on the public node's NodePort).
+const S4_DIRECT: (&str, &str) = ("home-1", "cloud-1");
+const S4_RELAYED: (&str, &str) = ("cloud-1", "cloud-3");
+
+/// kube-apiserver down 60 s, then etcd restarted: 0 pings lost on both pairs, no container
+/// restarted, the operator's Lease renewed after the return, and no burst of writes (the
+/// harness compares the audit log's writes after the return with the same window before).
+fn control_plane(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    for (fault, component, down) in [
+        (
+            "kube-apiserver stopped 60 s",
+            Component::ApiServer,
+            Duration::from_secs(60),
+        ),
+        ("etcd restarted", Component::Etcd, Duration::from_secs(2)),
+    ] {
+        let outage = sc
+            .control_plane_outage(fault, component, down, &[S4_DIRECT, S4_RELAYED])
+            .unwrap();
+        rows.extend(outage.rows);
+    }
+    // The agents resumed too: a fault after the outage is noticed and published.
+    let (a, b) = S4_DIRECT;
+    let (wa, wb) = (sc.wan_ip(a).unwrap(), sc.wan_ip(b).unwrap());
+    let row = sc
+        .measure_fault(
+            "UDP dropped both ways, after the outages",
+            S4_DIRECT,
+            |sc| Ok(sc.lab.block_udp(wa, wb, None)?),
+            |sc| sc.pair_reports(a, b, ActualPath::Relay),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    rows.push(row);
+    // home-1's clock is 30 s ahead: the probe must still bring the pair back to direct.
+    let healed = sc
+        .measure_fault(
+            "healed, one end's clock 30 s ahead",
+            S4_DIRECT,
+            |sc| Ok(sc.lab.heal_udp(wa, wb)?),
+            |sc| sc.pair_reports(a, b, ActualPath::Direct),
+            HEAL_DEADLINE,
+        )
+        .unwrap();
+    rows.push(healed);
+}
+
+/// The operator's leader SIGKILLed right after a mesh change that rewrites every peer spec:
+/// the Lease moves to the other replica, which finishes; nothing lost or renumbered.
+fn operator_failover(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    let old = sc.lease_holder().unwrap();
+    let (row, new) = sc
+        .operator_failover_during_mass_write(S4_RELAYED, 21)
+        .unwrap();
+    assert_ne!(old, new, "the Lease stayed with the killed replica");
+    eprintln!("[fault] leader {old} -> {new}");
+    rows.push(row);
+}
+
+/// The managed relay pod deleted: the Deployment recreates it (pinned to the public node, so
+/// on the same node: the published endpoint stays) and the relayed pair is carried again.
+fn relay_pod_deleted(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    let (a, b) = S4_RELAYED;
+    let old = sc.relay_pod().expect("a running relay pod").0;
+    let row = sc
+        .measure_fault(
+            "managed relay pod deleted",
+            S4_RELAYED,
+            |sc| sc.delete_relay_pod().map(drop),
+            |sc| {
+                sc.relay_pod().is_some_and(|(p, _)| p != old)
+                    && sc.pair_reports(a, b, ActualPath::Relay)
+            },
+            Duration::from_secs(90),
+        )
+        .unwrap();
+    rows.push(row);
+}
+
+/// A node leaves (machine off, Node deleted) and a new one joins its site: the old peer is
+/// removed from every agent, then the new node is on its planned path with every node and
+/// answers pings. The stream runs on a pair the change does not touch.
+fn node_replaced(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    // A node without an operator replica, so that no failover mixes into the figure.
+    let with_operator = sc
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "wirekube-system",
+            "-l",
+            "app.kubernetes.io/name=wirekube-operator",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ])
+        .unwrap();
+    let old = ["home-2", "cloud-3"]
+        .into_iter()
+        .find(|n| !with_operator.split_whitespace().any(|w| w == *n))
+        .expect("a node without an operator replica");
+    let site = sc.site_of(old).unwrap();
+    let new = format!("{site}-9");
+    let key = sc.reported_key(old).expect("key reported");
+    let watch = if old == "home-2" {
+        S4_RELAYED
+    } else {
+        S4_DIRECT
+    };
+    let row = sc
+        .measure_fault(
+            &format!("node left ({old}: machine off, Node deleted): peers removed"),
+            watch,
+            |sc| sc.remove_node(old),
+            |sc| sc.node_gone(old, &key),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    rows.push(row);
+    let row = sc
+        .measure_fault(
+            &format!("node joined ({new}): on its planned paths, pingable from every node"),
+            watch,
+            |sc| sc.join_node(&site, old, &new),
+            |sc| sc.node_joined(&new),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    rows.push(row);
+}
+
+#[test]
+fn faults_control_plane_seed_4() {
+    // One node's clock 30 s ahead for its agent's probe slots (the lab cannot give a
+    // namespace its own wall clock; the agent's test-only offset, docs/agent.md).
+    let skewed = BTreeMap::from([(
+        S4_DIRECT.0.to_string(),
+        vec![(
+            "WIREKUBE_TEST_CLOCK_OFFSET_SECS".to_string(),
+            "30".to_string(),
+        )],
+    )]);
+    let mut sc = scenario(topology::seed_4_home_lab_cloud(), skewed);
+    let mut rows = Vec::new();
+    control_plane(&mut sc, &mut rows);
+    operator_failover(&mut sc, &mut rows);
+    relay_pod_deleted(&mut sc, &mut rows);
+    node_replaced(&mut sc, &mut rows);
+    finish(sc, &rows, "seed topology 4 (control plane, membership)");
+}
+
+/// A node whose key file was deleted before its agent died comes back with a new key, and
+/// its pairs recover (a pair no fault touched before, so no raised probe backoff).
+fn key_deleted(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+    let (a, b) = KEY_PAIR;
     let old = sc.reported_key(b).expect("key reported");
     let row = sc
         .measure_fault(
             "key deleted on disk, agent killed",
-            DIRECT,
+            KEY_PAIR,
             |sc| {
                 sc.delete_key(b)?;
                 sc.kill_agent(b).map(drop)
@@ -194,22 +434,4 @@ fn agent_faults(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
         )
         .unwrap();
     rows.push(row);
-}
-
-#[test]
-#[ignore = "work in progress (issue 16): after 'key deleted on disk, agent killed' the node's pairs \
-            flap between direct and relay for minutes; run with --ignored"]
-fn fault_suite_seed_3() {
-    let mut sc = scenario();
-    let mut rows = Vec::new();
-    udp_loss(&mut sc, &mut rows);
-    lossy_link(&mut sc, &mut rows);
-    conntrack_flush(&mut sc, &mut rows);
-    relay_restart(&mut sc, &mut rows);
-    agent_faults(&mut sc, &mut rows);
-    eprintln!("fault suite, seed topology 3:\n{}", table(&rows));
-    // After every fault the whole mesh is as the seed expects again.
-    sc.converge().expect("every pair back on its planned path");
-    sc.verify().expect("every pair verified after the faults");
-    sc.shutdown().unwrap();
 }

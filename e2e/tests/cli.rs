@@ -392,6 +392,87 @@ fn check_errors(k: &KubeLab) {
     );
 }
 
+/// `GET /metrics` at `addr` from inside `host`'s network namespace.
+fn scrape(
+    lab: &wirekube_lab::Lab,
+    host: &wirekube_lab::Host,
+    addr: std::net::SocketAddr,
+) -> String {
+    use std::io::{Read, Write};
+    let got = lab.in_host(host, move || -> std::io::Result<String> {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    match got {
+        Ok(Ok(text)) => text,
+        other => panic!("scrape {addr} in {}: {other:?}", host.name),
+    }
+}
+
+/// Every metric config/monitoring's alert rules and dashboard query is exported by the running
+/// binaries, with at least one sample in a converged mesh (prometheus-client leaves a labelled
+/// family out of a scrape until its first child exists, so a metric that only appears after an
+/// event would fail here: the relay pre-creates its refusal reasons for that reason): the
+/// agents (host network, :9473 as the chart sets), the operator pods (their pod IPs, :8080) and
+/// the relay (:9090 in the DMZ).
+fn every_monitored_metric_is_exported(sc: &wirekube_e2e::scenario::Scenario) {
+    use wirekube_e2e::monitoring::{Exported, used_metric_names};
+    let mut got = Exported::default();
+    for host in sc.hosts.values() {
+        got.merge(Exported::parse(&scrape(
+            &sc.lab,
+            host,
+            "127.0.0.1:9473".parse().expect("addr"),
+        )));
+    }
+    let pods = sc
+        .kube
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/name=wirekube-operator",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP}{\"\\n\"}{end}",
+        ])
+        .expect("operator pods");
+    let mut operators = 0;
+    for line in pods.lines().filter(|l| !l.trim().is_empty()) {
+        let (node, ip) = line.split_once(' ').expect("node and pod IP");
+        let addr = format!("{ip}:8080").parse().expect("pod IP");
+        got.merge(Exported::parse(&scrape(&sc.lab, &sc.hosts[node], addr)));
+        operators += 1;
+    }
+    assert_eq!(operators, 2, "the chart's two operator replicas: {pods}");
+    got.merge(Exported::parse(&scrape(
+        &sc.lab,
+        &sc.kube.dmz,
+        "127.0.0.1:9090".parse().expect("addr"),
+    )));
+    let used = used_metric_names(&bins::repo_root()).expect("config/monitoring");
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            got.declares(name),
+            "{name} (config/monitoring) is exported by no binary"
+        );
+        assert!(
+            got.samples.contains(name),
+            "{name} (config/monitoring) has no sample in a converged mesh"
+        );
+    }
+    eprintln!(
+        "config/monitoring uses {} metrics, all exported: {used:?}",
+        used.len()
+    );
+}
+
 /// The plugin on a mesh the real operator, relay and agents converged (seed topology 1): what
 /// `status -o json` reports is what the seed table expects, and `doctor` finds no failure on
 /// a healthy install (no false alarms from real agents' statuses).
@@ -400,8 +481,12 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
     use wirekube_e2e::scenario::{Options, Scenario, topology};
     assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
     bins::binary("kubectl-wirekube").expect("build it first: cargo build --workspace --bins");
-    let mut sc =
-        Scenario::build(topology::seed_1_all_private(), Options::default()).expect("build");
+    // Installed with the Helm chart, as a user would (the other scenarios use config/default).
+    let opts = Options {
+        chart: true,
+        ..Default::default()
+    };
+    let mut sc = Scenario::build(topology::seed_1_all_private(), opts).expect("build");
     if let Err(e) = sc.converge() {
         panic!("{e:#}\n{}", sc.logs(40));
     }
@@ -445,6 +530,29 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
             "a handshake: {d}"
         );
     }
+    // A pod is available once its readiness probe passed: the kubelet probes at start (before
+    // the operator listens) and then every periodSeconds (10 s), so for up to ~10 s after the
+    // install doctor rightly warns "0/2 replicas available". Wait as `kubectl rollout status`
+    // does, then doctor must report no warning at all.
+    let available = wirekube_lab::wait_until(
+        std::time::Duration::from_secs(60),
+        "the operator Deployment's 2 replicas available",
+        || {
+            sc.kube
+                .kubectl(&[
+                    "get",
+                    "deploy",
+                    "-n",
+                    NS,
+                    "wirekube-operator",
+                    "-o",
+                    "jsonpath={.status.availableReplicas}",
+                ])
+                .is_ok_and(|n| n.trim() == "2")
+        },
+    );
+    eprintln!("operator rollout: {available:?} after convergence");
+    assert!(available.is_ok(), "{available:?}\n{}", sc.logs(20));
     let doctor = plugin(&sc.kube, &["doctor"]);
     eprintln!(
         "$ kubectl wirekube doctor  # converged seed 1\n{}",
@@ -457,7 +565,13 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
         out(&doctor),
         sc.logs(20)
     );
+    assert!(
+        out(&doctor).contains(" 0 warnings, 0 failures"),
+        "a healthy install warns of nothing: {}",
+        out(&doctor)
+    );
     let t = stdout(&plugin(&sc.kube, &["explain", "node-1", "node-3"]), 0);
     assert!(t.contains("rule 12 (both-symmetric)"), "{t}");
+    every_monitored_metric_is_exported(&sc);
     sc.shutdown().expect("clean teardown");
 }

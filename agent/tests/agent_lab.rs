@@ -1,4 +1,5 @@
-//! Two real `wirekube-agent` processes (engine wireguard-go) on two public lab nodes, with the
+//! Two real `wirekube-agent` processes (engine wireguard-go; kernel WireGuard in the VM of
+//! `make test-kernel`) on two public lab nodes, with the
 //! real Kubernetes control plane (kube-apiserver etc., shipped CRDs + RBAC, per-node agent
 //! tokens bound to the node) and `wirekube-relay` in a DMZ. The test plays the operator: it
 //! writes each node's WireKubePeer spec (keys taken from the other agent's status) and checks
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use common::*;
-use wirekube_crds::{ActualPath, CandidateKind, NatType, PathReason, PlannedPath};
+use wirekube_crds::{ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath};
 
 const A: &str = "a";
 const B: &str = "b";
@@ -126,11 +127,25 @@ fn reconciles(env: &Env, n: &str) -> f64 {
 
 #[test]
 fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
+    two_agents("wireguard-go", Engine::UserspaceExternal)
+}
+
+/// The same on kernel WireGuard, chosen by `--engine auto` as on a real node: `make test-kernel`
+/// runs it in a VM whose kernel has the module (`scripts/test-kernel.sh`); anywhere else auto
+/// picks wireguard-go and the engine check fails.
+#[test]
+#[ignore = "kernel WireGuard: run by `make test-kernel` in a VM"]
+fn kernel_two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
+    two_agents("auto", Engine::Kernel)
+}
+
+fn two_agents(engine: &'static str, kind: Engine) -> Result<()> {
     if !root() {
         return Ok(());
     }
     let steps = Steps::new();
     let mut env = Env::build("aglab", &[A, B])?;
+    env.engine = engine;
     let (ha, hb) = (env.host(A).clone(), env.host(B).clone());
     let (ma, mb) = (env.mesh_ip(A), env.mesh_ip(B));
     steps.log("lab, control plane, relay up");
@@ -158,8 +173,15 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
         st_a.candidates
     );
     let key_a = key(&env, A);
+    for n in [A, B] {
+        let got = env.status(n).and_then(|s| s.engine);
+        ensure!(
+            got == Some(kind),
+            "{n} reports engine {got:?}, not {kind:?}"
+        );
+    }
     steps.log(&format!(
-        "(a) status: key, natType open, candidates {:?}",
+        "(a) status: key, natType open, candidates {:?}, engine {engine}",
         st_a.candidates.len()
     ));
 
@@ -410,6 +432,13 @@ fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
     steps.log(&format!(
         "(j) {lines} agent log lines (every level of our crates): no private key in any"
     ));
+    // (k) `wirekube-agent cleanup` leaves nothing of ours: no link, route, rule or daemon.
+    for n in [A, B] {
+        env.cleanup(n)?;
+        let left = env.leftovers(n)?;
+        ensure!(left.is_empty(), "{n}: cleanup left {left}");
+    }
+    steps.log("(k) cleanup: no link, route, rule or engine process left on either node");
     env.lab.shutdown()?;
     steps.log("done");
     Ok(())

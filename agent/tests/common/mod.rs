@@ -86,6 +86,8 @@ pub struct Env {
     pub agents: BTreeMap<String, Proc>,
     /// Every agent process started, in order (a restarted agent appears twice), for log checks.
     pub agent_runs: Vec<(String, Proc)>,
+    /// The agents' `--engine` (`wireguard-go` unless a test sets another).
+    pub engine: &'static str,
 }
 
 fn s(p: &Path) -> String {
@@ -137,6 +139,7 @@ impl Env {
             agent_kubeconfigs,
             agents: BTreeMap::new(),
             agent_runs: Vec::new(),
+            engine: "wireguard-go",
         })
     }
 
@@ -227,7 +230,7 @@ impl Env {
             .clone();
         let mut cmd = Command::new(binary("wirekube-agent")?);
         cmd.arg(format!("--node-name={node}"))
-            .arg("--engine=wireguard-go")
+            .arg(format!("--engine={}", self.engine))
             .arg(format!("--metrics-listen=127.0.0.1:{METRICS_PORT}"))
             .arg(format!("--namespace={NS}"))
             .arg(format!("--probe-interval={PROBE_INTERVAL_SECS}"))
@@ -248,6 +251,56 @@ impl Env {
             self.lab.stop(&p)?;
         }
         Ok(())
+    }
+
+    /// Runs `wirekube-agent cleanup` on `node` (its CNI directory in the lab dir, never the
+    /// machine's).
+    pub fn cleanup(&self, node: &str) -> Result<()> {
+        let bin = binary("wirekube-agent")?;
+        let cni = self.lab.dir().join(format!("cni-{node}"));
+        self.lab
+            .run(
+                self.host(node),
+                &[
+                    &s(&bin),
+                    "cleanup",
+                    &format!("--interface={IFACE}"),
+                    &format!("--cni-conf-dir={}", s(&cni)),
+                ],
+            )
+            .map_err(|e| self.fail(&format!("cleanup on {node}: {e}")))?;
+        Ok(())
+    }
+
+    /// What WireKube left on `node`: the interface, routes and rules carrying its protocol
+    /// number, and WireGuard daemons in the node's namespace (empty when nothing is left).
+    pub fn leftovers(&self, node: &str) -> Result<String> {
+        let h = self.host(node);
+        let mut out = String::new();
+        if let Ok(l) = self.lab.run(h, &["ip", "-o", "link", "show", IFACE]) {
+            out += &l;
+        }
+        let p = wirekube_dataplane::ROUTE_PROTOCOL.to_string();
+        out += &self.lab.run(
+            h,
+            &["ip", "-4", "route", "show", "table", "all", "proto", &p],
+        )?;
+        let rules = self.lab.run(h, &["ip", "-4", "-d", "rule", "show"])?;
+        for l in rules.lines().filter(|l| l.ends_with(&format!("proto {p}"))) {
+            out += l;
+            out += "\n";
+        }
+        // Processes of the node's namespace (the PID namespace is the machine's, and other
+        // labs run their own wireguard-go for an interface of the same name).
+        let pids = Command::new("ip").args(["netns", "pids", &h.ns]).output()?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("wireguard-go") || cmd.contains("boringtun") {
+                out += &format!("process {pid}: {cmd}\n");
+            }
+        }
+        Ok(out)
     }
 
     /// `wg show <iface> dump` on `node`.

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all test demo manifests lint fmt deps build help k8s
+.PHONY: all test test-kernel demo manifests lint fmt deps build help k8s
 
 # The Kubernetes release the lab's control plane runs (the oldest we support; README).
 # `make test K8S_VERSION=v1.37.2` selects another; the build is cached per version.
@@ -14,6 +14,7 @@ all: build
 help:
 	@echo "make demo       local multi-site demo in network namespaces (root)"
 	@echo "make test       every test: unit, property, manifests, API server, lab scenarios (root)"
+	@echo "make test-kernel the kernel WireGuard engine's tests in a QEMU VM (root; part of make test)"
 	@echo "make manifests  regenerate config/crd from the Rust types"
 	@echo "make lint       rustfmt check + clippy -D warnings"
 
@@ -38,6 +39,13 @@ test: deps k8s build
 	$(CARGO) test -p wirekube-e2e --test nat_grid -- --test-threads=1
 	@# The fault suite: faults grouped per lab, each with a recovery deadline (docs/benchmarks.md).
 	$(CARGO) test -p wirekube-e2e --test faults -- --test-threads=1
+	@# Kernel WireGuard (the engine real nodes pick) in a VM with Debian's kernel: docs/dataplane.md.
+	$(MAKE) test-kernel
+
+# Boots Debian's kernel in QEMU over this machine's root filesystem and runs the kernel-engine
+# tests there (the machines have no WireGuard module). Fails when the VM cannot boot.
+test-kernel: deps k8s
+	CARGO=$(CARGO) ./scripts/test-kernel.sh
 
 manifests:
 	$(CARGO) run -q -p wirekube-crds --bin crdgen

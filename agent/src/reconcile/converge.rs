@@ -276,13 +276,15 @@ impl Agent {
                 // (and the reply to them) go through the relay and prove nothing.
                 reassert.push(*rt.target.key.as_bytes());
             }
-            // A hole-punched pair's non-initiating side triggers too: its WireGuard then sends
-            // toward the punch target, which opens its own NAT's filter for the initiator;
-            // without it nothing left that side until the first probe (the lab's cone <->
-            // symmetric pairs stayed unconnected for the whole directTimeout).
-            let attempting = probing
-                || ((rt.target.initiate || rt.target.plan.punched)
-                    && matches!(rt.state.actual(), ActualPath::Connecting));
+            // The non-initiating side triggers too. On a hole-punched pair its WireGuard then
+            // sends toward the punch target, which opens its own NAT's filter for the
+            // initiator: without it nothing left that side until the first probe (the lab's
+            // cone <-> symmetric pairs stayed unconnected for the whole directTimeout). And
+            // when the initiator's first initiation reached us before we had configured it
+            // (dropped, retried only after 5 s), ours reaches a peer that has us already and
+            // passes the filter its initiation opened: the NAT grid's second wave of pairs
+            // at ~11.5 s.
+            let attempting = probing || matches!(rt.state.actual(), ActualPath::Connecting);
             let every = if probing {
                 PROBE_TRIGGER_EVERY
             } else {

@@ -5,6 +5,7 @@
 //! spec and the agent on that node the only writer of its status; the split is enforced by
 //! RBAC and a ValidatingAdmissionPolicy shipped in `config/rbac/`.
 
+pub mod condition;
 pub mod crdgen;
 pub mod duration;
 pub mod enums;
@@ -13,6 +14,7 @@ pub mod mesh;
 pub mod peer;
 pub mod validate;
 
+pub use condition::Cond;
 pub use enums::{
     ActualPath, CandidateKind, Engine, NatType, PathReason, PlannedPath, RelayMode, RelayProvider,
     ServiceType,

@@ -119,7 +119,7 @@ fn external_relay_publishes_its_endpoint_and_stun() {
     assert_eq!(outcome.endpoints, ["198.51.100.7:3478"]);
     assert_eq!(outcome.stun, ["198.51.100.7:3478", "198.51.100.7:3479"]);
     assert_eq!(outcome.token_secret.as_deref(), Some("wirekube-relay-m"));
-    assert!(outcome.cond.status);
+    assert!(outcome.cond.ok);
     assert!(
         outcome.cond.message.contains("Secret wk/wirekube-relay-m"),
         "{}",
@@ -222,7 +222,7 @@ fn managed_relay_publishes_from_the_applied_objects() {
     for (name, d, s, ready, reason, endpoints) in cases {
         let o = managed_relay(&m, &d, &s, &[]);
         assert_eq!(
-            (o.cond.status, o.cond.reason.as_str()),
+            (o.cond.ok, o.cond.reason.as_str()),
             (ready, reason),
             "{name}"
         );

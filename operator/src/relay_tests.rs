@@ -484,11 +484,11 @@ fn managed_outcome_conditions() {
         0,
         1,
     );
-    assert!(e.is_empty() && !c.status && c.reason == "WaitingForLoadBalancer");
+    assert!(e.is_empty() && !c.ok && c.reason == "WaitingForLoadBalancer");
     let (e, c) = managed_outcome(Exposure::Endpoints(vec!["1.2.3.4:3478".into()]), 0, 2);
     assert_eq!(e, ["1.2.3.4:3478"]);
-    assert!(!c.status && c.reason == "RelayUnavailable" && c.message.contains("0/2"));
+    assert!(!c.ok && c.reason == "RelayUnavailable" && c.message.contains("0/2"));
     let (_, c) = managed_outcome(Exposure::Endpoints(vec!["1.2.3.4:3478".into()]), 2, 2);
-    assert!(c.status && c.reason == "EndpointsPublished");
+    assert!(c.ok && c.reason == "EndpointsPublished");
     assert_eq!(c.type_, wirekube_crds::conditions::RELAY_READY);
 }

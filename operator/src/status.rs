@@ -1,6 +1,7 @@
-//! Mesh status computation and condition merging (pure).
+//! Mesh status computation (pure); condition merging itself is `wirekube_crds::condition`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use wirekube_crds::condition::set_condition;
 use wirekube_crds::conditions::{
     PEERS_WRITTEN, PUBLIC_KEYS_VALID, READY, RELAY_READY, ROUTES_CARRIED,
 };
@@ -8,51 +9,12 @@ use wirekube_crds::{NodeCounts, Problem, WireKubeMeshStatus, WireKubePeerStatus}
 
 use crate::plan::PlanOutcome;
 
-/// A condition as decided by the controller, before timestamps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cond {
-    pub type_: &'static str,
-    pub status: bool,
-    pub reason: String,
-    pub message: String,
-}
+pub use wirekube_crds::Cond;
 
-impl Cond {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &str,
-        message: impl Into<String>,
-    ) -> Cond {
-        Cond {
-            type_,
-            status,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Sets `c` in `conditions`: lastTransitionTime moves only when the status flips (or the
-/// condition is new); reason, message and observedGeneration are always updated. Other
-/// condition types are kept; the list stays sorted by type.
+/// Sets `c` in `conditions` (`wirekube_crds::condition::set_condition`): lastTransitionTime
+/// moves only when the status flips; other types are kept, sorted by type.
 pub fn merge_condition(conditions: &mut Vec<Condition>, c: &Cond, generation: i64, now: &Time) {
-    let status = if c.status { "True" } else { "False" }.to_string();
-    let ltt = conditions
-        .iter()
-        .find(|x| x.type_ == c.type_ && x.status == status)
-        .map(|x| x.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    conditions.retain(|x| x.type_ != c.type_);
-    conditions.push(Condition {
-        type_: c.type_.into(),
-        status,
-        reason: c.reason.clone(),
-        message: c.message.clone(),
-        observed_generation: Some(generation),
-        last_transition_time: ltt,
-    });
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    set_condition(conditions, c, Some(generation), now);
 }
 
 /// One line naming every problem's field and fix.

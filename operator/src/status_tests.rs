@@ -139,7 +139,7 @@ fn computed_status_is_stable_and_reports_issues() {
 fn key_and_write_conditions() {
     use crate::plan::KeyProblem;
     let ok = keys_condition(&PlanOutcome::default());
-    assert_eq!((ok.status, ok.reason.as_str()), (true, "AllValid"));
+    assert_eq!((ok.ok, ok.reason.as_str()), (true, "AllValid"));
     let outcome = PlanOutcome {
         key_problems: vec![KeyProblem::Duplicate {
             nodes: vec!["node-1".into(), "node-2".into()],
@@ -148,7 +148,7 @@ fn key_and_write_conditions() {
     };
     let c = keys_condition(&outcome);
     assert_eq!(c.type_, "PublicKeysValid");
-    assert_eq!((c.status, c.reason.as_str()), (false, "DuplicatePublicKey"));
+    assert_eq!((c.ok, c.reason.as_str()), (false, "DuplicatePublicKey"));
     assert!(c.message.contains("node-1, node-2"), "{}", c.message);
     let counts = NodeCounts {
         total: 3,
@@ -156,13 +156,10 @@ fn key_and_write_conditions() {
         pending: 0,
     };
     let r = ready_condition(&outcome, &counts);
-    assert!(
-        r.status && r.message.contains("2 node(s) quarantined"),
-        "{r:?}"
-    );
+    assert!(r.ok && r.message.contains("2 node(s) quarantined"), "{r:?}");
 
-    assert!(written_condition(&[]).status);
+    assert!(written_condition(&[]).ok);
     let w = written_condition(&[("b".into(), "denied".into())]);
-    assert_eq!((w.status, w.reason.as_str()), (false, "WriteFailed"));
+    assert_eq!((w.ok, w.reason.as_str()), (false, "WriteFailed"));
     assert_eq!(w.message, "b: denied");
 }

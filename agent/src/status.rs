@@ -20,55 +20,20 @@ pub fn to_time(t: SystemTime) -> Time {
     Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// A condition as computed now, before merging with the previous one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CondInput {
-    pub type_: &'static str,
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl CondInput {
-    pub fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            ok,
-            reason: reason.to_string(),
-            message: message.into(),
-        }
-    }
-}
+/// A condition as computed now, before merging with the previous one (the API types' [`Cond`]).
+///
+/// [`Cond`]: wirekube_crds::Cond
+pub use wirekube_crds::Cond as CondInput;
 
 /// Builds conditions, keeping `lastTransitionTime` from `old` when the status value did not
-/// change (that is what the field means).
+/// change (`wirekube_crds::condition::conditions`).
 pub fn conditions(
     old: &[Condition],
     inputs: Vec<CondInput>,
     generation: Option<i64>,
     now: SystemTime,
 ) -> Vec<Condition> {
-    let mut out: Vec<Condition> = inputs
-        .into_iter()
-        .map(|c| {
-            let status = if c.ok { "True" } else { "False" }.to_string();
-            let last_transition_time = old
-                .iter()
-                .find(|o| o.type_ == c.type_ && o.status == status)
-                .map(|o| o.last_transition_time.clone())
-                .unwrap_or_else(|| to_time(now));
-            Condition {
-                type_: c.type_.to_string(),
-                status,
-                reason: c.reason,
-                message: c.message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| a.type_.cmp(&b.type_));
-    out
+    wirekube_crds::condition::conditions(old, inputs, generation, &to_time(now))
 }
 
 pub fn summary(conns: &[PeerConnection]) -> PeerSummary {

@@ -438,3 +438,47 @@ fn dashboard_covers_the_issue_and_the_chart_ships_it() {
     assert_eq!(shipped, dash);
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
 }
+
+fn go_tool(name: &str) -> PathBuf {
+    let out = output(
+        Command::new("bash")
+            .arg(repo_root().join("scripts/build-go-tool.sh"))
+            .arg(name)
+            .env("BUILD_TOOL_QUIET", "1"),
+    );
+    PathBuf::from(out.lines().last().expect("tool path").trim())
+}
+
+#[test]
+fn release_workflow_lints() {
+    // actionlint also runs shellcheck on every `run:` script (shellcheck is in install-deps).
+    let out = output(
+        Command::new(go_tool("actionlint"))
+            .current_dir(repo_root())
+            .arg(".github/workflows/release.yml"),
+    );
+    assert_eq!(out.trim(), "", "{out}");
+    let wf: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join(".github/workflows/release.yml"))
+            .expect("release.yml"),
+    )
+    .expect("release.yml yaml");
+    let jobs = wf["jobs"].as_object().expect("jobs");
+    for job in ["version", "images", "manifest", "release"] {
+        assert!(jobs.contains_key(job), "no {job} job");
+    }
+    // The images are built by the script CI tests, for both architectures.
+    let text = serde_json::to_string(&wf["jobs"]["images"]).expect("json");
+    assert!(text.contains("scripts/build-images.sh"), "{text}");
+    assert!(text.contains("arm64") && text.contains("amd64"), "{text}");
+}
+
+#[test]
+fn scripts_are_shellcheck_clean() {
+    let out = output(Command::new("shellcheck").current_dir(repo_root()).args([
+        "scripts/build-images.sh",
+        "scripts/build-go-tool.sh",
+        "e2e/kind/run.sh",
+    ]));
+    assert_eq!(out.trim(), "", "{out}");
+}

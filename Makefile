@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all test test-kernel demo manifests lint fmt deps build help k8s
+.PHONY: all test test-kernel demo manifests lint fmt deps build help k8s tools images lint-scripts
 
 # The Kubernetes release the lab's control plane runs (the oldest we support; README).
 # `make test K8S_VERSION=v1.37.2` selects another; the build is cached per version.
@@ -17,6 +17,7 @@ help:
 	@echo "make test-kernel the kernel WireGuard engine's tests in a QEMU VM (root; part of make test)"
 	@echo "make manifests  regenerate config/crd from the Rust types"
 	@echo "make lint       rustfmt check + clippy -D warnings"
+	@echo "make images     the container images, without Docker (root; docs/images.md)"
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then ./scripts/install-deps.sh; else echo ">> not root: skipping system package check (lab tests need root)"; fi
@@ -29,8 +30,22 @@ build:
 k8s:
 	./scripts/build-k8s.sh >/dev/null
 
+# helm (chart lint/render/install) and actionlint (release workflow), built from their Go modules
+# into ~/.cache/wirekube/tools/<tool>-<version> (once).
+tools:
+	./scripts/build-go-tool.sh helm >/dev/null
+	./scripts/build-go-tool.sh actionlint >/dev/null
+
+# ghcr.io/wirekube/wirekube-{operator,agent,relay}:v<version> from the debug build (PROFILE=release
+# for release binaries); e2e/tests/images.rs builds and runs them in make test.
+images: build
+	./scripts/build-images.sh
+
+lint-scripts:
+	shellcheck scripts/build-images.sh scripts/build-go-tool.sh e2e/kind/run.sh
+
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
-test: deps k8s build
+test: deps k8s tools build
 	$(CARGO) test --workspace --no-fail-fast -- --skip seed_topology_ --skip seed_decision_ --skip pod_traffic_ --skip nat_grid_ --skip faults_
 	@# The seed topologies each run a whole lab (API server, operator, relay, agents): one at a time.
 	$(CARGO) test -p wirekube-e2e --test topologies -- --test-threads=1

@@ -43,6 +43,13 @@ if [[ -x $out ]]; then
 fi
 
 mkdir -p "$dir/src" "$dir/bin"
+# Tests run in parallel and may all ask at once on a cold cache: one builds, the others wait.
+exec 9>"$dir/.lock"
+flock 9
+if [[ -x $out ]]; then
+  echo "$out"
+  exit 0
+fi
 export GOFLAGS="-buildvcs=false -mod=mod"
 export CGO_ENABLED=0
 printf 'module wirekube.test/%sbin\n\ngo 1.24\n\nrequire %s %s\n' "$tool" "$module" "$version" >"$dir/src/go.mod"

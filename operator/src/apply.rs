@@ -21,8 +21,8 @@ use wirekube_crds::{
 use crate::decide::RelayObject;
 use crate::diff::DesiredPeer;
 use crate::error::{Error, Result};
+use crate::managed_relay::{self, hash_json};
 use crate::metrics::Metrics;
-use crate::relay::{self, hash_json};
 
 /// Remembers writes whose watch event has not arrived yet, so a reconcile that runs on a
 /// stale cache does not write the same thing again. Key: object; value: (resourceVersion
@@ -189,7 +189,7 @@ impl Writer {
             + std::fmt::Debug,
     {
         if let Some(o) = observed
-            && relay::up_to_date(o.meta(), desired.meta())
+            && managed_relay::up_to_date(o.meta(), desired.meta())
         {
             return Ok(o);
         }
@@ -236,7 +236,7 @@ impl Writer {
         mesh: &WireKubeMesh,
         objects: &[RelayObject],
     ) -> Result<bool> {
-        let name = relay::relay_name(&mesh.name_any());
+        let name = managed_relay::relay_name(&mesh.name_any());
         let mut deleted = false;
         for o in objects {
             deleted |= match o {

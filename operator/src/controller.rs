@@ -25,11 +25,11 @@ use crate::apply::{RecentWrites, Writer};
 use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, RelayOutcome};
 use crate::diff;
 use crate::error::{Error, Result};
+use crate::managed_relay;
 use crate::metrics::Metrics;
 use crate::nodes::{ClusterNode, matches_selector, select_nodes};
 use crate::peer_writes;
 use crate::placement::RelayPlacement;
-use crate::relay;
 use crate::status;
 
 /// Settings of the controllers.
@@ -281,7 +281,7 @@ async fn reject(ctx: &Context, mesh: &WireKubeMesh, r: Rejected) -> Result<Actio
 /// The relay part: observe the relay objects, decide, apply, and say what to publish.
 async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutcome> {
     let w = &ctx.writer;
-    let name = relay::relay_name(&mesh.name_any());
+    let name = managed_relay::relay_name(&mesh.name_any());
     // observe: one GET per relay object (the operator does not cache them).
     let observed = RelayObserved {
         secret: w.get::<Secret>(&name).await?,
@@ -303,8 +303,8 @@ async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutc
             service,
         } => {
             if create_secret {
-                let token = relay::generate_token();
-                w.create_secret(&relay::desired_secret(
+                let token = managed_relay::generate_token();
+                w.create_secret(&managed_relay::desired_secret(
                     mesh,
                     &w.namespace,
                     token.as_bytes(),
@@ -343,7 +343,7 @@ async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<Clu
         .await
         .map_err(|_| Error::CacheNotSynced("relay pods"))?
         .map_err(|_| Error::CacheNotSynced("relay pods"))?;
-    let labels = relay::relay_labels(mesh);
+    let labels = managed_relay::relay_labels(mesh);
     let pods = ctx.relay_pods.state();
     let mine = pods
         .iter()

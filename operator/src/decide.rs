@@ -24,9 +24,9 @@ use wirekube_crds::{
 
 use crate::diff::{self, DesiredPeer};
 use crate::error::Result;
+use crate::managed_relay::{self, RelayKind};
 use crate::nodes::ClusterNode;
 use crate::plan::{self, MeshIssue, PlanOutcome, PlanRequest};
-use crate::relay::{self, RelayKind};
 use crate::status::{self, Cond};
 
 /// A reconcile that stops before anything is planned or written: the status to write (only
@@ -64,7 +64,7 @@ pub struct RelayOutcome {
 }
 
 /// The mesh's relay objects as read from the API server (operator namespace, all named
-/// [`relay::relay_name`]).
+/// [`managed_relay::relay_name`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RelayObserved {
     pub secret: Option<Secret>,
@@ -110,8 +110,8 @@ pub fn relay(
     namespace: &str,
     image_override: Option<&str>,
 ) -> Result<RelayChanges> {
-    let name = relay::relay_name(&mesh.name_any());
-    match relay::relay_kind(&mesh.spec) {
+    let name = managed_relay::relay_name(&mesh.name_any());
+    match managed_relay::relay_kind(&mesh.spec) {
         RelayKind::Disabled => Ok(RelayChanges::Remove {
             delete: owned_objects(mesh, observed),
             outcome: RelayOutcome {
@@ -132,7 +132,7 @@ pub fn relay(
             Ok(RelayChanges::Remove {
                 delete: owned_objects(mesh, observed),
                 outcome: RelayOutcome {
-                    stun: relay::external_stun(&ep),
+                    stun: managed_relay::external_stun(&ep),
                     endpoints: vec![ep],
                     cond: status::relay_cond(true, "ExternalEndpoint", msg),
                     token_secret: Some(name),
@@ -141,10 +141,10 @@ pub fn relay(
         }
         RelayKind::Managed => {
             let secret = observed.secret.as_ref();
-            if secret.is_some() && secret.and_then(relay::existing_token).is_none() {
+            if secret.is_some() && secret.and_then(managed_relay::existing_token).is_none() {
                 let msg = format!(
                     "Secret {namespace}/{name} exists without a non-empty '{}' key; add one or delete the Secret so the operator generates it",
-                    relay::TOKEN_KEY
+                    managed_relay::TOKEN_KEY
                 );
                 return Ok(RelayChanges::Blocked(RelayOutcome {
                     endpoints: Vec::new(),
@@ -155,8 +155,12 @@ pub fn relay(
             }
             Ok(RelayChanges::Run {
                 create_secret: secret.is_none(),
-                deployment: Box::new(relay::desired_deployment(mesh, namespace, image_override)?),
-                service: Box::new(relay::desired_service(mesh, namespace)?),
+                deployment: Box::new(managed_relay::desired_deployment(
+                    mesh,
+                    namespace,
+                    image_override,
+                )?),
+                service: Box::new(managed_relay::desired_service(mesh, namespace)?),
             })
         }
     }
@@ -166,7 +170,7 @@ pub fn relay(
 /// order (Deployment, Service, Secret).
 fn owned_objects(mesh: &WireKubeMesh, observed: &RelayObserved) -> Vec<RelayObject> {
     let deletable = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
-        meta.is_some_and(|m| relay::owned_by(m, mesh) && m.deletion_timestamp.is_none())
+        meta.is_some_and(|m| managed_relay::owned_by(m, mesh) && m.deletion_timestamp.is_none())
     };
     let mut out = Vec::new();
     if deletable(observed.deployment.as_ref().map(Resource::meta)) {
@@ -190,17 +194,17 @@ pub fn managed_relay(
     hosts: &[ClusterNode],
 ) -> RelayOutcome {
     let m = &mesh.spec.relay.managed;
-    let exposure = relay::exposure(Some(service), m.port, hosts);
-    let (endpoints, cond) = relay::managed_outcome(
+    let exposure = managed_relay::exposure(Some(service), m.port, hosts);
+    let (endpoints, cond) = managed_relay::managed_outcome(
         exposure,
-        relay::available_replicas(Some(deployment)),
+        managed_relay::available_replicas(Some(deployment)),
         m.replicas,
     );
     RelayOutcome {
         endpoints,
         cond,
-        stun: relay::managed_stun(Some(service), m.port, hosts),
-        token_secret: Some(relay::relay_name(&mesh.name_any())),
+        stun: managed_relay::managed_stun(Some(service), m.port, hosts),
+        token_secret: Some(managed_relay::relay_name(&mesh.name_any())),
     }
 }
 

@@ -21,14 +21,14 @@ fn managed() -> WireKubeMesh {
 }
 
 fn owned<K: Resource>(mut obj: K, mesh: &WireKubeMesh) -> K {
-    obj.meta_mut().owner_references = Some(vec![relay::mesh_owner(mesh).unwrap()]);
+    obj.meta_mut().owner_references = Some(vec![managed_relay::mesh_owner(mesh).unwrap()]);
     obj
 }
 
 fn secret(token: &str) -> Secret {
     Secret {
         data: Some(BTreeMap::from([(
-            relay::TOKEN_KEY.to_string(),
+            managed_relay::TOKEN_KEY.to_string(),
             ByteString(token.as_bytes().to_vec()),
         )])),
         ..Secret::default()

@@ -1,4 +1,4 @@
-//! Object builders for tests and benchmarks (no I/O).
+//! Kubernetes object builders for the unit tests (no I/O; not in release builds).
 
 use std::collections::BTreeMap;
 

@@ -6,15 +6,16 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 pub mod error;
-pub mod fixtures;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod leader;
+pub mod managed_relay;
 pub mod metrics;
 pub mod nodes;
 pub mod peer_writes;
 pub mod placement;
 pub mod plan;
-pub mod relay;
 pub mod status;
 pub mod telemetry;
 

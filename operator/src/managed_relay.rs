@@ -529,5 +529,5 @@ pub fn managed_outcome(
 }
 
 #[cfg(test)]
-#[path = "relay_tests.rs"]
+#[path = "managed_relay_tests.rs"]
 mod tests;

@@ -1,5 +1,6 @@
 //! The "container runtime": pod network namespaces and container processes, each in its own
-//! process group and mount namespace with the pod's volumes bind-mounted.
+//! process group and mount namespace with the pod's volumes bind-mounted. When a container's
+//! main process ends, whatever else runs in its mount namespace is killed, as a runtime does.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -216,6 +217,53 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child> {
     Ok(child)
 }
 
+/// The mount namespace of process `pid` (its inode), `None` when it is gone. Each container run
+/// has its own (`spawn` unshares one), inherited by everything it starts, also by daemons that
+/// leave its session: the lab's stand-in for a container's PID namespace and cgroup.
+pub fn mount_ns(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// The processes to kill when a container run ends: those in the run's mount namespace `ns`,
+/// unless that is `own` (the kubelet's: `spawn` failed to give the run one of its own).
+pub fn leftovers(procs: &[(u32, u64)], ns: u64, own: Option<u64>) -> Vec<u32> {
+    if own == Some(ns) {
+        return Vec::new();
+    }
+    procs
+        .iter()
+        .filter(|(_, n)| *n == ns)
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// SIGKILLs every process still in mount namespace `ns`, as a container runtime kills what is
+/// left in a container whose main process ended (a daemon it started with `setsid` included);
+/// returns the pids killed.
+pub fn kill_leftovers(ns: u64) -> Vec<u32> {
+    let mut procs = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(n) = mount_ns(pid)
+            {
+                procs.push((pid, n));
+            }
+        }
+    }
+    let victims = leftovers(&procs, ns, mount_ns(std::process::id()));
+    for &p in &victims {
+        if let Ok(pid) = libc::pid_t::try_from(p) {
+            // SAFETY: kill(2) on a process of this container run; failures (gone) are harmless.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    victims
+}
+
 /// Sends `sig` to the process group led by `pid` (a container and everything it started),
 /// falling back to the process alone.
 pub fn signal_group(pid: u32, sig: libc::c_int) {
@@ -233,6 +281,16 @@ pub fn signal_group(pid: u32, sig: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_are_the_processes_of_the_run_namespace_only() {
+        let procs = [(10, 7), (11, 7), (12, 8), (13, 9)];
+        assert_eq!(leftovers(&procs, 7, Some(9)), [10, 11]);
+        assert_eq!(leftovers(&procs, 8, Some(9)), [12]);
+        assert!(leftovers(&procs, 5, Some(9)).is_empty());
+        // Never the kubelet's own namespace, whatever shares it.
+        assert!(leftovers(&procs, 9, Some(9)).is_empty());
+    }
 
     #[test]
     fn netns_names() {

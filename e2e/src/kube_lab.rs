@@ -73,6 +73,18 @@ impl KubeLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl wirekube <args>` (the built plugin binary) as the admin, run in the DMZ: its exit
+    /// status and output, whatever the status (doctor and status exit non-zero on problems).
+    pub fn kubectl_wirekube(&self, args: &[&str]) -> Result<std::process::Output> {
+        let bin = crate::scenario::bins::binary("kubectl-wirekube")
+            .context("build it first: cargo build --workspace --bins")?;
+        let kc = self.cp.admin_kubeconfig();
+        let (bin, kc) = (bin.to_string_lossy(), kc.to_string_lossy());
+        let mut argv = vec![bin.as_ref(), "--kubeconfig", kc.as_ref()];
+        argv.extend_from_slice(args);
+        Ok(self.lab.exec(&self.dmz, &argv)?)
+    }
+
     /// Installs WireKube as a user does (`kubectl apply -k config/default`) and waits until its
     /// CRDs are established.
     pub fn install(&self) -> Result<String> {

@@ -1,7 +1,8 @@
 //! `wirekube-demo` (`make demo`): builds a seed topology in network namespaces, runs the real API
-//! server, operator, relay and agents in it, applies the mesh and shows what happened: every pair
-//! with the seed's expected path, the actual path and reason, ping RTT and TCP throughput, plus
-//! `kubectl get wkmesh,wkpeer` against the lab's API server. Tears everything down on exit
+//! server, operator, relay and agents in it, applies the mesh and shows what happened as a user
+//! sees it, `kubectl wirekube status` against the lab's API server, then what the demo checked
+//! itself (every direction against the seed, ping RTT and TCP throughput over the mesh) and
+//! `kubectl get wkmesh,wkpeer`. Tears everything down on exit
 //! (Ctrl-C included) unless `--keep`. Needs root.
 
 use std::time::{Duration, Instant};
@@ -151,7 +152,17 @@ fn run_one(topo: Topology, args: &Args, keep: bool) -> Result<()> {
             bail!("the mesh did not converge as the seed expects");
         }
     };
-    println!("\n{}", report::table(&pairs));
+    // What a user sees: the plugin's matrix and directions, against the lab's API server.
+    println!("\n$ kubectl wirekube status");
+    match sc.kube.kubectl_wirekube(&["status"]) {
+        Ok(o) => print!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("(kubectl wirekube failed: {e:#})"),
+    }
+    println!("\n{}", verified(&pairs));
     println!(
         "timings: {}\n",
         report::timings(&sc.timings)
@@ -171,6 +182,29 @@ fn run_one(topo: Topology, args: &Args, keep: bool) -> Result<()> {
         bail!("{failed} pair directions did not match the seed");
     }
     Ok(())
+}
+
+/// What the demo checked beyond what the agents report: every direction against the seed, the
+/// ping RTT and TCP transfer over the mesh; the failed directions in full.
+fn verified(pairs: &[report::PairReport]) -> String {
+    let ok = pairs.iter().filter(|p| p.ok()).count();
+    let mut rtts: Vec<Duration> = pairs.iter().filter_map(|p| p.rtt).collect();
+    rtts.sort();
+    let mut rates: Vec<f64> = pairs.iter().filter_map(|p| p.throughput).collect();
+    rates.sort_by(f64::total_cmp);
+    let mut out = format!(
+        "checked by the demo: {ok}/{} directions as the seed expects (path and reason), \
+         ping over the mesh {} .. {}, TCP {} .. {}",
+        pairs.len(),
+        report::fmt_dur(rtts.first().copied()),
+        report::fmt_dur(rtts.last().copied()),
+        report::fmt_rate(rates.first().copied()),
+        report::fmt_rate(rates.last().copied()),
+    );
+    for p in pairs.iter().filter(|p| !p.ok()) {
+        out += &format!("\n  FAIL {} -> {}: {}", p.from, p.to, p.problems.join("; "));
+    }
+    out
 }
 
 fn finish(mut sc: Scenario, keep: bool) -> Result<()> {

@@ -26,6 +26,7 @@ pub use engine::{
     DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection, kernel_wireguard_probe,
 };
 pub use error::DataplaneError;
+pub use netlink::TEST_NO_KERNEL_WIREGUARD_ENV;
 pub use owner::{DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, ROUTE_PROTOCOL};
 pub use relay_bridge::{RelayBridge, RelayBridgeCounters};
 pub use stats::PeerStats;

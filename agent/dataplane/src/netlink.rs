@@ -485,8 +485,18 @@ fn route_message(p: IpNet, oif: u32, table: u32, src: Option<IpAddr>) -> RouteMe
     }
 }
 
+/// TEST ONLY: set to `1` in a process's environment, it makes the kernel probe fail as on a
+/// kernel without WireGuard, so that a lab whose kernel has the module (the VM of
+/// `make test-kernel`) can run userspace nodes next to kernel ones. Never set it in production.
+pub const TEST_NO_KERNEL_WIREGUARD_ENV: &str = "WIREKUBE_TEST_NO_KERNEL_WIREGUARD";
+
 /// True when this kernel can create WireGuard links; the probe link is deleted at once.
 pub(crate) async fn kernel_wireguard_available(nl: &Netlink) -> Result<(), String> {
+    if std::env::var_os(TEST_NO_KERNEL_WIREGUARD_ENV).is_some_and(|v| v == "1") {
+        return Err(format!(
+            "disabled by {TEST_NO_KERNEL_WIREGUARD_ENV}=1 (test only)"
+        ));
+    }
     let probe = format!("wkprobe{}", std::process::id() % 100_000);
     match nl.create_kernel_wg(&probe).await {
         Ok(()) => {

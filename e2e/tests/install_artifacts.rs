@@ -116,18 +116,33 @@ fn chart_lints() {
 
 #[test]
 fn default_chart_renders_what_config_default_installs() {
+    assert_renders_like("config/default", &[]);
+}
+
+#[test]
+fn pod_network_values_render_what_config_pod_network_installs() {
+    assert_renders_like(
+        "config/pod-network",
+        &["-f", "charts/wirekube/examples/pod-network.yaml"],
+    );
+}
+
+/// The chart rendered with `args` describes the objects `kubectl kustomize <kustomization>` does,
+/// field for field, but for the Namespace (`helm install --create-namespace` makes it) and
+/// helm's labels.
+fn assert_renders_like(kustomization: &str, args: &[&str]) {
     let root = repo_root();
     let kustomized = output(
         Command::new("kubectl")
             .args(["kustomize"])
-            .arg(root.join("config/default")),
+            .arg(root.join(kustomization)),
     );
     let mut want = by_key(docs(&kustomized));
-    let mut got = by_key(render(&[]));
+    let mut got = by_key(render(args));
     // helm install --create-namespace makes it; a chart does not own its release namespace.
     let ns = want
         .remove(&("Namespace".into(), String::new(), "wirekube-system".into()))
-        .expect("config/default has the Namespace");
+        .expect("the kustomization has the Namespace");
     assert_eq!(ns["metadata"]["name"], "wirekube-system");
     // CRDs come from crds/ untemplated; every templated object carries helm's labels.
     for o in got
@@ -142,7 +157,7 @@ fn default_chart_renders_what_config_default_installs() {
         }
     }
     let (wk, gk): (Vec<_>, Vec<_>) = (want.keys().collect(), got.keys().collect());
-    assert_eq!(gk, wk, "objects differ");
+    assert_eq!(gk, wk, "objects differ from {kustomization}");
     for (k, w) in &mut want {
         let g = got.get_mut(k).expect("same keys");
         // The chart labels every object part-of wirekube (config/ labels only some): its labels
@@ -159,7 +174,7 @@ fn default_chart_renders_what_config_default_installs() {
         normalize(g);
         normalize(w);
         if let Some(d) = first_difference(g, w, String::new()) {
-            panic!("{k:?} differs from config/default at {d}");
+            panic!("{k:?} differs from {kustomization} at {d}");
         }
     }
 }
@@ -200,7 +215,7 @@ fn first_difference(got: &Value, want: &Value, path: String) -> Option<String> {
             .enumerate()
             .find_map(|(i, (g, w))| first_difference(g, w, format!("{path}[{i}]"))),
         _ if got == want => None,
-        _ => Some(format!("{path}: chart {got}, config/default {want}")),
+        _ => Some(format!("{path}: chart {got}, kustomize {want}")),
     }
 }
 

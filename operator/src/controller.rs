@@ -318,7 +318,7 @@ async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutc
             let svc = w.apply_relay_object(observed.service, &service).await?;
             // Where the pods run is known only once they are scheduled: read it after applying.
             let hosts = relay_hosts(ctx, &mesh.name_any(), &svc).await?;
-            let outcome = decide::managed_relay(mesh, &dep, &svc, &hosts);
+            let outcome = decide::relay_outcome(mesh, &dep, &svc, &hosts);
             if outcome.endpoints.is_empty() {
                 debug!(reason = %outcome.cond.reason, "relay endpoints not available yet");
             }

@@ -4,7 +4,7 @@
 //! 1. **observe**: the watch caches (nodes, peers, relay pods) and, for the managed relay, one
 //!    GET each of its Secret, Deployment and Service ([`RelayObserved`]);
 //! 2. **decide**: [`invalid_spec`], [`relay`] (which relay objects to create, apply or
-//!    delete), [`managed_relay`] (what to publish once they are applied), [`mesh`] (the plan,
+//!    delete), [`relay_outcome`] (what to publish once they are applied), [`mesh`] (the plan,
 //!    the peers to write and delete, the events, the status);
 //! 3. **apply**: `apply.rs` and `peer_writes.rs`, each write independent;
 //! 4. **status**: [`MeshChanges::status`] plus the `PeersWritten` condition, which depends on
@@ -94,7 +94,7 @@ pub enum RelayChanges {
     Blocked(RelayOutcome),
     /// Run the managed relay: create the token Secret when there is none, then apply the
     /// Deployment and the Service (each skipped when the observed one carries the same desired
-    /// hash); what is published follows from the applied objects ([`managed_relay`]).
+    /// hash); what is published follows from the applied objects ([`relay_outcome`]).
     Run {
         create_secret: bool,
         deployment: Box<Deployment>,
@@ -187,7 +187,7 @@ fn owned_objects(mesh: &WireKubeMesh, observed: &RelayObserved) -> Vec<RelayObje
 
 /// What a managed relay publishes, from the Deployment and Service as applied and the nodes
 /// running its pods (`hosts`, NodePort only, in publishing order).
-pub fn managed_relay(
+pub fn relay_outcome(
     mesh: &WireKubeMesh,
     deployment: &Deployment,
     service: &Service,

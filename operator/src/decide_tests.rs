@@ -220,7 +220,7 @@ fn managed_relay_publishes_from_the_applied_objects() {
         ),
     ];
     for (name, d, s, ready, reason, endpoints) in cases {
-        let o = managed_relay(&m, &d, &s, &[]);
+        let o = relay_outcome(&m, &d, &s, &[]);
         assert_eq!(
             (o.cond.ok, o.cond.reason.as_str()),
             (ready, reason),
@@ -233,7 +233,7 @@ fn managed_relay_publishes_from_the_applied_objects() {
             "{name}"
         );
     }
-    let o = managed_relay(&m, &dep(1), &lb(Some("203.0.113.5")), &[]);
+    let o = relay_outcome(&m, &dep(1), &lb(Some("203.0.113.5")), &[]);
     assert_eq!(o.stun, ["203.0.113.5:3478", "203.0.113.5:3479"]);
 }
 

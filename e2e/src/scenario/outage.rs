@@ -340,31 +340,24 @@ impl Scenario {
             .unwrap_or(0)
     }
 
-    /// Every peer's spec'd persistent keepalive toward its peers (node → values).
-    fn keepalives(&self) -> Result<BTreeMap<String, Vec<u32>>> {
+    /// Every peer spec's MTU, by node.
+    fn mtus(&self) -> Result<BTreeMap<String, u32>> {
         Ok(self
             .peers()?
             .into_iter()
-            .map(|(n, p)| {
-                let ka = p
-                    .spec
-                    .peers
-                    .iter()
-                    .map(|x| x.persistent_keepalive)
-                    .collect();
-                (n, ka)
-            })
+            .map(|(n, p)| (n, p.spec.mtu))
             .collect())
     }
 
-    /// Changes the mesh's persistent keepalive, which rewrites every peer spec, and SIGKILLs the
-    /// leading operator replica right after: the Lease must move to the other replica, which
+    /// Changes the mesh's MTU, which rewrites every peer spec, and SIGKILLs the leading
+    /// operator replica right after, then deletes its pod at once (grace 0) so that it does not
+    /// come back under the same identity: the Lease must move to another replica, which
     /// finishes the rewrite; no peer is lost, duplicated or renumbered. Measured under a ping
     /// stream on `pair`; returns the row and the new leader.
     pub fn operator_failover_during_mass_write(
         &mut self,
         pair: (&str, &str),
-        keepalive: u32,
+        mtu: u32,
     ) -> Result<(FaultRow, String)> {
         let leader = self.lease_holder()?;
         let before = self.peers()?;
@@ -381,7 +374,7 @@ impl Scenario {
                     .cluster()
                     .mesh(MESH_NAME)?
                     .ok_or_else(|| anyhow!("no mesh {MESH_NAME}"))?;
-                mesh.spec.persistent_keepalive = keepalive;
+                mesh.spec.mtu = mtu;
                 // A server-side apply carries no managed fields.
                 mesh.metadata.managed_fields = None;
                 sc.cluster().apply_mesh(&mesh)?;
@@ -390,6 +383,16 @@ impl Scenario {
                 if unsafe { libc::kill(pid_t, libc::SIGKILL) } != 0 {
                     bail!("kill {pid}: {}", std::io::Error::last_os_error());
                 }
+                sc.kubectl(&[
+                    "delete",
+                    "pod",
+                    "-n",
+                    SYSTEM_NAMESPACE,
+                    &leader,
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ])?;
                 Ok(())
             },
             |sc| {
@@ -397,10 +400,9 @@ impl Scenario {
                     .lease_holder()
                     .is_ok_and(|h| !h.is_empty() && h != leader);
                 moved
-                    && sc.keepalives().is_ok_and(|k| {
-                        k.len() == before.len()
-                            && k.values().all(|v| v.iter().all(|x| *x == keepalive))
-                    })
+                    && sc
+                        .mtus()
+                        .is_ok_and(|m| m.len() == before.len() && m.values().all(|v| *v == mtu))
             },
             Duration::from_secs(90),
         )?;

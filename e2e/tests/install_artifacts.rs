@@ -116,13 +116,23 @@ fn chart_lints() {
 
 #[test]
 fn default_chart_renders_what_config_default_installs() {
-    assert_renders_like("config/default", &[]);
+    assert_renders_like("config/default", "wirekube-system", &[]);
+}
+
+#[test]
+fn release_namespace_renders_what_config_examples_custom_namespace_installs() {
+    assert_renders_like(
+        "config/examples/custom-namespace",
+        "network-system",
+        &["--namespace", "network-system"],
+    );
 }
 
 #[test]
 fn pod_network_values_render_what_config_pod_network_installs() {
     assert_renders_like(
         "config/pod-network",
+        "wirekube-system",
         &["-f", "charts/wirekube/examples/pod-network.yaml"],
     );
 }
@@ -130,20 +140,36 @@ fn pod_network_values_render_what_config_pod_network_installs() {
 /// The chart rendered with `args` describes the objects `kubectl kustomize <kustomization>` does,
 /// field for field, but for the Namespace (`helm install --create-namespace` makes it) and
 /// helm's labels.
-fn assert_renders_like(kustomization: &str, args: &[&str]) {
+fn assert_renders_like(kustomization: &str, namespace: &str, args: &[&str]) {
     let root = repo_root();
     let kustomized = output(
         Command::new("kubectl")
             .args(["kustomize"])
             .arg(root.join(kustomization)),
     );
-    let mut want = by_key(docs(&kustomized));
+    // kustomize's `namespace:` also stamps kinds it does not know as cluster-scoped (the
+    // admission policy and its binding); kubectl drops it on apply, so compare without it.
+    let mut want = by_key(
+        docs(&kustomized)
+            .into_iter()
+            .map(|mut o| {
+                if o["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+                    && let Some(m) = o["metadata"].as_object_mut()
+                {
+                    m.remove("namespace");
+                }
+                o
+            })
+            .collect(),
+    );
     let mut got = by_key(render(args));
     // helm install --create-namespace makes it; a chart does not own its release namespace.
     let ns = want
-        .remove(&("Namespace".into(), String::new(), "wirekube-system".into()))
+        .remove(&("Namespace".into(), String::new(), namespace.into()))
         .expect("the kustomization has the Namespace");
-    assert_eq!(ns["metadata"]["name"], "wirekube-system");
+    assert_eq!(ns["metadata"]["name"], namespace);
     // CRDs come from crds/ untemplated; every templated object carries helm's labels.
     for o in got
         .values_mut()

@@ -265,6 +265,33 @@ pub fn after_first_round(
     }
 }
 
+/// After a direct path failed (liveness, stall, or the peer moved to the relay) the agent
+/// re-checks its NAT at once instead of at the next periodic round: a NAT gateway that
+/// rebooted onto a new public IP broke every direct pair, and its new address was published
+/// only by the periodic re-check, up to `--discovery-interval` (300 s) later. Not more often
+/// than this.
+pub const RECHECK_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// For this long after such a failure, a round in which no STUN server answered is retried
+/// after [`RETRY_FIRST`] instead of being published: a gateway that is still rebooting would
+/// otherwise make the node `udp-blocked` for a moment, and the operator re-plan every pair
+/// with it (a burst of writes for a passing outage).
+pub const RECHECK_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a direct-path failure now triggers a NAT re-check.
+pub fn recheck_now(
+    direct_failed: bool,
+    last: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> bool {
+    direct_failed && last.is_none_or(|t| now.saturating_duration_since(t) >= RECHECK_MIN_GAP)
+}
+
+/// Whether a finished round is published (`true`) or dropped and retried soon (`false`).
+pub fn publish_round(answered: bool, in_recheck_window: bool) -> bool {
+    answered || !in_recheck_window
+}
+
 /// Splits STUN server addresses into those on a local interface (hairpin) and the rest.
 pub fn split_hairpin(
     addrs: &[SocketAddr],
@@ -455,6 +482,35 @@ mod tests {
                 want,
                 "answered {answered}, from port {from_port}, relay up {relay_up}, {since:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_failed_direct_path_rechecks_the_nat_at_most_every_ten_seconds() {
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        // (a direct path failed, last triggered re-check, now) -> re-check
+        for (failed, last, now, want) in [
+            (false, None, t0, false),
+            (true, None, t0, true),
+            (true, Some(t0), t0 + s(9), false),
+            (true, Some(t0), t0 + s(10), true),
+            (false, Some(t0), t0 + s(60), false),
+        ] {
+            assert_eq!(
+                recheck_now(failed, last, now),
+                want,
+                "{failed} {last:?} {now:?}"
+            );
+        }
+        // A silent round is published only outside the window after a failure.
+        for (answered, window, want) in [
+            (true, false, true),
+            (true, true, true),
+            (false, false, true),
+            (false, true, false),
+        ] {
+            assert_eq!(publish_round(answered, window), want, "{answered} {window}");
         }
     }
 

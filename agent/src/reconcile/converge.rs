@@ -227,6 +227,9 @@ impl Agent {
             }
             let was_fallback = matches!(rt.state.phase(), Phase::Fallback { .. });
             if let Some(tr) = rt.state.observe(&obs, now) {
+                if tr.from == ActualPath::Direct && tr.to != ActualPath::Direct {
+                    self.direct_failed = true;
+                }
                 self.metrics
                     .transitions
                     .get_or_create(&PathLabel {

@@ -112,6 +112,12 @@ pub struct Agent {
     spec_problems: Vec<String>,
     /// Probe announcements to and from peers (opened once our mesh IP is up).
     signal: Option<probe_signal::ProbeSignal>,
+    /// A direct path failed in the last reconcile pass (a NAT re-check may be due).
+    direct_failed: bool,
+    /// The last NAT re-check a failed direct path triggered, and until when silent rounds
+    /// are retried rather than published (`discovery::RECHECK_WINDOW`).
+    last_recheck: Option<Instant>,
+    recheck_until: Option<Instant>,
 }
 
 fn engine_of(k: EngineKind) -> Engine {
@@ -160,6 +166,9 @@ impl Agent {
             last_patch: None,
             spec_problems: Vec::new(),
             signal: None,
+            direct_failed: false,
+            last_recheck: None,
+            recheck_until: None,
         }
     }
 
@@ -310,6 +319,21 @@ impl Agent {
             self.metrics
                 .reconcile_seconds
                 .observe(t.elapsed().as_secs_f64());
+            let now = Instant::now();
+            if disc_task.is_none()
+                && discovery::recheck_now(
+                    std::mem::take(&mut self.direct_failed),
+                    self.last_recheck,
+                    now,
+                )
+            {
+                tracing::info!(
+                    "a direct path failed: re-checking the NAT now (new public address?)"
+                );
+                self.last_recheck = Some(now);
+                self.recheck_until = Some(now + discovery::RECHECK_WINDOW);
+                disc_task = self.spawn_discovery(&Some(peer.clone()), None);
+            }
             self.metrics.tick();
         }
         peer_task.abort();
@@ -339,6 +363,16 @@ impl Agent {
 
     /// Records a discovery round; returns how long to wait before the next one.
     fn on_discovery(&mut self, r: DiscoveryReport) -> Duration {
+        let window = self.recheck_until.is_some_and(|t| Instant::now() < t);
+        if !discovery::publish_round(r.stun_reachable, window) {
+            tracing::debug!(
+                "no STUN answer right after a direct path failed: not published, retrying"
+            );
+            return discovery::RETRY_FIRST;
+        }
+        if r.stun_reachable {
+            self.recheck_until = None;
+        }
         let msg = r.message.clone();
         let (wait, failures) = discovery::next_check(
             r.stun_reachable,

@@ -326,3 +326,70 @@ fn agent_image_cleanup_removes_interface_rule_and_route() {
     );
     assert_eq!(ns.ip(&["route", "show", "table", table]), "", "route left");
 }
+
+/// The agent image as the DaemonSet's `wireguard` container runs it (`wirekube-agent
+/// userspace-engine`, with the node's /dev/net/tun and /var/run/wireguard): on this kernel (no
+/// WireGuard module) it execs the image's wireguard-go, which creates the interface in the
+/// pod's (here: a throw-away) network namespace and serves the UAPI socket the agent drives;
+/// on TERM both go away. On a kernel with the module it must say it idles instead.
+#[test]
+fn agent_image_runs_the_userspace_engine_container() {
+    let img = image("agent");
+    let m = Mounted::new(&img);
+    // What the DaemonSet mounts from the host: the TUN device and the UAPI socket directory.
+    std::fs::create_dir_all(m.root.join("dev/net")).expect("mkdir dev/net");
+    run(Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(m.root.join("dev/net/tun"))
+        .args(["c", "10", "200"]));
+    std::fs::create_dir_all(m.root.join("var/run/wireguard")).expect("mkdir");
+    let ns = Netns::new("wk-image-engine");
+    let log = m.root.join("tmp/engine.log");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.0, CHROOT])
+        .arg(&m.root)
+        .args([
+            "/usr/local/bin/wirekube-agent",
+            "userspace-engine",
+            "--interface",
+            "wk-img",
+        ])
+        .env_clear()
+        .envs(m.env())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut engine = Kill(c.spawn().expect("spawn userspace-engine"));
+    let kernel_wg = Path::new("/sys/module/wireguard").exists();
+    let sock = m.root.join("var/run/wireguard/wk-img.sock");
+    if kernel_wg {
+        let idle =
+            wirekube_lab::wait_until(Duration::from_secs(20), "idle on kernel WireGuard", || {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|l| l.contains("kernel WireGuard available"))
+            });
+        assert!(
+            idle.is_ok(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        return;
+    }
+    let up = wirekube_lab::wait_until(
+        Duration::from_secs(20),
+        "wireguard-go's link and socket",
+        || sock.exists() && ns.ip(&["link", "show"]).contains("wk-img"),
+    );
+    assert!(
+        up.is_ok(),
+        "{up:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // TERM, as the kubelet stops a container: wireguard-go removes its link and socket.
+    let pid = engine.0.id().to_string();
+    run(Command::new("kill").args(["-TERM", &pid]));
+    let status = engine.0.wait().expect("wait");
+    let gone = wirekube_lab::wait_until(Duration::from_secs(10), "link and socket removed", || {
+        !sock.exists() && !ns.ip(&["link", "show"]).contains("wk-img")
+    });
+    assert!(gone.is_ok(), "{gone:?} after {status}");
+}

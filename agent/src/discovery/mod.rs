@@ -60,6 +60,23 @@ pub fn stun_servers(spec: &WireKubePeerSpec) -> Vec<String> {
     out
 }
 
+/// The STUN round-trip times for the StunReachable message (`kubectl wirekube netcheck` shows
+/// it): ` (RTT 198.51.100.7:3478 12 ms, ...)`, whole milliseconds (sub-millisecond answers read
+/// `<1 ms`), so that a status only changes when the latency does by a millisecond or more.
+pub fn rtt_text(rtts: &[(SocketAddr, Duration)]) -> String {
+    if rtts.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = rtts
+        .iter()
+        .map(|(s, d)| match d.as_millis() {
+            0 => format!("{s} <1 ms"),
+            ms => format!("{s} {ms} ms"),
+        })
+        .collect();
+    format!(" (RTT {})", each.join(", "))
+}
+
 /// Result of one discovery round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiscoveryReport {
@@ -147,7 +164,10 @@ pub async fn discover(
         return hairpin_only(&hairpin);
     }
     let local_port = sock.local_addr().ok().map(|a| a.port());
-    let mapping = match stun_io::mapping_test(&sock, &addrs, rt).await {
+    let stun_io::Mapping {
+        results: mapping,
+        rtts,
+    } = match stun_io::mapping_test(&sock, &addrs, rt).await {
         Ok(m) => m,
         Err(e) => return unknown(format!("STUN mapping test failed: {e}")),
     };
@@ -179,9 +199,10 @@ pub async fn discover(
     let stun_reachable = classification.nat_type != NatType::UdpBlocked;
     let message = if stun_reachable {
         format!(
-            "{} of {} STUN server address(es) answered: {}",
+            "{} of {} STUN server address(es) answered{}: {}",
             input.mapping.iter().filter(|m| m.mapped.is_some()).count(),
             input.mapping.len(),
+            rtt_text(&rtts),
             classification.detail
         )
     } else {
@@ -410,6 +431,23 @@ impl DiscoveryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtt_text_in_whole_milliseconds() {
+        let a: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+        let b: SocketAddr = "198.51.100.7:3479".parse().unwrap();
+        let ms = Duration::from_micros;
+        for (rtts, want) in [
+            (vec![], ""),
+            (vec![(a, ms(400))], " (RTT 198.51.100.7:3478 <1 ms)"),
+            (
+                vec![(a, ms(12_700)), (b, ms(1_000))],
+                " (RTT 198.51.100.7:3478 12 ms, 198.51.100.7:3479 1 ms)",
+            ),
+        ] {
+            assert_eq!(rtt_text(&rtts), want, "{rtts:?}");
+        }
+    }
 
     #[test]
     fn answers_that_looped_through_the_node_are_dropped() {

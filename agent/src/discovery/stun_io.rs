@@ -146,16 +146,31 @@ pub async fn transact(
     reqs: &[(SocketAddr, Change)],
     rt: Retransmit,
 ) -> Result<Vec<Outcome>, StunIoError> {
+    Ok(transact_timed(sock, reqs, rt)
+        .await?
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect())
+}
+
+/// [`transact`], with each answer's round-trip time when it answered the first transmission
+/// (after a retransmission the answer cannot be matched to one send: Karn's rule).
+pub async fn transact_timed(
+    sock: &UdpSocket,
+    reqs: &[(SocketAddr, Change)],
+    rt: Retransmit,
+) -> Result<Vec<(Outcome, Option<Duration>)>, StunIoError> {
     let mut pending: Vec<(TransactionId, Vec<u8>)> = Vec::with_capacity(reqs.len());
     for (_, change) in reqs {
         let tid = TransactionId::default();
         pending.push((tid, encode_request(tid, *change)?));
     }
-    let mut out = vec![Outcome::Timeout; reqs.len()];
+    let mut out = vec![(Outcome::Timeout, None); reqs.len()];
     let mut done = vec![false; reqs.len()];
     let mut rto = rt.rto;
     let mut buf = [0u8; 1500];
-    for _ in 0..rt.attempts.max(1) {
+    let first_send = Instant::now();
+    for attempt in 0..rt.attempts.max(1) {
         for (i, (server, _)) in reqs.iter().enumerate() {
             if !done[i] {
                 // A send error (e.g. no route, ICMP unreachable) is the same as silence.
@@ -178,7 +193,7 @@ pub async fn transact(
                 && !done[i]
             {
                 done[i] = true;
-                out[i] = outcome;
+                out[i] = (outcome, (attempt == 0).then(|| first_send.elapsed()));
             }
         }
         if done.iter().all(|d| *d) {
@@ -204,9 +219,15 @@ pub async fn mapping_test(
     sock: &UdpSocket,
     servers: &[SocketAddr],
     rt: Retransmit,
-) -> Result<Vec<MappingResult>, StunIoError> {
+) -> Result<Mapping, StunIoError> {
     let reqs: Vec<_> = servers.iter().map(|s| (*s, Change::None)).collect();
-    let outcomes = transact(sock, &reqs, rt).await?;
+    let timed = transact_timed(sock, &reqs, rt).await?;
+    let rtts = servers
+        .iter()
+        .zip(&timed)
+        .filter_map(|(s, (_, rtt))| Some((*s, (*rtt)?)))
+        .collect();
+    let outcomes: Vec<Outcome> = timed.into_iter().map(|(o, _)| o).collect();
     let mut results: Vec<MappingResult> = servers
         .iter()
         .zip(&outcomes)
@@ -233,7 +254,15 @@ pub async fn mapping_test(
             });
         }
     }
-    Ok(results)
+    Ok(Mapping { results, rtts })
+}
+
+/// The mapping test's answers, and the round-trip time of each server that answered its first
+/// request (`netcheck` shows them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub results: Vec<MappingResult>,
+    pub rtts: Vec<(SocketAddr, Duration)>,
 }
 
 /// The RFC 5780 filtering tests from a fresh socket towards `server`: (change IP+port,
@@ -331,8 +360,12 @@ mod tests {
         tokio::spawn(responder(main, Some(alt), false));
         let sock = bind(0).await.unwrap();
         let port = sock.local_addr().unwrap().port();
-        let r = mapping_test(&sock, &[server], fast()).await.unwrap();
-        assert_eq!(r[0].mapped.unwrap().port(), port);
+        let m = mapping_test(&sock, &[server], fast()).await.unwrap();
+        assert_eq!(m.results[0].mapped.unwrap().port(), port);
+        // Answered at once on loopback: one round-trip time, well under the first timeout.
+        assert_eq!(m.rtts.len(), 1, "{m:?}");
+        assert_eq!(m.rtts[0].0, server);
+        assert!(m.rtts[0].1 < fast().rto, "{m:?}");
         // No NAT on loopback: both answers get through. The alternate is on the same IP, so
         // the change-IP probe is "unsupported" rather than a fake "received".
         let (cip, cp) = filtering_test(server, fast()).await.unwrap();
@@ -365,8 +398,9 @@ mod tests {
         let server = dead.local_addr().unwrap();
         let sock = bind(0).await.unwrap();
         let t = std::time::Instant::now();
-        let r = mapping_test(&sock, &[server], fast()).await.unwrap();
-        assert_eq!(r[0].mapped, None);
+        let m = mapping_test(&sock, &[server], fast()).await.unwrap();
+        assert_eq!(m.results[0].mapped, None);
+        assert!(m.rtts.is_empty(), "{m:?}");
         assert!(t.elapsed() < Duration::from_secs(2));
         let (cip, cp) = filtering_test(server, fast()).await.unwrap();
         assert_eq!((cip, cp), (Probe::NotReceived, Probe::NotReceived));

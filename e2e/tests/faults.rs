@@ -402,7 +402,7 @@ fn node_replaced(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
     rows.push(row);
     let row = sc
         .measure_fault(
-            &format!("node joined ({new}): on its planned paths, pingable from every node"),
+            &format!("node joined ({new}): a path to every node, pingable from every node"),
             watch,
             |sc| sc.join_node(&site, old, &new),
             |sc| sc.node_joined(&new),

@@ -572,6 +572,11 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
     );
     let t = stdout(&plugin(&sc.kube, &["explain", "node-1", "node-3"]), 0);
     assert!(t.contains("rule 12 (both-symmetric)"), "{t}");
+    // netcheck shows what the agent measured of the relay's STUN responder, latency included.
+    let t = stdout(&plugin(&sc.kube, &["netcheck", "node-1"]), 0);
+    eprintln!("$ kubectl wirekube netcheck node-1\n{t}");
+    assert!(t.contains(" STUN server address(es) answered (RTT "), "{t}");
+    assert!(t.contains(" ms"), "{t}");
     every_monitored_metric_is_exported(&sc);
     sc.shutdown().expect("clean teardown");
 }

@@ -468,21 +468,9 @@ impl ControlPlane {
     }
 }
 
-/// Environment variable with a whole factor (default 1) on the control plane's start-up
-/// deadlines, for machines much slower than a CI runner: `make test-kernel` runs the control
-/// plane under software emulation in a VM, where the API server needs about two minutes.
-pub const SLOWDOWN_ENV: &str = "WIREKUBE_LAB_SLOWDOWN";
-
-/// The factor of [`SLOWDOWN_ENV`]; 1 when unset or not a whole number of at least 1.
-pub fn slowdown() -> u32 {
-    parse_slowdown(std::env::var(SLOWDOWN_ENV).ok().as_deref())
-}
-
-fn parse_slowdown(v: Option<&str>) -> u32 {
-    v.and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|f| (1..=100).contains(f))
-        .unwrap_or(1)
-}
+/// The lab's slowdown factor also scales the control plane's start-up deadlines (the VM of
+/// `make test-kernel` sets 4: there the API server needs about two minutes).
+pub use wirekube_lab::netns::{SLOWDOWN_ENV, slowdown};
 
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
@@ -505,21 +493,6 @@ pub fn kubectl_ok(lab: &Lab, host: &Host, kubeconfig: &Path, args: &[&str]) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slowdown_is_a_whole_factor_of_at_least_one() {
-        for (v, want) in [
-            (None, 1),
-            (Some("4"), 4),
-            (Some(" 3 "), 3),
-            (Some("0"), 1),
-            (Some("1.5"), 1),
-            (Some("x"), 1),
-            (Some("1000"), 1),
-        ] {
-            assert_eq!(parse_slowdown(v), want, "{v:?}");
-        }
-    }
 
     #[test]
     fn the_kubernetes_service_is_the_first_address_of_the_service_range() {

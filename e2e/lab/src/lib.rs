@@ -234,7 +234,7 @@ impl Lab {
     /// `wg show` sees that host's UAPI sockets). Returns the output whatever the exit status;
     /// 20 s deadline.
     pub fn exec(&self, host: &Host, args: &[&str]) -> Result<Output> {
-        self.exec_timeout(host, args, netns::DEFAULT_TIMEOUT)
+        self.exec_timeout(host, args, netns::default_timeout())
     }
 
     /// [`Lab::exec`] with an explicit deadline.
@@ -275,7 +275,7 @@ impl Lab {
             &host.ns,
             &mut cmd,
             Some(input.as_bytes()),
-            netns::DEFAULT_TIMEOUT,
+            netns::default_timeout(),
         )
     }
 

@@ -164,16 +164,37 @@ pub fn ip_batch(ns: &str, lines: &[String]) -> Result<Output> {
         ns,
         Command::new("ip").args(["-n", ns, "-batch", "-"]),
         Some(input.as_bytes()),
-        DEFAULT_TIMEOUT,
+        default_timeout(),
     )
 }
 
-/// Default deadline for one-shot commands.
+/// Default deadline for one-shot commands (times [`slowdown`]: [`default_timeout`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Environment variable with a whole factor (default 1) on the lab's start-up and command
+/// deadlines, for machines much slower than a CI runner: `make test-kernel` runs labs under
+/// software emulation in a VM (there `kubectl apply -k config/default` alone takes about 30 s).
+pub const SLOWDOWN_ENV: &str = "WIREKUBE_LAB_SLOWDOWN";
+
+/// The factor of [`SLOWDOWN_ENV`]; 1 when unset or not a whole number from 1 to 100.
+pub fn slowdown() -> u32 {
+    parse_slowdown(std::env::var(SLOWDOWN_ENV).ok().as_deref())
+}
+
+fn parse_slowdown(v: Option<&str>) -> u32 {
+    v.and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|f| (1..=100).contains(f))
+        .unwrap_or(1)
+}
+
+/// [`DEFAULT_TIMEOUT`] times [`slowdown`].
+pub fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT * slowdown()
+}
 
 /// Runs `cmd` to completion (20 s deadline), failing on a non-zero exit. `ns` is only for messages.
 pub fn run(ns: &str, cmd: &mut Command) -> Result<Output> {
-    run_input(ns, cmd, None, DEFAULT_TIMEOUT)
+    run_input(ns, cmd, None, default_timeout())
 }
 
 /// Runs `cmd` with optional stdin, a deadline, and checks the exit status.
@@ -273,4 +294,24 @@ pub fn output_with_timeout(
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod slowdown_tests {
+    use super::parse_slowdown;
+
+    #[test]
+    fn slowdown_is_a_whole_factor_from_one_to_a_hundred() {
+        for (v, want) in [
+            (None, 1),
+            (Some("4"), 4),
+            (Some(" 3 "), 3),
+            (Some("0"), 1),
+            (Some("1.5"), 1),
+            (Some("x"), 1),
+            (Some("1000"), 1),
+        ] {
+            assert_eq!(parse_slowdown(v), want, "{v:?}");
+        }
+    }
 }

@@ -294,6 +294,8 @@ fn values_move_namespace_images_and_mesh() {
         "image.registry=registry.example/wk,image.tag=v9.9.9,mesh.create=true,mesh.name=edge",
         "--set",
         "agent.engine=wireguard-go,agent.podNetwork=true,operator.replicas=1",
+        "--set",
+        "agent.appArmorProfile=Unconfined",
     ]);
     for o in &objs {
         let ns = o["metadata"]["namespace"].as_str();
@@ -324,6 +326,10 @@ fn values_move_namespace_images_and_mesh() {
             .iter()
             .any(|m| m["mountPath"] == "/etc/cni/net.d"),
         "{agent}"
+    );
+    assert_eq!(
+        agent["securityContext"]["appArmorProfile"]["type"],
+        "Unconfined"
     );
     let mesh = find(&objs, "WireKubeMesh", "edge");
     assert_eq!(mesh["spec"]["relay"]["managed"]["nodePort"], 30478);

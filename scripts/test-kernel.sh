@@ -10,7 +10,7 @@
 #
 # Fails (never skips) when the VM cannot boot, when a tool is missing, or when any test fails.
 # WIREKUBE_VM_KERNEL selects the kernel image (default: the newest /boot/vmlinuz-*);
-# WIREKUBE_VM_TESTS=dataplane runs only the dataplane tests.
+# WIREKUBE_VM_TESTS selects groups (default: "dataplane agent_lab seeds").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -46,11 +46,16 @@ for line in sys.stdin:
 '
 }
 echo ">> building the test executables and binaries on the host"
-"$CARGO" build -q -p wirekube-agent -p wirekube-relay --bins
-"$CARGO" test -q -p wirekube-dataplane --test kernel -p wirekube-agent --test agent_lab --no-run
+"$CARGO" build -q -p wirekube-agent -p wirekube-relay -p wirekube-operator -p wirekube-kubelab --bins
+"$CARGO" test -q -p wirekube-dataplane --test kernel -p wirekube-agent --test agent_lab \
+  -p wirekube-e2e --test kernel_topologies --no-run
 dataplane=$(executables -p wirekube-dataplane --test kernel)
 agent_lab=$(executables -p wirekube-agent --test agent_lab)
-[[ -x $dataplane && -x $agent_lab ]] || die "test executables not found ($dataplane, $agent_lab)"
+seeds=$(executables -p wirekube-e2e --test kernel_topologies)
+for exe in "$dataplane" "$agent_lab" "$seeds"; do
+  [[ -x $exe ]] || die "test executable not found: '$exe'"
+done
+groups=${WIREKUBE_VM_TESTS:-dataplane agent_lab seeds}
 k8s_bin=$(./scripts/build-k8s.sh | tail -n1)
 [[ -x $k8s_bin/kube-apiserver ]] || die "no Kubernetes binaries in $k8s_bin"
 
@@ -77,10 +82,14 @@ group() {
   echo ">> [\$name] exit \$rc after \$((\$(date +%s) - t0)) s"
   echo \$rc >"$work/rc.\$name"
 }
-group dataplane "$dataplane" --ignored --test-threads=1
-if [[ "${WIREKUBE_VM_TESTS:-all}" == all ]]; then
-  group agent_lab "$agent_lab" --ignored --test-threads=1 --nocapture
-fi
+for g in $groups; do
+  case \$g in
+    dataplane) group dataplane "$dataplane" --ignored --test-threads=1 ;;
+    agent_lab) group agent_lab "$agent_lab" --ignored --test-threads=1 --nocapture ;;
+    seeds) group seeds "$seeds" --ignored --test-threads=1 --nocapture ;;
+    *) echo "unknown test group \$g"; echo 1 >"$work/rc.\$g" ;;
+  esac
+done
 touch "$work/done"
 EOF
 chmod +x "$work/guest.sh"
@@ -96,6 +105,7 @@ set -e
 echo ">> VM run took $(($(date +%s) - t0)) s (vng exit $vng_rc)"
 [[ -e $work/done ]] || die "the VM did not finish (vng exit $vng_rc; 124 = timeout after $VM_TIMEOUT s)"
 [[ ! -e $work/modprobe ]] || die "the VM kernel could not load the wireguard or tun module"
+compgen -G "$work/rc.*" >/dev/null || die "no test group ran in the VM"
 failed=()
 for f in "$work"/rc.*; do
   [[ $(cat "$f") == 0 ]] || failed+=("${f##*/rc.}")

@@ -18,6 +18,7 @@ use wirekube_crds::{
 use wirekube_kubelab::cloud::LabCloud;
 use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
 use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
+use wirekube_relay_proto::flags::RelayFlags;
 
 use crate::kube_lab::KubeLab;
 
@@ -678,10 +679,6 @@ pub fn run(topo: Topology, opts: Options) -> Result<Outcome> {
 
 // ---- how each binary is started (flags documented in docs/{apiserver,operator,agent,relay}.md)
 
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 /// Image → binary under test, for every kubelet: the images `config/` and the operator name.
 /// Workload tests also get two plain images: `lab/sleep` (`sleep`) and `lab/nc` (`nc`).
 fn image_map() -> Result<ImageMap> {
@@ -758,14 +755,17 @@ fn container_logs(pods: &Path, node: &str, lines: usize) -> String {
 
 pub(crate) fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
     let mut cmd = Command::new(binary("wirekube-relay")?);
-    cmd.arg(format!("--listen=0.0.0.0:{RELAY_PORT}"))
-        .arg(format!("--stun-ip={}", dmz.ips[0]))
-        .arg(format!("--stun-port={RELAY_PORT}"))
-        .arg(format!("--stun-alt-port={}", RELAY_PORT + 1))
-        .arg(format!("--stun-alt-ip={}", dmz.ips[1]))
-        .arg("--metrics-listen=127.0.0.1:9090")
-        .arg(format!("--token-file={}", path_str(token_file)))
-        .env("RUST_LOG", "info");
+    let flags = RelayFlags {
+        listen: Some((Ipv4Addr::UNSPECIFIED, RELAY_PORT).into()),
+        stun_ip: Some(dmz.ips[0].into()),
+        stun_port: Some(RELAY_PORT),
+        stun_alt_port: Some(RELAY_PORT + 1),
+        stun_alt_ip: Some(dmz.ips[1].into()),
+        metrics_listen: Some((Ipv4Addr::LOCALHOST, 9090).into()),
+        token_file: Some(token_file.to_path_buf()),
+        ..RelayFlags::default()
+    };
+    cmd.args(flags.to_args()).env("RUST_LOG", "info");
     Ok(lab.spawn(dmz, cmd)?)
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use wirekube_agent::discovery::{self, DiscoveryReport, Retransmit, candidates};
 use wirekube_crds::{NatType, WireKubePeerSpec};
 use wirekube_lab::{Host, Lab, NatKind, SiteSpec, wait_for};
+use wirekube_relay_proto::flags::RelayFlags;
 
 /// target/<profile>/ of this test binary.
 fn target_dir() -> PathBuf {
@@ -85,11 +86,15 @@ fn discovery_classifies_every_nat_kind() {
     let token = lab.dir().join("relay-token");
     std::fs::write(&token, "lab-token\n").unwrap();
     let mut cmd = Command::new(&bin);
-    cmd.arg(format!("--listen={ip1}:3478"))
-        .arg(format!("--stun-ip={ip1}"))
-        .arg(format!("--stun-alt-ip={ip2}"))
-        .arg(format!("--metrics-listen={ip1}:9090"))
-        .arg(format!("--token-file={}", token.display()));
+    let flags = RelayFlags {
+        listen: Some((ip1, 3478).into()),
+        stun_ip: Some(ip1.into()),
+        stun_alt_ip: Some(ip2.into()),
+        metrics_listen: Some((ip1, 9090).into()),
+        token_file: Some(token.clone()),
+        ..RelayFlags::default()
+    };
+    cmd.args(flags.to_args());
     let relay = lab.spawn(&dmz, cmd).unwrap();
 
     // STUN servers as the agent derives them from a relay endpoint (ports 3478 and 3479).

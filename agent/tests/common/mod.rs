@@ -39,6 +39,7 @@ use wirekube_e2e::kube_lab::KubeLab;
 use wirekube_e2e::scenario::bins::binary;
 use wirekube_e2e::scenario::{WgPeer, parse_wg_dump};
 use wirekube_lab::{Host, Lab, Proc, wait_until};
+use wirekube_relay_proto::flags::RelayFlags;
 
 pub const RELAY_PORT: u16 = 3478;
 pub const NS: &str = "wirekube-system";
@@ -118,14 +119,17 @@ impl Env {
         kube.admin
             .put_secret(NS, TOKEN_SECRET, &[("token", token.as_bytes())])?;
         let mut cmd = Command::new(binary("wirekube-relay")?);
-        cmd.arg(format!("--listen=0.0.0.0:{RELAY_PORT}"))
-            .arg(format!("--stun-ip={}", dmz.ips[0]))
-            .arg(format!("--stun-port={RELAY_PORT}"))
-            .arg(format!("--stun-alt-port={}", RELAY_PORT + 1))
-            .arg(format!("--stun-alt-ip={}", dmz.ips[1]))
-            .arg("--metrics-listen=127.0.0.1:9090")
-            .arg(format!("--token-file={}", s(&token_file)))
-            .env("RUST_LOG", "info");
+        let flags = RelayFlags {
+            listen: Some((Ipv4Addr::UNSPECIFIED, RELAY_PORT).into()),
+            stun_ip: Some(dmz.ips[0].into()),
+            stun_port: Some(RELAY_PORT),
+            stun_alt_port: Some(RELAY_PORT + 1),
+            stun_alt_ip: Some(dmz.ips[1].into()),
+            metrics_listen: Some((Ipv4Addr::LOCALHOST, 9090).into()),
+            token_file: Some(token_file.clone()),
+            ..RelayFlags::default()
+        };
+        cmd.args(flags.to_args()).env("RUST_LOG", "info");
         let relay = lab.spawn(&dmz, cmd)?;
         wait_until(Duration::from_secs(10), "relay listening", || {
             !lab.is_running(&relay) || lab.tcp_listening(&dmz, RELAY_PORT)

@@ -15,3 +15,4 @@ pub mod reconcile;
 pub mod sidecar;
 pub mod spec;
 pub mod status;
+pub mod wallclock;

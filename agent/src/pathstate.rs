@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use wirekube_crds::{ActualPath, PlannedPath};
 
 use crate::liveness::{Liveness, LivenessTiming};
+pub use crate::wallclock::WallClock;
 
 /// Bytes sent without anything received that make a direct pair suspect: more than one
 /// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
@@ -90,61 +91,6 @@ impl Timing {
     /// pair whose only traffic was our own small packets.)
     fn stall_window(&self) -> Duration {
         self.direct_timeout.max(Duration::from_secs(15))
-    }
-}
-
-/// Maps the monotonic clock the machine runs on to Unix time, for probe slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WallClock {
-    origin: Instant,
-    unix_at_origin: Duration,
-}
-
-impl WallClock {
-    pub fn new(origin: Instant, unix_at_origin: Duration) -> Self {
-        Self {
-            origin,
-            unix_at_origin,
-        }
-    }
-
-    /// The system clock as of `now`.
-    pub fn system(now: Instant) -> Self {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self::new(now, unix)
-    }
-
-    /// This clock `secs` seconds ahead (negative: behind). Only for the lab, which emulates
-    /// a node with a wrong clock this way (`WIREKUBE_TEST_CLOCK_OFFSET_SECS`).
-    pub fn shifted(self, secs: i64) -> Self {
-        let by = Duration::from_secs(secs.unsigned_abs());
-        let unix_at_origin = if secs >= 0 {
-            self.unix_at_origin + by
-        } else {
-            self.unix_at_origin.saturating_sub(by)
-        };
-        Self {
-            unix_at_origin,
-            ..self
-        }
-    }
-
-    /// The first instant at least `period / 2` from `now` at which Unix time is a multiple of
-    /// `period` (whole milliseconds).
-    pub fn next_slot(&self, now: Instant, period: Duration) -> Instant {
-        let unix_now = match now.checked_duration_since(self.origin) {
-            Some(d) => self.unix_at_origin + d,
-            None => self
-                .unix_at_origin
-                .saturating_sub(self.origin.duration_since(now)),
-        };
-        let p = period.as_millis().max(1);
-        let earliest = (unix_now + period / 2).as_millis();
-        let slot = earliest.div_ceil(p) * p;
-        let wait = slot.saturating_sub(unix_now.as_millis());
-        now + Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX / 2))
     }
 }
 
@@ -258,6 +204,9 @@ pub struct PathState {
     liveness: Liveness,
     /// A direct path that a probe brought back gets no fast failover before this.
     settle_until: Option<Instant>,
+    /// The current direct phase was entered from the relay (a probe, or the peer's probe):
+    /// only such a path failing soon is flapping, which doubles the probe backoff.
+    direct_from_relay: bool,
 }
 
 impl PathState {
@@ -280,6 +229,7 @@ impl PathState {
             direct_rx: None,
             liveness: Liveness::default(),
             settle_until: None,
+            direct_from_relay: false,
         };
         s.phase = s.initial_phase(now, now.checked_sub(HANDSHAKE_FRESH).unwrap_or(now));
         s
@@ -364,6 +314,7 @@ impl PathState {
         self.direct_rx = None;
         self.liveness.end_spell();
         self.settle_until = None;
+        self.direct_from_relay = false;
         let changed = from != self.actual() || was_fallback != self.fallback();
         // Probing is internal (still reported relay); everything else is a path change.
         if changed {
@@ -506,11 +457,17 @@ impl PathState {
                     (stale && sending).then_some(Cause::Stall)
                 };
                 let cause = failed?;
-                // Hysteresis: a path that failed soon after coming up waits longer next time.
-                self.backoff = if now.duration_since(since) >= self.timing.stable_after {
-                    self.timing.probe_min
-                } else {
+                // Hysteresis: a path that failed soon after a probe brought it back (flapping)
+                // waits longer next time. A path that came up at start-up (or after a plan
+                // change) and failed is not flapping: its first probe comes at the usual
+                // `probe_min` slot (before, it waited a doubled backoff and the fault suite's
+                // healed pairs took 44-81 s to return).
+                let flapping =
+                    self.direct_from_relay && now.duration_since(since) < self.timing.stable_after;
+                self.backoff = if flapping {
                     (self.backoff * 2).min(self.timing.probe_max)
+                } else {
+                    self.timing.probe_min
                 };
                 self.enter_fallback(cause, now)
             }
@@ -576,6 +533,7 @@ impl PathState {
     fn upgrade(&mut self, now: Instant) -> Option<Transition> {
         let t = self.go(Phase::Direct { since: now }, Cause::Handshake, now);
         self.settle_until = Some(now + self.timing.liveness.settle);
+        self.direct_from_relay = true;
         t
     }
 
@@ -652,3 +610,7 @@ impl PathState {
 #[cfg(test)]
 #[path = "pathstate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "pathstate_probe_tests.rs"]
+mod probe_tests;

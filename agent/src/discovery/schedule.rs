@@ -1,0 +1,134 @@
+//! When discovery runs outside its periodic re-check (pure, table-tested): the agent's first
+//! rounds before WireGuard binds its port, and re-checks after a direct path failed.
+
+use std::time::Duration;
+
+/// How long the agent's first discovery may keep the WireGuard port unbound while STUN stays
+/// silent, when nothing says why (the relay is not reachable over TCP either: the agents of a
+/// new cluster start before the relay pod is ready and its address routed).
+pub const FIRST_DISCOVERY_GRACE: Duration = Duration::from_secs(30);
+
+/// What the agent does after a round of its first discovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRound {
+    /// A server answered (or the round could not run from the WireGuard port anyway, after a
+    /// restart): done, the dataplane may bind the port.
+    Done,
+    /// No answer, but the relay's TCP connection was authenticated when the round began: the
+    /// relay is up and reachable, its STUN responder is the same process, so it is this
+    /// node's UDP that is blocked. Waiting longer would only delay the relay path.
+    UdpBlocked,
+    /// No answer for [`FIRST_DISCOVERY_GRACE`]: bind anyway.
+    GraceOver,
+    /// No answer yet: keep the port unbound and ask again.
+    Retry,
+}
+
+/// Decides after one round of the first discovery. `from_listen_port`: the round ran from the
+/// WireGuard port (the only time its mapping can be measured); `relay_up`: the relay client
+/// was connected and authenticated when the round started; `since_start`: since the agent
+/// started.
+pub fn after_first_round(
+    answered: bool,
+    from_listen_port: bool,
+    relay_up: bool,
+    since_start: Duration,
+) -> FirstRound {
+    if answered || !from_listen_port {
+        FirstRound::Done
+    } else if relay_up {
+        FirstRound::UdpBlocked
+    } else if since_start >= FIRST_DISCOVERY_GRACE {
+        FirstRound::GraceOver
+    } else {
+        FirstRound::Retry
+    }
+}
+
+/// After a direct path failed (liveness, stall, or the peer moved to the relay) the agent
+/// re-checks its NAT at once instead of at the next periodic round: a NAT gateway that
+/// rebooted onto a new public IP broke every direct pair, and its new address was published
+/// only by the periodic re-check, up to `--discovery-interval` (300 s) later. Not more often
+/// than this.
+pub const RECHECK_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// For this long after such a failure, a round in which no STUN server answered is retried
+/// after [`super::RETRY_FIRST`] instead of being published: a gateway that is still rebooting would
+/// otherwise make the node `udp-blocked` for a moment, and the operator re-plan every pair
+/// with it (a burst of writes for a passing outage).
+pub const RECHECK_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a direct-path failure now triggers a NAT re-check.
+pub fn recheck_now(
+    direct_failed: bool,
+    last: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> bool {
+    direct_failed && last.is_none_or(|t| now.saturating_duration_since(t) >= RECHECK_MIN_GAP)
+}
+
+/// Whether a finished round is published (`true`) or dropped and retried soon (`false`).
+pub fn publish_round(answered: bool, in_recheck_window: bool) -> bool {
+    answered || !in_recheck_window
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_discovery_waits_for_stun_only_while_the_relay_is_unreachable_too() {
+        use FirstRound::*;
+        let s = Duration::from_secs;
+        // (answered, from the WireGuard port, relay up at round start, since start) -> step
+        for (answered, from_port, relay_up, since, want) in [
+            (true, true, false, s(1), Done),
+            (true, true, true, s(1), Done),
+            // After a restart the port is bound already: nothing to measure, go on.
+            (false, false, false, s(1), Done),
+            // Silent STUN, relay not reachable either (relay pod not ready): wait...
+            (false, true, false, s(3), Retry),
+            (false, true, false, s(29), Retry),
+            // ... up to the grace.
+            (false, true, false, s(30), GraceOver),
+            // Silent STUN while the relay answers over TCP: UDP is blocked here, at once.
+            (false, true, true, s(3), UdpBlocked),
+            (false, true, true, s(40), UdpBlocked),
+        ] {
+            assert_eq!(
+                after_first_round(answered, from_port, relay_up, since),
+                want,
+                "answered {answered}, from port {from_port}, relay up {relay_up}, {since:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_direct_path_rechecks_the_nat_at_most_every_ten_seconds() {
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        // (a direct path failed, last triggered re-check, now) -> re-check
+        for (failed, last, now, want) in [
+            (false, None, t0, false),
+            (true, None, t0, true),
+            (true, Some(t0), t0 + s(9), false),
+            (true, Some(t0), t0 + s(10), true),
+            (false, Some(t0), t0 + s(60), false),
+        ] {
+            assert_eq!(
+                recheck_now(failed, last, now),
+                want,
+                "{failed} {last:?} {now:?}"
+            );
+        }
+        // A silent round is published only outside the window after a failure.
+        for (answered, window, want) in [
+            (true, false, true),
+            (true, true, true),
+            (false, false, true),
+            (false, true, false),
+        ] {
+            assert_eq!(publish_round(answered, window), want, "{answered} {window}");
+        }
+    }
+}

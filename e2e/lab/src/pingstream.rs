@@ -28,6 +28,9 @@ pub struct PingReport {
     pub interval: Duration,
 }
 
+/// How long a request waits for its reply before ping reports it unanswered (`-W`).
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(1);
+
 impl PingReport {
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.received)
@@ -39,7 +42,10 @@ impl PingReport {
     }
 
     /// Parses `ping -n -O` output: reply lines carry `icmp_seq=N ... time=`, unanswered ones
-    /// `no answer yet for icmp_seq=N`, and the summary `S packets transmitted`.
+    /// `no answer yet for icmp_seq=N`, and the summary `S packets transmitted`. Requests at
+    /// the end still within the reply deadline ([`REPLY_DEADLINE`]) when the stream stopped
+    /// were in flight, not lost, and are not counted as sent (the fault suite saw one such
+    /// request turn a clean run into "1 lost" on a loaded machine).
     pub fn parse(text: &str, interval: Duration) -> PingReport {
         let seq = |l: &str| {
             l.split("icmp_seq=")
@@ -57,12 +63,22 @@ impl PingReport {
                 }
             }
         }
-        let sent = text
+        let transmitted = text
             .lines()
             .find_map(|l| l.split_once(" packets transmitted"))
             .and_then(|(n, _)| n.trim().parse::<u64>().ok())
             .unwrap_or(highest)
             .max(highest);
+        let trailing = (1..=transmitted)
+            .rev()
+            .take_while(|n| !replies.contains(n))
+            .count() as u64;
+        let in_flight = if interval * u32::try_from(trailing).unwrap_or(u32::MAX) < REPLY_DEADLINE {
+            trailing
+        } else {
+            0
+        };
+        let sent = transmitted - in_flight;
         let (mut longest, mut run) = (0, 0);
         for n in 1..=sent {
             if replies.contains(&n) {
@@ -86,7 +102,9 @@ impl Lab {
     /// [`Lab::finish_ping`].
     pub fn start_ping(&self, from: &Host, ip: Ipv4Addr, interval: Duration) -> Result<PingStream> {
         let mut cmd = Command::new("ping");
-        cmd.args(["-n", "-O", "-W", "1", "-i"])
+        cmd.args(["-n", "-O", "-W"])
+            .arg(REPLY_DEADLINE.as_secs().to_string())
+            .arg("-i")
             .arg(format!("{:.3}", interval.as_secs_f64()))
             .arg(ip.to_string());
         let proc = self.spawn(from, cmd)?;
@@ -125,8 +143,8 @@ mod tests {
             \n--- 10.0.0.2 ping statistics ---\n\
             7 packets transmitted, 3 received, 57% packet loss, time 600ms\n";
         let r = PingReport::parse(text, Duration::from_millis(100));
-        assert_eq!((r.sent, r.received, r.lost()), (7, 3, 4));
-        // 2-3 missing, 5 missing, 7 (sent, never answered).
+        // 2-3 missing, 5 missing; 7 was sent 100 ms before the end: in flight, not lost.
+        assert_eq!((r.sent, r.received, r.lost()), (6, 3, 3));
         assert_eq!(r.longest_gap, 2);
         assert_eq!(r.longest_gap_time(), Duration::from_millis(200));
     }
@@ -137,6 +155,21 @@ mod tests {
             64 bytes from x: icmp_seq=1 ttl=64 time=900 ms (DUP!)\n\
             2 packets transmitted, 1 received\n";
         let r = PingReport::parse(text, Duration::from_millis(100));
-        assert_eq!((r.sent, r.received, r.longest_gap), (2, 1, 1));
+        assert_eq!((r.sent, r.received, r.longest_gap), (1, 1, 0));
+    }
+
+    #[test]
+    fn requests_unanswered_longer_than_the_deadline_at_the_end_are_lost() {
+        let mut text = String::from("64 bytes from x: icmp_seq=1 ttl=64 time=0.1 ms\n");
+        for n in 2..=12 {
+            text += &format!("no answer yet for icmp_seq={n}\n");
+        }
+        text += "12 packets transmitted, 1 received\n";
+        let r = PingReport::parse(&text, Duration::from_millis(100));
+        // 11 unanswered for 1.1 s: past the 1 s deadline, the path was down at the end.
+        assert_eq!(
+            (r.sent, r.received, r.lost(), r.longest_gap),
+            (12, 1, 11, 11)
+        );
     }
 }

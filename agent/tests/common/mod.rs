@@ -37,11 +37,10 @@ use wirekube_crds::{
 };
 use wirekube_e2e::kube_lab::KubeLab;
 use wirekube_e2e::scenario::bins::binary;
+pub use wirekube_e2e::scenario::run::RELAY_PORT;
+use wirekube_e2e::scenario::run::start_relay;
 use wirekube_e2e::scenario::{WgPeer, parse_wg_dump};
 use wirekube_lab::{Host, Lab, Proc, wait_until};
-use wirekube_relay_proto::flags::RelayFlags;
-
-pub const RELAY_PORT: u16 = 3478;
 pub const NS: &str = "wirekube-system";
 /// The Secret name the shipped agent RBAC (`config/rbac/agent.yaml`) lets agents read.
 pub const TOKEN_SECRET: &str = "wirekube-relay-default"; // the name config/rbac allows
@@ -118,19 +117,8 @@ impl Env {
         std::fs::write(&token_file, &token)?;
         kube.admin
             .put_secret(NS, TOKEN_SECRET, &[("token", token.as_bytes())])?;
-        let mut cmd = Command::new(binary("wirekube-relay")?);
-        let flags = RelayFlags {
-            listen: Some((Ipv4Addr::UNSPECIFIED, RELAY_PORT).into()),
-            stun_ip: Some(dmz.ips[0].into()),
-            stun_port: Some(RELAY_PORT),
-            stun_alt_port: Some(RELAY_PORT + 1),
-            stun_alt_ip: Some(dmz.ips[1].into()),
-            metrics_listen: Some((Ipv4Addr::LOCALHOST, 9090).into()),
-            token_file: Some(token_file.clone()),
-            ..RelayFlags::default()
-        };
-        cmd.args(flags.to_args()).env("RUST_LOG", "info");
-        let relay = lab.spawn(&dmz, cmd)?;
+        // The relay exactly as the scenarios start it (DMZ, both STUN addresses).
+        let relay = start_relay(&lab, &dmz, &token_file)?;
         wait_until(Duration::from_secs(10), "relay listening", || {
             !lab.is_running(&relay) || lab.tcp_listening(&dmz, RELAY_PORT)
         })?;
@@ -354,9 +342,12 @@ impl Env {
         anyhow!("{what}\n--- logs ---\n{}", self.lab.logs_tail(40))
     }
 
-    /// Waits until `f` holds, failing with the recent logs.
+    /// Waits until `f` holds, failing with the recent logs. The deadline is `secs` times the
+    /// lab's slowdown factor (4 in the emulated VM of `make test-kernel`, else 1): it bounds
+    /// the wait for a condition; the targets are asserted on measured times.
     pub fn wait(&self, secs: u64, what: &str, f: impl FnMut() -> bool) -> Result<Duration> {
-        wait_until(Duration::from_secs(secs), what, f).map_err(|e| self.fail(&e.to_string()))
+        let deadline = Duration::from_secs(secs) * wirekube_lab::netns::slowdown();
+        wait_until(deadline, what, f).map_err(|e| self.fail(&e.to_string()))
     }
 }
 

@@ -265,10 +265,13 @@ impl Scenario {
         for r in &rows {
             if r.pings.lost() > 0 {
                 bail!(
-                    "{fault}: {} ↔ {} lost {} pings (forwarding must not depend on the control plane)",
+                    "{fault}: {} ↔ {} lost {} pings, longest gap {:?} (forwarding must not \
+                     depend on the control plane)\n{}",
                     r.pair.0,
                     r.pair.1,
-                    r.pings.lost()
+                    r.pings.lost(),
+                    r.pings.longest_gap_time(),
+                    self.logs(60)
                 );
             }
         }

@@ -753,7 +753,9 @@ fn container_logs(pods: &Path, node: &str, lines: usize) -> String {
     out
 }
 
-pub(crate) fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
+/// Starts `wirekube-relay` in the DMZ (relay and STUN on both DMZ addresses) with the token in
+/// `token_file`; the scenarios and the agent lab start it this way.
+pub fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
     let mut cmd = Command::new(binary("wirekube-relay")?);
     let flags = RelayFlags {
         listen: Some((Ipv4Addr::UNSPECIFIED, RELAY_PORT).into()),

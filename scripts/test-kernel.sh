@@ -71,8 +71,11 @@ export WIREKUBE_K8S_BIN="$k8s_bin" WIREKUBE_BIN_DIR="$PWD/target/debug" RUST_BAC
 export WIREKUBE_LAB_SLOWDOWN=4
 echo ">> VM up: kernel \$(uname -r), \$(nproc) CPUs"
 modprobe wireguard || { echo "modprobe wireguard failed"; echo 1 >"$work/modprobe"; }
-# /dev/net/tun for wireguard-go (devtmpfs has the node once the module is loaded).
-modprobe tun || { echo "modprobe tun failed"; echo 1 >"$work/modprobe"; }
+# /dev/net/tun for wireguard-go (devtmpfs has the node once the module is loaded);
+# br_netfilter for the lab kubelet's pod bridges (net.bridge.bridge-nf-call-iptables).
+for m in tun br_netfilter; do
+  modprobe \$m || { echo "modprobe \$m failed"; echo 1 >"$work/modprobe"; }
+done
 group() {
   local name=\$1; shift
   local t0=\$(date +%s)
@@ -104,7 +107,7 @@ vng_rc=${PIPESTATUS[0]}
 set -e
 echo ">> VM run took $(($(date +%s) - t0)) s (vng exit $vng_rc)"
 [[ -e $work/done ]] || die "the VM did not finish (vng exit $vng_rc; 124 = timeout after $VM_TIMEOUT s)"
-[[ ! -e $work/modprobe ]] || die "the VM kernel could not load the wireguard or tun module"
+[[ ! -e $work/modprobe ]] || die "the VM kernel could not load the wireguard, tun or br_netfilter module"
 compgen -G "$work/rc.*" >/dev/null || die "no test group ran in the VM"
 failed=()
 for f in "$work"/rc.*; do

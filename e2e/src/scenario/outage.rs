@@ -211,8 +211,9 @@ impl Scenario {
         pairs: &[(&str, &str)],
     ) -> Result<Outage> {
         const WINDOW: Duration = Duration::from_secs(30);
-        let restarts_before = self.restart_counts()?;
         let writes_before = self.writes_during(WINDOW)?;
+        // Counted right before the fault: restarts while the mesh settled are not its doing.
+        let restarts_before = self.restart_counts()?;
         let streams = self.start_streams(pairs)?;
         let t = Instant::now();
         let lab = self.lab.clone();

@@ -307,6 +307,8 @@ pub struct DiscoveryState {
     pub latest: Option<DiscoveryReport>,
     /// The srflx candidate of the WireGuard port that is still believed valid.
     pub srflx: Option<SocketAddr>,
+    /// The WireGuard listen port (from the spec), for a port-preserving NAT's new address.
+    pub listen_port: Option<u16>,
 }
 
 impl DiscoveryState {
@@ -323,9 +325,20 @@ impl DiscoveryState {
         } else if let Some(old) = self.srflx {
             let ip_same = r.classification.public_ip == Some(old.ip());
             // A re-check that saw no answer says nothing about the mapping: keep it. An
-            // answer from another public IP means the old mapping is gone.
-            if r.classification.public_ip.is_some() && !ip_same {
-                self.srflx = None;
+            // answer from another public IP means the old mapping is gone. Its port cannot be
+            // measured while WireGuard owns the port; a cone NAT that kept the WireGuard port
+            // before (srflx port = listen port) is taken to keep it at its new address too (a
+            // gateway rebooted onto a new IP starts with an empty mapping table). Without
+            // that the operator had no endpoint for the node and planned its pairs Relay.
+            if let Some(ip) = r.classification.public_ip
+                && !ip_same
+            {
+                let cone = matches!(
+                    r.classification.nat_type,
+                    NatType::FullCone | NatType::AddressRestricted | NatType::PortRestricted
+                );
+                self.srflx = (cone && Some(old.port()) == self.listen_port)
+                    .then(|| SocketAddr::new(ip, old.port()));
             }
         }
         self.latest = Some(r);
@@ -525,6 +538,41 @@ mod tests {
             false
         )));
         assert_eq!(st.srflx, None);
+    }
+
+    #[test]
+    fn a_port_preserving_cone_keeps_the_wireguard_port_at_its_new_address() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // (NAT type after the change, old srflx) -> srflx at the new address 198.18.0.99
+        for (nat, old, want) in [
+            (
+                NatType::FullCone,
+                "198.18.0.31:51820",
+                Some("198.18.0.99:51820"),
+            ),
+            (
+                NatType::AddressRestricted,
+                "198.18.0.31:51820",
+                Some("198.18.0.99:51820"),
+            ),
+            (
+                NatType::PortRestricted,
+                "198.18.0.31:51820",
+                Some("198.18.0.99:51820"),
+            ),
+            // The NAT had moved the port: the new one is unknown.
+            (NatType::FullCone, "198.18.0.31:12691", None),
+            // Symmetric now: a srflx means nothing.
+            (NatType::Symmetric, "198.18.0.31:51820", None),
+        ] {
+            let mut st = DiscoveryState {
+                listen_port: Some(51820),
+                ..Default::default()
+            };
+            st.update(report(NatType::FullCone, Some(old), true));
+            assert!(st.update(report(nat, Some("198.18.0.99:40000"), false)));
+            assert_eq!(st.srflx, want.map(sa), "{nat:?} {old}");
+        }
     }
 
     #[tokio::test]

@@ -246,6 +246,7 @@ impl Agent {
                 self.metrics.tick();
                 continue;
             };
+            self.discovery.listen_port = Some(peer.spec.listen_port);
             token.set(
                 &self.client,
                 &self.cfg.namespace,

@@ -460,9 +460,13 @@ fn neutralize_fd(fd: i32) {
     }
 }
 
-/// PIDs of wireguard-go processes serving `name` (matched by command line).
+/// PIDs of wireguard-go processes serving `name` (matched by command line) in the caller's
+/// network namespace. The PID namespace is usually wider: other namespaces (other pods' or
+/// labs' nodes) run daemons for interfaces of the same name, and `cleanup` must not stop them.
 pub(crate) fn daemon_pids(name: &str) -> Vec<i32> {
     let mut pids = Vec::new();
+    // The calling thread's namespace (`in_ns`-style callers setns one thread only).
+    let own = net_ns("/proc/thread-self/ns/net");
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return pids;
     };
@@ -473,15 +477,32 @@ pub(crate) fn daemon_pids(name: &str) -> Vec<i32> {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-        let is_wg = args
-            .first()
-            .is_some_and(|a| a.ends_with(b"wireguard-go") || a.ends_with(b"boringtun-cli"));
-        if is_wg && args.last().is_some_and(|a| *a == name.as_bytes()) {
+        let ns = net_ns(&format!("/proc/{pid}/ns/net"));
+        if is_daemon_of(&cmd, name) && same_namespace(own, ns) {
             pids.push(pid);
         }
     }
     pids
+}
+
+fn net_ns(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Whether a process in namespace `theirs` is ours to stop: only in our own namespace (an
+/// unreadable namespace is not).
+fn same_namespace(own: Option<u64>, theirs: Option<u64>) -> bool {
+    own.is_some() && own == theirs
+}
+
+/// Whether NUL-separated command line `cmd` is wireguard-go or boringtun-cli serving `name`.
+fn is_daemon_of(cmd: &[u8], name: &str) -> bool {
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    let is_wg = args
+        .first()
+        .is_some_and(|a| a.ends_with(b"wireguard-go") || a.ends_with(b"boringtun-cli"));
+    is_wg && args.last().is_some_and(|a| *a == name.as_bytes())
 }
 
 /// Terminates the external daemons of `name`: TERM, up to 3 s grace, then KILL.
@@ -506,4 +527,32 @@ pub(crate) async fn stop_daemons(name: &str) -> usize {
         }
     }
     pids.len()
+}
+
+#[cfg(test)]
+mod daemon_tests {
+    use super::{is_daemon_of, same_namespace};
+
+    #[test]
+    fn daemons_are_matched_by_binary_and_interface() {
+        let cases: [(&[u8], bool); 6] = [
+            (b"/usr/bin/wireguard-go\0wirekube0\0", true),
+            (b"wireguard-go\0-f\0wirekube0\0", true),
+            (b"/usr/bin/boringtun-cli\0--foreground\0wirekube0\0", true),
+            (b"/usr/bin/wireguard-go\0wirekube1\0", false),
+            (b"/bin/wirekube-agent\0userspace-engine\0wirekube0\0", false),
+            (b"", false),
+        ];
+        for (cmd, want) in cases {
+            assert_eq!(is_daemon_of(cmd, "wirekube0"), want, "{cmd:?}");
+        }
+    }
+
+    #[test]
+    fn only_daemons_of_our_network_namespace_are_stopped() {
+        assert!(same_namespace(Some(7), Some(7)));
+        assert!(!same_namespace(Some(7), Some(8)), "another pod's or lab's");
+        assert!(!same_namespace(Some(7), None), "gone or unreadable");
+        assert!(!same_namespace(None, None));
+    }
 }

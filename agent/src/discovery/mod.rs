@@ -22,8 +22,8 @@ use wirekube_crds::{NatType, WireKubePeerSpec};
 
 pub use classifier::{Classification, ClassifierInput, MappingResult, Probe, classify};
 pub use schedule::{
-    FIRST_DISCOVERY_GRACE, FirstRound, RECHECK_MIN_GAP, RECHECK_WINDOW, after_first_round,
-    publish_round, recheck_now,
+    FIRST_DISCOVERY_GRACE, FirstRound, RECHECK_MIN_GAP, RECHECK_WINDOW, RoundVerdict,
+    after_first_round, judge_round, recheck_now,
 };
 pub use stun_io::Retransmit;
 

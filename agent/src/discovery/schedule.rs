@@ -67,9 +67,35 @@ pub fn recheck_now(
     direct_failed && last.is_none_or(|t| now.saturating_duration_since(t) >= RECHECK_MIN_GAP)
 }
 
-/// Whether a finished round is published (`true`) or dropped and retried soon (`false`).
-pub fn publish_round(answered: bool, in_recheck_window: bool) -> bool {
-    answered || !in_recheck_window
+/// What to do with a finished discovery round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundVerdict {
+    Publish,
+    /// Drop it and run another round after this long.
+    RetryIn(Duration),
+}
+
+/// Whether a finished round is published or dropped and retried. `window_left` is what remains
+/// of [`RECHECK_WINDOW`] after a failure-triggered re-check (`None` outside it).
+///
+/// Inside the window, a silent round is retried soon (a gateway still rebooting), and a round
+/// that answered but classifies the NAT differently from the published type is held until
+/// the window is over: the re-check exists to publish a *new address* quickly, and a round
+/// taken while the path is broken (a cut that also drops some STUN answers, a gateway that
+/// lost and rebuilds its mappings) has read a full cone as "mapping differs per destination",
+/// which re-planned every pair of the node onto the relay (fault suite, UDP cut). A real type
+/// change is published by the first round after the window instead.
+pub fn judge_round(
+    answered: bool,
+    window_left: Option<Duration>,
+    type_changed: bool,
+) -> RoundVerdict {
+    match window_left {
+        None => RoundVerdict::Publish,
+        Some(_) if !answered => RoundVerdict::RetryIn(super::RETRY_FIRST),
+        Some(left) if type_changed => RoundVerdict::RetryIn(left + Duration::from_secs(1)),
+        Some(_) => RoundVerdict::Publish,
+    }
 }
 
 #[cfg(test)]
@@ -121,14 +147,38 @@ mod tests {
                 "{failed} {last:?} {now:?}"
             );
         }
-        // A silent round is published only outside the window after a failure.
-        for (answered, window, want) in [
-            (true, false, true),
-            (true, true, true),
-            (false, false, true),
-            (false, true, false),
+    }
+
+    #[test]
+    fn rounds_inside_the_recheck_window_publish_a_new_address_but_not_a_new_nat_type() {
+        use RoundVerdict::*;
+        let s = Duration::from_secs;
+        // (answered, window left, NAT type differs from the published one) -> verdict
+        for (answered, left, changed, want) in [
+            // Outside the window every round is published, silent or not.
+            (true, None, false, Publish),
+            (true, None, true, Publish),
+            (false, None, false, Publish),
+            (false, None, true, Publish),
+            // Inside: a silent round is retried soon ...
+            (
+                false,
+                Some(s(50)),
+                false,
+                RetryIn(super::super::RETRY_FIRST),
+            ),
+            (false, Some(s(50)), true, RetryIn(super::super::RETRY_FIRST)),
+            // ... an answered one with the same type publishes (a new public address) ...
+            (true, Some(s(50)), false, Publish),
+            // ... and a changed type waits for the first round after the window.
+            (true, Some(s(50)), true, RetryIn(s(51))),
+            (true, Some(Duration::ZERO), true, RetryIn(s(1))),
         ] {
-            assert_eq!(publish_round(answered, window), want, "{answered} {window}");
+            assert_eq!(
+                judge_round(answered, left, changed),
+                want,
+                "answered {answered}, left {left:?}, changed {changed}"
+            );
         }
     }
 }

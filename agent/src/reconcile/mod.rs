@@ -364,12 +364,20 @@ impl Agent {
 
     /// Records a discovery round; returns how long to wait before the next one.
     fn on_discovery(&mut self, r: DiscoveryReport) -> Duration {
-        let window = self.recheck_until.is_some_and(|t| Instant::now() < t);
-        if !discovery::publish_round(r.stun_reachable, window) {
+        let window_left = self
+            .recheck_until
+            .and_then(|t| t.checked_duration_since(Instant::now()));
+        let type_changed = r.classification.nat_type != self.discovery.nat_type();
+        if let discovery::RoundVerdict::RetryIn(wait) =
+            discovery::judge_round(r.stun_reachable, window_left, type_changed)
+        {
             tracing::debug!(
-                "no STUN answer right after a direct path failed: not published, retrying"
+                answered = r.stun_reachable,
+                nat = ?r.classification.nat_type,
+                "round right after a direct path failed not published (silent, or a NAT type change to confirm after the window): {}",
+                r.message
             );
-            return discovery::RETRY_FIRST;
+            return wait;
         }
         if r.stun_reachable {
             self.recheck_until = None;

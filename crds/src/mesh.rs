@@ -383,7 +383,11 @@ pub fn default_replicas() -> u32 {
 /// The relay image of this release: the tag is the workspace version (Cargo.toml), like the
 /// operator and agent images in config/ and the chart's appVersion.
 pub fn default_relay_image() -> String {
-    concat!("ghcr.io/wirekube/wirekube-relay:v", env!("CARGO_PKG_VERSION")).into()
+    concat!(
+        "ghcr.io/wirekube/wirekube-relay:v",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into()
 }
 pub fn default_direct_timeout() -> String {
     "10s".into()

@@ -95,8 +95,16 @@ pub fn three_nodes() -> Snapshot {
             "symmetric",
             "198.18.0.10",
             vec![
-                conn("node-2", "direct", "same-site", Some(5)),
-                conn("node-3", "relay", "both-symmetric", Some(70)),
+                {
+                    let mut c = conn("node-2", "direct", "same-site", Some(5));
+                    c["rttMicros"] = json!(420);
+                    c
+                },
+                {
+                    let mut c = conn("node-3", "relay", "both-symmetric", Some(70));
+                    c["rttMicros"] = json!(23_456);
+                    c
+                },
             ],
         )),
     );

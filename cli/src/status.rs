@@ -84,6 +84,8 @@ pub struct Direction {
     pub endpoint: Option<String>,
     /// Seconds since the last WireGuard handshake, by this machine's clock.
     pub handshake_age_seconds: Option<i64>,
+    /// Smoothed round trip over the path in use, microseconds, as `from`'s agent measured it.
+    pub rtt_micros: Option<u32>,
 }
 
 /// Builds the report. Pure: the snapshot's `taken_at` is the clock.
@@ -181,6 +183,7 @@ fn direction(s: &Snapshot, from: &str, to: &str) -> Direction {
         handshake_age_seconds: conn
             .and_then(|c| c.last_handshake.as_ref())
             .map(|t| age_seconds(s.taken_at, t.0)),
+        rtt_micros: conn.and_then(|c| c.rtt_micros),
     }
 }
 
@@ -312,6 +315,7 @@ impl StatusReport {
                 "REASON",
                 "ACTUAL",
                 "HANDSHAKE",
+                "RTT",
                 "NOTE",
             ],
             &rows,
@@ -341,6 +345,7 @@ fn direction_row(d: &Direction) -> Vec<String> {
             d.handshake_age_seconds
                 .map(|s| format!("{} ago", human_age(s))),
         ),
+        or_dash(d.rtt_micros.map(rtt_str)),
         note(d),
     ]
 }
@@ -360,6 +365,15 @@ fn note(d: &Direction) -> String {
         }
         (Some(PlannedPath::Down), _) => "planned down: see explain".into(),
         _ => String::new(),
+    }
+}
+
+/// A round trip for a table: two significant digits below 10 ms, whole milliseconds above.
+pub fn rtt_str(micros: u32) -> String {
+    if micros < 10_000 {
+        format!("{:.2} ms", f64::from(micros) / 1000.0)
+    } else {
+        format!("{} ms", (micros + 500) / 1000)
     }
 }
 

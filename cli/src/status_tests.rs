@@ -46,6 +46,26 @@ fn pairs_list_both_directions_with_plan_and_handshake_age() {
     assert!(d.fallback);
     assert_eq!(d.handshake_age_seconds, Some(20));
     assert_eq!(r.pairs[5].handshake_age_seconds, None);
+    assert_eq!(r.pairs[0].rtt_micros, Some(420));
+    assert_eq!(r.pairs[2].rtt_micros, Some(23_456));
+    assert_eq!(r.pairs[1].rtt_micros, None, "not measured: absent");
+}
+
+#[test]
+fn rtt_column_formats_milliseconds() {
+    for (micros, want) in [
+        (1, "0.00 ms"),
+        (420, "0.42 ms"),
+        (9_994, "9.99 ms"),
+        (23_456, "23 ms"),
+        (23_500, "24 ms"),
+    ] {
+        assert_eq!(rtt_str(micros), want, "{micros}");
+    }
+    let t = render(&fixtures::three_nodes()).to_text(false);
+    assert!(t.contains("RTT"), "{t}");
+    assert!(t.contains("0.42 ms"), "{t}");
+    assert!(t.contains("23 ms"), "{t}");
 }
 
 #[test]
@@ -90,6 +110,8 @@ fn json_uses_api_spellings() {
     assert_eq!(v["pairs"][0]["planned"], "Direct");
     assert_eq!(v["pairs"][0]["reason"], "same-site");
     assert_eq!(v["pairs"][0]["actual"], "direct");
+    assert_eq!(v["pairs"][0]["rttMicros"], 420);
+    assert_eq!(v["pairs"][1]["rttMicros"], serde_json::Value::Null);
     assert_eq!(v["nodes"][0]["meshIP"], "10.99.0.1");
     assert_eq!(v["nodes"][0]["natType"], "symmetric");
 }

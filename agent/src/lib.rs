@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pathstate;
 pub mod podnet;
 pub mod reconcile;
+pub mod rtt;
 pub mod sidecar;
 pub mod spec;
 pub mod status;

@@ -562,6 +562,23 @@ impl PathState {
                 .due(self.suspect(now), now, &self.timing.liveness)
     }
 
+    /// Whether an RTT request (crate::rtt) may go out: the pair is up and nothing is being
+    /// decided. On a direct path only for a peer that answers (a request that is never
+    /// answered is data without an answer to the stall rule) and not while suspect or
+    /// settling after a probe (the peer's ICMP allowance belongs to liveness then).
+    pub fn rtt_ready(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::Direct { .. } => {
+                self.liveness.is_armed()
+                    && !self.liveness.in_spell()
+                    && self.settle_until.is_none_or(|t| now >= t)
+                    && !self.suspect(now)
+            }
+            Phase::Relay { .. } | Phase::Fallback { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The agent sent a liveness request.
     pub fn liveness_sent(&mut self, now: Instant) {
         let suspect = self.suspect(now);

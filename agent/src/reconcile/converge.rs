@@ -134,6 +134,7 @@ impl Agent {
                             state,
                             last_trigger: None,
                             live: None,
+                            rtt: crate::rtt::Rtt::default(),
                         },
                     );
                 }
@@ -244,6 +245,7 @@ impl Agent {
             {
                 announce.push(ip);
             }
+            rt.rtt.on_path(rt.state.actual());
             rt.send_liveness(now);
             let relay_ep = match (rt.state.want(), relay) {
                 (crate::pathstate::Want::Relay, Some(r)) => {
@@ -417,7 +419,13 @@ impl PeerRt {
                 .map_err(|e| tracing::debug!(error = %e, "liveness socket"))
                 .ok();
         }
-        if self.live.as_ref().is_some_and(|l| l.answered()) {
+        let answers = self.live.as_ref().map(|l| l.answers()).unwrap_or_default();
+        for at in &answers {
+            if let Some(rtt) = self.rtt.answered(*at, &RTT_TIMING) {
+                tracing::debug!(peer = %self.target.name, rtt_us = rtt.as_micros(), "rtt sample");
+            }
+        }
+        if !answers.is_empty() {
             if !self.state.liveness_armed() {
                 tracing::info!(peer = %self.target.name, %ip, "peer answered a liveness request: fast failover armed");
             }
@@ -425,16 +433,23 @@ impl PeerRt {
         }
     }
 
+    /// Liveness requests when due, otherwise an RTT request when due (crate::rtt); both
+    /// are the same datagram, and every request is a possible RTT sample.
     fn send_liveness(&mut self, now: Instant) {
-        if !self.state.liveness_due(now) {
+        let liveness = self.state.liveness_due(now);
+        if !liveness && !self.rtt.due(self.state.rtt_ready(now), now, &RTT_TIMING) {
             return;
         }
         if let Some(l) = &self.live {
-            tracing::debug!(peer = %self.target.name, "liveness request");
-            if l.send() {
+            tracing::debug!(peer = %self.target.name, liveness, "liveness request");
+            let sent = l.send();
+            if sent.answered_unknown_time {
                 self.state.liveness_answered(now);
             }
-            self.state.liveness_sent(now);
+            self.rtt.sent(sent.at, &RTT_TIMING);
+            if liveness {
+                self.state.liveness_sent(now);
+            }
         }
     }
 }

@@ -86,7 +86,12 @@ struct PeerRt {
     last_trigger: Option<Instant>,
     /// Liveness requests to the peer's mesh IP (opened on first use).
     live: Option<liveness_io::LivenessSocket>,
+    /// Round-trip time over the path in use, sampled with the liveness socket.
+    rtt: crate::rtt::Rtt,
 }
+
+/// RTT sampling (crate::rtt).
+const RTT_TIMING: crate::rtt::RttTiming = crate::rtt::RttTiming::DEFAULT;
 
 pub struct Agent {
     cfg: AgentConfig,

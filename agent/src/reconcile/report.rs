@@ -68,6 +68,11 @@ impl Agent {
                 fallback: rt.state.fallback(),
                 transitions: rt.state.transitions,
                 last_transition: rt.state.last_transition.map(|i| status::to_time(wall(i))),
+                rtt_micros: if relay_down {
+                    None
+                } else {
+                    rt.rtt.published_micros()
+                },
             });
         }
         let mut cands = candidates::host_candidates(

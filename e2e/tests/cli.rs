@@ -491,18 +491,21 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
         panic!("{e:#}\n{}", sc.logs(40));
     }
     // Converged means every direction reports its path; the handshake of a relayed pair may
-    // reach the status a moment later (the next status write), so wait for it.
+    // reach the status a moment later (the next status write), and the first RTT sample comes
+    // within one RTT request interval (10 s) of the pair coming up, so wait for both.
     let mut j = Value::Null;
     let handshakes = wirekube_lab::wait_until(
-        std::time::Duration::from_secs(30),
-        "a handshake in every direction",
+        std::time::Duration::from_secs(60),
+        "a handshake and an RTT in every direction",
         || {
             j = serde_json::from_str(&stdout(&plugin(&sc.kube, &["status", "-o", "json"]), 0))
                 .expect("status -o json is JSON");
             j["pairs"].as_array().is_some_and(|p| {
                 p.len() == 6
-                    && p.iter()
-                        .all(|d| d["handshakeAgeSeconds"].as_i64().is_some())
+                    && p.iter().all(|d| {
+                        d["handshakeAgeSeconds"].as_i64().is_some()
+                            && d["rttMicros"].as_u64().is_some()
+                    })
             })
         },
     );
@@ -529,7 +532,15 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
             d["handshakeAgeSeconds"].as_i64().is_some(),
             "a handshake: {d}"
         );
+        // A round trip through the tunnel in the lab's namespaces: well under a second.
+        let rtt = d["rttMicros"].as_u64().unwrap_or(0);
+        assert!((1..1_000_000).contains(&rtt), "an RTT in (0, 1 s): {d}");
+        eprintln!("rtt {a} -> {b} ({}): {rtt} us", d["actual"]);
     }
+    eprintln!(
+        "$ kubectl wirekube status  # converged seed 1\n{}",
+        stdout(&plugin(&sc.kube, &["status"]), 0)
+    );
     // A pod is available once its readiness probe passed: the kubelet probes at start (before
     // the operator listens) and then every periodSeconds (10 s), so for up to ~10 s after the
     // install doctor rightly warns "0/2 replicas available". Wait as `kubectl rollout status`

@@ -293,37 +293,30 @@ impl Scenario {
         })
     }
 
+    /// One field of the operator's Lease (a jsonpath below `.spec`), trimmed.
+    fn lease_field(&self, field: &str) -> Result<String> {
+        let path = format!("jsonpath={{.spec.{field}}}");
+        let out = self.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            SYSTEM_NAMESPACE,
+            OPERATOR_LEASE,
+            "-o",
+            &path,
+        ])?;
+        Ok(out.trim().to_string())
+    }
+
     /// How long ago the operator's Lease was last renewed (`None` when unreadable).
     pub fn lease_renew_age(&self) -> Option<Duration> {
-        let t = self
-            .kubectl(&[
-                "get",
-                "lease",
-                "-n",
-                SYSTEM_NAMESPACE,
-                OPERATOR_LEASE,
-                "-o",
-                "jsonpath={.spec.renewTime}",
-            ])
-            .ok()?;
-        let t: jiff::Timestamp = t.trim().parse().ok()?;
+        let t: jiff::Timestamp = self.lease_field("renewTime").ok()?.parse().ok()?;
         Duration::try_from(jiff::Timestamp::now().duration_since(t)).ok()
     }
 
     /// The operator Lease's holder (a pod name).
     pub fn lease_holder(&self) -> Result<String> {
-        Ok(self
-            .kubectl(&[
-                "get",
-                "lease",
-                "-n",
-                SYSTEM_NAMESPACE,
-                OPERATOR_LEASE,
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])?
-            .trim()
-            .to_string())
+        self.lease_field("holderIdentity")
     }
 
     /// The pid of the operator process of pod `pod` (its `POD_NAME`), 0 when none runs.

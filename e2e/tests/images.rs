@@ -6,9 +6,11 @@
 //! removes an interface, rule and route in a throw-away network namespace (running nft from the
 //! image on the way), and the labels and users are the ones docs/images.md promises.
 
+mod common;
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use wirekube_kubelab::controlplane::repo_root;
@@ -20,19 +22,7 @@ fn script() -> PathBuf {
     repo_root().join("scripts/build-images.sh")
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::run_ok as run;
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).trim().to_owned()

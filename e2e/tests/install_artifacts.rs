@@ -8,6 +8,8 @@
 //!   --create-namespace` makes);
 //! - values do what values.yaml says (namespace, images, the mesh, monitoring).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,17 +27,7 @@ const HELM_LABELS: [&str; 4] = [
 ];
 
 fn output(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::run_ok(cmd).stdout).into_owned()
 }
 
 fn helm() -> Command {

@@ -1,5 +1,5 @@
-//! The pair rules: the seed's tables and the design brief's table, corrected by the lab's
-//! measurements. docs/topologies.md ("Path planning rules") is the user-facing copy of this.
+//! The pair rules, as measured in the lab (docs/lab-findings.md §4: which NAT pairs can talk
+//! directly). docs/topologies.md ("Path planning rules") is the user-facing copy of this.
 
 use wirekube_crds::{NatType, PathReason, PlannedPath, RelayMode};
 

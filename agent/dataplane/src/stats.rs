@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn boringtun_cli_reports_age() {
-        // Captured shape of boringtun-cli 0.7.1 (lab notes §4.1): own_public_key, age in sec.
+        // Captured shape of boringtun-cli 0.7.1 (docs/lab-findings.md §4.1, §9): own_public_key, age in sec.
         let text = format!(
             "own_public_key={KEY_HEX}\nprivate_key={KEY_HEX}\nlisten_port=51820\npublic_key={KEY_HEX}\nendpoint=10.0.0.2:51820\nlast_handshake_time_sec=8\nlast_handshake_time_nsec=500000000\nrx_bytes=92\ntx_bytes=148\npersistent_keepalive_interval=5\nallowed_ip=100.96.0.2/32\nerrno=0\n\n"
         );

@@ -19,7 +19,7 @@ use tokio::net::UnixStream;
 use crate::error::DataplaneError;
 use crate::types::REDACTED;
 
-/// Directory of the UAPI sockets. Global across network namespaces (lab notes §7.1).
+/// Directory of the UAPI sockets. Global across network namespaces (docs/lab-findings.md §7.1).
 pub(crate) const SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// A UAPI request must never hang the reconcile loop.

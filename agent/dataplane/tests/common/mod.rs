@@ -128,7 +128,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in [&self.a, &self.b] {
-            // `ip netns del` does not kill processes (lab notes §7.2): the daemons first.
+            // `ip netns del` does not kill processes (docs/lab-findings.md §7.2): the daemons first.
             let pids = Command::new("ip").args(["netns", "pids", ns]).output();
             if let Ok(o) = pids {
                 for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {

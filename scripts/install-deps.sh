@@ -5,13 +5,13 @@ set -euo pipefail
 
 APT_PACKAGES=(wireguard-go wireguard-tools nftables iproute2 iputils-ping iperf3 conntrack
   coturn stun-client netcat-openbsd containernetworking-plugins iptables
-  qemu-system-x86 busybox-static linux-image-amd64 debootstrap buildah prometheus shellcheck)
+  qemu-system-x86 busybox-static linux-image-amd64 debootstrap buildah prometheus shellcheck jq)
 # binary -> package, to decide cheaply whether apt is needed at all
 declare -A PROBE=([wireguard-go]=wireguard-go [wg]=wireguard-tools [nft]=nftables [ip]=iproute2
   [ping]=iputils-ping [iperf3]=iperf3 [conntrack]=conntrack [turnutils_natdiscovery]=coturn
   [stun]=stun-client [nc]=netcat-openbsd [/usr/lib/cni/bridge]=containernetworking-plugins
   [iptables]=iptables [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static
-  [debootstrap]=debootstrap [buildah]=buildah [promtool]=prometheus [shellcheck]=shellcheck)
+  [debootstrap]=debootstrap [buildah]=buildah [promtool]=prometheus [shellcheck]=shellcheck [jq]=jq)
 
 missing=()
 for bin in "${!PROBE[@]}"; do

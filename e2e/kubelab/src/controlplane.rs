@@ -27,8 +27,12 @@ pub enum ControlPlaneError {
     Lab(#[from] LabError),
     #[error("Kubernetes binaries: {0}")]
     Binaries(String),
-    #[error("{component} exited during start-up; its log ends with:\n{log}")]
-    Exited { component: String, log: String },
+    #[error("{component} exited during start-up ({status}); its log ends with:\n{log}")]
+    Exited {
+        component: String,
+        status: String,
+        log: String,
+    },
     #[error("write {0}: {1}")]
     Io(String, #[source] std::io::Error),
     #[error("{what}: {detail}")]
@@ -132,13 +136,7 @@ pub fn k8s_bin_dir() -> Result<PathBuf> {
 }
 
 /// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
+pub use wirekube_lab::bins::repo_root;
 
 /// A running control plane.
 pub struct ControlPlane {
@@ -360,6 +358,7 @@ impl ControlPlane {
         if !lab.is_running(&sched) {
             return Err(ControlPlaneError::Exited {
                 component: "kube-scheduler".into(),
+                status: exit_status(lab, &sched),
                 log: tail(&lab.log(&sched), 30),
             });
         }
@@ -386,6 +385,7 @@ impl ControlPlane {
         if exited {
             return Err(ControlPlaneError::Exited {
                 component: component.into(),
+                status: exit_status(lab, p),
                 log: tail(&lab.log(p), 30),
             });
         }
@@ -471,6 +471,11 @@ impl ControlPlane {
 /// The lab's slowdown factor also scales the control plane's start-up deadlines (the VM of
 /// `make test-kernel` sets 4: there the API server needs about two minutes).
 pub use wirekube_lab::netns::{SLOWDOWN_ENV, slowdown};
+
+/// How `p` ended, for [`ControlPlaneError::Exited`].
+fn exit_status(lab: &Lab, p: &Proc) -> String {
+    lab.exit_status(p).unwrap_or_else(|| "still running".into())
+}
 
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {

@@ -209,6 +209,19 @@ impl Lab {
             .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)))
     }
 
+    /// How a process started with [`Lab::spawn`] ended, in words ("exit code 1", "killed by
+    /// signal 9 (SIGKILL)"), or `None` while it runs. For failure messages: a process that
+    /// died before writing its log is otherwise a riddle.
+    pub fn exit_status(&self, proc: &Proc) -> Option<String> {
+        let mut st = self.lock();
+        let run = st.procs.iter_mut().find(|r| r.proc.pid == proc.pid)?;
+        match run.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(process::describe_exit(status)),
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
     /// The output a spawned process has written so far.
     pub fn log(&self, proc: &Proc) -> String {
         std::fs::read_to_string(&proc.log).unwrap_or_default()

@@ -214,9 +214,60 @@ pub(crate) fn marked_pids(prefix: &str) -> Vec<i32> {
         .collect()
 }
 
+/// An exit status in words: "exit code N" or "killed by signal N (NAME)".
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        (None, None) => format!("{status}"),
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "other",
+    }
+}
+
 /// Last `lines` lines of a log file (for failure messages).
 pub fn tail(path: &Path, lines: usize) -> String {
     let s = fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::describe_exit;
+
+    #[test]
+    fn exit_statuses_in_words() {
+        // wait(2) encoding: the exit code in the second byte, a terminating signal in the low bits.
+        let table = [
+            (0, "exit code 0"),
+            (1 << 8, "exit code 1"),
+            (101 << 8, "exit code 101"),
+            (9, "killed by signal 9 (SIGKILL)"),
+            (15, "killed by signal 15 (SIGTERM)"),
+            (11, "killed by signal 11 (SIGSEGV)"),
+            (10, "killed by signal 10 (other)"),
+        ];
+        for (raw, want) in table {
+            assert_eq!(describe_exit(ExitStatus::from_raw(raw)), want, "raw {raw}");
+        }
+    }
 }

@@ -3,36 +3,12 @@
 //! namespaces, nftables); fails otherwise.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use wirekube_agent::discovery::{self, DiscoveryReport, Retransmit, candidates};
 use wirekube_crds::{NatType, WireKubePeerSpec};
 use wirekube_lab::{Host, Lab, NatKind, SiteSpec, wait_for};
 use wirekube_relay_proto::flags::RelayFlags;
-
-/// target/<profile>/ of this test binary.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// The relay binary: $WIREKUBE_RELAY_BIN, or built into the shared target dir.
-fn relay_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("WIREKUBE_RELAY_BIN") {
-        return p.into();
-    }
-    let p = target_dir().join("wirekube-relay");
-    if !p.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "wirekube-relay", "--bin", "wirekube-relay"])
-            .status()
-            .expect("run cargo");
-        assert!(st.success(), "building wirekube-relay failed");
-    }
-    p
-}
 
 fn discover_in(lab: &Lab, host: &Host, servers: Vec<String>, hold_port: bool) -> DiscoveryReport {
     lab.in_host(host, move || {
@@ -60,7 +36,7 @@ fn discovery_classifies_every_nat_kind() {
         wirekube_lab::is_root(),
         "needs root (network namespaces): run the lab tests as root"
     );
-    let bin = relay_bin();
+    let relay_cmd = wirekube_lab::bins::command("wirekube-relay").unwrap();
     let lab = Lab::new_unique("agd").unwrap();
     let kinds = [
         ("sym", NatKind::Symmetric, NatType::Symmetric),
@@ -85,7 +61,7 @@ fn discovery_classifies_every_nat_kind() {
     let (ip1, ip2): (Ipv4Addr, Ipv4Addr) = (dmz.ips[0], dmz.ips[1]);
     let token = lab.dir().join("relay-token");
     std::fs::write(&token, "lab-token\n").unwrap();
-    let mut cmd = Command::new(&bin);
+    let mut cmd = relay_cmd;
     let flags = RelayFlags {
         listen: Some((ip1, 3478).into()),
         stun_ip: Some(ip1.into()),

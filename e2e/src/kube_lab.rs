@@ -76,8 +76,7 @@ impl KubeLab {
     /// `kubectl wirekube <args>` (the built plugin binary) as the admin, run in the DMZ: its exit
     /// status and output, whatever the status (doctor and status exit non-zero on problems).
     pub fn kubectl_wirekube(&self, args: &[&str]) -> Result<std::process::Output> {
-        let bin = crate::scenario::bins::binary("kubectl-wirekube")
-            .context("build it first: cargo build --workspace --bins")?;
+        let bin = crate::scenario::bins::binary("kubectl-wirekube")?;
         let kc = self.cp.admin_kubeconfig();
         let (bin, kc) = (bin.to_string_lossy(), kc.to_string_lossy());
         let mut argv = vec![bin.as_ref(), "--kubeconfig", kc.as_ref()];

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wirekube_kubelab::controlplane::repo_root;
+use wirekube_lab::bins::repo_root;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CHROOT: &str = "/usr/sbin/chroot";

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use wirekube_kubelab::controlplane::repo_root;
+use wirekube_lab::bins::repo_root;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Labels the chart adds to every object (config/ carries only app.kubernetes.io/part-of).

@@ -36,10 +36,10 @@ use wirekube_crds::{
     WireKubePeerStatus,
 };
 use wirekube_e2e::kube_lab::KubeLab;
-use wirekube_e2e::scenario::bins::binary;
 pub use wirekube_e2e::scenario::run::RELAY_PORT;
 use wirekube_e2e::scenario::run::start_relay;
 use wirekube_e2e::scenario::{WgPeer, parse_wg_dump};
+use wirekube_lab::bins::binary;
 use wirekube_lab::{Host, Lab, Proc, wait_until};
 pub const NS: &str = "wirekube-system";
 /// The Secret name the shipped agent RBAC (`config/rbac/agent.yaml`) lets agents read.

@@ -40,6 +40,12 @@ pub enum LabError {
     /// Teardown finished but something is still there.
     #[error("teardown left things behind: {0:?}")]
     Leftovers(Vec<String>),
+    /// One of our binaries is not built (see [`crate::bins`]).
+    #[error("{} not found; {hint}", path.display())]
+    MissingBinary {
+        path: std::path::PathBuf,
+        hint: String,
+    },
     /// An OS call failed.
     #[error("{context}: {source}")]
     Io {

@@ -10,6 +10,7 @@
 //!
 //! Needs root, `iproute2`, `nftables` and `conntrack`; `ping` and `iperf3` for those helpers.
 
+pub mod bins;
 mod error;
 mod impair;
 pub mod nat;

@@ -262,16 +262,29 @@ pub fn split_hairpin(
 /// Drops mapping results that looped through this node: from a server in a local pod subnet
 /// (a relay's OTHER-ADDRESS is its pod address), or answering that we came from the server's
 /// own address, which no NAT on a path does (the address became local between reading the
-/// interfaces and asking: a LoadBalancer address announced on this node meanwhile).
+/// interfaces and asking: a LoadBalancer address announced on this node meanwhile). Also,
+/// when another server saw a NAT's address, an answer that saw one of this node's own
+/// addresses: that request bypassed the NAT. A relay's OTHER-ADDRESS in a remote node's pod
+/// subnet is routed through the mesh once the mesh is up, so it sees the node's mesh IP;
+/// kept, it made a full cone read as "mapping differs per destination" (symmetric) at every
+/// re-check after start-up, and the operator moved the node's pairs onto the relay.
 pub fn drop_hairpin_answers(
     mapping: Vec<MappingResult>,
     local: &[candidates::LocalAddr],
 ) -> (Vec<SocketAddr>, Vec<MappingResult>) {
-    let (looped, kept): (Vec<MappingResult>, Vec<MappingResult>) =
+    let is_local = |ip: std::net::IpAddr| local.iter().any(|a| a.ip == ip);
+    let (mut looped, kept): (Vec<MappingResult>, Vec<MappingResult>) =
         mapping.into_iter().partition(|r| {
             candidates::is_hairpin(r.server.ip(), local)
                 || r.mapped.is_some_and(|m| m.ip() == r.server.ip())
         });
+    let natted = kept
+        .iter()
+        .any(|r| r.mapped.is_some_and(|m| !is_local(m.ip())));
+    let (bypassed, kept): (Vec<MappingResult>, Vec<MappingResult>) = kept
+        .into_iter()
+        .partition(|r| natted && r.mapped.is_some_and(|m| is_local(m.ip())));
+    looped.extend(bypassed);
     (looped.into_iter().map(|r| r.server).collect(), kept)
 }
 
@@ -421,6 +434,43 @@ mod tests {
         let (looped, kept) = drop_hairpin_answers(mapping.clone(), &local);
         assert_eq!(looped, vec![sa("198.18.0.240:3478"), sa("10.244.1.2:3479")]);
         assert_eq!(kept, mapping[2..].to_vec());
+    }
+
+    #[test]
+    fn answers_that_bypassed_the_nat_through_the_mesh_are_dropped() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let la = |ifname: &str, ip: &str| candidates::LocalAddr {
+            ifname: ifname.into(),
+            ip: ip.parse().unwrap(),
+            prefix_len: 24,
+            loopback: false,
+            up: true,
+        };
+        let r = |server: &str, mapped: &str| MappingResult {
+            server: sa(server),
+            mapped: Some(sa(mapped)),
+        };
+        // A cone-NATed node (LAN 192.168.1.10, mesh IP 10.99.0.4): the relay's NodePort saw
+        // the NAT's address, its OTHER-ADDRESS (a pod on another node, routed through the
+        // mesh) saw the mesh IP.
+        let natted = vec![la("eth0", "192.168.1.10"), la("wirekube0", "10.99.0.4")];
+        let mapping = vec![
+            r("198.18.0.12:30478", "198.18.0.10:58350"),
+            r("198.18.0.12:30479", "198.18.0.10:58350"),
+            r("10.244.1.4:3479", "10.99.0.4:58350"),
+        ];
+        let (looped, kept) = drop_hairpin_answers(mapping.clone(), &natted);
+        assert_eq!(looped, vec![sa("10.244.1.4:3479")]);
+        assert_eq!(kept, mapping[..2].to_vec());
+        // An open node: every server saw its own address; nothing is dropped.
+        let open = vec![la("eth0", "198.18.0.12"), la("wirekube0", "10.99.0.2")];
+        let mapping = vec![
+            r("198.18.0.20:3478", "198.18.0.12:51820"),
+            r("198.18.0.21:3478", "198.18.0.12:51820"),
+        ];
+        let (looped, kept) = drop_hairpin_answers(mapping.clone(), &open);
+        assert!(looped.is_empty());
+        assert_eq!(kept, mapping);
     }
 
     #[test]

@@ -11,9 +11,13 @@ use wirekube_crds::ActualPath;
 use wirekube_lab::{Host, PingReport, wait_until};
 
 use super::run::{RELAY_PORT, Scenario, start_relay};
+use super::tcpflow::{TcpFlow, TcpReport};
 
 /// Interval of the measuring ping stream.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
+/// How long the TCP stream may take to move again once the pair has recovered (TCP's
+/// retransmission timer doubles while the path is down: up to ~2x the outage).
+pub const TCP_RESUME: Duration = Duration::from_secs(30);
 
 /// One fault's outcome.
 #[derive(Clone, Debug)]
@@ -23,20 +27,23 @@ pub struct FaultRow {
     /// From the injection until the agents reported the expected state and a ping passed.
     pub recovered_after: Duration,
     pub pings: PingReport,
+    /// The TCP stream on the same pair (None where the fault's harness runs none).
+    pub tcp: Option<TcpReport>,
 }
 
 impl FaultRow {
-    /// A Markdown table row: fault, pair, recovery, longest gap, lost/sent.
+    /// A Markdown table row: fault, pair, recovery, longest gap, lost/sent, TCP stall.
     pub fn markdown(&self) -> String {
         format!(
-            "| {} | {} ↔ {} | {:.1} s | {:.1} s | {} / {} |",
+            "| {} | {} ↔ {} | {:.1} s | {:.1} s | {} / {} | {} |",
             self.fault,
             self.pair.0,
             self.pair.1,
             self.recovered_after.as_secs_f64(),
             self.pings.longest_gap_time().as_secs_f64(),
             self.pings.lost(),
-            self.pings.sent
+            self.pings.sent,
+            self.tcp.as_ref().map_or("-".to_string(), TcpReport::cell)
         )
     }
 }
@@ -44,7 +51,7 @@ impl FaultRow {
 /// The Markdown table of a fault run.
 pub fn table(rows: &[FaultRow]) -> String {
     let mut out = String::from(
-        "| fault | pair | recovered after | longest ping gap | pings lost / sent |\n|---|---|---|---|---|\n",
+        "| fault | pair | recovered after | longest ping gap | pings lost / sent | TCP stall (bytes) |\n|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out += &r.markdown();
@@ -103,8 +110,10 @@ impl Scenario {
             })
     }
 
-    /// Runs `inject` on the pair (a, b) under a 10/s ping stream from a to b, then waits up to
-    /// `deadline` for `recovered` and a passing ping; returns what the stream saw.
+    /// Runs `inject` on the pair (a, b) under a 10/s ping stream and a paced TCP stream from
+    /// a to b, then waits up to `deadline` for `recovered` and a passing ping; then the TCP
+    /// stream must move again within [`TCP_RESUME`] and end intact (every byte, in order, on
+    /// the connection it started on). Returns what the streams saw.
     pub fn measure_fault(
         &mut self,
         fault: &str,
@@ -118,8 +127,11 @@ impl Scenario {
             .get(b)
             .ok_or_else(|| anyhow!("no mesh IP for {b}"))?;
         let from = self.host_of(a)?.clone();
+        let to = self.host_of(b)?.clone();
         self.lab
             .ping_until(&from, ip, Duration::from_secs(30))
+            .with_context(|| format!("{a} -> {b} before {fault}"))?;
+        let flow = TcpFlow::start(&self.lab, &from, &to, ip)
             .with_context(|| format!("{a} -> {b} before {fault}"))?;
         let stream = self.lab.start_ping(&from, ip, PING_EVERY)?;
         let t = Instant::now();
@@ -132,15 +144,24 @@ impl Scenario {
         });
         let recovered_after = t.elapsed();
         let pings = self.lab.finish_ping(stream)?;
-        outcome
+        let resumed = outcome.and_then(|_| flow.resumes_within(TCP_RESUME));
+        let tcp = flow.finish(TCP_RESUME)?;
+        resumed
             .with_context(|| format!("{fault}: {}\n{}", self.pair_state(a, b), self.logs(30)))?;
         let row = FaultRow {
             fault: fault.to_string(),
             pair: (a.to_string(), b.to_string()),
             recovered_after,
             pings,
+            tcp: Some(tcp.clone()),
         };
         eprintln!("[fault] {}", row.markdown());
+        if !tcp.intact {
+            return Err(anyhow!(
+                "{fault}: the TCP stream {a} -> {b} did not survive: {tcp:?}\n{}",
+                self.logs(30)
+            ));
+        }
         Ok(row)
     }
 

@@ -19,6 +19,7 @@ pub mod membership;
 pub mod outage;
 pub mod report;
 pub mod run;
+pub mod tcpflow;
 pub mod topology;
 
 pub use cluster::Cluster;

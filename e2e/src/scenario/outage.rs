@@ -12,8 +12,9 @@ use serde::Deserialize;
 use wirekube_kubelab::controlplane::Component;
 use wirekube_lab::{PingReport, PingStream, wait_until};
 
-use super::faults::{FaultRow, PING_EVERY};
+use super::faults::{FaultRow, PING_EVERY, TCP_RESUME};
 use super::run::{MESH_NAME, SYSTEM_NAMESPACE, Scenario};
+use super::tcpflow::TcpFlow;
 
 /// The operator's leader-election Lease (the operator's default `--lease-name`).
 pub const OPERATOR_LEASE: &str = "wirekube-operator";
@@ -159,6 +160,23 @@ impl Scenario {
         Ok(out)
     }
 
+    /// Starts a paced TCP stream on each pair, from the first node to the second's mesh IP.
+    pub fn start_flows(&self, pairs: &[(&str, &str)]) -> Result<Vec<TcpFlow>> {
+        let ips = self.mesh_ips(&self.peers()?);
+        let host = |n: &str| {
+            self.hosts
+                .get(n)
+                .cloned()
+                .ok_or_else(|| anyhow!("no node {n}"))
+        };
+        let mut out = Vec::new();
+        for (a, b) in pairs {
+            let ip = *ips.get(*b).ok_or_else(|| anyhow!("no mesh IP for {b}"))?;
+            out.push(TcpFlow::start(&self.lab, &host(a)?, &host(b)?, ip)?);
+        }
+        Ok(out)
+    }
+
     fn audit_len(&self) -> u64 {
         std::fs::metadata(self.kube.cp.audit_log()).map_or(0, |m| m.len())
     }
@@ -215,6 +233,7 @@ impl Scenario {
         // Counted right before the fault: restarts while the mesh settled are not its doing.
         let restarts_before = self.restart_counts()?;
         let streams = self.start_streams(pairs)?;
+        let flows = self.start_flows(pairs)?;
         let t = Instant::now();
         let lab = self.lab.clone();
         let outcome = (|| -> Result<(Instant, u64)> {
@@ -238,6 +257,10 @@ impl Scenario {
         for s in streams {
             reports.push(self.lab.finish_ping(s)?);
         }
+        let mut tcp = Vec::new();
+        for f in flows {
+            tcp.push(f.finish(TCP_RESUME)?);
+        }
         let (returned, audit_at_return) =
             outcome.with_context(|| format!("{fault}\n{}", self.logs(30)))?;
         let window_end = returned + WINDOW;
@@ -248,11 +271,13 @@ impl Scenario {
         let rows: Vec<FaultRow> = pairs
             .iter()
             .zip(reports)
-            .map(|((a, b), pings)| FaultRow {
+            .zip(tcp)
+            .map(|(((a, b), pings), tcp)| FaultRow {
                 fault: fault.to_string(),
                 pair: (a.to_string(), b.to_string()),
                 recovered_after,
                 pings,
+                tcp: Some(tcp),
             })
             .collect();
         for r in &rows {
@@ -264,6 +289,14 @@ impl Scenario {
             summarize(&writes_after)
         );
         for r in &rows {
+            if let Some(tcp) = r.tcp.as_ref().filter(|t| !t.intact) {
+                bail!(
+                    "{fault}: the TCP stream {} -> {} did not survive: {tcp:?}\n{}",
+                    r.pair.0,
+                    r.pair.1,
+                    self.logs(60)
+                );
+            }
             if r.pings.lost() > 0 {
                 bail!(
                     "{fault}: {} ↔ {} lost {} pings, longest gap {:?} (forwarding must not \

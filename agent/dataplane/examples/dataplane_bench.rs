@@ -8,8 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use wirekube_dataplane::{Dataplane, EngineChoice, PeerConfig};
@@ -40,7 +39,7 @@ fn reconcile_bench(lab: &Lab) {
             )
         })
         .collect();
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         let t = Instant::now();
         let r = dp.reconcile(&ia, &peers).await.unwrap();
@@ -74,39 +73,10 @@ fn reconcile_bench(lab: &Lab) {
     });
 }
 
+/// TCP throughput from `a` to `b` at `ip` (an address of `b`), Gbit/s.
 fn iperf(lab: &Lab, ip: &str, secs: u32) -> f64 {
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.b, "iperf3", "-s", "-1", "-B", ip])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.a,
-            "iperf3",
-            "-c",
-            ip,
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ])
-        .output()
-        .unwrap();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "sum_received": { ... "bits_per_second": X
-    let at = text.find("\"sum_received\"").expect("iperf3 JSON");
-    let rest = &text[at..];
-    let b = rest.find("\"bits_per_second\":").unwrap() + 18;
-    let num: String = rest[b..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    num.parse::<f64>().unwrap() / 1e9
+    let ip = ip.parse().expect("IPv4 address");
+    lab.lab.iperf3(&lab.b, &lab.a, ip, secs).expect("iperf3") / 1e9
 }
 
 fn main() {
@@ -121,15 +91,15 @@ fn main() {
     let (skb, pkb) = keypair(2);
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
-        dp.reconcile(&ib, &[peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")])
+        dp.reconcile(&ib, &[peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")])
             .await
             .unwrap();
     });
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
-        dp.reconcile(&ia, &[peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")])
+        dp.reconcile(&ia, &[peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")])
             .await
             .unwrap();
     });
@@ -140,23 +110,23 @@ fn main() {
     let (mkb, mpb) = keypair(4);
     for (ns, name, sk, ip, port, other_pk, other_ep, other_ip) in [
         (
-            &lab.a,
+            &lab.a.ns,
             lab.ifname("ma"),
             mka,
             "10.99.0.1/24",
             "51821",
             mpb,
-            "10.77.0.2:51821",
+            format!("{}:51821", lab.addr("b")),
             "10.99.0.2/32",
         ),
         (
-            &lab.b,
+            &lab.b.ns,
             lab.ifname("mb"),
             mkb,
             "10.99.0.2/24",
             "51821",
             mpa,
-            "10.77.0.1:51821",
+            format!("{}:51821", lab.addr("a")),
             "10.99.0.1/32",
         ),
     ] {
@@ -174,7 +144,7 @@ fn main() {
             "peer",
             &b64(&other_pk),
             "endpoint",
-            other_ep,
+            &other_ep,
             "allowed-ips",
             other_ip,
         ]);
@@ -209,7 +179,7 @@ fn main() {
     );
     for side in ["a", "b"] {
         let name = lab.ifname(side);
-        let ns = if side == "a" { &lab.a } else { &lab.b };
+        let ns = if side == "a" { &lab.a.ns } else { &lab.b.ns };
         in_ns(ns, || async {
             Dataplane::cleanup(&name, TABLE, PRIO).await.unwrap()
         });

@@ -35,19 +35,19 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
     let (skb, pkb) = keypair(12);
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
-    let pa = vec![peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
-    let pb = vec![peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")];
-    let main_before = run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]);
+    let pa = vec![peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
+    let pb = vec![peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")];
+    let main_before = run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]);
 
     // B asks for the kernel explicitly; A says auto, which must pick the kernel here.
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ib).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::Kernel);
         assert!(!dp.selection().adopted);
         let r = dp.reconcile(&ib, &pb).await.unwrap();
         assert!(r.wireguard_changes >= 2 && r.netlink_changes >= 4, "{r:?}");
     });
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Auto, &ia).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::Kernel, "{:?}", dp.selection());
         assert_eq!(dp.selection().reason, "kernel WireGuard available");
@@ -59,10 +59,10 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         );
     });
     // A kernel link, not a TUN device of a userspace daemon, with our MTU and address.
-    let l = link(&lab.a, &ia.name);
+    let l = link(&lab.a.ns, &ia.name);
     assert!(l.contains("\n    wireguard "), "not a kernel link: {l}");
     assert!(l.contains("mtu 1420"), "{l}");
-    let addr = run(&["ip", "-n", &lab.a, "-4", "-o", "addr", "show", &ia.name]);
+    let addr = run(&["ip", "-n", &lab.a.ns, "-4", "-o", "addr", "show", &ia.name]);
     assert!(addr.contains("100.96.0.1/16"), "{addr}");
     assert!(
         !std::path::Path::new(&format!("/var/run/wireguard/{}.sock", ia.name)).exists(),
@@ -73,11 +73,11 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
 
     // Routes and rules as with the userspace engines.
     assert!(
-        table(&lab.a).contains("100.96.0.2 dev"),
+        table(&lab.a.ns).contains("100.96.0.2 dev"),
         "{}",
-        table(&lab.a)
+        table(&lab.a.ns)
     );
-    let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
+    let rules = run(&["ip", "-n", &lab.a.ns, "rule", "show"]);
     assert!(
         rules.contains(&format!("{PRIO}:\tfrom all lookup {TABLE}")),
         "{rules}"
@@ -90,18 +90,18 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         "{rules}"
     );
     assert_eq!(
-        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]),
         main_before
     );
     let wg = run(&[
-        "ip", "netns", "exec", &lab.a, "wg", "show", &ia.name, "fwmark",
+        "ip", "netns", "exec", &lab.a.ns, "wg", "show", &ia.name, "fwmark",
     ]);
     assert_eq!(wg.trim(), "0xca6c");
     let port = run(&[
         "ip",
         "netns",
         "exec",
-        &lab.a,
+        &lab.a.ns,
         "wg",
         "show",
         &ia.name,
@@ -110,7 +110,7 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
     assert_eq!(port.trim(), "51820");
 
     // Stats through generic netlink: a recent handshake and bytes both ways.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let dp = Dataplane::open(EngineChoice::Kernel, &ia).await.unwrap();
         let st = dp.peer_stats().await.unwrap();
         assert_eq!(st.len(), 1);
@@ -119,13 +119,13 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         let age = SystemTime::now().duration_since(hs).unwrap();
         assert!(age < Duration::from_secs(60), "handshake age {age:?}");
         assert!(st[0].rx_bytes > 0 && st[0].tx_bytes > 0, "{st:?}");
-        assert_eq!(st[0].endpoint, Some("10.77.0.2:51820".parse().unwrap()));
+        assert_eq!(st[0].endpoint, Some(lab.ep("b").parse().unwrap()));
     });
 
     // Restart: a new Dataplane adopts the kernel link (Auto and Kernel alike); the same input
     // writes nothing, and the tunnel works throughout.
     for choice in [EngineChoice::Auto, EngineChoice::Kernel] {
-        in_ns(&lab.a, || async {
+        in_ns(&lab.a.ns, || async {
             let mut dp = Dataplane::open(choice.clone(), &ia).await.unwrap();
             assert!(dp.selection().adopted, "{:?}", dp.selection());
             assert_eq!(dp.engine(), EngineKind::Kernel);
@@ -134,7 +134,7 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         });
     }
     // A userspace choice refuses to take over the kernel link instead of deleting it.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let e = Dataplane::open(wggo(), &ia).await.err();
         assert!(e.is_some(), "wireguard-go replaced a live kernel link");
     });
@@ -142,7 +142,7 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         "ip",
         "netns",
         "exec",
-        &lab.a,
+        &lab.a.ns,
         "wg",
         "show",
         &ia.name,
@@ -158,7 +158,7 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
     // the peers it wipes in the same reconcile) and the tunnel comes back on the new port.
     let mut ib2 = ib.clone();
     ib2.listen_port = 51821;
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ib2).await.unwrap();
         let r = dp.reconcile(&ib2, &pb).await.unwrap();
         assert!(r.wireguard_changes >= 2, "{r:?}");
@@ -170,7 +170,7 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
         "ip",
         "netns",
         "exec",
-        &lab.b,
+        &lab.b.ns,
         "wg",
         "show",
         &ib.name,
@@ -184,32 +184,32 @@ fn kernel_tunnel_reconcile_adopt_remove_cleanup() {
     );
 
     // Removing the peer removes it from WireGuard and its route.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ia).await.unwrap();
         let r = dp.reconcile(&ia, &[]).await.unwrap();
         assert_eq!(r.wireguard_changes, 1, "{r:?}");
         assert_eq!(r.netlink_changes, 1, "{r:?}");
     });
     let peers = run(&[
-        "ip", "netns", "exec", &lab.a, "wg", "show", &ia.name, "peers",
+        "ip", "netns", "exec", &lab.a.ns, "wg", "show", &ia.name, "peers",
     ]);
     assert!(peers.trim().is_empty(), "peer still present: {peers}");
-    assert!(table(&lab.a).trim().is_empty(), "route still present");
+    assert!(table(&lab.a.ns).trim().is_empty(), "route still present");
     assert!(!lab.ping(&lab.a, "100.96.0.2", 1));
 
     // Cleanup removes the link, routes and rules.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         Dataplane::cleanup(&ia.name, TABLE, PRIO).await.unwrap();
         Dataplane::cleanup(&ia.name, TABLE, PRIO).await.unwrap(); // idempotent
     });
-    assert!(!try_run(&["ip", "-n", &lab.a, "link", "show", &ia.name]));
-    let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
+    assert!(!try_run(&["ip", "-n", &lab.a.ns, "link", "show", &ia.name]));
+    let rules = run(&["ip", "-n", &lab.a.ns, "rule", "show"]);
     assert!(
         !rules.contains(&TABLE.to_string()) && !rules.contains("0xca6c"),
         "{rules}"
     );
     assert_eq!(
-        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]),
         main_before
     );
 }
@@ -223,18 +223,18 @@ fn kernel_roamed_endpoint_is_not_reset() {
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
     // A plans B at a wrong (dead) endpoint; B knows A's. B's packets make A roam.
-    let pa = vec![peer(pkb, Some("10.77.0.99:51820"), "100.96.0.2")];
-    let pb = vec![peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")];
-    in_ns(&lab.a, || async {
+    let pa = vec![peer(pkb, Some("192.0.2.99:51820"), "100.96.0.2")];
+    let pb = vec![peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")];
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ia).await.unwrap();
         dp.reconcile(&ia, &pa).await.unwrap();
     });
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ib).await.unwrap();
         dp.reconcile(&ib, &pb).await.unwrap();
     });
     assert!(lab.ping(&lab.b, "100.96.0.1", 15));
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Kernel, &ia).await.unwrap();
         // Fresh process memory: the roamed endpoint has a recent handshake, so it stays.
         let r = dp.reconcile(&ia, &pa).await.unwrap();
@@ -242,7 +242,7 @@ fn kernel_roamed_endpoint_is_not_reset() {
         let r = dp.reconcile(&ia, &pa).await.unwrap();
         assert!(r.is_noop(), "{r:?}");
         let st = dp.peer_stats().await.unwrap();
-        assert_eq!(st[0].endpoint, Some("10.77.0.2:51820".parse().unwrap()));
+        assert_eq!(st[0].endpoint, Some(lab.ep("b").parse().unwrap()));
     });
 }
 
@@ -255,23 +255,23 @@ fn kernel_and_userspace_interoperate() {
     let (skb, pkb) = keypair(16);
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::UserspaceExternal);
-        dp.reconcile(&ib, &[peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")])
+        dp.reconcile(&ib, &[peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")])
             .await
             .unwrap();
     });
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Auto, &ia).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::Kernel);
-        dp.reconcile(&ia, &[peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")])
+        dp.reconcile(&ia, &[peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")])
             .await
             .unwrap();
     });
     assert!(lab.ping(&lab.a, "100.96.0.2", 15), "kernel -> userspace");
     assert!(lab.ping(&lab.b, "100.96.0.1", 3), "userspace -> kernel");
-    for (ns, name) in [(&lab.a, &ia.name), (&lab.b, &ib.name)] {
+    for (ns, name) in [(&lab.a.ns, &ia.name), (&lab.b.ns, &ib.name)] {
         let hs = run(&[
             "ip",
             "netns",

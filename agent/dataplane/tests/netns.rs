@@ -22,20 +22,20 @@ fn tunnel_reconcile_routes_remove_restart() {
     let (skb, pkb) = keypair(2);
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
-    let pa = vec![peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
-    let pb = vec![peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")];
-    let main_before = run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]);
+    let pa = vec![peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
+    let pb = vec![peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")];
+    let main_before = run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]);
 
     // B first (passive side configured before A initiates), with the wireguard-go choice;
     // A with Auto, which must fall back from kernel to wireguard-go here.
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::UserspaceExternal);
         assert!(!dp.selection().adopted);
         let r = dp.reconcile(&ib, &pb).await.unwrap();
         assert!(r.wireguard_changes >= 2 && r.netlink_changes >= 4, "{r:?}");
     });
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Auto, &ia).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::UserspaceExternal);
         assert!(
@@ -60,14 +60,14 @@ fn tunnel_reconcile_routes_remove_restart() {
     let t = run(&[
         "ip",
         "-n",
-        &lab.a,
+        &lab.a.ns,
         "route",
         "show",
         "table",
         &TABLE.to_string(),
     ]);
     assert!(t.contains("100.96.0.2 dev"), "table: {t}");
-    let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
+    let rules = run(&["ip", "-n", &lab.a.ns, "rule", "show"]);
     assert!(
         rules.contains(&format!("{PRIO}:\tfrom all lookup {TABLE}")),
         "{rules}"
@@ -80,14 +80,14 @@ fn tunnel_reconcile_routes_remove_restart() {
         "{rules}"
     );
     assert_eq!(
-        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]),
         main_before
     );
     let wg = run(&["wg", "show", &ia.name, "fwmark"]);
     assert_eq!(wg.trim(), "0xca6c");
 
     // Stats: a handshake within the last minute and bytes both ways.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let dp = Dataplane::open(wggo(), &ia).await.unwrap();
         let st = dp.peer_stats().await.unwrap();
         assert_eq!(st.len(), 1);
@@ -95,12 +95,12 @@ fn tunnel_reconcile_routes_remove_restart() {
         let hs = st[0].last_handshake.expect("handshake");
         assert!(SystemTime::now().duration_since(hs).unwrap() < Duration::from_secs(60));
         assert!(st[0].rx_bytes > 0 && st[0].tx_bytes > 0, "{st:?}");
-        assert_eq!(st[0].endpoint, Some("10.77.0.2:51820".parse().unwrap()));
+        assert_eq!(st[0].endpoint, Some(lab.ep("b").parse().unwrap()));
     });
 
     // Restart: a new Dataplane adopts the running daemon; the same input changes nothing,
     // and the tunnel kept working throughout.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Auto, &ia).await.unwrap();
         assert!(dp.selection().adopted, "{:?}", dp.selection());
         let r = dp.reconcile(&ia, &pa).await.unwrap();
@@ -114,7 +114,7 @@ fn tunnel_reconcile_routes_remove_restart() {
     );
 
     // Removing the peer removes it from WireGuard and its route.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         let r = dp.reconcile(&ia, &[]).await.unwrap();
         assert_eq!(r.wireguard_changes, 1, "{r:?}");
@@ -125,7 +125,7 @@ fn tunnel_reconcile_routes_remove_restart() {
     let t = run(&[
         "ip",
         "-n",
-        &lab.a,
+        &lab.a.ns,
         "route",
         "show",
         "table",
@@ -135,22 +135,22 @@ fn tunnel_reconcile_routes_remove_restart() {
     assert!(!lab.ping(&lab.a, "100.96.0.2", 1));
 
     // Cleanup removes link, daemon, socket, routes and rules.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         Dataplane::cleanup(&ia.name, TABLE, PRIO).await.unwrap();
         Dataplane::cleanup(&ia.name, TABLE, PRIO).await.unwrap(); // idempotent
     });
-    assert!(!try_run(&["ip", "-n", &lab.a, "link", "show", &ia.name]));
+    assert!(!try_run(&["ip", "-n", &lab.a.ns, "link", "show", &ia.name]));
     assert!(!std::path::Path::new(&format!("/var/run/wireguard/{}.sock", ia.name)).exists());
-    let rules = run(&["ip", "-n", &lab.a, "rule", "show"]);
+    let rules = run(&["ip", "-n", &lab.a.ns, "rule", "show"]);
     assert!(
         !rules.contains(&TABLE.to_string()) && !rules.contains("0xca6c"),
         "{rules}"
     );
     assert_eq!(
-        run(&["ip", "-n", &lab.a, "route", "show", "table", "main"]),
+        run(&["ip", "-n", &lab.a.ns, "route", "show", "table", "main"]),
         main_before
     );
-    let left = run(&["ip", "netns", "pids", &lab.a]);
+    let left = run(&["ip", "netns", "pids", &lab.a.ns]);
     assert!(left.trim().is_empty(), "daemon left running: {left}");
 }
 
@@ -162,18 +162,18 @@ fn roamed_endpoint_is_not_reset() {
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
     // A plans B at a wrong (dead) endpoint; B knows A's. B's packets make A roam.
-    let pa = vec![peer(pkb, Some("10.77.0.99:51820"), "100.96.0.2")];
-    let pb = vec![peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")];
-    in_ns(&lab.a, || async {
+    let pa = vec![peer(pkb, Some("192.0.2.99:51820"), "100.96.0.2")];
+    let pb = vec![peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")];
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         dp.reconcile(&ia, &pa).await.unwrap();
     });
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
         dp.reconcile(&ib, &pb).await.unwrap();
     });
     assert!(lab.ping(&lab.b, "100.96.0.1", 15));
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         // Fresh process memory: the roamed endpoint has a recent handshake, so it stays.
         let r = dp.reconcile(&ia, &pa).await.unwrap();
@@ -181,7 +181,7 @@ fn roamed_endpoint_is_not_reset() {
         let r = dp.reconcile(&ia, &pa).await.unwrap();
         assert!(r.is_noop(), "{r:?}");
         let st = dp.peer_stats().await.unwrap();
-        assert_eq!(st[0].endpoint, Some("10.77.0.2:51820".parse().unwrap()));
+        assert_eq!(st[0].endpoint, Some(lab.ep("b").parse().unwrap()));
     });
 }
 
@@ -193,8 +193,8 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
 
     let lab = Lab::new("rly");
     // No UDP between the nodes at all: only the relay's TCP can carry the tunnel.
-    for ns in [&lab.a, &lab.b] {
-        let rules = "table inet wkblock {\n chain in { type filter hook input priority 0; iifname \"v0\" meta l4proto udp drop; }\n chain out { type filter hook output priority 0; oifname \"v0\" meta l4proto udp drop; }\n}\n";
+    for ns in [&lab.a.ns, &lab.b.ns] {
+        let rules = "table inet wkblock {\n chain in { type filter hook input priority 0; iifname \"eth0\" meta l4proto udp drop; }\n chain out { type filter hook output priority 0; oifname \"eth0\" meta l4proto udp drop; }\n}\n";
         let file = std::env::temp_dir().join(format!("{ns}.nft"));
         std::fs::write(&file, rules).unwrap();
         run(&[
@@ -218,9 +218,9 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
     std::thread::scope(|s| {
         // Node A runs the relay (on its veth address) and its bridge.
         let a = s.spawn(|| {
-            in_ns(&lab.a, || async {
+            in_ns(&lab.a.ns, || async {
                 let relay = Relay::start(RelayConfig::new(
-                    "10.77.0.1:3478".parse().unwrap(),
+                    format!("{}:3478", lab.addr("a")).parse().unwrap(),
                     TokenSource::Static(token.clone()),
                 ))
                 .await
@@ -256,9 +256,9 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
         // Node B: its side has NOT planned A on the relay (no endpoint at all); the bridge
         // still delivers A's frames from A's stand-in socket, and WireGuard roams to it.
         let b = s.spawn(|| {
-            in_ns(&lab.b, || async {
+            in_ns(&lab.b.ns, || async {
                 let (client, rx) = RelayClient::start(RelayClientConfig::new(
-                    "10.77.0.1:3478",
+                    format!("{}:3478", lab.addr("a")),
                     PrivateKey::from_bytes(skb),
                     token.clone(),
                 ));
@@ -269,27 +269,10 @@ fn relay_bridge_carries_tunnel_with_udp_blocked() {
                 dp.reconcile(&ib, &[peer(pka, None, "100.96.0.1")])
                     .await
                     .unwrap();
-                let ok = tokio::task::spawn_blocking({
-                    let ns = lab.b.clone();
-                    move || {
-                        (0..15).any(|_| {
-                            try_run(&[
-                                "ip",
-                                "netns",
-                                "exec",
-                                &ns,
-                                "ping",
-                                "-c",
-                                "1",
-                                "-W",
-                                "1",
-                                "100.96.0.1",
-                            ])
-                        })
-                    }
-                })
-                .await
-                .unwrap();
+                let ns = lab.b.ns.clone();
+                let ok = tokio::task::spawn_blocking(move || ping_ns(&ns, "100.96.0.1", 15))
+                    .await
+                    .unwrap();
                 assert!(ok, "no ping over the relay; bridge {:?}", bridge.counters());
                 let st = dp.peer_stats().await.unwrap();
                 assert_eq!(
@@ -321,38 +304,23 @@ fn embedded_engine_smoke() {
     let (skb, pkb) = keypair(8);
     let ia = iface(&lab.ifname("a"), ska, "100.96.0.1");
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
-        dp.reconcile(&ib, &[peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")])
+        dp.reconcile(&ib, &[peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")])
             .await
             .unwrap();
     });
     // The embedded engine lives in this thread's process: ping while it is alive.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let mut dp = Dataplane::open(EngineChoice::Embedded, &ia).await.unwrap();
         assert_eq!(dp.engine(), EngineKind::UserspaceEmbedded);
-        let pa = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+        let pa = [peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
         dp.reconcile(&ia, &pa).await.unwrap();
         assert!(dp.reconcile(&ia, &pa).await.unwrap().is_noop());
-        let ns = lab.a.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            (0..15).any(|_| {
-                try_run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns,
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "1",
-                    "100.96.0.2",
-                ])
-            })
-        })
-        .await
-        .unwrap();
+        let ns = lab.a.ns.clone();
+        let ok = tokio::task::spawn_blocking(move || ping_ns(&ns, "100.96.0.2", 15))
+            .await
+            .unwrap();
         assert!(ok, "no ping through the embedded engine");
         // boringtun's SIGTERM/SIGINT signalfds were neutralised.
         let fds = std::fs::read_dir("/proc/self/fd").unwrap();
@@ -379,30 +347,30 @@ fn sidecar_engine_attaches_to_a_daemon_it_did_not_start() {
     let ib = iface(&lab.ifname("b"), skb, "100.96.0.2");
     let wait = Duration::from_secs(1);
     // Nothing runs yet: the sidecar choice waits, then says what is missing.
-    in_ns(&lab.a, || async {
+    in_ns(&lab.a.ns, || async {
         let e = Dataplane::open(EngineChoice::Sidecar { wait }, &ia)
             .await
             .err()
             .expect("opened without a daemon");
         assert!(e.to_string().contains("wireguard container"), "{e}");
     });
-    assert!(!try_run(&["ip", "-n", &lab.a, "link", "show", &ia.name]));
+    assert!(!try_run(&["ip", "-n", &lab.a.ns, "link", "show", &ia.name]));
     // The "container": wireguard-go in the foreground, started before or after the agent.
     let mut sidecar = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.a, "wireguard-go", "-f", &ia.name])
+        .args(["netns", "exec", &lab.a.ns, "wireguard-go", "-f", &ia.name])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    in_ns(&lab.b, || async {
+    in_ns(&lab.b.ns, || async {
         let mut dp = Dataplane::open(wggo(), &ib).await.unwrap();
-        dp.reconcile(&ib, &[peer(pka, Some("10.77.0.1:51820"), "100.96.0.1")])
+        dp.reconcile(&ib, &[peer(pka, Some(lab.ep("a").as_str()), "100.96.0.1")])
             .await
             .unwrap();
     });
-    let pa = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+    let pa = [peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
     for round in 0..2 {
-        in_ns(&lab.a, || async {
+        in_ns(&lab.a.ns, || async {
             let wait = Duration::from_secs(10);
             let mut dp = Dataplane::open(EngineChoice::Sidecar { wait }, &ia)
                 .await

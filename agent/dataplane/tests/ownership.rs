@@ -60,7 +60,7 @@ fn ours_left(ns: &str) -> String {
 #[test]
 fn foreign_routes_and_rules_survive_reconcile_and_cleanup() {
     let lab = Lab::new("own");
-    let ns = lab.a.clone();
+    let ns = lab.a.ns.clone();
     let (sk, _) = keypair(11);
     let (_, pkb) = keypair(12);
     let (_, pkc) = keypair(13);
@@ -104,8 +104,8 @@ fn foreign_routes_and_rules_survive_reconcile_and_cleanup() {
     );
     let before = routing(&ns, TABLE);
 
-    let pb = peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2");
-    let pc = peer(pkc, Some("10.77.0.3:51820"), "100.96.0.3");
+    let pb = peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2");
+    let pc = peer(pkc, Some("192.0.2.3:51820"), "100.96.0.3");
     let conflict = in_ns(&ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         let r = dp.reconcile(&ia, std::slice::from_ref(&pb)).await.unwrap();
@@ -165,11 +165,11 @@ fn foreign_routes_and_rules_survive_reconcile_and_cleanup() {
 #[test]
 fn state_of_agents_before_the_mark_is_adopted() {
     let lab = Lab::new("mig");
-    let ns = lab.a.clone();
+    let ns = lab.a.ns.clone();
     let (sk, _) = keypair(14);
     let (_, pkb) = keypair(15);
     let ia = iface(&lab.ifname("a"), sk, "100.96.0.1");
-    let pb = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+    let pb = [peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
     in_ns(&ns, || async {
         let mut dp = Dataplane::open(wggo(), &ia).await.unwrap();
         dp.reconcile(&ia, &[]).await.unwrap();
@@ -247,11 +247,11 @@ fn state_of_agents_before_the_mark_is_adopted() {
 #[test]
 fn changing_table_and_priority_leaves_nothing_behind() {
     let lab = Lab::new("mov");
-    let ns = lab.a.clone();
+    let ns = lab.a.ns.clone();
     let (sk, _) = keypair(16);
     let (_, pkb) = keypair(17);
     let mut ia = iface(&lab.ifname("a"), sk, "100.96.0.1");
-    let pb = [peer(pkb, Some("10.77.0.2:51820"), "100.96.0.2")];
+    let pb = [peer(pkb, Some(lab.ep("b").as_str()), "100.96.0.2")];
     let moved = in_ns(&ns, || {
         let ia = &mut ia;
         async move {

@@ -1,56 +1,52 @@
-//! Network-namespace lab for the dataplane tests: two namespaces joined by a veth pair,
-//! torn down on drop (also when a test panics). Needs root.
+//! The dataplane tests' network: a `wirekube_lab::Lab` with two public nodes `a` and `b` on the
+//! lab's internet (one bridge, no NAT between them), torn down on drop (also when a test
+//! panics) with the lab's own teardown: every process inside killed, namespaces deleted,
+//! leftovers checked. Needs root.
+//!
+//! The `Dataplane` under test runs on this test's threads ([`in_ns`] joins only the network
+//! namespace), so the userspace daemons it starts and `wg` see the machine's
+//! `/var/run/wireguard`, not the lab hosts' private view: UAPI sockets are global
+//! (docs/lab-findings.md §7.1), hence interface names unique per lab ([`Lab::ifname`]).
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use wirekube_dataplane::{InterfaceConfig, PeerConfig};
+use wirekube_lab::{Host, netns, wait_until};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Runs `cmd` (a shell-free argv), panicking with its stderr on failure.
+/// Runs `args` (a shell-free argv) in this process's namespaces, panicking with its stderr on
+/// failure; its stdout.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new(args[0]);
+    cmd.args(&args[1..]);
+    let out = netns::run("host", &mut cmd).unwrap_or_else(|e| panic!("{e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Like `run` but returns whether it succeeded.
+/// Like [`run`] but returns whether it succeeded.
 pub fn try_run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    let mut cmd = std::process::Command::new(args[0]);
+    cmd.args(&args[1..]);
+    netns::run("host", &mut cmd).is_ok()
 }
 
 /// Runs the future produced by `f` on a fresh current-thread runtime in a thread that has
-/// joined namespace `ns` (setns affects only the calling thread; every thread, socket and
-/// child process created from it lives in that namespace too).
+/// joined network namespace `ns` (only that thread changes namespace; every thread, socket and
+/// child process created from it lives there too). `f` may borrow from the caller.
 pub fn in_ns<F, Fut, T>(ns: &str, f: F) -> T
 where
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = T>,
     T: Send,
 {
-    let path = format!("/run/netns/{ns}");
+    let path = netns::ns_path(ns);
     std::thread::scope(|s| {
         s.spawn(move || {
             let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on our own thread with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            netns::join(&file).unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -62,100 +58,83 @@ where
     })
 }
 
-/// Two namespaces `a` and `b`, veth `v0` in each, 10.77.0.1/24 and 10.77.0.2/24.
+/// Pings `ip` from namespace `ns` until a reply or `secs` seconds (a WireGuard initiation that
+/// beats the peer's configuration is retried after 5 s, docs/lab-findings.md §7.10). For code
+/// that has no [`Lab`] at hand (inside a spawned task).
+pub fn ping_ns(ns: &str, ip: &str, secs: u64) -> bool {
+    let what = format!("ping {ip} from {ns}");
+    wait_until(Duration::from_secs(secs), &what, || {
+        try_run(&["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip])
+    })
+    .is_ok()
+}
+
+/// Two public nodes of a lab: `a.ns` and `b.ns` are their namespaces, `eth0` their NIC.
 pub struct Lab {
-    pub a: String,
-    pub b: String,
-    pub tag: String,
+    pub lab: wirekube_lab::Lab,
+    pub a: Host,
+    pub b: Host,
 }
 
 impl Lab {
+    /// A lab tagged `test` (its first three letters start the lab prefix).
     pub fn new(test: &str) -> Lab {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{:x}{n}", std::process::id() & 0xfff);
-        let a = format!("wkdp-{test}-{tag}-a");
-        let b = format!("wkdp-{test}-{tag}-b");
-        let lab = Lab {
-            a: a.clone(),
-            b: b.clone(),
-            tag,
-        };
-        run(&["ip", "netns", "add", &a]);
-        run(&["ip", "netns", "add", &b]);
-        run(&[
-            "ip", "-n", &a, "link", "add", "v0", "type", "veth", "peer", "name", "v0", "netns", &b,
-        ]);
-        for (ns, ip) in [(&a, "10.77.0.1/24"), (&b, "10.77.0.2/24")] {
-            run(&["ip", "-n", ns, "addr", "add", ip, "dev", "v0"]);
-            run(&["ip", "-n", ns, "link", "set", "v0", "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        let lab = wirekube_lab::Lab::new_unique(test).expect("lab");
+        let a = lab.add_public_node("a").expect("node a");
+        let b = lab.add_public_node("b").expect("node b");
+        // Carrier comes up asynchronously; until then routes print `linkdown`, and tests that
+        // compare route tables before and after would see a difference that is not theirs.
+        for h in [&a, &b] {
+            wait_until(Duration::from_secs(5), "veth carrier", || {
+                run(&["ip", "-n", &h.ns, "-o", "link", "show", "eth0"]).contains("LOWER_UP")
+            })
+            .unwrap();
         }
-        // Carrier comes up asynchronously; until then routes print `linkdown`, and tests
-        // that compare route tables before and after would see a difference that is not theirs.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while [&a, &b]
-            .iter()
-            .any(|ns| !run(&["ip", "-n", ns, "-o", "link", "show", "v0"]).contains("LOWER_UP"))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "veth carrier never came up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        lab
+        Lab { lab, a, b }
     }
 
-    /// Globally unique interface name (UAPI sockets are shared by all namespaces).
+    /// Globally unique interface name: `wk<lab prefix><side>`.
     pub fn ifname(&self, side: &str) -> String {
-        let s = format!("wk{}{side}", self.tag);
-        assert!(s.len() <= 15);
+        let s = format!("wk{}{side}", self.lab.prefix());
+        assert!(s.len() <= 15, "{s}");
         s
     }
 
-    /// Pings `ip` from namespace `ns`, retrying for up to `secs` (the first WireGuard
-    /// initiation can be dropped if it beats the peer's configuration: 5 s retry).
-    pub fn ping(&self, ns: &str, ip: &str, secs: u64) -> bool {
-        for _ in 0..secs {
-            if try_run(&["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", ip]) {
-                return true;
-            }
+    /// The underlay address of node `a` or `b`.
+    pub fn addr(&self, side: &str) -> Ipv4Addr {
+        self.side(side).ip()
+    }
+
+    /// The WireGuard endpoint of node `a` or `b` (its address, port 51820).
+    pub fn ep(&self, side: &str) -> String {
+        format!("{}:51820", self.addr(side))
+    }
+
+    fn side(&self, side: &str) -> &Host {
+        match side {
+            "a" => &self.a,
+            "b" => &self.b,
+            _ => panic!("no node {side:?} in the dataplane lab"),
         }
-        false
+    }
+
+    /// Pings `ip` from `from` until a reply or `secs` seconds; whether one came.
+    pub fn ping(&self, from: &Host, ip: &str, secs: u64) -> bool {
+        let ip: Ipv4Addr = ip.parse().expect("IPv4 address");
+        (self.lab)
+            .ping_until(from, ip, Duration::from_secs(secs))
+            .is_ok()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            // `ip netns del` does not kill processes (docs/lab-findings.md §7.2): the daemons first.
-            let pids = Command::new("ip").args(["netns", "pids", ns]).output();
-            if let Ok(o) = pids {
-                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-TERM", p]).status();
-                }
-            }
+        // The lab kills every process in its namespaces (TERM, then KILL), deletes them and
+        // checks for leftovers; `ip netns del` alone would not (docs/lab-findings.md §7.2).
+        if let Err(e) = self.lab.shutdown() {
+            eprintln!("dataplane lab teardown: {e}");
         }
-        // Give TERM a chance (wireguard-go removes its UAPI socket on TERM), then KILL.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while std::time::Instant::now() < deadline
-            && [&self.a, &self.b].iter().any(|ns| {
-                Command::new("ip")
-                    .args(["netns", "pids", ns])
-                    .output()
-                    .is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
-            })
-        {
-            std::thread::yield_now();
-        }
-        for ns in [&self.a, &self.b] {
-            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", p]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // wireguard-go removes its UAPI socket on TERM; one that was KILLed leaves it.
         for side in ["a", "b"] {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(side)));
         }

@@ -51,6 +51,9 @@ pub const MESH_NAME: &str = "default";
 /// `wirekube-relay-<mesh>` in its namespace (`spec.relayTokenSecret`), for external relays too.
 pub const TOKEN_SECRET: &str = "wirekube-relay-default";
 
+/// A test's own way to install WireKube on the lab's control plane ([`Options::install`]).
+pub type Installer = Box<dyn Fn(&KubeLab) -> Result<()> + Send + Sync>;
+
 /// Knobs of a run.
 pub struct Options {
     /// Lab prefix tag (3 letters).
@@ -70,6 +73,11 @@ pub struct Options {
     /// Install with the Helm chart (`helm install wirekube charts/wirekube`) instead of
     /// `kubectl apply -k`; ignored with `pod_network`.
     pub chart: bool,
+    /// Installs WireKube instead of the built-in install (`chart` and `pod_network`'s install
+    /// are then ignored), e.g. with `e2e/kind/check.sh --phase install`: called once the
+    /// control plane runs and before any node starts; it must leave the CRDs established and
+    /// the `wirekube-system` namespace in place.
+    pub install: Option<Installer>,
     /// NAME=VALUE added to every container's environment on one node (node name → pairs),
     /// through its lab kubelet: test-only knobs such as an agent's clock offset.
     pub node_env: BTreeMap<String, Vec<(String, String)>>,
@@ -89,6 +97,7 @@ impl Default for Options {
             progress: Box::new(|m| eprintln!("[scenario] {m}")),
             pod_network: false,
             chart: false,
+            install: None,
             node_env: BTreeMap::new(),
         }
     }
@@ -162,7 +171,10 @@ impl Scenario {
         } else {
             "config/default"
         };
-        if opts.chart && !opts.pod_network {
+        if let Some(install) = &opts.install {
+            (opts.progress)("installing WireKube with the test's installer");
+            install(&kube)?;
+        } else if opts.chart && !opts.pod_network {
             (opts.progress)("installing WireKube: helm install wirekube charts/wirekube");
             kube.install_chart(&[])?;
         } else {

@@ -1,4 +1,5 @@
 //! WireKube end-to-end: the lab with a real Kubernetes control plane, scenarios, the demo
+pub mod kind_check;
 pub mod kube_lab;
 pub mod monitoring;
 pub mod scenario;

@@ -6,6 +6,7 @@
 //! a quarantined duplicate key), and its usage/connection errors.
 
 use std::process::Output;
+use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -400,8 +401,8 @@ fn scrape(
 ) -> String {
     use std::io::{Read, Write};
     let got = lab.in_host(host, move || -> std::io::Result<String> {
-        let mut c = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
         c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut out = String::new();
         c.read_to_string(&mut out)?;
@@ -473,29 +474,56 @@ fn every_monitored_metric_is_exported(sc: &wirekube_e2e::scenario::Scenario) {
     );
 }
 
-/// The plugin on a mesh the real operator, relay and agents converged (seed topology 1): what
-/// `status -o json` reports is what the seed table expects, and `doctor` finds no failure on
-/// a healthy install (no false alarms from real agents' statuses).
+/// The plugin on a mesh the real operator, relay and agents converged (seed topology 1),
+/// installed and checked by e2e/kind/check.sh as on kind: its install phase (version check,
+/// `helm upgrade --install` of the chart) is the scenario's install, its check phase (rollouts,
+/// every direction's path and reason as the seed table expects, `kubectl wirekube doctor`,
+/// HTTP over the mesh between every pair of nodes) must pass; then `status -o json` reports an
+/// RTT in every direction, `doctor` warns of nothing on a healthy install (no false alarms
+/// from real agents' statuses), and the monitored metrics are exported.
 #[test]
 fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
+    use wirekube_e2e::kind_check;
     use wirekube_e2e::scenario::{Options, Scenario, topology};
     assert!(wirekube_lab::is_root(), "needs root (network namespaces)");
     bins::binary("kubectl-wirekube").expect("build it first: cargo build --workspace --bins");
-    // Installed with the Helm chart, as a user would (the other scenarios use config/default).
     let opts = Options {
-        chart: true,
+        install: Some(Box::new(|k| {
+            eprintln!(
+                "$ e2e/kind/check.sh --phase install\n{}",
+                kind_check::install(k, &[])?
+            );
+            Ok(())
+        })),
         ..Default::default()
     };
     let mut sc = Scenario::build(topology::seed_1_all_private(), opts).expect("build");
-    if let Err(e) = sc.converge() {
-        panic!("{e:#}\n{}", sc.logs(40));
+    match kind_check::check(&sc, Duration::from_secs(180)) {
+        Ok(out) => eprintln!("$ e2e/kind/check.sh --phase check  # seed 1\n{out}"),
+        Err(e) => panic!("{e:#}\n{}", sc.logs(40)),
     }
-    // Converged means every direction reports its path; the handshake of a relayed pair may
+    // kind's expectation (every direction direct, same-site) is wrong for seed 1: check.sh
+    // must fail and name the relayed directions.
+    let wrong = kind_check::check_all_alike(&sc, "direct/same-site", Duration::from_secs(4));
+    let msg = format!("{:#}", wrong.expect_err("seed 1 has relayed pairs"));
+    for want in [
+        "timed out after 4s: every direction's path and reason as expected",
+        "directions: 6 reported, 6 expected",
+        "\"want\": \"direct/same-site\"",
+        "\"got\": \"relay/both-symmetric (agent: both-symmetric, fallback false)\"",
+    ] {
+        assert!(msg.contains(want), "check.sh output lacks {want:?}:\n{msg}");
+    }
+    assert!(
+        !msg.contains("\"from\": \"node-1\",\n  \"to\": \"node-2\""),
+        "{msg}"
+    );
+    // check.sh saw every direction on its path; the handshake of a relayed pair may
     // reach the status a moment later (the next status write), and the first RTT sample comes
     // within one RTT request interval (10 s) of the pair coming up, so wait for both.
     let mut j = Value::Null;
     let handshakes = wirekube_lab::wait_until(
-        std::time::Duration::from_secs(60),
+        Duration::from_secs(60),
         "a handshake and an RTT in every direction",
         || {
             j = serde_json::from_str(&stdout(&plugin(&sc.kube, &["status", "-o", "json"]), 0))
@@ -541,29 +569,7 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
         "$ kubectl wirekube status  # converged seed 1\n{}",
         stdout(&plugin(&sc.kube, &["status"]), 0)
     );
-    // A pod is available once its readiness probe passed: the kubelet probes at start (before
-    // the operator listens) and then every periodSeconds (10 s), so for up to ~10 s after the
-    // install doctor rightly warns "0/2 replicas available". Wait as `kubectl rollout status`
-    // does, then doctor must report no warning at all.
-    let available = wirekube_lab::wait_until(
-        std::time::Duration::from_secs(60),
-        "the operator Deployment's 2 replicas available",
-        || {
-            sc.kube
-                .kubectl(&[
-                    "get",
-                    "deploy",
-                    "-n",
-                    NS,
-                    "wirekube-operator",
-                    "-o",
-                    "jsonpath={.status.availableReplicas}",
-                ])
-                .is_ok_and(|n| n.trim() == "2")
-        },
-    );
-    eprintln!("operator rollout: {available:?} after convergence");
-    assert!(available.is_ok(), "{available:?}\n{}", sc.logs(20));
+    // check.sh waited for the rollouts (the operator's replicas available) and ran doctor.
     let doctor = plugin(&sc.kube, &["doctor"]);
     eprintln!(
         "$ kubectl wirekube doctor  # converged seed 1\n{}",

@@ -518,6 +518,7 @@ fn scripts_are_shellcheck_clean() {
         "scripts/build-images.sh",
         "scripts/build-go-tool.sh",
         "e2e/kind/run.sh",
+        "e2e/kind/check.sh",
     ]));
     assert_eq!(out.trim(), "", "{out}");
 }

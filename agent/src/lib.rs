@@ -10,6 +10,7 @@ pub mod kubeapi;
 pub mod liveness;
 pub mod metrics;
 pub mod pathstate;
+pub mod pathtiming;
 pub mod podnet;
 pub mod reconcile;
 pub mod rtt;

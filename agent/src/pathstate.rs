@@ -24,75 +24,15 @@ use std::time::{Duration, Instant};
 
 use wirekube_crds::{ActualPath, PlannedPath};
 
-use crate::liveness::{Liveness, LivenessTiming};
+use crate::liveness::Liveness;
+pub use crate::pathtiming::{
+    HANDSHAKE_FRESH, PROBE_MIN_DEFAULT, PROBE_WINDOW_MAX, PUNCH_GRACE, Timing,
+};
 pub use crate::wallclock::WallClock;
 
 /// Bytes sent without anything received that make a direct pair suspect: more than one
 /// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
 const SUSPECT_MIN_TX: u64 = 96;
-
-/// WireGuard's REJECT_AFTER_TIME: after this, a session's keys are dead, so a handshake older
-/// than this proves nothing about the current path.
-pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
-
-/// Longest probe of a fallen-back path: a round trip plus a few trigger datagrams, and slack
-/// for two nodes' clocks disagreeing about the slot by a second or two.
-pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(5);
-
-/// Default wait before the first probe after a fallback.
-pub const PROBE_MIN_DEFAULT: Duration = Duration::from_secs(30);
-
-/// Extra time a hole-punched pair (cone ↔ cone, cone ↔ symmetric) gets to connect before it
-/// falls back: one more of WireGuard's handshake retries (REKEY_TIMEOUT, 5 s, plus up to a
-/// third of a second of jitter) and a second of scheduling slack. Such a pair typically needs
-/// one retry for the punch (the first initiation meets a closed filter) and another when that
-/// initiation reached a peer whose agent had not configured us yet (docs/lab-findings.md
-/// §7.10), so its handshake lands near 10 s, right at the default `directTimeout`; falling
-/// back then parked it on the relay until the first probe slot, 30-60 s later.
-pub const PUNCH_GRACE: Duration = Duration::from_secs(6);
-
-/// Timing knobs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
-    pub direct_timeout: Duration,
-    /// First wait before probing direct again after a fallback.
-    pub probe_min: Duration,
-    /// Longest wait between probes (`probe_min * 2^k`, see the module docs).
-    pub probe_max: Duration,
-    /// How long one probe waits for direct traffic before returning to the relay.
-    pub probe_window: Duration,
-    /// A direct path must last this long before the probe backoff resets.
-    pub stable_after: Duration,
-    /// Fast loss detection on direct paths.
-    pub liveness: LivenessTiming,
-}
-
-impl Timing {
-    pub fn new(direct_timeout: Duration) -> Self {
-        Self::with_probe_min(direct_timeout, PROBE_MIN_DEFAULT)
-    }
-
-    pub fn with_probe_min(direct_timeout: Duration, probe_min: Duration) -> Self {
-        let probe_min = probe_min.max(Duration::from_secs(1));
-        Self {
-            direct_timeout,
-            probe_min,
-            probe_max: probe_min * 8,
-            probe_window: direct_timeout.min(PROBE_WINDOW_MAX),
-            stable_after: Duration::from_secs(300).max(probe_min * 8),
-            liveness: LivenessTiming::DEFAULT,
-        }
-    }
-
-    /// How long nothing may arrive while we keep sending before a direct path is declared
-    /// stalled. WireGuard answers data with a passive keepalive 10 s after it last sent
-    /// anything, so 15 s of silence while sending means the return path is broken. (12 s was
-    /// tried and gave a false stall in the seed-4 lab under CI load: an idle NATed→public
-    /// pair whose only traffic was our own small packets.)
-    fn stall_window(&self) -> Duration {
-        self.direct_timeout.max(Duration::from_secs(15))
-    }
-}
 
 /// What the spec and the relay say about one peer right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,116 +9,32 @@
 //!   restart takes the tunnel down until the new agent has a new engine configured: pings are
 //!   lost, which also shows that the kubelet's container emulation is real.
 //!
-//! Kernel WireGuard is not covered here (no module on these machines; the kernel link outlives
-//! any process: the agent lab's restart in the VM of `make test-kernel` loses no ping).
-//! Both gaps are recorded in docs/benchmarks.md. Needs root and `cargo build --workspace --bins`.
+//! Kernel WireGuard is covered by the same restart (`Scenario::restart_agent_container`) in the
+//! all-kernel seed run of `e2e/tests/kernel_topologies.rs`, in the VM of `make test-kernel` (no
+//! module on these machines). The gaps are recorded in docs/benchmarks.md. Needs root and
+//! `cargo build --workspace --bins`.
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
-use wirekube_crds::ActualPath;
-use wirekube_e2e::scenario::faults::{FaultRow, table};
+use wirekube_e2e::scenario::faults::table;
+use wirekube_e2e::scenario::restart::{AGENT_NS, AGENT_SELECTOR};
 use wirekube_e2e::scenario::{Options, Scenario, topology};
 use wirekube_lab::wait_until;
 
-const NS: &str = "wirekube-system";
 /// A direct pair of seed 1 (same VPC).
 const PAIR: (&str, &str) = ("node-1", "node-2");
-
-/// The agent container's process of `node`: in the node's network namespace, `wirekube-agent`
-/// with `--node-name=<node>` (not the `userspace-engine` container).
-fn agent_pid(sc: &Scenario, node: &str) -> u32 {
-    let Some(h) = sc.hosts.get(node) else {
-        return 0;
-    };
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", &h.ns])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let flag = format!("--node-name={node}");
-    out.split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|p| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            args.first().is_some_and(|a| a.ends_with("wirekube-agent"))
-                && args.contains(&flag)
-                && !args.iter().any(|a| a == "userspace-engine")
-        })
-        .unwrap_or(0)
-}
-
-/// SIGKILLs `node`'s agent container process and measures the pair under a 10/s ping stream
-/// until the restarted agent reports the pair direct again.
-fn restart_agent(sc: &mut Scenario, what: &str) -> Result<FaultRow> {
-    let (a, b) = PAIR;
-    let old = agent_pid(sc, a);
-    if old == 0 {
-        return Err(anyhow!("no agent process on {a}"));
-    }
-    let killed_at = jiff::Timestamp::now();
-    sc.measure_fault(
-        what,
-        PAIR,
-        |_| {
-            let pid = libc::pid_t::try_from(old)?;
-            // SAFETY: kill(2) on the agent process of this lab.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-                return Err(anyhow!("kill {old}: {}", std::io::Error::last_os_error()));
-            }
-            Ok(())
-        },
-        |sc| {
-            let pid = agent_pid(sc, a);
-            pid != 0 && pid != old && sc.reports_since(a, b, ActualPath::Direct, killed_at)
-        },
-        Duration::from_secs(90),
-    )
-}
-
-/// `(container, restartCount)` of the agent pod on `node`.
-fn restarts(sc: &Scenario, node: &str) -> Result<Vec<(String, u64)>> {
-    let out = sc.kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/name=wirekube-agent",
-        "--field-selector",
-        &format!("spec.nodeName={node}"),
-        "-o",
-        "json",
-    ])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    let statuses = v["items"][0]["status"]["containerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(statuses
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap_or_default().to_owned(),
-                c["restartCount"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect())
-}
+/// Deadline for the restarted agent to report the pair direct again.
+const RECOVERY: Duration = Duration::from_secs(90);
 
 /// Every agent pod runs exactly `n` ready containers.
 fn agent_pods_with(sc: &Scenario, n: usize) -> bool {
     let Ok(out) = sc.kubectl(&[
         "-n",
-        NS,
+        AGENT_NS,
         "get",
         "pods",
         "-l",
-        "app.kubernetes.io/name=wirekube-agent",
+        AGENT_SELECTOR,
         "-o",
         "json",
     ]) else {
@@ -157,15 +73,17 @@ fn agent_container_restart_keeps_the_tunnel() {
     let (a, _) = PAIR;
 
     // The shipped DaemonSet: agent + wireguard containers.
-    let shipped = restart_agent(
-        &mut sc,
-        "agent container restart, userspace engine in the wireguard container (shipped)",
-    )
-    .unwrap();
-    let counts = restarts(&sc, a).unwrap();
+    let shipped = sc
+        .restart_agent_container(
+            "agent container restart, userspace engine in the wireguard container (shipped)",
+            PAIR,
+            RECOVERY,
+        )
+        .unwrap();
+    let counts = sc.agent_container_restarts(a).unwrap();
     assert!(
-        counts.iter().any(|(n, c)| n == "agent" && *c >= 1)
-            && counts.iter().any(|(n, c)| n == "wireguard" && *c == 0),
+        sc.only_agent_container_restarted(a).unwrap()
+            && counts.iter().any(|(n, _)| n == "wireguard"),
         "only the agent container must have restarted: {counts:?}"
     );
     assert_eq!(
@@ -184,7 +102,7 @@ fn agent_container_restart_keeps_the_tunnel() {
     ]"#;
     sc.kubectl(&[
         "-n",
-        NS,
+        AGENT_NS,
         "patch",
         "daemonset",
         "wirekube-agent",
@@ -200,11 +118,13 @@ fn agent_container_restart_keeps_the_tunnel() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(30)));
     sc.converge().expect("converged after the rollout");
-    let child = restart_agent(
-        &mut sc,
-        "agent container restart, wireguard-go started by the agent (earlier layout)",
-    )
-    .unwrap();
+    let child = sc
+        .restart_agent_container(
+            "agent container restart, wireguard-go started by the agent (earlier layout)",
+            PAIR,
+            RECOVERY,
+        )
+        .unwrap();
     eprintln!(
         "agent container restarts:\n{}",
         table(&[shipped, child.clone()])

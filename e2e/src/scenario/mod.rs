@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod membership;
 pub mod outage;
 pub mod report;
+pub mod restart;
 pub mod run;
 pub mod tcpflow;
 pub mod topology;

@@ -31,6 +31,21 @@ fn path_up() -> Duration {
     Duration::from_secs(PATH_UP_SECS) * wirekube_lab::netns::slowdown()
 }
 
+/// Failover target (docs/agent.md, Fast failover): at most 30 of the pings sent every 100 ms
+/// lost. Asserted as such on the host. In the emulated VM of `make test-kernel` (slowdown 4)
+/// every step runs several times slower (one VM run lost exactly 30), so there the bound is the
+/// target times the slowdown: a functional check, the VM's figures are recorded as functional
+/// only (docs/benchmarks.md).
+fn max_lost() -> u64 {
+    30 * u64::from(wirekube_lab::netns::slowdown())
+}
+
+/// A planned direct pair over a dead path is on the relay within directTimeout (12 s) + 5 s;
+/// the 5 s of margin times the slowdown in the VM (as [`max_lost`]).
+fn max_fallback() -> Duration {
+    Duration::from_secs(12) + Duration::from_secs(5) * wirekube_lab::netns::slowdown()
+}
+
 fn key(env: &Env, n: &str) -> String {
     env.status(n).and_then(|s| s.public_key).unwrap_or_default()
 }
@@ -131,9 +146,11 @@ fn reconciles(env: &Env, n: &str) -> f64 {
     env.metric(n, "wirekube_agent_reconciles_total", "")
 }
 
+/// On these machines (no WireGuard module) `--engine auto`, the default, picks wireguard-go, as
+/// on a node whose kernel lacks WireGuard.
 #[test]
 fn two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
-    two_agents("wireguard-go", Engine::UserspaceExternal)
+    two_agents("auto", Engine::UserspaceExternal)
 }
 
 /// The same on kernel WireGuard, chosen by `--engine auto` as on a real node: `make test-kernel`
@@ -146,9 +163,7 @@ fn kernel_two_agents_direct_relay_fallback_restart_removal() -> Result<()> {
 }
 
 fn two_agents(engine: &'static str, kind: Engine) -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    ensure!(root(), "the agent lab needs root (network namespaces)");
     let steps = Steps::new();
     let mut env = Env::build("aglab", &[A, B])?;
     env.engine = engine;
@@ -303,10 +318,11 @@ fn two_agents(engine: &'static str, kind: Engine) -> Result<()> {
             rep.longest_gap_time()
         ));
         ensure!(
-            rep.lost() <= 30,
-            "{what} failover lost {} pings (longest gap {:?}); target at most 30",
+            rep.lost() <= max_lost(),
+            "{what} failover lost {} pings (longest gap {:?}); at most {} allowed",
             rep.lost(),
-            rep.longest_gap_time()
+            rep.longest_gap_time(),
+            max_lost()
         );
         let back = heal_and_return_to_direct(&env, &ha, &hb, mb)?;
         ensure!(
@@ -360,8 +376,9 @@ fn two_agents(engine: &'static str, kind: Engine) -> Result<()> {
     ));
     // directTimeout + 5 s: the issue asks for a fallback within the timeout plus a few seconds.
     ensure!(
-        fell <= Duration::from_secs(12 + 5),
-        "fallback took {fell:?}"
+        fell <= max_fallback(),
+        "fallback took {fell:?}, more than {:?}",
+        max_fallback()
     );
     // ... and back when it heals.
     let back = heal_and_return_to_direct(&env, &ha, &hb, mb)?;

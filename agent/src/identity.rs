@@ -177,6 +177,7 @@ fn check_existing_dir(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Refuses `path` unless this process' effective user owns it.
+#[allow(unsafe_code)]
 fn check_owner(path: &Path, what: &str) -> Result<(), IdentityError> {
     let meta = fs::metadata(path).map_err(|source| IdentityError::Dir {
         path: path.to_path_buf(),
@@ -303,6 +304,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)]
     fn refuses_a_directory_or_key_owned_by_someone_else() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {

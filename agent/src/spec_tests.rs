@@ -39,7 +39,7 @@ fn spec() -> WireKubePeerSpec {
             },
             PeerEntry {
                 name: "c".into(),
-                public_key: "".into(),
+                public_key: String::new(),
                 path: PlannedPath::Relay,
                 ..Default::default()
             },

@@ -239,8 +239,7 @@ fn operator(s: &Snapshot, now: Timestamp) -> Check {
             "operator",
             Level::Fail,
             format!(
-                "no live leader: Lease held by {:?}, last renewed {when} (duration {duration}s)",
-                holder
+                "no live leader: Lease held by {holder:?}, last renewed {when} (duration {duration}s)"
             ),
             logs,
         );

@@ -5,6 +5,8 @@
 //! [`doctor::checks`], [`netcheck::netcheck`]. The fetch layer ([`fetch`]) and the terminal
 //! layer ([`text`]) are thin, so the reports are tested from JSON fixtures without a cluster.
 
+#![forbid(unsafe_code)]
+
 pub mod doctor;
 pub mod error;
 pub mod explain;

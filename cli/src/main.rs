@@ -1,6 +1,8 @@
 //! `kubectl wirekube`: installed as `kubectl-wirekube` on PATH, kubectl runs it as a plugin.
 //! Exit codes: 0 ok, 1 `doctor` found failures, 2 usage or connection error.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -5,6 +5,8 @@
 //! spec and the agent on that node the only writer of its status; the split is enforced by
 //! RBAC and a ValidatingAdmissionPolicy shipped in `config/rbac/`.
 
+#![forbid(unsafe_code)]
+
 pub mod condition;
 pub mod crdgen;
 pub mod duration;

@@ -1,6 +1,8 @@
 //! WireKube operator: the mesh controller (it runs the PathPlanner of `wirekube-planner`
 //! and the managed relay).
 
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod controller;
 pub mod decide;

@@ -1,5 +1,7 @@
 //! `wirekube-operator` binary: flags, logging, signals, HTTP endpoints, leader election.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -27,6 +27,8 @@
 //! with a duplicate or malformed public key), `select` (node selection),
 //! `fixtures` (builders for tests and benchmarks, behind the `test-support` feature).
 
+#![forbid(unsafe_code)]
+
 mod alloc;
 mod build;
 mod endpoints;

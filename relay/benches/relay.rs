@@ -188,13 +188,13 @@ async fn relayed(relay: &Relay, pairs: usize) -> Rate {
         let rx = login(relay.tcp_addr, &rk).await;
         let tx = login(relay.tcp_addr, &sk).await;
         // Senders' inbound side is unused; keep it open so the relay sees a live client.
-        let (_tx_r, tx_w) = tx.into_split();
+        let (tx_r, tx_w) = tx.into_split();
         let (rx_r, rx_w) = rx.into_split();
         tokio::spawn(sender(tx_w, batch(rk.public_key()), stop.clone()));
         // Delivered frames must carry the sender's key (rewritten by the relay).
         let src = sk.public_key();
         tokio::spawn(receiver(rx_r, src, got.clone(), BAD.clone(), stop.clone()));
-        std::mem::forget((_tx_r, rx_w));
+        std::mem::forget((tx_r, rx_w));
     }
     measure(got, stop).await
 }

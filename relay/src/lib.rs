@@ -4,6 +4,8 @@
 //! ownership of their WireGuard keys (see `wirekube_relay_proto::auth`), and answers
 //! STUN Binding requests (RFC 5389/5780) so agents can classify their NAT.
 
+#![forbid(unsafe_code)]
+
 mod admission;
 pub mod cli;
 pub mod config;

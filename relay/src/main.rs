@@ -1,5 +1,7 @@
 //! `wirekube-relay` binary: flags, logging, signals.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use anyhow::Context;

@@ -333,6 +333,7 @@ fn remove_stale_socket(path: &Path) {
 /// Starts wireguard-go so that it outlives this process: it daemonises itself (the parent
 /// we spawn exits once the TUN and UAPI socket exist), and `setsid` puts it in its own
 /// session, so neither our exit nor a SIGINT/SIGHUP to our process group reaches it.
+#[allow(unsafe_code)]
 async fn start_wireguard_go(bin: &Path, name: &str, uapi: &Uapi) -> Result<(), DataplaneError> {
     let mut cmd = Command::new(bin);
     cmd.arg(name)
@@ -449,6 +450,7 @@ pub(crate) fn signalfds() -> std::collections::BTreeSet<i32> {
     out
 }
 
+#[allow(unsafe_code)]
 fn neutralize_fd(fd: i32) {
     // SAFETY: plain fd syscalls; dup2 atomically replaces `fd` with /dev/null.
     unsafe {
@@ -506,6 +508,7 @@ fn is_daemon_of(cmd: &[u8], name: &str) -> bool {
 }
 
 /// Terminates the external daemons of `name`: TERM, up to 3 s grace, then KILL.
+#[allow(unsafe_code)]
 pub(crate) async fn stop_daemons(name: &str) -> usize {
     let pids = daemon_pids(name);
     for &p in &pids {

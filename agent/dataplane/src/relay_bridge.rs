@@ -334,11 +334,13 @@ async fn send_batch(sock: &UdpSocket, packets: &[(PublicKey, Bytes)]) -> usize {
 /// One `sendmmsg` of up to [`INBOUND_BATCH`] of `packets` on `sock`, through tokio's
 /// readiness tracking. The message arrays live on the stack: this runs once per batch on the
 /// relay → WireGuard hot path.
+#[allow(unsafe_code)]
 fn sendmmsg_once(sock: &UdpSocket, packets: &[(PublicKey, Bytes)]) -> std::io::Result<usize> {
     let packets = &packets[..packets.len().min(INBOUND_BATCH)];
-    // SAFETY (both zeroed arrays): iovec and mmsghdr are plain C structs for which all-zero is
-    // a valid value (null buffers, no address, no control data).
+    // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid value (null
+    // buffers, no address, no control data).
     let mut iovs: [libc::iovec; INBOUND_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; INBOUND_BATCH] = unsafe { std::mem::zeroed() };
     for ((iov, msg), (_, p)) in iovs.iter_mut().zip(msgs.iter_mut()).zip(packets) {
         iov.iov_base = p.as_ptr() as *mut libc::c_void;

@@ -100,6 +100,7 @@ pub fn prflx_candidates<'a>(
 }
 
 /// Reads the local interface addresses with `getifaddrs(3)`.
+#[allow(unsafe_code)]
 pub fn local_addrs() -> std::io::Result<Vec<LocalAddr>> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -146,6 +147,7 @@ pub fn local_addrs() -> std::io::Result<Vec<LocalAddr>> {
 
 /// # Safety
 /// `sa` must point to a valid sockaddr.
+#[allow(unsafe_code)]
 unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     // SAFETY: the family field is valid for every sockaddr; the cast matches the family.
     unsafe {

@@ -1,5 +1,7 @@
 //! Writes `config/crd/*.yaml` (or the directory given as the only argument).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {

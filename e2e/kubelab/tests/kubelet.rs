@@ -296,8 +296,8 @@ fn lab_kubelet_runs_pods_like_a_kubelet() {
     );
 
     // A killed container is restarted and becomes Ready again.
-    // SAFETY: kill(2) on a pid the test read from the pod status.
-    unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+    // A pid the test read from the pod status.
+    wirekube_lab::signal(i32::try_from(pid).unwrap(), libc::SIGKILL);
     let web = c.wait_ready_pod("web", "restarted container Ready", |p| {
         p["status"]["containerStatuses"][0]["restartCount"] == 1
     });

@@ -33,7 +33,7 @@ pub use error::{LabError, Result};
 pub use ipnet::Ipv4Net;
 pub use nat::NatKind;
 pub use pingstream::{PingReport, PingStream};
-pub use process::{MARKER_ENV, PRIVATE_PATHS, Proc};
+pub use process::{MARKER_ENV, PRIVATE_PATHS, Proc, signal};
 pub use topology::{Host, Role, Site, SiteSpec};
 pub use traffic::{Filtering, Mapping, NatProbe, Transfer};
 pub use wait::{holds_for, wait_for, wait_until};
@@ -329,6 +329,7 @@ pub fn labs_root() -> PathBuf {
 }
 
 /// True when running as root (the lab needs it).
+#[allow(unsafe_code)]
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -35,6 +35,7 @@ pub fn create(name: &str) -> Result<()> {
 
 /// Deletes namespace `name` like `ip netns del` does: detach the bind mount, remove the file.
 /// Processes still inside keep the namespace alive, so kill them first.
+#[allow(unsafe_code)]
 pub fn delete(name: &str) -> Result<()> {
     let path = ns_path(name);
     let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
@@ -102,6 +103,7 @@ pub fn all_pids() -> Vec<i32> {
 /// Moves the calling thread into the network namespace `ns` refers to (an open
 /// `/run/netns/<name>`). Only this thread changes namespace; sockets it creates afterwards live
 /// there.
+#[allow(unsafe_code)]
 pub fn join(ns: &fs::File) -> io::Result<()> {
     // SAFETY: setns on a valid descriptor; affects only the calling thread.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -280,8 +282,8 @@ pub fn output_with_timeout(
     let status = match rx.recv_timeout(timeout) {
         Ok(st) => st.ctx(|| format!("{ns}: wait"))?,
         Err(_) => {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Our own unreaped child.
+            crate::signal(pid, libc::SIGKILL);
             let _ = rx.recv();
             return Err(LabError::Timeout {
                 what: format!("{ns}: {}", describe(cmd)),

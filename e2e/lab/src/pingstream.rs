@@ -115,8 +115,8 @@ impl Lab {
     pub fn finish_ping(&self, s: PingStream) -> Result<PingReport> {
         let pid = libc::pid_t::try_from(s.proc.pid)
             .map_err(|_| LabError::Traffic(format!("pid {} out of range", s.proc.pid)))?;
-        // SAFETY: kill(2) with a pid the lab started and still owns; no memory is involved.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        // A pid the lab started and still owns.
+        crate::signal(pid, libc::SIGINT);
         let summary = wait_until(Duration::from_secs(5), "ping summary", || {
             self.log(&s.proc).contains("packets transmitted")
         });

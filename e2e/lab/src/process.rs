@@ -36,6 +36,7 @@ impl Entry {
     /// Prepares `cmd` so that, between fork and exec, the child joins the namespace, gets a private
     /// mount namespace with its own `/sys` and the bind mounts. Returns the namespace handle, which
     /// must stay open until `spawn` returns.
+    #[allow(unsafe_code)]
     pub fn apply(&self, cmd: &mut Command) -> Result<File> {
         let path = netns::ns_path(&self.netns);
         let file = File::open(&path).ctx(|| format!("open {}", path.display()))?;
@@ -163,8 +164,10 @@ pub(crate) fn exec(entry: &Entry, args: &[&str], timeout: Duration) -> Result<Ou
     netns::output_with_timeout(&entry.netns, &mut cmd, None, timeout)
 }
 
-/// Sends `sig` to `pid`; false if it no longer exists.
-pub(crate) fn signal(pid: i32, sig: libc::c_int) -> bool {
+/// Sends `sig` to `pid` (kill(2)); false if it no longer exists. The lab's, the scenarios' and
+/// the tests' one way to signal a process they know by PID.
+#[allow(unsafe_code)]
+pub fn signal(pid: i32, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) has no memory-safety requirements.
     unsafe { libc::kill(pid, sig) == 0 }
 }

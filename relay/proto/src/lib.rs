@@ -20,6 +20,8 @@
 //! written once. The async client with sockets and reconnects is `wirekube-relay-client`
 //! (`relay/client`).
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod codec;
 pub mod flags;

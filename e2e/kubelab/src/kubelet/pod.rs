@@ -228,14 +228,11 @@ async fn setup(ctx: &Ctx, pod: &Pod, obs: &watch::Sender<PodObs>) -> Result<Sand
         ctx.node_ip.to_string()
     } else {
         let mut cidr = ctx.pod_cidr.clone();
-        let subnet = match cidr.wait_for(Option::is_some).await.map(|c| *c) {
-            Ok(Some(net)) => net,
-            _ => {
-                return Err(KubeletError::PodCidr {
-                    cidr: String::new(),
-                    reason: "the node has no spec.podCIDR".into(),
-                });
-            }
+        let Ok(Some(subnet)) = cidr.wait_for(Option::is_some).await.map(|c| *c) else {
+            return Err(KubeletError::PodCidr {
+                cidr: String::new(),
+                reason: "the node has no spec.podCIDR".into(),
+            });
         };
         let name = runtime::netns_name(&ctx.netns_prefix, uid(pod));
         runtime::netns_add(&name).await?;

@@ -211,6 +211,7 @@ async fn http_get(host: &str, port: u16, path: &str) -> bool {
 }
 
 /// Runs `argv` in the network and mount namespaces of `pid`; success is exit status 0.
+#[allow(unsafe_code)]
 async fn exec_in(pid: u32, argv: &[String]) -> bool {
     let (Ok(net), Ok(mnt)) = (
         File::open(format!("/proc/{pid}/ns/net")),

@@ -65,6 +65,7 @@ pub async fn netns_add(name: &str) -> Result<()> {
     ip(&["netns", "add", name]).await
 }
 
+#[allow(unsafe_code)]
 fn is_netns(f: &File) -> bool {
     // SAFETY: fstatfs on an open descriptor with a zeroed out-parameter.
     unsafe {
@@ -119,6 +120,7 @@ fn make_targets(binds: &[Bind]) -> Result<()> {
 
 /// Starts a container process: new session, the pod's network namespace, a private mount
 /// namespace with the volume binds, output appended to its log.
+#[allow(unsafe_code)]
 pub fn spawn(spec: &SpawnSpec) -> Result<Child> {
     let mut binds = spec.binds.clone();
     binds.sort_by_key(|b| b.target.components().count());
@@ -243,6 +245,7 @@ pub fn leftovers(procs: &[(u32, u64)], ns: u64, own: Option<u64>) -> Vec<u32> {
 /// SIGKILLs every process still in mount namespace `ns`, as a container runtime kills what is
 /// left in a container whose main process ended (a daemon it started with `setsid` included);
 /// returns the pids killed.
+#[allow(unsafe_code)]
 pub fn kill_leftovers(ns: u64) -> Vec<u32> {
     let mut procs = Vec::new();
     if let Ok(rd) = fs::read_dir("/proc") {
@@ -266,6 +269,7 @@ pub fn kill_leftovers(ns: u64) -> Vec<u32> {
 
 /// Sends `sig` to the process group led by `pid` (a container and everything it started),
 /// falling back to the process alone.
+#[allow(unsafe_code)]
 pub fn signal_group(pid: u32, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;

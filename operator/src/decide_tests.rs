@@ -9,7 +9,7 @@ use wirekube_planner::fixtures::test_key;
 
 use super::*;
 use crate::diff::Decision;
-use crate::fixtures::{labels, mesh as mesh_fixture, node, peer_status, time};
+use crate::test_objects::{labels, mesh as mesh_fixture, node, peer_status, time};
 
 const NS: &str = "wk";
 

@@ -2,7 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use wirekube_crds::PeerEntry;
 
 use super::*;
-use crate::fixtures::labels;
+use crate::test_objects::labels;
 
 fn spec(peers: &[(&str, PlannedPath, PathReason)]) -> WireKubePeerSpec {
     WireKubePeerSpec {

@@ -8,8 +8,6 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 pub mod error;
-#[cfg(test)]
-mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod managed_relay;
@@ -20,6 +18,8 @@ pub mod placement;
 pub mod plan;
 pub mod status;
 pub mod telemetry;
+#[cfg(test)]
+mod test_objects;
 
 pub use controller::ControllerSettings;
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@ use serde_json::json;
 use wirekube_crds::RelayMode;
 
 use super::*;
-use crate::fixtures::{mesh, node};
+use crate::test_objects::{mesh, node};
 
 fn managed(extra: serde_json::Value) -> WireKubeMesh {
     let mut spec = json!({"relay": {"managed": {"port": 3478, "replicas": 2, "image": "relay:1"}}});
@@ -232,7 +232,7 @@ fn deployment_placement() {
         let m = managed(extra);
         let d = desired_deployment(&m, "wk", None).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
-        let want = selector.map(|s| crate::fixtures::labels(&s));
+        let want = selector.map(|s| crate::test_objects::labels(&s));
         assert_eq!(pod.node_selector, want, "{name}");
         assert_eq!(
             pod.tolerations.as_ref().map(Vec::len),

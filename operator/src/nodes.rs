@@ -118,7 +118,7 @@ pub fn host_port(host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::node;
+    use crate::test_objects::node;
 
     #[test]
     fn selector_matching() {
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn selection_filters_sorts_and_skips_deleting() {
         let mut gone = node("c", &[("InternalIP", "10.0.0.3")], &[("mesh", "yes")]);
-        gone.metadata.deletion_timestamp = Some(crate::fixtures::time(1));
+        gone.metadata.deletion_timestamp = Some(crate::test_objects::time(1));
         let nodes = [
             node("b", &[("InternalIP", "10.0.0.2")], &[("mesh", "yes")]),
             node("a", &[("InternalIP", "10.0.0.1")], &[("mesh", "yes")]),

@@ -80,7 +80,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::fixtures::{node, time};
+    use crate::test_objects::{node, time};
 
     /// A relay pod on `node` (None = unscheduled) in `phase`, Ready or not.
     fn pod(node: Option<&str>, phase: &str, is_ready: bool) -> Pod {

@@ -114,7 +114,7 @@ impl PlanOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{mesh, node, peer_status};
+    use crate::test_objects::{mesh, node, peer_status};
     use wirekube_crds::NatType;
     use wirekube_planner::fixtures::test_key;
 

@@ -1,8 +1,8 @@
 use wirekube_crds::{PathSummary, Problem};
 
 use super::*;
-use crate::fixtures::time;
 use crate::plan::MeshIssue;
+use crate::test_objects::time;
 
 fn ready(c: &[Condition]) -> &Condition {
     c.iter().find(|c| c.type_ == READY).unwrap()

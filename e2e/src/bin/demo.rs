@@ -5,6 +5,8 @@
 //! `kubectl get wkmesh,wkpeer`. Tears everything down on exit
 //! (Ctrl-C included) unless `--keep`. Needs root.
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};

@@ -259,8 +259,7 @@ impl Scenario {
             return Err(anyhow!("no running agent on {node}"));
         }
         let pid_t = libc::pid_t::try_from(pid)?;
-        // SAFETY: kill(2) on a process of this lab; no memory is involved.
-        if unsafe { libc::kill(pid_t, libc::SIGKILL) } != 0 {
+        if !wirekube_lab::signal(pid_t, libc::SIGKILL) {
             return Err(anyhow!("kill {pid}: {}", std::io::Error::last_os_error()));
         }
         Ok(pid)

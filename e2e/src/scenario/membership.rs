@@ -57,8 +57,7 @@ impl Scenario {
         self.lab.stop(&kn.kubelet)?;
         self.lab.stop(&kn.kube_proxy)?;
         for pid in wirekube_lab::netns::pids_in(&host.ns) {
-            // SAFETY: kill(2) on a process in this lab's namespace; no memory is involved.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wirekube_lab::signal(pid, libc::SIGKILL);
         }
         self.kubectl(&["delete", "node", node, "--wait=false"])?;
         self.hosts.remove(node);

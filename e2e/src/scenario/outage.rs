@@ -409,8 +409,7 @@ impl Scenario {
                 mesh.metadata.managed_fields = None;
                 sc.cluster().apply_mesh(&mesh)?;
                 let pid_t = libc::pid_t::try_from(pid)?;
-                // SAFETY: kill(2) on a process of this lab; no memory is involved.
-                if unsafe { libc::kill(pid_t, libc::SIGKILL) } != 0 {
+                if !wirekube_lab::signal(pid_t, libc::SIGKILL) {
                     bail!("kill {pid}: {}", std::io::Error::last_os_error());
                 }
                 sc.kubectl(&[

@@ -90,8 +90,7 @@ impl Scenario {
             pair,
             |_| {
                 let pid = libc::pid_t::try_from(old)?;
-                // SAFETY: kill(2) on the agent process of this lab.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                if !wirekube_lab::signal(pid, libc::SIGKILL) {
                     return Err(anyhow!("kill {old}: {}", std::io::Error::last_os_error()));
                 }
                 Ok(())

@@ -236,23 +236,11 @@ impl Scenario {
         Ok(())
     }
 
-    /// The pid of `node`'s agent container process (0 when it is not running).
-    pub fn agent_pid(&self, node: &str) -> u32 {
-        let pattern = format!("wirekube-agent.*--node-name={node}( |$)");
-        std::process::Command::new("pgrep")
-            .args(["-f", &pattern])
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .and_then(|l| l.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
     /// SIGKILLs `node`'s agent (its lab kubelet restarts the container); returns the old pid.
+    /// The pid is looked up in this lab's node namespace ([`Scenario::agent_pid`]): a
+    /// machine-wide `pgrep` for `--node-name=<node>` found another lab's agent of the same
+    /// name when two labs of one seed ran at once, killed it, and left this node's agent (and
+    /// its deleted key) untouched.
     pub fn kill_agent(&self, node: &str) -> Result<u32> {
         let pid = self.agent_pid(node);
         if pid == 0 {

@@ -45,7 +45,10 @@ impl PingReport {
     /// `no answer yet for icmp_seq=N`, and the summary `S packets transmitted`. Requests at
     /// the end still within the reply deadline ([`REPLY_DEADLINE`]) when the stream stopped
     /// were in flight, not lost, and are not counted as sent (the fault suite saw one such
-    /// request turn a clean run into "1 lost" on a loaded machine).
+    /// request turn a clean run into "1 lost" on a loaded machine). A reply that came later
+    /// than the reply deadline counts as unanswered: WireGuard holds packets while it
+    /// handshakes, so a path that was down for 5 s delivered every ping 1-5 s late and read
+    /// as "0 lost, no gap" while a TCP stream beside it stalled for 5 s.
     pub fn parse(text: &str, interval: Duration) -> PingReport {
         let seq = |l: &str| {
             l.split("icmp_seq=")
@@ -53,12 +56,19 @@ impl PingReport {
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|n| n.parse::<u64>().ok())
         };
+        let rtt_ms = |l: &str| {
+            l.split("time=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|t| t.parse::<f64>().ok())
+        };
+        let deadline_ms = REPLY_DEADLINE.as_secs_f64() * 1000.0;
         let mut replies = std::collections::BTreeSet::new();
         let mut highest = 0;
         for line in text.lines() {
             if let Some(n) = seq(line) {
                 highest = highest.max(n);
-                if line.contains("time=") {
+                if rtt_ms(line).is_some_and(|ms| ms <= deadline_ms) {
                     replies.insert(n);
                 }
             }
@@ -156,6 +166,21 @@ mod tests {
             2 packets transmitted, 1 received\n";
         let r = PingReport::parse(text, Duration::from_millis(100));
         assert_eq!((r.sent, r.received, r.longest_gap), (1, 1, 0));
+    }
+
+    #[test]
+    fn replies_later_than_the_deadline_are_unanswered() {
+        let text = "64 bytes from x: icmp_seq=1 ttl=64 time=0.4 ms\n\
+            no answer yet for icmp_seq=2\n\
+            64 bytes from x: icmp_seq=2 ttl=64 time=2100 ms\n\
+            64 bytes from x: icmp_seq=3 ttl=64 time=2000 ms\n\
+            64 bytes from x: icmp_seq=4 ttl=64 time=1000 ms\n\
+            64 bytes from x: icmp_seq=5 ttl=64 time=0.5 ms\n\
+            64 bytes from x: icmp_seq=6 ttl=64 time=0.5 ms\n\
+            6 packets transmitted, 6 received\n";
+        let r = PingReport::parse(text, Duration::from_millis(100));
+        // 2 and 3 came back after more than 1 s: a gap of two; 4 just made it.
+        assert_eq!((r.sent, r.received, r.lost(), r.longest_gap), (6, 4, 2, 2));
     }
 
     #[test]

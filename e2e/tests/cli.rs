@@ -393,69 +393,16 @@ fn check_errors(k: &KubeLab) {
     );
 }
 
-/// `GET /metrics` at `addr` from inside `host`'s network namespace.
-fn scrape(
-    lab: &wirekube_lab::Lab,
-    host: &wirekube_lab::Host,
-    addr: std::net::SocketAddr,
-) -> String {
-    use std::io::{Read, Write};
-    let got = lab.in_host(host, move || -> std::io::Result<String> {
-        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))?;
-        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut out = String::new();
-        c.read_to_string(&mut out)?;
-        Ok(out)
-    });
-    match got {
-        Ok(Ok(text)) => text,
-        other => panic!("scrape {addr} in {}: {other:?}", host.name),
-    }
-}
-
 /// Every metric config/monitoring's alert rules and dashboard query is exported by the running
 /// binaries, with at least one sample in a converged mesh (prometheus-client leaves a labelled
 /// family out of a scrape until its first child exists, so a metric that only appears after an
-/// event would fail here: the relay pre-creates its refusal reasons for that reason): the
-/// agents (host network, :9473 as the chart sets), the operator pods (their pod IPs, :8080) and
-/// the relay (:9090 in the DMZ).
+/// event would fail here: the relay pre-creates its refusal reasons for that reason), and every
+/// label value they select on is one a sample carries: the agents (host network, :9473 as the
+/// chart sets), the operator pods (their pod IPs, :8080) and the relay (:9090 in the DMZ).
 fn every_monitored_metric_is_exported(sc: &wirekube_e2e::scenario::Scenario) {
-    use wirekube_e2e::monitoring::{Exported, used_metric_names};
-    let mut got = Exported::default();
-    for host in sc.hosts.values() {
-        got.merge(Exported::parse(&scrape(
-            &sc.lab,
-            host,
-            "127.0.0.1:9473".parse().expect("addr"),
-        )));
-    }
-    let pods = sc
-        .kube
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NS,
-            "-l",
-            "app.kubernetes.io/name=wirekube-operator",
-            "-o",
-            "jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP}{\"\\n\"}{end}",
-        ])
-        .expect("operator pods");
-    let mut operators = 0;
-    for line in pods.lines().filter(|l| !l.trim().is_empty()) {
-        let (node, ip) = line.split_once(' ').expect("node and pod IP");
-        let addr = format!("{ip}:8080").parse().expect("pod IP");
-        got.merge(Exported::parse(&scrape(&sc.lab, &sc.hosts[node], addr)));
-        operators += 1;
-    }
-    assert_eq!(operators, 2, "the chart's two operator replicas: {pods}");
-    got.merge(Exported::parse(&scrape(
-        &sc.lab,
-        &sc.kube.dmz,
-        "127.0.0.1:9090".parse().expect("addr"),
-    )));
+    use wirekube_e2e::monitoring::{scrape_scenario, used_label_matchers, used_metric_names};
+    let (got, operators) = scrape_scenario(sc).expect("scrape the lab's binaries");
+    assert_eq!(operators, 2, "the chart's two operator replicas");
     let used = used_metric_names(&bins::repo_root()).expect("config/monitoring");
     assert!(used.len() >= 10, "{used:?}");
     for name in &used {
@@ -468,8 +415,18 @@ fn every_monitored_metric_is_exported(sc: &wirekube_e2e::scenario::Scenario) {
             "{name} (config/monitoring) has no sample in a converged mesh"
         );
     }
+    // A label value the binaries never write makes a panel or an alert silently empty.
+    let matchers = used_label_matchers(&bins::repo_root()).expect("config/monitoring");
+    assert!(!matchers.is_empty(), "config/monitoring selects by label");
+    for m in &matchers {
+        assert!(
+            got.labels.contains(m),
+            "{m:?} (config/monitoring) matches no exported sample"
+        );
+    }
     eprintln!(
-        "config/monitoring uses {} metrics, all exported: {used:?}",
+        "config/monitoring uses {} metrics, all exported; its label matchers {matchers:?} all \
+         match samples",
         used.len()
     );
 }

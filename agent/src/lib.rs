@@ -1,8 +1,9 @@
 //! WireKube node agent: discovery, dataplane, relay client, fallback.
 //!
-//! The pure parts (NAT classifier, path state machine, spec mapping, status building) are
-//! sans-IO and unit-tested; the I/O parts (STUN sockets, Kubernetes watches, the dataplane)
-//! are thin layers around them. See `docs/agent.md`.
+//! The pure parts (NAT classifier, path state machine, spec mapping, and `step`: one
+//! reconcile pass's decisions and the status) are sans-IO and unit-tested; the I/O parts (STUN
+//! sockets, Kubernetes watches, the dataplane, `reconcile`) are thin layers around them. See
+//! `docs/agent.md`.
 
 pub mod discovery;
 pub mod identity;
@@ -17,4 +18,5 @@ pub mod rtt;
 pub mod sidecar;
 pub mod spec;
 pub mod status;
+pub mod step;
 pub mod wallclock;

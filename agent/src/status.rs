@@ -1,4 +1,5 @@
-//! Status building and change detection (pure).
+//! Status helpers (pure): condition times, the significant-change diff and the apply body;
+//! the status itself is built by `crate::step::report`.
 //!
 //! The agent patches its status only when something meaningful changed, plus a slow heartbeat
 //! that refreshes the volatile fields (byte counters, handshake times). Comparing those on

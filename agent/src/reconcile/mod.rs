@@ -1,21 +1,16 @@
 //! The agent's main loop: spec, token and relay changes, a stats tick and discovery rounds
-//! all lead to one idempotent reconcile pass (dataplane converge + status).
+//! all lead to one idempotent reconcile pass: observations are gathered here, decided by
+//! [`crate::step`] (pure) and applied here (dataplane write, datagrams, status patch).
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use tracing::Instrument;
-use wirekube_crds::{
-    ActualPath, Engine, PathReason, PeerConnection, WireKubePeer, WireKubePeerStatus,
-    conditions as ct, duration::parse_duration,
-};
-use wirekube_dataplane::{
-    Dataplane, EngineChoice, EngineKind, InterfaceConfig, PeerStats, RelayBridge,
-};
-use wirekube_relay_client::{ConnectionState, RelayClient, RelayClientConfig, Status};
+use wirekube_crds::{Engine, WireKubePeer, WireKubePeerStatus};
+use wirekube_dataplane::{Dataplane, EngineChoice, EngineKind};
+use wirekube_relay_client::Status;
 
 use crate::discovery::{
     self, DiscoveryReport, DiscoveryState, FIRST_DISCOVERY_GRACE, FirstRound, Retransmit,
@@ -23,10 +18,11 @@ use crate::discovery::{
 };
 use crate::identity::Identity;
 use crate::kubeapi::{self, TokenWatch};
-use crate::metrics::{KindLabel, Metrics, PathLabel};
-use crate::pathstate::{Observation, PathState, Phase, Timing, WallClock};
-use crate::spec::{self, Current, LocalSettings, PeerTarget};
-use crate::status::{self, CondInput};
+use crate::metrics::Metrics;
+use crate::pathstate::Phase;
+use crate::spec::LocalSettings;
+use crate::step::PeerPath;
+use liveness_io::LivenessSocket;
 use relay::RelayRt;
 
 mod converge;
@@ -34,9 +30,6 @@ mod liveness_io;
 mod probe_signal;
 mod relay;
 mod report;
-
-/// Trigger cadence while probing a direct path (several per probe window).
-const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(300);
 
 /// Stats are read this often while a probe runs, so that it is confirmed (or given up) within
 /// its short window rather than at the next regular stats tick.
@@ -80,19 +73,6 @@ enum Wake {
     Discovered(Option<DiscoveryReport>),
 }
 
-struct PeerRt {
-    target: PeerTarget,
-    state: PathState,
-    last_trigger: Option<Instant>,
-    /// Liveness requests to the peer's mesh IP (opened on first use).
-    live: Option<liveness_io::LivenessSocket>,
-    /// Round-trip time over the path in use, sampled with the liveness socket.
-    rtt: crate::rtt::Rtt,
-}
-
-/// RTT sampling (crate::rtt).
-const RTT_TIMING: crate::rtt::RttTiming = crate::rtt::RttTiming::DEFAULT;
-
 pub struct Agent {
     cfg: AgentConfig,
     id: Identity,
@@ -107,7 +87,10 @@ pub struct Agent {
     relay: Option<RelayRt>,
     /// Index into `relayEndpoints` of the relay address in use.
     relay_choice: usize,
-    peers: BTreeMap<String, PeerRt>,
+    /// Per peer of the spec: its path, decided by `crate::step`.
+    peers: BTreeMap<String, PeerPath>,
+    /// Liveness (and RTT) request sockets to the peers' mesh IPs, opened on first use.
+    liveness: BTreeMap<String, LivenessSocket>,
     discovery: DiscoveryState,
     /// Discovery rounds in a row in which no STUN server answered.
     discovery_failures: u32,
@@ -133,19 +116,6 @@ fn engine_of(k: EngineKind) -> Engine {
     }
 }
 
-fn timing(spec: &wirekube_crds::WireKubePeerSpec, probe_min: Duration) -> Timing {
-    Timing::with_probe_min(
-        parse_duration(&spec.direct_timeout).unwrap_or(Duration::from_secs(10)),
-        probe_min,
-    )
-}
-
-/// Converts a wall-clock handshake time to the monotonic clock the state machine uses.
-fn to_instant(t: SystemTime, now_sys: SystemTime, now: Instant) -> Instant {
-    let age = now_sys.duration_since(t).unwrap_or(Duration::ZERO);
-    now.checked_sub(age).unwrap_or(now)
-}
-
 impl Agent {
     pub fn new(
         cfg: AgentConfig,
@@ -165,6 +135,7 @@ impl Agent {
             relay: None,
             relay_choice: 0,
             peers: BTreeMap::new(),
+            liveness: BTreeMap::new(),
             discovery: DiscoveryState::default(),
             discovery_failures: 0,
             last_status: None,

@@ -1,7 +1,15 @@
 //! The relay client and its bridge: started, replaced (token, address, failover to the next
 //! `relayEndpoints` entry) or stopped to match the spec.
 
-use super::*;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use wirekube_crds::WireKubePeer;
+use wirekube_dataplane::RelayBridge;
+use wirekube_relay_client::{ConnectionState, RelayClient, RelayClientConfig, Status};
+
+use super::{Agent, RELAY_FAILOVER_AFTER};
+use crate::spec;
 
 pub(super) struct RelayRt {
     /// Not authenticated since (None while connected).
@@ -91,6 +99,8 @@ pub(super) fn relay_failover_due(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

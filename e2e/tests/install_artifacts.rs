@@ -478,6 +478,53 @@ fn dashboard_covers_the_issue_and_the_chart_ships_it() {
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
 }
 
+/// promtool parses every dashboard query (as recording rules in a scratch rules file); a
+/// broken query is refused, so this check can fail.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("config/monitoring/dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |exprs: &[String]| {
+        let rules: Vec<Value> = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| serde_json::json!({"record": format!("wirekube:panel_{i}"), "expr": e}))
+            .collect();
+        let file = dir.path().join("panels.yaml");
+        let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+        std::fs::write(&file, doc.to_string()).expect("write rules");
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .expect("run promtool")
+    };
+    let out = check(&exprs);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !check(&["sum(wirekube_agent_peers".to_owned()])
+            .status
+            .success()
+    );
+}
+
 fn go_tool(name: &str) -> PathBuf {
     let out = output(
         Command::new("bash")

@@ -53,21 +53,8 @@ fn crd_dir() -> PathBuf {
 
 /// The chart's monitoring.coreos.com objects, rendered with [`VALUES`].
 fn rendered_monitors() -> Vec<Value> {
-    use serde::Deserialize;
-    let mut cmd = Command::new(helm_bin().expect("helm (scripts/build-go-tool.sh helm)"));
-    cmd.current_dir(repo_root()).args([
-        "template",
-        "wirekube",
-        "charts/wirekube",
-        "--namespace",
-        NS,
-    ]);
-    for v in VALUES {
-        cmd.args(["--set", v]);
-    }
-    let yaml = String::from_utf8_lossy(&common::run_ok(&mut cmd).stdout).into_owned();
-    serde_yaml::Deserializer::from_str(&yaml)
-        .filter_map(|d| Value::deserialize(d).ok())
+    rendered_all()
+        .into_iter()
         .filter(|o| {
             o["apiVersion"]
                 .as_str()
@@ -107,6 +94,89 @@ fn holds_finds_pruned_and_changed_fields() {
     assert!(holds(&json!({"a": [{"b": 1}]}), &want, "").is_err_and(|e| e.contains(".a[0].c")));
     assert!(holds(&json!({"a": [{"b": 2, "c": "x"}]}), &want, "").is_err());
     assert!(holds(&json!({"a": []}), &want, "").is_err());
+}
+
+/// The chart rendered with [`VALUES`], every object.
+fn rendered_all() -> Vec<Value> {
+    use serde::Deserialize;
+    let mut cmd = Command::new(helm_bin().expect("helm (scripts/build-go-tool.sh helm)"));
+    cmd.current_dir(repo_root()).args([
+        "template",
+        "wirekube",
+        "charts/wirekube",
+        "--namespace",
+        NS,
+    ]);
+    for v in VALUES {
+        cmd.args(["--set", v]);
+    }
+    let yaml = String::from_utf8_lossy(&common::run_ok(&mut cmd).stdout).into_owned();
+    serde_yaml::Deserializer::from_str(&yaml)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|o| !o.is_null())
+        .collect()
+}
+
+fn object<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
+}
+
+/// Whether `selector`'s matchLabels are all among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+}
+
+fn container_ports(pod_spec: &Value) -> Vec<String> {
+    pod_spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The monitors point at what the chart runs: the agents' PodMonitor selects the DaemonSet's
+/// pods and scrapes a port they name; the operator's ServiceMonitor selects its metrics Service,
+/// whose selector takes the operator's pods and whose target port the operator names. (The relay
+/// PodMonitor selects the operator-made relay pods, `app.kubernetes.io/name: wirekube-relay`
+/// with a `metrics` port in operator/src/managed_relay.rs; not rendered by the chart.)
+#[test]
+fn monitors_select_the_charts_pods_and_ports() {
+    let objs = rendered_all();
+    let agent = &object(&objs, "DaemonSet", "wirekube-agent")["spec"]["template"];
+    let pm = &object(&objs, "PodMonitor", "wirekube-agent")["spec"];
+    assert!(
+        selects(&pm["selector"], &agent["metadata"]["labels"]),
+        "{pm}"
+    );
+    let port = pm["podMetricsEndpoints"][0]["port"].as_str().expect("port");
+    assert!(
+        container_ports(&agent["spec"]).contains(&port.to_owned()),
+        "{port}"
+    );
+    let sm = &object(&objs, "ServiceMonitor", "wirekube-operator")["spec"];
+    let svc = object(&objs, "Service", "wirekube-operator-metrics");
+    assert!(selects(&sm["selector"], &svc["metadata"]["labels"]), "{sm}");
+    let sm_port = sm["endpoints"][0]["port"].as_str().expect("port");
+    let svc_port = svc["spec"]["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == sm_port))
+        .unwrap_or_else(|| panic!("the Service has no port {sm_port}"));
+    let op = &object(&objs, "Deployment", "wirekube-operator")["spec"]["template"];
+    let svc_sel = serde_json::json!({"matchLabels": svc["spec"]["selector"]});
+    assert!(selects(&svc_sel, &op["metadata"]["labels"]), "{svc}");
+    let target = svc_port["targetPort"]
+        .as_str()
+        .expect("a named target port");
+    assert!(
+        container_ports(&op["spec"]).contains(&target.to_owned()),
+        "{target}"
+    );
 }
 
 #[test]

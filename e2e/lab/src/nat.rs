@@ -90,14 +90,41 @@ pub fn ruleset(kind: NatKind) -> String {
     let track_map = format!(
         "oifname \"{w}\" meta l4proto udp ct direction original update @fc {{ udp sport : ct original ip saddr . ct original proto-src }}\n"
     );
+    // Endpoint-independent mapping across inner hosts: masquerade keeps the inner port
+    // whenever the 5-tuple is free, so two inner hosts with the same port (every node's
+    // WireGuard port is 51820) both got the public port toward different destinations, and
+    // the cone map flipped between them (a node joining a site behind a full cone took its
+    // neighbour's traffic). A real cone NAT keeps one public port per inner endpoint: `rev`
+    // reuses the inner endpoint's mapping for every new flow, and an inner port that is some
+    // other endpoint's public port gets a random one.
+    let eim_sets = format!(
+        "map rev {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n\
+         set taken {{ type inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n"
+    );
+    let eim_track = format!(
+        "oifname \"{w}\" meta l4proto udp ct direction original update @rev {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }}\n\
+         oifname \"{w}\" meta l4proto udp ct direction original update @taken {{ udp sport }}\n"
+    );
+    let eim_masq = format!(
+        "oifname \"{w}\" meta l4proto udp snat ip to ip saddr . udp sport map @rev\n\
+         oifname \"{w}\" meta l4proto udp udp sport @taken masquerade random\n"
+    );
+    let masq = match kind {
+        NatKind::FullCone | NatKind::AddressRestrictedCone => format!("{eim_masq}{masq}"),
+        _ => masq,
+    };
     match kind {
         NatKind::FullCone => {
             sets += &cone_map;
+            sets += &eim_sets;
             track += &track_map;
+            track += &eim_track;
             pre += &format!("iifname \"{w}\" meta l4proto udp dnat ip to udp dport map @fc\n");
         }
         NatKind::AddressRestrictedCone => {
             sets += &cone_map;
+            sets += &eim_sets;
+            track += &eim_track;
             sets += &format!(
                 "set peers {{ type ipv4_addr . inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n"
             );
@@ -155,6 +182,10 @@ mod tests {
     fn rulesets_mention_their_mechanism() {
         assert!(ruleset(NatKind::Symmetric).contains("masquerade random"));
         assert!(ruleset(NatKind::FullCone).contains("dnat ip to udp dport map @fc"));
+        for cone in [NatKind::FullCone, NatKind::AddressRestrictedCone] {
+            assert!(ruleset(cone).contains("snat ip to ip saddr . udp sport map @rev"));
+            assert!(ruleset(cone).contains("udp sport @taken masquerade random"));
+        }
         assert!(ruleset(NatKind::AddressRestrictedCone).contains("@peers"));
         assert!(!ruleset(NatKind::None).contains("masquerade"));
         assert!(ruleset(NatKind::TcpOnlyFirewall).contains("meta l4proto tcp ct state new"));

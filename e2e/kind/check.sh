@@ -5,7 +5,8 @@
 # `docker exec`) and on the lab's real control plane (e2e/tests/cli.rs, through `ip netns exec`).
 #
 #   check.sh --kubeconfig FILE [--phase install|check|all] [--node-exec 'CMD {node}']
-#            [--expect-all ACTUAL/REASON | --expect FILE] [--timeout SECONDS] [-- HELM ARGS...]
+#            [--expect-all ACTUAL/REASON | --expect FILE | --expect-planned] [--timeout SECONDS]
+#            [-- HELM ARGS...]
 #
 # install: the server must be Kubernetes >= 1.31 (CEL in the CRDs, the agent's admission policy);
 #          `helm upgrade --install wirekube charts/wirekube -n wirekube-system --create-namespace
@@ -14,7 +15,9 @@
 #          then until `kubectl wirekube status -o json` shows every direction with the expected
 #          path and reason, no fallback (--expect-all direct/same-site: every direction the same,
 #          as on kind's one Docker bridge; --expect FILE: a JSON array of {from,to,actual,reason},
-#          one per direction, e.g. the lab topology's planner expectation); prints
+#          one per direction, e.g. the lab topology's planner expectation; --expect-planned: each
+#          direction on the path the operator planned for it, Direct or Relay, for a cluster
+#          whose sites you do not want to spell out); prints
 #          `kubectl wirekube status`; `kubectl wirekube doctor` must pass; and every node must
 #          reach every other node's agent over the mesh: an HTTP GET of /healthz on the peer's
 #          mesh IP, port 9473 (the chart's agent metrics port, host network), with bash's
@@ -28,7 +31,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MIN_MINOR=31
 NS=wirekube-system
 AGENT_PORT=9473
-PHASE=all KUBECONFIG_FILE='' NODE_EXEC='' EXPECT_ALL='' EXPECT_FILE='' TIMEOUT=180
+PHASE=all KUBECONFIG_FILE='' NODE_EXEC='' EXPECT_ALL='' EXPECT_FILE='' EXPECT_PLANNED='' TIMEOUT=180
 HELM_ARGS=()
 
 die() { echo "check.sh: $*" >&2; exit 2; }
@@ -39,6 +42,7 @@ while (($#)); do
     --node-exec) NODE_EXEC=${2:-}; shift 2 ;;
     --expect-all) EXPECT_ALL=${2:-}; shift 2 ;;
     --expect) EXPECT_FILE=${2:-}; shift 2 ;;
+    --expect-planned) EXPECT_PLANNED=1; shift ;;
     --timeout) TIMEOUT=${2:-}; shift 2 ;;
     --) shift; HELM_ARGS=("$@"); break ;;
     *) die "unknown argument '$1' (see the header of $0)" ;;
@@ -49,7 +53,8 @@ done
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout must be whole seconds, got '$TIMEOUT'"
 if [[ $PHASE != install ]]; then
   [[ $NODE_EXEC == *'{node}'* ]] || die "--node-exec must contain {node}, e.g. 'docker exec {node}'"
-  [[ -n $EXPECT_ALL || -n $EXPECT_FILE ]] || die "give --expect-all ACTUAL/REASON or --expect FILE"
+  [[ -n $EXPECT_ALL || -n $EXPECT_FILE || -n $EXPECT_PLANNED ]] ||
+    die "give --expect-all ACTUAL/REASON, --expect FILE or --expect-planned"
   [[ -z $EXPECT_ALL || $EXPECT_ALL == */* ]] || die "--expect-all is ACTUAL/REASON, e.g. direct/same-site"
   [[ -z $EXPECT_FILE || -r $EXPECT_FILE ]] || die "--expect $EXPECT_FILE is not readable"
 fi
@@ -90,9 +95,16 @@ install() {
     crd/wirekubemeshes.wirekube.io crd/wirekubepeers.wirekube.io
 }
 
-# Every direction in status.json against expect.json.
+# Every direction in status.json against expect.json (with --expect-planned: made from the
+# status's own plan, which must cover all N * (N - 1) directions with Direct or Relay).
 pairs_as_expected() {
   kubectl wirekube status -o json >"$WORK/status.json" || return 1
+  if [[ -n $EXPECT_PLANNED ]]; then
+    jq --argjson n "$1" '[.pairs[] | select(.planned == "Direct" or .planned == "Relay")
+        | {from, to, actual: (.planned | ascii_downcase), reason}]
+      | if length == $n * ($n - 1) then . else [] end' "$WORK/status.json" >"$WORK/expect.json" ||
+      return 1
+  fi
   jq -e --slurpfile want "$WORK/expect.json" '
     . as $s | ($want[0] | length) > 0 and (.pairs | length) == ($want[0] | length)
     and all($want[0][]; . as $w | any($s.pairs[];
@@ -131,10 +143,10 @@ check() {
     jq -n --arg nodes "$nodes" --arg actual "${EXPECT_ALL%%/*}" --arg reason "${EXPECT_ALL#*/}" \
       '($nodes | split(" ")) as $ns | [$ns[] as $a | $ns[] as $b | select($a != $b)
         | {from: $a, to: $b, actual: $actual, reason: $reason}]' >"$WORK/expect.json"
-  else
+  elif [[ -n $EXPECT_FILE ]]; then
     cp "$EXPECT_FILE" "$WORK/expect.json"
   fi
-  if ! deadline "$TIMEOUT" "every direction's path and reason as expected" pairs_as_expected; then
+  if ! deadline "$TIMEOUT" "every direction's path and reason as expected" pairs_as_expected "$n"; then
     show_unexpected
     exit 1
   fi

@@ -124,7 +124,8 @@ pub fn check_all_alike(sc: &Scenario, actual_reason: &str, timeout: Duration) ->
     check_with(sc, &["--expect-all", actual_reason], timeout)
 }
 
-fn check_with(sc: &Scenario, expect: &[&str], timeout: Duration) -> Result<String> {
+/// `check.sh --phase check` with `expect` (`--expect-planned`, `--expect FILE`, ...).
+pub fn check_with(sc: &Scenario, expect: &[&str], timeout: Duration) -> Result<String> {
     let (exec, secs) = (node_exec(sc)?, timeout.as_secs().to_string());
     let mut args = vec!["--phase", "check", "--node-exec", &exec, "--timeout", &secs];
     args.extend_from_slice(expect);

@@ -459,6 +459,10 @@ fn kubectl_wirekube_agrees_with_a_converged_lab_mesh() {
         Ok(out) => eprintln!("$ e2e/kind/check.sh --phase check  # seed 1\n{out}"),
         Err(e) => panic!("{e:#}\n{}", sc.logs(40)),
     }
+    // The form for a cluster whose sites are not spelled out: every direction as planned.
+    if let Err(e) = kind_check::check_with(&sc, &["--expect-planned"], Duration::from_secs(30)) {
+        panic!("{e:#}\n{}", sc.logs(20));
+    }
     // kind's expectation (every direction direct, same-site) is wrong for seed 1: check.sh
     // must fail and name the relayed directions.
     let wrong = kind_check::check_all_alike(&sc, "direct/same-site", Duration::from_secs(4));

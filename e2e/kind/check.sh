@@ -21,10 +21,11 @@
 #          `kubectl wirekube status`; `kubectl wirekube doctor` must pass; and every node must
 #          reach every other node's agent over the mesh: an HTTP GET of /healthz on the peer's
 #          mesh IP, port 9473 (the chart's agent metrics port, host network), with bash's
-#          /dev/tcp run by --node-exec ({node} is replaced by the node name; kind node images
-#          have bash but no ping or curl).
+#          /dev/tcp run by --node-exec ({node} is replaced by the node name; the command must
+#          pass its arguments through unchanged, as docker exec and ip netns exec do, not ssh;
+#          kind node images have bash but no ping or curl).
 # Needs kubectl, jq, helm (or HELM=path) and kubectl-wirekube on PATH. Exit 0 only when every
-# check passed. shellcheck-clean (make lint-scripts).
+# check passed. Linted by shellcheck (make lint-scripts).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

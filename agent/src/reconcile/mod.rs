@@ -23,12 +23,12 @@ use crate::pathstate::Phase;
 use crate::spec::LocalSettings;
 use crate::step::PeerPath;
 use liveness_io::LivenessSocket;
-use relay::RelayRt;
+use relay_link::RelayRt;
 
 mod converge;
 mod liveness_io;
 mod probe_signal;
-mod relay;
+mod relay_link;
 mod report;
 
 /// Stats are read this often while a probe runs, so that it is confirmed (or given up) within

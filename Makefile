@@ -54,10 +54,9 @@ test: deps k8s tools build
 	$(CARGO) test -p wirekube-e2e --test nat_grid -- --test-threads=1
 	@# The fault suite: faults grouped per lab, each with a recovery deadline (docs/benchmarks.md).
 	$(CARGO) test -p wirekube-e2e --test faults -- --test-threads=1
-	@# Kernel WireGuard (the engine real nodes pick) in a VM with Debian's kernel: docs/dataplane.md.
-	@# The agent lab's VM group is not here yet: it passed 2 of 4 VM runs (waits too short under
-	@# emulation, fixed but not yet re-run); `make test-kernel` runs every group.
-	$(MAKE) test-kernel VM_TESTS="dataplane seeds"
+	@# Kernel WireGuard (the engine real nodes pick) in a VM with Debian's kernel, every group
+	@# (dataplane, agent lab, seeds): docs/dataplane.md; timings in docs/benchmarks.md.
+	$(MAKE) test-kernel
 
 # Boots Debian's kernel in QEMU over this machine's root filesystem and runs the kernel-engine
 # tests there (the machines have no WireGuard module). Fails when the VM cannot boot.

@@ -101,9 +101,16 @@ pub fn ruleset(kind: NatKind) -> String {
         "map rev {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n\
          set taken {{ type inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n"
     );
+    // A mapping is in use as long as packets leave through it in either direction: a cone
+    // node whose flows were all started from outside (peers initiating to its srflx) sends
+    // only replies, and its port must stay its own meanwhile.
     let eim_track = format!(
         "oifname \"{w}\" meta l4proto udp ct direction original update @rev {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }}\n\
-         oifname \"{w}\" meta l4proto udp ct direction original update @taken {{ udp sport }}\n"
+         oifname \"{w}\" meta l4proto udp ct direction reply update @rev {{ ct reply ip saddr . ct reply proto-src : ip saddr . udp sport }}\n\
+         oifname \"{w}\" meta l4proto udp update @taken {{ udp sport }}\n"
+    );
+    let track_map_reply = format!(
+        "oifname \"{w}\" meta l4proto udp ct direction reply update @fc {{ udp sport : ct reply ip saddr . ct reply proto-src }}\n"
     );
     let eim_masq = format!(
         "oifname \"{w}\" meta l4proto udp snat ip to ip saddr . udp sport map @rev\n\
@@ -118,6 +125,7 @@ pub fn ruleset(kind: NatKind) -> String {
             sets += &cone_map;
             sets += &eim_sets;
             track += &track_map;
+            track += &track_map_reply;
             track += &eim_track;
             pre += &format!("iifname \"{w}\" meta l4proto udp dnat ip to udp dport map @fc\n");
         }
@@ -129,6 +137,7 @@ pub fn ruleset(kind: NatKind) -> String {
                 "set peers {{ type ipv4_addr . inet_service; flags dynamic,timeout; timeout {CONE_TIMEOUT_S}s; }}\n"
             );
             track += &track_map;
+            track += &track_map_reply;
             track += &format!(
                 "oifname \"{w}\" meta l4proto udp update @peers {{ ip daddr . udp sport }}\n"
             );

@@ -249,45 +249,10 @@ impl Agent {
             }
             if !first_discovery_done {
                 discovered_with = servers.clone();
-                // First discovery runs from the WireGuard port itself, before the dataplane
-                // binds it (docs/lab-findings.md §7.7). Publish the key and discovery result first: the
-                // operator needs both to plan anyone's path to us.
-                let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
-                let relay_up = self
-                    .relay
-                    .as_ref()
-                    .is_some_and(|r| r.client.state().status == Status::Connected);
-                let mut answered = false;
-                if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
-                    && let Ok(r) = h.await
-                {
-                    answered = r.stun_reachable;
-                    disc_tick.reset_after(self.on_discovery(r));
+                if !self.first_discovery(&peer, started, &mut disc_tick).await {
+                    self.metrics.tick();
+                    continue;
                 }
-                match discovery::after_first_round(
-                    answered,
-                    port.is_some(),
-                    relay_up,
-                    started.elapsed(),
-                ) {
-                    FirstRound::Done => {}
-                    FirstRound::UdpBlocked => tracing::info!(
-                        "no STUN answer while the relay answers over TCP: UDP is blocked here; \
-                         binding WireGuard without waiting for the first-discovery grace"
-                    ),
-                    FirstRound::GraceOver => tracing::info!(
-                        "no STUN answer for {FIRST_DISCOVERY_GRACE:?}: binding WireGuard anyway"
-                    ),
-                    FirstRound::Retry => {
-                        // Published but silent servers (the relay pod not ready yet, its
-                        // address not announced): the WireGuard port's own mapping is worth a
-                        // few more seconds before the dataplane binds the port and it can no
-                        // longer be measured; the discovery tick (reset above) wakes the retry.
-                        self.metrics.tick();
-                        continue;
-                    }
-                }
-                self.seed_srflx(&peer);
                 first_discovery_done = true;
             }
             let span = tracing::info_span!("reconcile", node = %self.cfg.node, generation = ?peer.metadata.generation);
@@ -296,20 +261,8 @@ impl Agent {
             self.metrics
                 .reconcile_seconds
                 .observe(t.elapsed().as_secs_f64());
-            let now = Instant::now();
-            if disc_task.is_none()
-                && discovery::recheck_now(
-                    std::mem::take(&mut self.direct_failed),
-                    self.last_recheck,
-                    now,
-                )
-            {
-                tracing::info!(
-                    "a direct path failed: re-checking the NAT now (new public address?)"
-                );
-                self.last_recheck = Some(now);
-                self.recheck_until = Some(now + discovery::RECHECK_WINDOW);
-                disc_task = self.spawn_discovery(&Some(peer.clone()), None);
+            if disc_task.is_none() {
+                disc_task = self.recheck_after_direct_failure(&peer);
             }
             self.metrics.tick();
         }
@@ -318,6 +271,63 @@ impl Agent {
             r.client.shutdown().await;
         }
         tracing::info!("shutting down; interface, routes and keys are left in place");
+    }
+
+    /// The first discovery round, from the WireGuard port itself before the dataplane binds
+    /// it (docs/lab-findings.md §7.7): the key and the discovery result are published first,
+    /// as the operator needs both to plan anyone's path to us. False while the round is to be
+    /// retried (the discovery tick, reset here, wakes the retry).
+    async fn first_discovery(
+        &mut self,
+        peer: &Arc<WireKubePeer>,
+        started: Instant,
+        disc_tick: &mut tokio::time::Interval,
+    ) -> bool {
+        let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
+        let relay_up = self
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.client.state().status == Status::Connected);
+        let mut answered = false;
+        if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
+            && let Ok(r) = h.await
+        {
+            answered = r.stun_reachable;
+            disc_tick.reset_after(self.on_discovery(r));
+        }
+        match discovery::after_first_round(answered, port.is_some(), relay_up, started.elapsed()) {
+            FirstRound::Done => {}
+            FirstRound::UdpBlocked => tracing::info!(
+                "no STUN answer while the relay answers over TCP: UDP is blocked here; \
+                 binding WireGuard without waiting for the first-discovery grace"
+            ),
+            FirstRound::GraceOver => tracing::info!(
+                "no STUN answer for {FIRST_DISCOVERY_GRACE:?}: binding WireGuard anyway"
+            ),
+            // Published but silent servers (the relay pod not ready yet, its address not
+            // announced): the WireGuard port's own mapping is worth a few more seconds before
+            // the dataplane binds the port and it can no longer be measured.
+            FirstRound::Retry => return false,
+        }
+        self.seed_srflx(peer);
+        true
+    }
+
+    /// A NAT re-check right away when a direct path failed in the last pass
+    /// (`discovery::recheck_now`: a new public address?).
+    fn recheck_after_direct_failure(
+        &mut self,
+        peer: &Arc<WireKubePeer>,
+    ) -> Option<tokio::task::JoinHandle<DiscoveryReport>> {
+        let now = Instant::now();
+        let failed = std::mem::take(&mut self.direct_failed);
+        if !discovery::recheck_now(failed, self.last_recheck, now) {
+            return None;
+        }
+        tracing::info!("a direct path failed: re-checking the NAT now (new public address?)");
+        self.last_recheck = Some(now);
+        self.recheck_until = Some(now + discovery::RECHECK_WINDOW);
+        self.spawn_discovery(&Some(peer.clone()), None)
     }
 
     fn spawn_discovery(

@@ -15,7 +15,7 @@ use super::probe_signal::ProbeSignal;
 use crate::metrics::{KindLabel, Metrics, PathLabel};
 use crate::pathstate::{Timing, Transition, Want};
 use crate::spec::{self, PeerTarget};
-use crate::step::targets::{self, PathSettings, TargetEvent};
+use crate::step::targets::{PathSettings, TargetEvent, apply_targets, path_timing};
 use crate::step::{PeerObservation, PeerStep, Request};
 
 impl Agent {
@@ -33,7 +33,7 @@ impl Agent {
         self.spec_problems = problems.iter().map(ToString::to_string).collect();
         self.update_peers(
             &targets,
-            targets::timing(spec, self.cfg.probe_min),
+            path_timing(spec, self.cfg.probe_min),
             now,
             now_sys,
         );
@@ -123,7 +123,7 @@ impl Agent {
             own_key_created: self.cfg.key_created,
             clock_offset_secs: self.cfg.test_clock_offset_secs,
         };
-        for event in targets::apply_targets(&mut self.peers, targets, settings, now, now_sys) {
+        for event in apply_targets(&mut self.peers, targets, settings, now, now_sys) {
             match event {
                 TargetEvent::KeyChanged(name) => {
                     self.liveness.remove(&name);

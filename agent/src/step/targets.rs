@@ -16,7 +16,7 @@ use crate::spec::PeerTarget;
 const DIRECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The state machines' timing: the spec's `directTimeout` and the agent's probe flag.
-pub fn timing(spec: &WireKubePeerSpec, probe_min: Duration) -> Timing {
+pub fn path_timing(spec: &WireKubePeerSpec, probe_min: Duration) -> Timing {
     Timing::with_probe_min(
         parse_duration(&spec.direct_timeout).unwrap_or(DIRECT_TIMEOUT_DEFAULT),
         probe_min,

@@ -465,3 +465,18 @@ fn a_changed_key_on_either_side_starts_the_path_over() {
         );
     }
 }
+
+#[test]
+fn direct_timeout_comes_from_the_spec_and_defaults_to_10_s() {
+    use super::targets::path_timing;
+    // (spec's directTimeout) -> the state machines' direct timeout, seconds
+    for (v, want) in [("12s", 12), ("1m", 60), ("", 10), ("soon", 10)] {
+        let spec = wirekube_crds::WireKubePeerSpec {
+            direct_timeout: v.into(),
+            ..Default::default()
+        };
+        let t = path_timing(&spec, Duration::from_secs(4));
+        assert_eq!(t.direct_timeout, Duration::from_secs(want), "{v:?}");
+        assert_eq!(t.probe_min, Duration::from_secs(4));
+    }
+}

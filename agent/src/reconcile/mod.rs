@@ -73,6 +73,36 @@ enum Wake {
     Discovered(Option<DiscoveryReport>),
 }
 
+/// The discovery rounds the main loop runs besides the reconcile passes.
+struct Rounds {
+    /// The round in flight.
+    task: Option<tokio::task::JoinHandle<DiscoveryReport>>,
+    /// Wakes the periodic NAT re-check (and a retry of the first round).
+    tick: tokio::time::Interval,
+    /// The first round (from the WireGuard port, before the dataplane binds it) is done.
+    first_done: bool,
+    /// STUN servers the last round used: a change (typically the relay endpoint being
+    /// published after the agent started) triggers a new round instead of waiting for the
+    /// periodic re-check.
+    servers: Vec<String>,
+    /// When the agent started (the first-discovery grace).
+    started: Instant,
+}
+
+impl Rounds {
+    fn new(interval: Duration) -> Self {
+        let mut tick = tokio::time::interval(interval);
+        tick.reset();
+        Self {
+            task: None,
+            tick,
+            first_done: false,
+            servers: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
 pub struct Agent {
     cfg: AgentConfig,
     id: Identity,
@@ -155,15 +185,7 @@ impl Agent {
         let mut token = TokenWatch::new();
         let mut stats_tick = tokio::time::interval(self.cfg.stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut disc_tick = tokio::time::interval(self.cfg.discovery_interval);
-        disc_tick.reset();
-        let mut disc_task: Option<tokio::task::JoinHandle<DiscoveryReport>> = None;
-        let mut first_discovery_done = false;
-        // STUN servers the last discovery used: a change (typically the relay endpoint being
-        // published after the agent started) triggers a new round instead of waiting for the
-        // periodic re-check.
-        let mut discovered_with: Vec<String> = Vec::new();
-        let started = Instant::now();
+        let mut rounds = Rounds::new(self.cfg.discovery_interval);
         tracing::info!(node = %self.cfg.node, public_key = %self.id.public_key(), "agent running; waiting for this node's WireKubePeer");
         loop {
             let relay_changed = async {
@@ -175,7 +197,7 @@ impl Agent {
                 }
             };
             let disc_done = async {
-                match disc_task.as_mut() {
+                match rounds.task.as_mut() {
                     Some(t) => t.await.ok(),
                     None => std::future::pending().await,
                 }
@@ -193,7 +215,7 @@ impl Agent {
                 _ = token.changed().changed() => Wake::Other,
                 _ = relay_changed => Wake::Other,
                 _ = stats_tick.tick() => Wake::Other,
-                _ = disc_tick.tick() => Wake::DiscoveryDue,
+                _ = rounds.tick.tick() => Wake::DiscoveryDue,
                 r = disc_done => Wake::Discovered(r),
             };
             match wake {
@@ -204,65 +226,24 @@ impl Agent {
                 }
                 Wake::Other => {}
                 Wake::DiscoveryDue => {
-                    // Before the first round completes, the block below retries it.
-                    if disc_task.is_none() && first_discovery_done {
+                    // Before the first round completes, `ready_for_pass` retries it.
+                    if rounds.task.is_none() && rounds.first_done {
                         let p = peer_rx.borrow().clone();
-                        disc_task = self.spawn_discovery(&p, None);
+                        rounds.task = self.spawn_discovery(&p, None);
                     }
                 }
                 Wake::Discovered(r) => {
-                    disc_task = None;
+                    rounds.task = None;
                     if let Some(r) = r {
-                        disc_tick.reset_after(self.on_discovery(r));
+                        rounds.tick.reset_after(self.on_discovery(r));
                     }
                 }
             }
             let peer = peer_rx.borrow_and_update().clone();
-            let Some(peer) = peer else {
-                self.metrics.tick();
-                continue;
-            };
-            self.discovery.listen_port = Some(peer.spec.listen_port);
-            token.set(
-                &self.client,
-                &self.cfg.namespace,
-                peer.spec.relay_token_secret.as_deref(),
-            );
-            // Before the first discovery too: a relay that answers over TCP while STUN stays
-            // silent tells that this node's UDP is blocked (discovery::after_first_round).
-            self.ensure_relay(&peer, token.token());
-            let servers = discovery::stun_servers(&peer.spec);
-            if !first_discovery_done
-                && servers.is_empty()
-                && peer.spec.relay_mode != wirekube_crds::RelayMode::Never
-                && started.elapsed() < FIRST_DISCOVERY_GRACE
+            if let Some(peer) = peer
+                && self.ready_for_pass(&peer, &mut token, &mut rounds).await
             {
-                // The relay's STUN responder is not published yet. The mapping of the
-                // WireGuard port can only be learned before the dataplane binds it, so wait
-                // (briefly) for a server rather than bind now and never know it.
-                self.metrics.tick();
-                continue;
-            }
-            if first_discovery_done && disc_task.is_none() && servers != discovered_with {
-                discovered_with = servers.clone();
-                disc_task = self.spawn_discovery(&Some(peer.clone()), None);
-            }
-            if !first_discovery_done {
-                discovered_with = servers.clone();
-                if !self.first_discovery(&peer, started, &mut disc_tick).await {
-                    self.metrics.tick();
-                    continue;
-                }
-                first_discovery_done = true;
-            }
-            let span = tracing::info_span!("reconcile", node = %self.cfg.node, generation = ?peer.metadata.generation);
-            let t = Instant::now();
-            self.reconcile(&peer).instrument(span).await;
-            self.metrics
-                .reconcile_seconds
-                .observe(t.elapsed().as_secs_f64());
-            if disc_task.is_none() {
-                disc_task = self.recheck_after_direct_failure(&peer);
+                self.pass(&peer, &mut rounds).await;
             }
             self.metrics.tick();
         }
@@ -271,6 +252,64 @@ impl Agent {
             r.client.shutdown().await;
         }
         tracing::info!("shutting down; interface, routes and keys are left in place");
+    }
+
+    /// Token, relay client and discovery rounds for this spec; false while the first
+    /// discovery round waits (for a STUN server to be published, or to retry).
+    async fn ready_for_pass(
+        &mut self,
+        peer: &Arc<WireKubePeer>,
+        token: &mut TokenWatch,
+        rounds: &mut Rounds,
+    ) -> bool {
+        self.discovery.listen_port = Some(peer.spec.listen_port);
+        token.set(
+            &self.client,
+            &self.cfg.namespace,
+            peer.spec.relay_token_secret.as_deref(),
+        );
+        // Before the first discovery too: a relay that answers over TCP while STUN stays
+        // silent tells that this node's UDP is blocked (discovery::after_first_round).
+        self.ensure_relay(peer, token.token());
+        let servers = discovery::stun_servers(&peer.spec);
+        if !rounds.first_done
+            && servers.is_empty()
+            && peer.spec.relay_mode != wirekube_crds::RelayMode::Never
+            && rounds.started.elapsed() < FIRST_DISCOVERY_GRACE
+        {
+            // The relay's STUN responder is not published yet. The mapping of the
+            // WireGuard port can only be learned before the dataplane binds it, so wait
+            // (briefly) for a server rather than bind now and never know it.
+            return false;
+        }
+        if rounds.first_done && rounds.task.is_none() && servers != rounds.servers {
+            rounds.servers = servers.clone();
+            rounds.task = self.spawn_discovery(&Some(peer.clone()), None);
+        }
+        if !rounds.first_done {
+            rounds.servers = servers;
+            if !self
+                .first_discovery(peer, rounds.started, &mut rounds.tick)
+                .await
+            {
+                return false;
+            }
+            rounds.first_done = true;
+        }
+        true
+    }
+
+    /// One reconcile pass (timed), then a NAT re-check if a direct path failed in it.
+    async fn pass(&mut self, peer: &Arc<WireKubePeer>, rounds: &mut Rounds) {
+        let span = tracing::info_span!("reconcile", node = %self.cfg.node, generation = ?peer.metadata.generation);
+        let t = Instant::now();
+        self.reconcile(peer).instrument(span).await;
+        self.metrics
+            .reconcile_seconds
+            .observe(t.elapsed().as_secs_f64());
+        if rounds.task.is_none() {
+            rounds.task = self.recheck_after_direct_failure(peer);
+        }
     }
 
     /// The first discovery round, from the WireGuard port itself before the dataplane binds

@@ -3,7 +3,8 @@
 use std::time::SystemTime;
 
 use crate::diff::{
-    EndpointMemory, route_prefixes, validate, validate_rule_priority, validate_table, wg_changes,
+    EndpointMemory, endpoints_written, route_prefixes, validate, validate_rule_priority,
+    validate_table, wg_changes,
 };
 use crate::engine::{
     Backend, EngineChoice, EngineKind, EngineSelection, open_engine, stop_daemons,
@@ -108,6 +109,7 @@ impl Dataplane {
         if !changes.is_empty() {
             tracing::debug!(?changes, "WireGuard changes");
             report.wireguard_changes += changes.len();
+            report.endpoints_written = endpoints_written(&changes);
             if self.backend.set(&cur, &changes).await? {
                 // Kernel interface rewrite dropped all peers: add them back now.
                 let cur = self.backend.get().await?;

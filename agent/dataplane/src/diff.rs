@@ -113,6 +113,20 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
         && current != desired
 }
 
+/// The peer never completed a handshake: it has no session that re-creating it could lose.
+///
+/// A new endpoint for such a peer is written as remove + create. Engines rate-limit handshake
+/// initiations to one per REKEY_TIMEOUT (5 s) and record the attempt even when it could not be
+/// sent (no endpoint yet) or was dropped on the way (the relay not connected yet, a NAT without
+/// a hole, a peer that had not configured us yet): wireguard-go's `SendHandshakeInitiation`
+/// stamps `lastSentHandshake` before sending, the kernel does the same with
+/// `last_sent_handshake`. A datagram routed to the peer before its planned endpoint arrived
+/// would then hold the first initiation over the planned path back for up to 5 s. A created
+/// peer starts with that stamp in the past (both engines), so the next datagram initiates.
+fn never_handshaked(c: &PeerState) -> bool {
+    c.handshake_sec == 0 && c.handshake_nsec == 0
+}
+
 /// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
 pub(crate) fn wg_changes(
     cur: &DeviceState,
@@ -158,7 +172,19 @@ pub(crate) fn wg_changes(
                         (c.endpoint != Some(d) && !keep_current_endpoint(c, d, now)).then_some(d)
                     }
                 };
-                if ips.is_some() || ka.is_some() || endpoint.is_some() {
+                if let Some(d) = endpoint
+                    && never_handshaked(c)
+                {
+                    // A new peer again: resets the engine's handshake rate limit (below).
+                    out.push(WgChange::Remove(p.public_key));
+                    out.push(WgChange::Peer {
+                        public_key: p.public_key,
+                        create: true,
+                        endpoint: Some(d),
+                        persistent_keepalive: (keepalive != 0).then_some(keepalive),
+                        allowed_ips: Some(p.allowed_ips.clone()),
+                    });
+                } else if ips.is_some() || ka.is_some() || endpoint.is_some() {
                     out.push(WgChange::Peer {
                         public_key: p.public_key,
                         create: false,
@@ -177,6 +203,21 @@ pub(crate) fn wg_changes(
         }
     }
     out
+}
+
+/// The peers whose endpoint `changes` write.
+pub(crate) fn endpoints_written(changes: &[WgChange]) -> Vec<[u8; 32]> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            WgChange::Peer {
+                public_key,
+                endpoint: Some(_),
+                ..
+            } => Some(*public_key),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The prefixes that get a route in the mesh table: every peer AllowedIP, masked.
@@ -295,7 +336,9 @@ mod tests {
     fn changed_desired_endpoint_is_pushed() {
         let old = vec![peer(2, Some("10.0.0.2:51820"))];
         let new = vec![peer(2, Some("127.0.0.1:40000"))];
-        let cur = state_of(&old);
+        let mut cur = state_of(&old);
+        // It had a session (which an update keeps); see the next test for one without.
+        cur.peers[0].handshake_sec = 1_764_000_000;
         let ch = wg_changes(&cur, &iface(), &new, &memory_of(&old), SystemTime::now());
         assert_eq!(
             ch,
@@ -307,6 +350,56 @@ mod tests {
                 allowed_ips: None,
             }]
         );
+    }
+
+    #[test]
+    fn a_new_endpoint_for_a_peer_without_handshake_recreates_it() {
+        // (endpoint before, endpoint wanted now, handshake_sec, recreated)
+        let cases = [
+            (None, Some("10.0.0.2:51820"), 0, true),
+            (Some("127.0.0.1:40000"), Some("10.0.0.2:51820"), 0, true),
+            (Some("10.0.0.2:51820"), Some("127.0.0.1:40000"), 0, true),
+            // A session to keep: the endpoint is updated in place.
+            (
+                Some("127.0.0.1:40000"),
+                Some("10.0.0.2:51820"),
+                1_764_000_000,
+                false,
+            ),
+            // No endpoint write at all: nothing happens.
+            (Some("10.0.0.2:51820"), Some("10.0.0.2:51820"), 0, false),
+            (Some("10.0.0.2:51820"), None, 0, false),
+        ];
+        for (before, wanted, hs, recreated) in cases {
+            let old = vec![peer(2, before)];
+            let new = vec![peer(2, wanted)];
+            let mut cur = state_of(&old);
+            cur.peers[0].handshake_sec = hs;
+            let ch = wg_changes(&cur, &iface(), &new, &memory_of(&old), SystemTime::now());
+            let want = if recreated {
+                vec![
+                    WgChange::Remove([2; 32]),
+                    WgChange::Peer {
+                        public_key: [2; 32],
+                        create: true,
+                        endpoint: wanted.map(|e| e.parse().unwrap()),
+                        persistent_keepalive: Some(25),
+                        allowed_ips: Some(new[0].allowed_ips.clone()),
+                    },
+                ]
+            } else if before != wanted && wanted.is_some() {
+                vec![WgChange::Peer {
+                    public_key: [2; 32],
+                    create: false,
+                    endpoint: wanted.map(|e| e.parse().unwrap()),
+                    persistent_keepalive: None,
+                    allowed_ips: None,
+                }]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(ch, want, "{before:?} -> {wanted:?}, handshake {hs}");
+        }
     }
 
     #[test]

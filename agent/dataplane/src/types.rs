@@ -113,12 +113,16 @@ pub struct PeerConfig {
 }
 
 /// What one [`crate::Dataplane::reconcile`] call had to change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Individual WireGuard writes: interface settings, peers added, updated or removed.
     pub wireguard_changes: usize,
     /// Individual netlink writes: link attributes, addresses, routes and rules.
     pub netlink_changes: usize,
+    /// The peers whose endpoint this call wrote (new peers, changed desired endpoints). A peer
+    /// without a completed handshake was re-created for it, which lets its next datagram
+    /// start a handshake at once (see `wg_changes`).
+    pub endpoints_written: Vec<[u8; 32]>,
 }
 
 impl ReconcileReport {

@@ -327,7 +327,20 @@ impl Agent {
         let result = dp.reconcile(iface, configs).await;
         // After the write: a trigger sent before it would leave through the old endpoint
         // (the relay, at the start of a probe) and its reply would roam WireGuard back there.
-        for ip in steps.iter().filter_map(|(_, s)| s.trigger) {
+        let mut triggers: Vec<IpAddr> = steps.iter().filter_map(|(_, s)| s.trigger).collect();
+        if let Ok(rep) = &result {
+            let now = Instant::now();
+            for path in self.peers.values_mut() {
+                if rep.endpoints_written.contains(path.target.key.as_bytes())
+                    && let Some(ip) = path.endpoint_written(now)
+                    && !triggers.contains(&ip)
+                {
+                    tracing::debug!(peer = %path.target.name, "endpoint written: handshake trigger");
+                    triggers.push(ip);
+                }
+            }
+        }
+        for ip in triggers {
             trigger_handshake(ip);
         }
         match result {

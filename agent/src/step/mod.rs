@@ -212,6 +212,26 @@ impl PeerPath {
         }
     }
 
+    /// The dataplane wrote a new endpoint for the peer (after this pass's step): whether to
+    /// send a datagram into the tunnel at once (and record it), so that the handshake over
+    /// the new endpoint starts now instead of at the next 5 s trigger slot. Only while
+    /// attempting (connecting or probing): a working path needs none.
+    ///
+    /// A peer without a completed handshake was re-created for the write, which clears
+    /// WireGuard's handshake rate limit (an attempt made before, e.g. toward the relay before
+    /// it was connected, would hold back the next one for 5 s); this datagram is what makes
+    /// use of it.
+    pub fn endpoint_written(&mut self, now: Instant) -> Option<IpAddr> {
+        let ip = self.target.mesh_ip.filter(|_| self.attempting())?;
+        self.last_trigger = Some(now);
+        Some(ip)
+    }
+
+    fn attempting(&self) -> bool {
+        matches!(self.state.phase(), Phase::Probing { .. })
+            || self.state.actual() == ActualPath::Connecting
+    }
+
     /// Whether to send a datagram into the tunnel now (and record it).
     ///
     /// Initiation: WireGuard handshakes on demand, so one datagram makes sure a handshake
@@ -231,7 +251,7 @@ impl PeerPath {
     /// second wave of pairs at ~11.5 s.
     fn trigger(&mut self, now: Instant) -> Option<IpAddr> {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
-        let attempting = probing || self.state.actual() == ActualPath::Connecting;
+        let attempting = self.attempting();
         let every = if probing {
             PROBE_TRIGGER_EVERY
         } else {

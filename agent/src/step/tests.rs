@@ -149,6 +149,36 @@ fn a_new_pair_connecting_triggers_a_handshake_every_5_s_until_direct_timeout() {
 }
 
 #[test]
+fn a_written_endpoint_triggers_at_once_while_attempting_and_restarts_the_5_s_cadence() {
+    let mut r = Run::new(target(1, PlannedPath::Direct, true), false);
+    assert!(r.step_at(0, &PeerObservation::default()).trigger.is_some());
+    // (ms, endpoint written in this pass, datagram right after the write, step trigger)
+    for (ms, written, at_once, trigger) in [
+        // The planned endpoint arrives 1.5 s after the first trigger: no 5 s wait.
+        (1_500, true, true, false),
+        // The cadence counts from that datagram.
+        (5_000, false, false, false),
+        (6_500, false, false, true),
+    ] {
+        let s = r.step_at(ms, &PeerObservation::default());
+        assert_eq!(s.trigger.is_some(), trigger, "at {ms} ms");
+        if written {
+            let (now, _) = r.clock.at(ms);
+            assert_eq!(
+                r.path().endpoint_written(now),
+                at_once.then(mesh_ip).flatten()
+            );
+        }
+    }
+    // On a path that works (a fresh handshake over the direct endpoint) a write sends nothing.
+    let obs = r.wg(DIRECT_EP, Some(7_000), 100, 100);
+    r.step_at(7_500, &obs);
+    assert_eq!(r.path().state.actual(), ActualPath::Direct);
+    let (now, _) = r.clock.at(8_000);
+    assert_eq!(r.path().endpoint_written(now), None);
+}
+
+#[test]
 fn direct_is_confirmed_by_a_handshake_over_a_real_endpoint_after_the_start() {
     // (own key new at this start, endpoint, handshake ms after start) -> path after one pass
     // at 2 s. A handshake before the start counts only for a peer adopted after a restart of

@@ -10,11 +10,10 @@
 //!   SIGKILLed;
 //! - `faults_key_deleted_seed_3`: a node's key deleted on disk and its agent killed;
 //! - `faults_nat_new_ip_seed_3`: a NAT gateway rebooted onto a new public address;
-//! - `faults_control_plane_seed_4` (ignored until it has passed repeatedly, see the reason):
-//!   control-plane and membership faults on seed 4 (managed relay on a NodePort):
-//!   kube-apiserver down 60 s, etcd restarted, a direct pair's UDP cut and healed with one
-//!   end's clock 30 s ahead, the operator leader killed during a mass write, the managed relay
-//!   pod deleted, a node replaced.
+//! - `faults_control_plane_seed_4`: control-plane and membership faults on seed 4 (managed
+//!   relay on a NodePort): kube-apiserver down 60 s, etcd restarted, a direct pair's UDP cut
+//!   and healed with one end's clock 30 s ahead, the operator leader killed during a mass
+//!   write, the managed relay pod deleted, a node replaced.
 //!
 //! Not here: the kernel engine's SIGKILL (needs kernel WireGuard, a VM: `make test-kernel`).
 //!
@@ -427,10 +426,6 @@ fn node_replaced(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
 }
 
 #[test]
-#[ignore = "passed end to end once (2026-12-06 04:59, 315 s) after three fixes of the node \
-            join (agent discovery dropping a STUN answer routed through the mesh, 09cc5bd; lab \
-            cone NATs keeping one public port per inner endpoint, 39b0646 and fdf29aa); waits \
-            for repeated passes before joining make test; run with --ignored"]
 fn faults_control_plane_seed_4() {
     // One node's clock 30 s ahead for its agent's probe slots (the lab cannot give a
     // namespace its own wall clock; the agent's test-only offset, docs/agent.md).

@@ -1,5 +1,6 @@
 //! The `Dataplane` handle: engine + netlink, reconciled together.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use crate::diff::{
@@ -28,6 +29,8 @@ pub struct Dataplane {
     selection: EngineSelection,
     /// Desired endpoint per peer as of the last reconcile (see `diff`).
     memory: EndpointMemory,
+    /// Peers to re-create at the next reconcile if they never completed a handshake.
+    restart: HashSet<[u8; 32]>,
 }
 
 impl Dataplane {
@@ -58,6 +61,7 @@ impl Dataplane {
             nl,
             selection,
             memory: EndpointMemory::new(),
+            restart: HashSet::new(),
         })
     }
 
@@ -84,6 +88,13 @@ impl Dataplane {
         self.memory.remove(public_key);
     }
 
+    /// Asks the next reconcile to re-create the peer if it never completed a handshake (no
+    /// session to lose): clears the engine's one-initiation-per-5-s rate limit, so that a
+    /// datagram sent right after starts a handshake at once (see `diff::wg_changes`).
+    pub fn restart_handshake(&mut self, public_key: &[u8; 32]) {
+        self.restart.insert(*public_key);
+    }
+
     /// Converges WireGuard and netlink state to `iface` + `peers`: reads the current state,
     /// writes only differences, and returns how many writes it made (zero on a repeat call
     /// with the same input). Peers not in `peers` are removed, with their routes. An
@@ -105,7 +116,8 @@ impl Dataplane {
         let mut report = ReconcileReport::default();
         let now = SystemTime::now();
         let cur = self.backend.get().await?;
-        let changes = wg_changes(&cur, iface, peers, &self.memory, now);
+        let restart = std::mem::take(&mut self.restart);
+        let changes = wg_changes(&cur, iface, peers, &self.memory, &restart, now);
         if !changes.is_empty() {
             tracing::debug!(?changes, "WireGuard changes");
             report.wireguard_changes += changes.len();
@@ -113,7 +125,14 @@ impl Dataplane {
             if self.backend.set(&cur, &changes).await? {
                 // Kernel interface rewrite dropped all peers: add them back now.
                 let cur = self.backend.get().await?;
-                let again = wg_changes(&cur, iface, peers, &EndpointMemory::new(), now);
+                let again = wg_changes(
+                    &cur,
+                    iface,
+                    peers,
+                    &EndpointMemory::new(),
+                    &HashSet::new(),
+                    now,
+                );
                 report.wireguard_changes += again.len();
                 self.backend.set(&cur, &again).await?;
             }

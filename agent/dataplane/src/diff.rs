@@ -123,6 +123,8 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
 /// `last_sent_handshake`. A datagram routed to the peer before its planned endpoint arrived
 /// would then hold the first initiation over the planned path back for up to 5 s. A created
 /// peer starts with that stamp in the past (both engines), so the next datagram initiates.
+/// The same holds for a peer in `restart` (the agent asks while such a pair is connecting,
+/// see `PeerPath::trigger` in the agent), whose endpoint did not change.
 fn never_handshaked(c: &PeerState) -> bool {
     c.handshake_sec == 0 && c.handshake_nsec == 0
 }
@@ -133,6 +135,7 @@ pub(crate) fn wg_changes(
     iface: &InterfaceConfig,
     peers: &[PeerConfig],
     memory: &EndpointMemory,
+    restart: &HashSet<[u8; 32]>,
     now: SystemTime,
 ) -> Vec<WgChange> {
     let mut out = Vec::new();
@@ -172,7 +175,12 @@ pub(crate) fn wg_changes(
                         (c.endpoint != Some(d) && !keep_current_endpoint(c, d, now)).then_some(d)
                     }
                 };
-                if let Some(d) = endpoint
+                // A restart keeps the endpoint WireGuard has when none is desired.
+                let restart_to = restart
+                    .contains(&p.public_key)
+                    .then(|| p.endpoint.or(c.endpoint))
+                    .flatten();
+                if let Some(d) = endpoint.or(restart_to)
                     && never_handshaked(c)
                 {
                     // A new peer again: resets the engine's handshake rate limit (below).
@@ -312,6 +320,7 @@ mod tests {
             &iface(),
             &peers,
             &memory_of(&peers),
+            &HashSet::new(),
             SystemTime::now(),
         );
         assert!(ch.is_empty(), "{ch:?}");
@@ -327,6 +336,7 @@ mod tests {
             &iface(),
             &peers,
             &memory_of(&peers),
+            &HashSet::new(),
             SystemTime::now(),
         );
         assert!(ch.is_empty(), "{ch:?}");
@@ -339,7 +349,14 @@ mod tests {
         let mut cur = state_of(&old);
         // It had a session (which an update keeps); see the next test for one without.
         cur.peers[0].handshake_sec = 1_764_000_000;
-        let ch = wg_changes(&cur, &iface(), &new, &memory_of(&old), SystemTime::now());
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &new,
+            &memory_of(&old),
+            &HashSet::new(),
+            SystemTime::now(),
+        );
         assert_eq!(
             ch,
             vec![WgChange::Peer {
@@ -353,41 +370,52 @@ mod tests {
     }
 
     #[test]
-    fn a_new_endpoint_for_a_peer_without_handshake_recreates_it() {
-        // (endpoint before, endpoint wanted now, handshake_sec, recreated)
+    fn a_peer_without_handshake_is_recreated_for_a_new_endpoint_or_a_restart() {
+        let (direct, relay) = (Some("10.0.0.2:51820"), Some("127.0.0.1:40000"));
+        // (endpoint before, endpoint wanted now, handshake_sec, restart asked,
+        //  re-created with this endpoint)
         let cases = [
-            (None, Some("10.0.0.2:51820"), 0, true),
-            (Some("127.0.0.1:40000"), Some("10.0.0.2:51820"), 0, true),
-            (Some("10.0.0.2:51820"), Some("127.0.0.1:40000"), 0, true),
-            // A session to keep: the endpoint is updated in place.
-            (
-                Some("127.0.0.1:40000"),
-                Some("10.0.0.2:51820"),
-                1_764_000_000,
-                false,
-            ),
-            // No endpoint write at all: nothing happens.
-            (Some("10.0.0.2:51820"), Some("10.0.0.2:51820"), 0, false),
-            (Some("10.0.0.2:51820"), None, 0, false),
+            (None, direct, 0, false, direct),
+            (relay, direct, 0, false, direct),
+            (direct, relay, 0, false, relay),
+            // A session to keep: the endpoint is updated in place, a restart is ignored.
+            (relay, direct, 1_764_000_000, false, None),
+            (direct, direct, 1_764_000_000, true, None),
+            // No endpoint write: nothing happens, unless a restart is asked.
+            (direct, direct, 0, false, None),
+            (direct, None, 0, false, None),
+            (direct, direct, 0, true, direct),
+            // None desired: the restart keeps WireGuard's endpoint; without one, nothing.
+            (direct, None, 0, true, direct),
+            (None, None, 0, true, None),
         ];
-        for (before, wanted, hs, recreated) in cases {
+        for (before, wanted, hs, restart, recreated) in cases {
             let old = vec![peer(2, before)];
             let new = vec![peer(2, wanted)];
             let mut cur = state_of(&old);
             cur.peers[0].handshake_sec = hs;
-            let ch = wg_changes(&cur, &iface(), &new, &memory_of(&old), SystemTime::now());
-            let want = if recreated {
+            let restart_set: HashSet<[u8; 32]> = restart.then_some([2; 32]).into_iter().collect();
+            let ch = wg_changes(
+                &cur,
+                &iface(),
+                &new,
+                &memory_of(&old),
+                &restart_set,
+                SystemTime::now(),
+            );
+            let want = if let Some(ep) = recreated {
                 vec![
                     WgChange::Remove([2; 32]),
                     WgChange::Peer {
                         public_key: [2; 32],
                         create: true,
-                        endpoint: wanted.map(|e| e.parse().unwrap()),
+                        endpoint: ep.parse().ok(),
                         persistent_keepalive: Some(25),
                         allowed_ips: Some(new[0].allowed_ips.clone()),
                     },
                 ]
             } else if before != wanted && wanted.is_some() {
+                // Only the in-place update of a peer with a session.
                 vec![WgChange::Peer {
                     public_key: [2; 32],
                     create: false,
@@ -398,7 +426,10 @@ mod tests {
             } else {
                 Vec::new()
             };
-            assert_eq!(ch, want, "{before:?} -> {wanted:?}, handshake {hs}");
+            assert_eq!(
+                ch, want,
+                "{before:?} -> {wanted:?}, handshake {hs}, restart {restart}"
+            );
         }
     }
 
@@ -414,18 +445,44 @@ mod tests {
         let mut cur = state_of(&peers);
         cur.peers[0].endpoint = Some("198.18.0.11:59977".parse().unwrap());
         cur.peers[0].handshake_sec = epoch;
-        assert!(wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).is_empty());
+        assert!(
+            wg_changes(
+                &cur,
+                &iface(),
+                &peers,
+                &EndpointMemory::new(),
+                &HashSet::new(),
+                now
+            )
+            .is_empty()
+        );
         // Without a recent handshake the roamed endpoint is not proven; write the desired.
         cur.peers[0].handshake_sec = epoch - 1000;
         assert_eq!(
-            wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(),
+            wg_changes(
+                &cur,
+                &iface(),
+                &peers,
+                &EndpointMemory::new(),
+                &HashSet::new(),
+                now
+            )
+            .len(),
             1
         );
         // A loopback endpoint belonged to the previous process's relay bridge.
         cur.peers[0].handshake_sec = epoch;
         cur.peers[0].endpoint = Some("127.0.0.1:41234".parse().unwrap());
         assert_eq!(
-            wg_changes(&cur, &iface(), &peers, &EndpointMemory::new(), now).len(),
+            wg_changes(
+                &cur,
+                &iface(),
+                &peers,
+                &EndpointMemory::new(),
+                &HashSet::new(),
+                now
+            )
+            .len(),
             1
         );
     }
@@ -440,6 +497,7 @@ mod tests {
             &iface(),
             &new,
             &memory_of(&old),
+            &HashSet::new(),
             SystemTime::now(),
         );
         assert_eq!(ch.len(), 3);
@@ -462,6 +520,7 @@ mod tests {
                 &iface(),
                 &[p],
                 &EndpointMemory::new(),
+                &HashSet::new(),
                 SystemTime::now()
             )
             .is_empty()
@@ -477,6 +536,7 @@ mod tests {
             &iface(),
             &[],
             &EndpointMemory::new(),
+            &HashSet::new(),
             SystemTime::now(),
         );
         assert_eq!(
@@ -495,7 +555,17 @@ mod tests {
         i.private_key = [0xff; 32];
         let mut cur = state_of(&[]);
         cur.private_key = Some(clamp([0xff; 32]));
-        assert!(wg_changes(&cur, &i, &[], &EndpointMemory::new(), SystemTime::now()).is_empty());
+        assert!(
+            wg_changes(
+                &cur,
+                &i,
+                &[],
+                &EndpointMemory::new(),
+                &HashSet::new(),
+                SystemTime::now()
+            )
+            .is_empty()
+        );
     }
 
     #[test]

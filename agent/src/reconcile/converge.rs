@@ -324,6 +324,11 @@ impl Agent {
                 dp.reassert_endpoint(p.target.key.as_bytes());
             }
         }
+        for (name, _) in steps.iter().filter(|(_, s)| s.restart_handshake) {
+            if let Some(p) = self.peers.get(name) {
+                dp.restart_handshake(p.target.key.as_bytes());
+            }
+        }
         let result = dp.reconcile(iface, configs).await;
         // After the write: a trigger sent before it would leave through the old endpoint
         // (the relay, at the start of a probe) and its reply would roam WireGuard back there.

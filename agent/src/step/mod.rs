@@ -35,6 +35,13 @@ pub const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(300);
 /// Trigger cadence while connecting: WireGuard's own retry interval (REKEY_TIMEOUT).
 pub const CONNECT_TRIGGER_EVERY: Duration = Duration::from_secs(5);
 
+/// Trigger cadence while connecting to a peer WireGuard never completed a handshake with:
+/// each trigger follows a handshake restart ([`PeerStep::restart_handshake`]), which lifts
+/// WireGuard's one initiation per 5 s. An initiation that the peer dropped because it had not
+/// configured us yet (the operator writes the specs one after another), or that our own NAT
+/// could not deliver yet, is repeated within this interval instead of after 5 s.
+pub const CONNECT_RESTART_EVERY: Duration = Duration::from_secs(1);
+
 /// RTT sampling (crate::rtt).
 pub const RTT_TIMING: RttTiming = RttTiming::DEFAULT;
 
@@ -93,6 +100,10 @@ pub struct PeerStep {
     pub reassert_endpoint: bool,
     /// Send one datagram into the tunnel to this mesh IP (after the dataplane write).
     pub trigger: Option<IpAddr>,
+    /// Before the trigger, re-create the WireGuard peer if it never completed a handshake
+    /// (the dataplane checks that again), so that the trigger's initiation is not held back
+    /// by an earlier attempt ([`CONNECT_RESTART_EVERY`]).
+    pub restart_handshake: bool,
     /// Send a liveness or RTT request (then report it with [`PeerPath::request_sent`]).
     pub request: Option<Request>,
     /// Round trips measured from this pass's answers.
@@ -154,6 +165,7 @@ impl PeerPath {
             .then_some(self.target.mesh_ip)
             .flatten();
         self.rtt.on_path(self.state.actual());
+        let (trigger, restart_handshake) = self.trigger(current.last_handshake.is_none(), now);
         PeerStep {
             current,
             want: self.state.want(),
@@ -161,7 +173,8 @@ impl PeerPath {
             joined_peer_probe,
             announce_probe,
             reassert_endpoint: probing && current.via_relay,
-            trigger: self.trigger(now),
+            trigger,
+            restart_handshake,
             request: self.request_due(now),
             rtt_samples,
             liveness_armed,
@@ -232,7 +245,8 @@ impl PeerPath {
             || self.state.actual() == ActualPath::Connecting
     }
 
-    /// Whether to send a datagram into the tunnel now (and record it).
+    /// Whether to send a datagram into the tunnel now (and record it), and whether to restart
+    /// the handshake before it.
     ///
     /// Initiation: WireGuard handshakes on demand, so one datagram makes sure a handshake
     /// starts; the keepalive set for initiating peers keeps it going. This covers engines that
@@ -249,20 +263,30 @@ impl PeerPath {
     /// reached us before we had configured it (dropped, retried only after 5 s), ours reaches
     /// a peer that has us already and passes the filter its initiation opened: the NAT grid's
     /// second wave of pairs at ~11.5 s.
-    fn trigger(&mut self, now: Instant) -> Option<IpAddr> {
+    ///
+    /// That second wave remained for pairs with a symmetric NAT side (only that side can
+    /// initiate): WireGuard sends one initiation per 5 s, and the first one reached the peer
+    /// before the operator had written the peer's spec. So while connecting to a peer that
+    /// WireGuard `never_handshaked` with, every trigger restarts the handshake and they come
+    /// every [`CONNECT_RESTART_EVERY`].
+    fn trigger(&mut self, never_handshaked: bool, now: Instant) -> (Option<IpAddr>, bool) {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
-        let attempting = self.attempting();
+        let restart = !probing && never_handshaked;
         let every = if probing {
             PROBE_TRIGGER_EVERY
+        } else if restart {
+            CONNECT_RESTART_EVERY
         } else {
             CONNECT_TRIGGER_EVERY
         };
         let due = self
             .last_trigger
             .is_none_or(|t| now.duration_since(t) >= every);
-        let ip = self.target.mesh_ip.filter(|_| attempting && due)?;
+        let Some(ip) = self.target.mesh_ip.filter(|_| self.attempting() && due) else {
+            return (None, false);
+        };
         self.last_trigger = Some(now);
-        Some(ip)
+        (Some(ip), restart)
     }
 }
 

@@ -126,32 +126,55 @@ fn mesh_ip() -> Option<IpAddr> {
 }
 
 #[test]
-fn a_new_pair_connecting_triggers_a_handshake_every_5_s_until_direct_timeout() {
-    let mut r = Run::new(target(1, PlannedPath::Direct, true), false);
-    // (ms after start, trigger sent, path after the pass)
+fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_every_5_s() {
     let connecting = ActualPath::Connecting;
-    for (ms, trigger, path) in [
-        (0, true, connecting),
-        (1_000, false, connecting),
-        (4_999, false, connecting),
-        (5_000, true, connecting),
-        (9_000, false, connecting),
-        (10_000, false, ActualPath::Relay),
-        (11_000, false, ActualPath::Relay),
-        // The first probe slot (4 s backoff): probing triggers again.
-        (12_000, true, ActualPath::Relay),
-    ] {
-        let s = r.step_at(ms, &PeerObservation::default());
-        assert_eq!(s.trigger.is_some(), trigger, "at {ms} ms");
-        assert_eq!(r.path().state.actual(), path, "at {ms} ms");
-        assert_eq!(s.trigger, trigger.then(mesh_ip).flatten());
+    // (ms after start, trigger sent, handshake restarted, path after the pass)
+    let never = [
+        (0, true, true, connecting),
+        (500, false, false, connecting),
+        (1_000, true, true, connecting),
+        (1_500, false, false, connecting),
+        (2_000, true, true, connecting),
+        (9_000, true, true, connecting),
+        (10_000, false, false, ActualPath::Relay),
+        (11_000, false, false, ActualPath::Relay),
+        // The first probe slot (4 s backoff): probing triggers again, without restarts (a
+        // probe keeps the relay's session).
+        (12_000, true, false, ActualPath::Relay),
+    ];
+    // A peer WireGuard had a session with before (our key is new, so that old handshake does
+    // not count as direct): WireGuard retries by itself, trigger on its own 5 s cadence.
+    let before = [
+        (0, true, false, connecting),
+        (1_000, false, false, connecting),
+        (4_999, false, false, connecting),
+        (5_000, true, false, connecting),
+        (9_000, false, false, connecting),
+        (10_000, false, false, ActualPath::Relay),
+    ];
+    for (had_session, rows) in [(false, &never[..]), (true, &before[..])] {
+        let mut r = Run::new(target(1, PlannedPath::Direct, true), had_session);
+        let obs = if had_session {
+            r.wg(DIRECT_EP, Some(-60_000), 0, 0)
+        } else {
+            PeerObservation::default()
+        };
+        for &(ms, trigger, restart, path) in rows {
+            let s = r.step_at(ms, &obs);
+            let at = format!("at {ms} ms, had a session: {had_session}");
+            assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
+            assert_eq!(s.restart_handshake, restart, "{at}");
+            assert_eq!(r.path().state.actual(), path, "{at}");
+        }
     }
 }
 
 #[test]
 fn a_written_endpoint_triggers_at_once_while_attempting_and_restarts_the_5_s_cadence() {
-    let mut r = Run::new(target(1, PlannedPath::Direct, true), false);
-    assert!(r.step_at(0, &PeerObservation::default()).trigger.is_some());
+    // A peer WireGuard had a session with before (5 s cadence, see above).
+    let mut r = Run::new(target(1, PlannedPath::Direct, true), true);
+    let obs = r.wg(DIRECT_EP, Some(-60_000), 0, 0);
+    assert!(r.step_at(0, &obs).trigger.is_some());
     // (ms, endpoint written in this pass, datagram right after the write, step trigger)
     for (ms, written, at_once, trigger) in [
         // The planned endpoint arrives 1.5 s after the first trigger: no 5 s wait.
@@ -160,7 +183,7 @@ fn a_written_endpoint_triggers_at_once_while_attempting_and_restarts_the_5_s_cad
         (5_000, false, false, false),
         (6_500, false, false, true),
     ] {
-        let s = r.step_at(ms, &PeerObservation::default());
+        let s = r.step_at(ms, &obs);
         assert_eq!(s.trigger.is_some(), trigger, "at {ms} ms");
         if written {
             let (now, _) = r.clock.at(ms);

@@ -289,7 +289,7 @@ impl Agent {
         if !rounds.first_done {
             rounds.servers = servers;
             if !self
-                .first_discovery(peer, rounds.started, &mut rounds.tick)
+                .first_discovery(peer, token, rounds.started, &mut rounds.tick)
                 .await
             {
                 return false;
@@ -319,6 +319,7 @@ impl Agent {
     async fn first_discovery(
         &mut self,
         peer: &Arc<WireKubePeer>,
+        token: &mut TokenWatch,
         started: Instant,
         disc_tick: &mut tokio::time::Interval,
     ) -> bool {
@@ -328,11 +329,26 @@ impl Agent {
             .as_ref()
             .is_some_and(|r| r.client.state().status == Status::Connected);
         let mut answered = false;
-        if let Some(h) = self.spawn_discovery(&Some(peer.clone()), port)
-            && let Ok(r) = h.await
-        {
-            answered = r.stun_reachable;
-            disc_tick.reset_after(self.on_discovery(r));
+        if let Some(mut h) = self.spawn_discovery(&Some(peer.clone()), port) {
+            // The relay token usually arrives while this round runs (the Secret is read
+            // after the spec): start the relay client then, not after the round, so that it
+            // is up when the next round starts and a silent round can tell UDP is blocked
+            // (a TCP-only node decided one STUN round, 2.75 s, later without this).
+            let res = loop {
+                tokio::select! {
+                    r = &mut h => break r,
+                    c = token.changed().changed() => {
+                        if c.is_err() {
+                            break (&mut h).await;
+                        }
+                        self.ensure_relay(peer, token.token());
+                    }
+                }
+            };
+            if let Ok(r) = res {
+                answered = r.stun_reachable;
+                disc_tick.reset_after(self.on_discovery(r));
+            }
         }
         match discovery::after_first_round(answered, port.is_some(), relay_up, started.elapsed()) {
             FirstRound::Done => {}

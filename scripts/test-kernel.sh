@@ -63,12 +63,25 @@ k8s_bin=$(./scripts/build-k8s.sh | tail -n1)
 
 work=$(mktemp -d /tmp/wirekube-vm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# The VM runs copies of the binaries and test executables. It reads the host's files over 9p,
+# so a `cargo build` on the host during the run (another checkout user, an editor) would replace
+# target/debug/* under it: a process started afterwards in the VM (e.g. the agent container the
+# lab kubelet restarts) then got a torn executable and died of SIGSEGV (exit 139) in a loop.
+bin="$work/bin"
+mkdir -p "$bin"
+for b in wirekube-agent wirekube-relay wirekube-operator wirekube-lab-kubelet; do
+  cp "target/debug/$b" "$bin/" || die "cannot copy target/debug/$b"
+done
+for exe in "$dataplane" "$agent_lab" "$seeds"; do
+  cp "$exe" "$bin/" || die "cannot copy $exe"
+done
+dataplane="$bin/${dataplane##*/}" agent_lab="$bin/${agent_lab##*/}" seeds="$bin/${seeds##*/}"
 # The guest runs each group, records its exit status, and marks the end: a missing mark means
 # the VM did not boot or did not finish.
 cat >"$work/guest.sh" <<EOF
 #!/bin/bash
 cd "$PWD"
-export WIREKUBE_K8S_BIN="$k8s_bin" WIREKUBE_BIN_DIR="$PWD/target/debug" RUST_BACKTRACE=1
+export WIREKUBE_K8S_BIN="$k8s_bin" WIREKUBE_BIN_DIR="$bin" RUST_BACKTRACE=1
 # The control plane runs under emulation here: its start-up deadlines times 4.
 export WIREKUBE_LAB_SLOWDOWN=4
 echo ">> VM up: kernel \$(uname -r), \$(nproc) CPUs"

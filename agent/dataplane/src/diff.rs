@@ -113,7 +113,8 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
         && current != desired
 }
 
-/// The peer never completed a handshake: it has no session that re-creating it could lose.
+/// The peer never completed a handshake and nothing came from it: it has no session, and no
+/// handshake in progress, that re-creating it could lose.
 ///
 /// A new endpoint for such a peer is written as remove + create. Engines rate-limit handshake
 /// initiations to one per REKEY_TIMEOUT (5 s) and record the attempt even when it could not be
@@ -125,8 +126,14 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
 /// peer starts with that stamp in the past (both engines), so the next datagram initiates.
 /// The same holds for a peer in `restart` (the agent asks while such a pair is connecting,
 /// see `PeerPath::trigger` in the agent), whose endpoint did not change.
-fn never_handshaked(c: &PeerState) -> bool {
-    c.handshake_sec == 0 && c.handshake_nsec == 0
+///
+/// Received bytes without a handshake mean the peer's initiation reached us and we answered:
+/// the responder's session is complete only with the initiator's first data packet, and the
+/// endpoint WireGuard took from the initiation may be the only way back (a symmetric NAT's
+/// port). Re-creating the peer then lost both, while the initiator counted the pair as
+/// connected: the NAT grid's CGNAT <-> symmetric pair fell back to the relay that way.
+fn nothing_to_lose(c: &PeerState) -> bool {
+    c.handshake_sec == 0 && c.handshake_nsec == 0 && c.rx_bytes == 0
 }
 
 /// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
@@ -181,7 +188,7 @@ pub(crate) fn wg_changes(
                     .then(|| p.endpoint.or(c.endpoint))
                     .flatten();
                 if let Some(d) = endpoint.or(restart_to)
-                    && never_handshaked(c)
+                    && nothing_to_lose(c)
                 {
                     // A new peer again: resets the engine's handshake rate limit (below).
                     out.push(WgChange::Remove(p.public_key));
@@ -389,6 +396,26 @@ mod tests {
             (direct, None, 0, true, direct),
             (None, None, 0, true, None),
         ];
+        // Something received (an initiation answered): a new endpoint is written in place,
+        // a restart is ignored.
+        let mut cur = state_of(&[peer(2, relay)]);
+        cur.peers[0].rx_bytes = 148;
+        let restart_set: HashSet<[u8; 32]> = [[2; 32]].into_iter().collect();
+        for (wanted, want) in [(relay, 0), (direct, 1)] {
+            let ch = wg_changes(
+                &cur,
+                &iface(),
+                &[peer(2, wanted)],
+                &memory_of(&[peer(2, relay)]),
+                &restart_set,
+                SystemTime::now(),
+            );
+            assert_eq!(ch.len(), want, "{ch:?}");
+            assert!(
+                ch.iter()
+                    .all(|c| matches!(c, WgChange::Peer { create: false, .. }))
+            );
+        }
         for (before, wanted, hs, restart, recreated) in cases {
             let old = vec![peer(2, before)];
             let new = vec![peer(2, wanted)];

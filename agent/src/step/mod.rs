@@ -165,7 +165,8 @@ impl PeerPath {
             .then_some(self.target.mesh_ip)
             .flatten();
         self.rtt.on_path(self.state.actual());
-        let (trigger, restart_handshake) = self.trigger(current.last_handshake.is_none(), now);
+        let nothing_to_lose = current.last_handshake.is_none() && sample.rx_bytes == 0;
+        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, now);
         PeerStep {
             current,
             want: self.state.want(),
@@ -267,11 +268,12 @@ impl PeerPath {
     /// That second wave remained for pairs with a symmetric NAT side (only that side can
     /// initiate): WireGuard sends one initiation per 5 s, and the first one reached the peer
     /// before the operator had written the peer's spec. So while connecting to a peer that
-    /// WireGuard `never_handshaked` with, every trigger restarts the handshake and they come
-    /// every [`CONNECT_RESTART_EVERY`].
-    fn trigger(&mut self, never_handshaked: bool, now: Instant) -> (Option<IpAddr>, bool) {
+    /// WireGuard has `nothing_to_lose` with (no handshake ever, nothing received: a received
+    /// initiation is a handshake in progress that a restart would break), every trigger
+    /// restarts the handshake and they come every [`CONNECT_RESTART_EVERY`].
+    fn trigger(&mut self, nothing_to_lose: bool, now: Instant) -> (Option<IpAddr>, bool) {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
-        let restart = !probing && never_handshaked;
+        let restart = !probing && nothing_to_lose;
         let every = if probing {
             PROBE_TRIGGER_EVERY
         } else if restart {

@@ -152,16 +152,19 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
         (9_000, false, false, connecting),
         (10_000, false, false, ActualPath::Relay),
     ];
-    for (had_session, rows) in [(false, &never[..]), (true, &before[..])] {
-        let mut r = Run::new(target(1, PlannedPath::Direct, true), had_session);
-        let obs = if had_session {
-            r.wg(DIRECT_EP, Some(-60_000), 0, 0)
-        } else {
-            PeerObservation::default()
-        };
+    // (WireGuard's handshake, bytes received, rows): never and nothing received; a session
+    // before; no handshake yet but the peer's initiation arrived (a handshake in progress
+    // that a restart would break): the 5 s cadence without restarts too.
+    for (hs, rx, rows) in [
+        (None, 0, &never[..]),
+        (Some(-60_000), 0, &before[..]),
+        (None, 148, &before[..]),
+    ] {
+        let mut r = Run::new(target(1, PlannedPath::Direct, true), hs.is_some());
+        let obs = r.wg(DIRECT_EP, hs, rx, 0);
         for &(ms, trigger, restart, path) in rows {
             let s = r.step_at(ms, &obs);
-            let at = format!("at {ms} ms, had a session: {had_session}");
+            let at = format!("at {ms} ms, handshake {hs:?}, rx {rx}");
             assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
             assert_eq!(s.restart_handshake, restart, "{at}");
             assert_eq!(r.path().state.actual(), path, "{at}");

@@ -61,6 +61,9 @@ where
                     tx.send_replace(Some(Arc::new(o)));
                 }
                 Ok(Event::InitDone) => {
+                    // Start-up timing: on a fresh node the first list waits for the API
+                    // server's Service to be routed (docs/benchmarks.md, issue 16).
+                    tracing::info!(object = %name, found = init_seen, "watch listed");
                     if !init_seen {
                         tx.send_replace(None);
                     }

@@ -131,9 +131,13 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
 /// the responder's session is complete only with the initiator's first data packet, and the
 /// endpoint WireGuard took from the initiation may be the only way back (a symmetric NAT's
 /// port). Re-creating the peer then lost both, while the initiator counted the pair as
-/// connected: the NAT grid's CGNAT <-> symmetric pair fell back to the relay that way.
-fn nothing_to_lose(c: &PeerState) -> bool {
-    c.handshake_sec == 0 && c.handshake_nsec == 0 && c.rx_bytes == 0
+/// connected: the NAT grid's CGNAT <-> symmetric pair fell back to the relay that way. An
+/// endpoint other than the one we `written` last is the same sign (WireGuard took it from an
+/// initiation): it also covers an engine that counts no handshake bytes, and an initiation
+/// that arrived after the agent's own stats read.
+fn nothing_to_lose(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
+    let roamed = written.map_or(c.endpoint.is_some(), |w| c.endpoint != *w);
+    c.handshake_sec == 0 && c.handshake_nsec == 0 && c.rx_bytes == 0 && !roamed
 }
 
 /// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
@@ -188,7 +192,7 @@ pub(crate) fn wg_changes(
                     .then(|| p.endpoint.or(c.endpoint))
                     .flatten();
                 if let Some(d) = endpoint.or(restart_to)
-                    && nothing_to_lose(c)
+                    && nothing_to_lose(c, memory.get(&p.public_key))
                 {
                     // A new peer again: resets the engine's handshake rate limit (below).
                     out.push(WgChange::Remove(p.public_key));
@@ -396,6 +400,19 @@ mod tests {
             (direct, None, 0, true, direct),
             (None, None, 0, true, None),
         ];
+        // An endpoint WireGuard roamed to (from an initiation): no restart either.
+        let mut cur = state_of(&[peer(2, direct)]);
+        cur.peers[0].endpoint = "198.18.0.18:40001".parse().ok();
+        let restart_set: HashSet<[u8; 32]> = [[2; 32]].into_iter().collect();
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &[peer(2, direct)],
+            &memory_of(&[peer(2, direct)]),
+            &restart_set,
+            SystemTime::now(),
+        );
+        assert!(ch.is_empty(), "{ch:?}");
         // Something received (an initiation answered): a new endpoint is written in place,
         // a restart is ignored.
         let mut cur = state_of(&[peer(2, relay)]);

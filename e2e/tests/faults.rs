@@ -398,7 +398,8 @@ fn node_to_replace<'a>(
 fn the_replaced_node_never_runs_the_operator_leader() {
     let c = ["home-2", "cloud-3"];
     // (operator pods with their nodes, leader, node chosen)
-    let cases: [(&[(&str, &str)], &str, Option<&str>); 5] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
+    let cases: [Case; 5] = [
         (
             &[("op-a", "home-1"), ("op-b", "cloud-1")],
             "op-a",

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use wirekube_e2e::scenario::faults::table;
-use wirekube_e2e::scenario::restart::{AGENT_NS, AGENT_SELECTOR};
+use wirekube_e2e::scenario::restart::AGENT_NS;
 use wirekube_e2e::scenario::{Options, Scenario, topology};
 use wirekube_lab::wait_until;
 
@@ -28,19 +28,7 @@ const RECOVERY: Duration = Duration::from_secs(90);
 
 /// Every agent pod runs exactly `n` ready containers.
 fn agent_pods_with(sc: &Scenario, n: usize) -> bool {
-    let Ok(out) = sc.kubectl(&[
-        "-n",
-        AGENT_NS,
-        "get",
-        "pods",
-        "-l",
-        AGENT_SELECTOR,
-        "-o",
-        "json",
-    ]) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+    let Ok(v) = sc.agent_pods(None) else {
         return false;
     };
     let pods = v["items"].as_array().cloned().unwrap_or_default();

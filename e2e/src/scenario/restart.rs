@@ -103,21 +103,20 @@ impl Scenario {
         )
     }
 
+    /// The agent pods (a `PodList` as JSON), only `node`'s when given.
+    pub fn agent_pods(&self, node: Option<&str>) -> Result<serde_json::Value> {
+        let on_node = node.map(|n| format!("spec.nodeName={n}"));
+        let mut args = vec!["-n", AGENT_NS, "get", "pods", "-l", AGENT_SELECTOR];
+        if let Some(f) = &on_node {
+            args.extend(["--field-selector", f.as_str()]);
+        }
+        args.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&args)?)?)
+    }
+
     /// `(container, restartCount)` of the agent pod on `node`.
     pub fn agent_container_restarts(&self, node: &str) -> Result<Vec<(String, u64)>> {
-        let out = self.kubectl(&[
-            "-n",
-            AGENT_NS,
-            "get",
-            "pods",
-            "-l",
-            AGENT_SELECTOR,
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-            "-o",
-            "json",
-        ])?;
-        Ok(restart_counts(&serde_json::from_str(&out)?))
+        Ok(restart_counts(&self.agent_pods(Some(node))?))
     }
 
     /// Whether only the `agent` container of `node`'s agent pod has restarted (at least once)

@@ -1,7 +1,8 @@
 //! Repository hygiene that review kept finding by hand (issue 20), checked on the sources:
 //! every crate takes the workspace lints, nothing cites files outside the repository, test
-//! fixtures are not compiled into release builds, and our binaries are found in one place
-//! (`wirekube_lab::bins`). Each check reports every offending file, not only the first.
+//! fixtures are not compiled into release builds, our binaries are found in one place
+//! (`wirekube_lab::bins`) and no Rust file passes 600 lines. Each check reports every offending
+//! file, not only the first.
 
 use std::path::{Path, PathBuf};
 
@@ -177,6 +178,26 @@ fn our_binaries_are_found_in_one_place() {
     assert!(
         bad.is_empty(),
         "locating binaries outside wirekube_lab::bins:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Rust files stay readable in one sitting: above this, split the file by what its parts do
+/// (table tests go to a sibling `*_tests.rs` or `tests.rs`).
+const MAX_RUST_FILE_LINES: usize = 600;
+
+#[test]
+fn rust_files_stay_under_the_line_limit() {
+    let mut bad = Vec::new();
+    for p in files(&[".rs"]) {
+        let n = read(&p).lines().count();
+        if n > MAX_RUST_FILE_LINES {
+            bad.push(format!("{}: {n} lines", rel(&p)));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "Rust files over {MAX_RUST_FILE_LINES} lines (split them by responsibility):\n{}",
         bad.join("\n")
     );
 }

@@ -1,30 +1,33 @@
 //! Building a topology in the lab, running the real binaries in it, waiting for convergence and
 //! checking every pair.
 
+mod setup;
+mod verify;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use wirekube_crds::{
-    ActualPath, ExternalRelay, ManagedRelay, PathReason, RelayProvider, RelaySpec, ServiceType,
-    WireKubeMesh, WireKubeMeshSpec, WireKubePeer,
-};
+use anyhow::{Result, anyhow, bail};
+use wirekube_crds::{ActualPath, PathReason, WireKubePeer};
 use wirekube_kubelab::cloud::LabCloud;
-use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
+use wirekube_kubelab::node::LabNode;
 use wirekube_lab::{Host, Lab, Proc, SiteSpec, wait_for, wait_until};
-use wirekube_relay_proto::flags::RelayFlags;
 
 use crate::kube_lab::KubeLab;
 
-use super::bins::binary;
 pub use super::cloud::LB_ADDRESS;
 use super::cloud::start_cloud;
+use super::cluster::Cluster;
+use super::hosts::{LabNodes, NodeAccess};
+use super::report::{PairReport, Timings};
+use super::topology::{RelaySetup, Topology};
+pub(crate) use setup::start_nodes;
+use setup::{container_logs, random_token};
+pub use setup::{mesh_for, start_relay};
 
 /// How long a pair may take to pass its first ping once both agents report the path. Seen twice
 /// in about 100 runs of `seed_decision_mode_never` (once in CI, once locally with the CPUs
@@ -34,10 +37,6 @@ use super::cloud::start_cloud;
 /// initiated at the same moment, but is not proven; the failure diagnostics (`diagnose.rs`) now
 /// record both ends' `wg show` and the recovery time should it happen again.
 const PING_DEADLINE: Duration = Duration::from_secs(20);
-use super::cluster::Cluster;
-use super::hosts::{LabNodes, NodeAccess, wg_dump};
-use super::report::{PairReport, Timings};
-use super::topology::{RelaySetup, Topology};
 
 /// The relay's TCP port and STUN port (the seed's "TCP 3478").
 pub const RELAY_PORT: u16 = 3478;
@@ -452,171 +451,6 @@ impl Scenario {
         self.lab.public_ip(hb).ok()
     }
 
-    /// Checks every pair in both directions: reported path and reason, `wg show`, ping and a
-    /// verified TCP transfer over the mesh IPs.
-    pub fn verify(&mut self) -> Result<Vec<PairReport>> {
-        let t = Instant::now();
-        (self.opts.progress)("checking every pair: status, wg show, ping, TCP");
-        let peers = self.peers()?;
-        let ips = self.mesh_ips(&peers);
-        let mut out = Vec::new();
-        for (a, b) in self.topo.pairs() {
-            for (x, y) in [(&a, &b), (&b, &a)] {
-                let r = self.verify_one(&peers, &ips, x, y);
-                (self.opts.progress)(&format!(
-                    "{x} -> {y}: {:?} ({}) {}",
-                    r.actual_path.unwrap_or_default(),
-                    r.actual_reason.map(|r| r.to_string()).unwrap_or_default(),
-                    if r.ok() { "ok" } else { "FAIL" }
-                ));
-                out.push(r);
-            }
-        }
-        // Pings that never answered during convergence count from now on.
-        self.stop_probers.store(true, Ordering::Relaxed);
-        for p in self.probers.drain(..) {
-            let _ = p.join();
-        }
-        let firsts = self.first_pings.lock().expect("pings lock").clone();
-        self.timings.first_ping = firsts.values().min().copied();
-        if firsts.len() == self.topo.pairs().len() {
-            self.timings.all_pinged = firsts.values().max().copied();
-        }
-        self.timings.verify = t.elapsed();
-        Ok(out)
-    }
-
-    fn verify_one(
-        &self,
-        peers: &BTreeMap<String, WireKubePeer>,
-        ips: &BTreeMap<String, Ipv4Addr>,
-        a: &str,
-        b: &str,
-    ) -> PairReport {
-        let e = self.topo.expectation(a, b).expect("validated");
-        let mut r = PairReport {
-            from: a.into(),
-            to: b.into(),
-            expected_path: e.path,
-            expected_reason: e.reason,
-            why: e.why.clone(),
-            actual_path: None,
-            actual_reason: None,
-            wg_endpoint: None,
-            handshake: false,
-            rtt: None,
-            throughput: None,
-            transfer_bytes: self.opts.transfer_bytes,
-            problems: Vec::new(),
-        };
-        match Scenario::reported(peers, a, b) {
-            Some((p, reason)) => {
-                r.actual_path = Some(p);
-                r.actual_reason = reason;
-                if p != e.path || reason != Some(e.reason) {
-                    r.problems.push(format!(
-                        "status says {p:?} ({}), seed expects {:?} ({})",
-                        reason.map(|x| x.to_string()).unwrap_or("no reason".into()),
-                        e.path,
-                        e.reason
-                    ));
-                }
-            }
-            None => r
-                .problems
-                .push(format!("{a}'s status has no connection to {b}")),
-        }
-        // wg show: the peer's key, endpoint kind and a handshake.
-        let key = peers
-            .get(b)
-            .and_then(|p| p.status.as_ref())
-            .and_then(|s| s.public_key.clone());
-        let iface = peers
-            .get(a)
-            .map(|p| p.spec.interface_name.clone())
-            .unwrap_or_else(|| "wirekube0".into());
-        match key {
-            None => r.problems.push(format!("{b} has published no public key")),
-            Some(key) => {
-                let want_direct = self.direct_endpoint_ip(a, b);
-                let check = |ep: &str| -> Option<String> {
-                    let ip = ep.rsplit_once(':').map(|(h, _)| h).unwrap_or(ep);
-                    match e.path {
-                        ActualPath::Relay if ip != "127.0.0.1" => Some(format!(
-                            "wg endpoint {ep} is not a relay bridge socket (127.0.0.1)"
-                        )),
-                        ActualPath::Direct
-                            if want_direct.map(|w| w.to_string()).as_deref() != Some(ip) =>
-                        {
-                            Some(format!(
-                                "wg endpoint {ep}, expected {b}'s address {}",
-                                want_direct.map(|w| w.to_string()).unwrap_or_default()
-                            ))
-                        }
-                        _ => None,
-                    }
-                };
-                let mut last = None;
-                let res = wait_until(Duration::from_secs(12), "wg handshake", || {
-                    let peer = wg_dump(self.nodes.as_ref(), a, &iface)
-                        .ok()
-                        .and_then(|ps| ps.into_iter().find(|p| p.public_key == key));
-                    let ok = peer
-                        .as_ref()
-                        .is_some_and(|p| p.latest_handshake > 0 && check(&p.endpoint).is_none());
-                    last = peer;
-                    ok
-                });
-                match (&last, res) {
-                    (None, _) => r
-                        .problems
-                        .push(format!("wg show {iface} on {a} has no peer {key}")),
-                    (Some(p), res) => {
-                        r.wg_endpoint = Some(p.endpoint.clone());
-                        r.handshake = p.latest_handshake > 0;
-                        if !r.handshake {
-                            r.problems.push(format!("no WireGuard handshake with {b}"));
-                        }
-                        if let Some(m) = check(&p.endpoint) {
-                            r.problems.push(m);
-                        }
-                        if res.is_err() && r.problems.is_empty() {
-                            r.problems.push("wg show did not settle".into());
-                        }
-                    }
-                }
-            }
-        }
-        // Traffic over the mesh.
-        match ips.get(b) {
-            None => r.problems.push(format!("{b} has no mesh IP")),
-            Some(&ip) => {
-                match wait_for(PING_DEADLINE, "ping", || self.nodes.ping(a, ip).ok()) {
-                    Ok((rtt, _)) => r.rtt = Some(rtt),
-                    Err(_) => {
-                        r.problems.push(format!("no ping reply from {ip}"));
-                        r.problems.push(super::diagnose::ping_failure(
-                            self.nodes.as_ref(),
-                            a,
-                            b,
-                            &iface,
-                            ip,
-                        ));
-                    }
-                }
-                match self.nodes.transfer(a, b, ip, self.opts.transfer_bytes) {
-                    Ok(d) => {
-                        r.throughput =
-                            Some(self.opts.transfer_bytes as f64 * 8.0 / d.as_secs_f64().max(1e-9))
-                    }
-                    Err(e) => r.problems.push(format!("TCP transfer: {e:#}")),
-                }
-            }
-        }
-        r
-    }
-
-    /// The tail of every process log and every container log, for failure messages.
     pub fn logs(&self, lines: usize) -> String {
         let mut out = self.lab.logs_tail(lines);
         for name in self.hosts.keys() {
@@ -687,163 +521,4 @@ pub fn run(topo: Topology, opts: Options) -> Result<Outcome> {
     let mut timings = sc.timings.clone();
     timings.total = t0.elapsed();
     Ok(Outcome { pairs, timings })
-}
-
-// ---- how each binary is started (flags documented in docs/{apiserver,operator,agent,relay}.md)
-
-/// Image → binary under test, for every kubelet: the images `config/` and the operator name.
-/// Workload tests also get two plain images: `lab/sleep` (`sleep`) and `lab/nc` (`nc`).
-fn image_map() -> Result<ImageMap> {
-    let mut images: ImageMap = ["operator", "agent", "relay"]
-        .into_iter()
-        .map(|c| {
-            let bin = binary(&format!("wirekube-{c}"))?;
-            Ok((format!("ghcr.io/wirekube/wirekube-{c}:*"), bin))
-        })
-        .collect::<Result<_>>()?;
-    for (image, bin) in [
-        ("lab/sleep:*", "/usr/bin/sleep"),
-        ("lab/nc:*", "/usr/bin/nc"),
-    ] {
-        images.push((image.into(), PathBuf::from(bin)));
-    }
-    Ok(images)
-}
-
-/// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
-/// label; public nodes also get their address as ExternalIP).
-pub(crate) fn start_nodes(
-    lab: &Lab,
-    kube: &KubeLab,
-    topo: &Topology,
-    hosts: &BTreeMap<String, Host>,
-    pod_network: bool,
-    node_env: &BTreeMap<String, Vec<(String, String)>>,
-) -> Result<BTreeMap<String, LabNode>> {
-    let images = image_map()?;
-    let kubelet = binary("wirekube-lab-kubelet")?;
-    let mut out = BTreeMap::new();
-    for (name, h) in hosts {
-        let site = h.site.clone().unwrap_or_else(|| "public".into());
-        // As a cloud reports them: a public NIC's address, or the elastic IP mapped to the VM.
-        let external_ip = if topo.public_nodes.contains(name) || topo.is_elastic(name) {
-            Some(lab.public_ip(h)?)
-        } else {
-            None
-        };
-        let spec = NodeSpec {
-            name: name.clone(),
-            internal_ip: h.ip(),
-            external_ip,
-            labels: vec![("topology.wirekube.io/site".into(), site)],
-            cni_from_conf_dir: pod_network,
-            container_env: node_env.get(name).cloned().unwrap_or_default(),
-        };
-        let node = kube
-            .cp
-            .start_node(lab, h, spec, &kubelet, &images)
-            .with_context(|| format!("node {name}"))?;
-        out.insert(name.clone(), node);
-    }
-    Ok(out)
-}
-
-/// The last `lines` lines of each container log under a kubelet's pods directory.
-fn container_logs(pods: &Path, node: &str, lines: usize) -> String {
-    let mut out = String::new();
-    let Ok(dirs) = std::fs::read_dir(pods) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let tail = all[all.len().saturating_sub(lines)..].join("\n");
-            out += &format!("==== {node} container {}\n{tail}\n", f.path().display());
-        }
-    }
-    out
-}
-
-/// Starts `wirekube-relay` in the DMZ (relay and STUN on both DMZ addresses) with the token in
-/// `token_file`; the scenarios and the agent lab start it this way.
-pub fn start_relay(lab: &Lab, dmz: &Host, token_file: &Path) -> Result<Proc> {
-    let mut cmd = Command::new(binary("wirekube-relay")?);
-    let flags = RelayFlags {
-        listen: Some((Ipv4Addr::UNSPECIFIED, RELAY_PORT).into()),
-        stun_ip: Some(dmz.ips[0].into()),
-        stun_port: Some(RELAY_PORT),
-        stun_alt_port: Some(RELAY_PORT + 1),
-        stun_alt_ip: Some(dmz.ips[1].into()),
-        metrics_listen: Some((Ipv4Addr::LOCALHOST, 9090).into()),
-        token_file: Some(token_file.to_path_buf()),
-        ..RelayFlags::default()
-    };
-    cmd.args(flags.to_args()).env("RUST_LOG", "info");
-    Ok(lab.spawn(dmz, cmd)?)
-}
-
-/// The mesh a topology applies: the sample's defaults plus the relay the topology asks for.
-pub fn mesh_for(topo: &Topology, dmz: &Host) -> WireKubeMesh {
-    let dmz_stun = vec![
-        format!("{}:{RELAY_PORT}", dmz.ips[0]),
-        format!("{}:{RELAY_PORT}", dmz.ips[1]),
-    ];
-    let mut relay = RelaySpec {
-        mode: topo.mode,
-        ..RelaySpec::default()
-    };
-    // A managed relay is pinned to its public node; the operator publishes its STUN addresses.
-    let pinned =
-        |node: &str| BTreeMap::from([("kubernetes.io/hostname".to_string(), node.to_string())]);
-    let stun_servers = match &topo.relay {
-        RelaySetup::None => dmz_stun,
-        RelaySetup::External => {
-            relay.provider = RelayProvider::External;
-            relay.external = Some(ExternalRelay {
-                endpoint: format!("{}:{RELAY_PORT}", dmz.ips[0]),
-            });
-            dmz_stun
-        }
-        RelaySetup::ManagedLoadBalancer { node } => {
-            relay.provider = RelayProvider::Managed;
-            relay.managed = ManagedRelay {
-                service_type: ServiceType::LoadBalancer,
-                port: RELAY_PORT,
-                node_selector: pinned(node),
-                ..ManagedRelay::default()
-            };
-            Vec::new()
-        }
-        RelaySetup::ManagedNodePort { node, node_port } => {
-            relay.provider = RelayProvider::Managed;
-            relay.managed = ManagedRelay {
-                service_type: ServiceType::NodePort,
-                port: RELAY_PORT,
-                node_port: Some(*node_port),
-                node_selector: pinned(node),
-                ..ManagedRelay::default()
-            };
-            Vec::new()
-        }
-    };
-    let spec = WireKubeMeshSpec {
-        mesh_cidr: wirekube_crds::mesh::default_mesh_cidr(),
-        listen_port: wirekube_crds::mesh::default_listen_port(),
-        interface_name: wirekube_crds::mesh::default_interface_name(),
-        mtu: wirekube_crds::mesh::default_mtu(),
-        persistent_keepalive: wirekube_crds::mesh::default_keepalive(),
-        node_selector: BTreeMap::new(),
-        stun_servers,
-        relay,
-        routing: Default::default(),
-        pod_network: Default::default(),
-    };
-    WireKubeMesh::new(MESH_NAME, spec)
-}
-
-fn random_token() -> String {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -12,9 +12,10 @@
 //! - `faults_nat_new_ip_seed_3` (ignored while it is flaky, see the reason): a NAT gateway
 //!   rebooted onto a new public address;
 //! - `faults_control_plane_seed_4`: control-plane and membership faults on seed 4 (managed
-//!   relay on a NodePort): kube-apiserver down 60 s, etcd restarted, a direct pair's UDP cut
-//!   and healed with one end's clock 30 s ahead, the operator leader killed during a mass
-//!   write, the managed relay pod deleted, a node replaced.
+//!   relay on a NodePort, plus a spare public node it may move to): kube-apiserver down 60 s,
+//!   etcd restarted, a direct pair's UDP cut and healed with one end's clock 30 s ahead, the
+//!   operator leader killed during a mass write, the managed relay pod deleted with its node
+//!   cordoned (recreated on the spare node: the published endpoint moves), a node replaced.
 //!
 //! Not here: the kernel engine's SIGKILL (needs kernel WireGuard, a VM: `make test-kernel`).
 //!
@@ -23,9 +24,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wirekube_crds::ActualPath;
+use wirekube_crds::{ActualPath, PathReason};
 use wirekube_e2e::scenario::faults::{FaultRow, table};
-use wirekube_e2e::scenario::{Options, Scenario, Topology, topology};
+use wirekube_e2e::scenario::{Options, RelaySetup, Scenario, Topology, topology};
 use wirekube_kubelab::controlplane::Component;
 
 /// The cone ↔ cone pair (direct) and the symmetric ↔ symmetric pair (relayed).
@@ -298,6 +299,9 @@ fn faults_key_deleted_seed_3() {
 /// through the managed relay on the public node's NodePort).
 const S4_DIRECT: (&str, &str) = ("home-1", "cloud-1");
 const S4_RELAYED: (&str, &str) = ("cloud-1", "cloud-3");
+/// The second public node the managed relay may move to, and the relay's NodePort.
+const S4_SPARE: &str = "cloud-4";
+const S4_NODE_PORT: u16 = 30478;
 
 /// kube-apiserver down 60 s, then etcd restarted: 0 pings lost on both pairs, no container
 /// restarted, the operator's Lease renewed after the return, and no burst of writes (the
@@ -360,24 +364,77 @@ fn operator_failover(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
     rows.push(row);
 }
 
-/// The managed relay pod deleted: the Deployment recreates it (pinned to the public node, so
-/// on the same node: the published endpoint stays) and the relayed pair is carried again.
-fn relay_pod_deleted(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
+/// The managed relay pod deleted with its node cordoned: the Deployment recreates it on the
+/// spare public node, the operator publishes that node's address and NodePort instead, and the
+/// agents carry the relayed pair through it (the old relay is gone, so the ping the harness
+/// requires for recovery went through the new one).
+fn relay_pod_moved(sc: &mut Scenario, rows: &mut Vec<FaultRow>) {
     let (a, b) = S4_RELAYED;
-    let old = sc.relay_pod().expect("a running relay pod").0;
-    let row = sc
-        .measure_fault(
-            "managed relay pod deleted",
-            S4_RELAYED,
-            |sc| sc.delete_relay_pod().map(drop),
-            |sc| {
-                sc.relay_pod().is_some_and(|(p, _)| p != old)
-                    && sc.pair_reports(a, b, ActualPath::Relay)
+    let (old_pod, old_node) = sc.relay_pod().expect("a running relay pod");
+    let new_node = if old_node == S4_SPARE {
+        "cloud-2"
+    } else {
+        S4_SPARE
+    };
+    let endpoint = |sc: &Scenario, node: &str| {
+        let ip = sc.lab.public_ip(&sc.hosts[node]).unwrap();
+        format!("{ip}:{S4_NODE_PORT}")
+    };
+    let want = vec![endpoint(sc, new_node)];
+    assert_eq!(
+        sc.relay_endpoints(),
+        vec![endpoint(sc, &old_node)],
+        "published before the move"
+    );
+    let row = sc.measure_fault(
+        &format!("managed relay pod deleted, its node cordoned: moved {old_node} -> {new_node}"),
+        S4_RELAYED,
+        |sc| {
+            sc.kubectl(&["cordon", &old_node])?;
+            sc.delete_relay_pod().map(drop)
+        },
+        |sc| {
+            sc.relay_pod()
+                .is_some_and(|(p, n)| p != old_pod && n == new_node)
+                && sc.relay_endpoints() == want
+                && sc.pair_reports(a, b, ActualPath::Relay)
+        },
+        Duration::from_secs(90),
+    );
+    // Schedulable again whatever happened, so that the later faults meet a normal cluster.
+    sc.kubectl(&["uncordon", &old_node]).unwrap();
+    rows.push(row.unwrap());
+}
+
+/// Seed 4 plus a second public node the managed relay may also run on (`S4_SPARE`): both carry
+/// the relay's node label, so a relay pod recreated while its node is cordoned moves there.
+fn seed_4_with_spare_relay_node() -> Topology {
+    let others = ["home-1", "home-2", "cloud-1", "cloud-3"];
+    others
+        .into_iter()
+        .fold(
+            topology::seed_4_home_lab_cloud()
+                .public(S4_SPARE)
+                .relay(RelaySetup::ManagedNodePort {
+                    node: "cloud-2".into(),
+                    node_port: S4_NODE_PORT,
+                    spare: Some(S4_SPARE.into()),
+                }),
+            |t, n| {
+                t.direct(
+                    n,
+                    S4_SPARE,
+                    PathReason::PublicPeer,
+                    "public IP always reachable",
+                )
             },
-            Duration::from_secs(90),
         )
-        .unwrap();
-    rows.push(row);
+        .direct(
+            "cloud-2",
+            S4_SPARE,
+            PathReason::SameSite,
+            "both public nodes on the lab's public segment (site label `public`)",
+        )
 }
 
 /// The node the membership fault replaces: the first candidate without an operator replica,
@@ -501,7 +558,7 @@ fn faults_control_plane_seed_4() {
             "30".to_string(),
         )],
     )]);
-    let mut sc = scenario(topology::seed_4_home_lab_cloud(), skewed);
+    let mut sc = scenario(seed_4_with_spare_relay_node(), skewed);
     let env = std::fs::read(format!("/proc/{}/environ", sc.agent_pid(S4_DIRECT.0))).unwrap();
     assert!(
         env.split(|b| *b == 0)
@@ -512,7 +569,7 @@ fn faults_control_plane_seed_4() {
     let mut rows = Vec::new();
     control_plane(&mut sc, &mut rows);
     operator_failover(&mut sc, &mut rows);
-    relay_pod_deleted(&mut sc, &mut rows);
+    relay_pod_moved(&mut sc, &mut rows);
     node_replaced(&mut sc, &mut rows);
     cut_and_heal_with_skew(&mut sc, &mut rows);
     finish(sc, &rows, "seed topology 4 (control plane, membership)");

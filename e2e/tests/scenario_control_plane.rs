@@ -54,7 +54,9 @@ fn managed_relay_runs_where_the_service_exposes_it(topo: wirekube_e2e::scenario:
             sc.hosts[node].clone(),
             format!("{}:3478", wirekube_e2e::scenario::run::LB_ADDRESS),
         ),
-        RelaySetup::ManagedNodePort { node, node_port } => {
+        RelaySetup::ManagedNodePort {
+            node, node_port, ..
+        } => {
             let h = sc.hosts[node].clone();
             (h.clone(), format!("{}:{node_port}", h.ip()))
         }

@@ -310,6 +310,17 @@ impl Scenario {
         })
     }
 
+    /// The relay endpoints the mesh status publishes (empty when it cannot be read).
+    pub fn relay_endpoints(&self) -> Vec<String> {
+        self.cluster()
+            .mesh(super::run::MESH_NAME)
+            .ok()
+            .flatten()
+            .and_then(|m| m.status)
+            .map(|s| s.relay_endpoints)
+            .unwrap_or_default()
+    }
+
     /// Deletes the managed relay pod (its Deployment creates another); returns its name.
     pub fn delete_relay_pod(&self) -> Result<String> {
         let (pod, _) = self

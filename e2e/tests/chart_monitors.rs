@@ -33,10 +33,14 @@ const VALUES: [&str; 5] = [
     "mesh.create=true",
 ];
 
-/// `example/prometheus-operator-crd` of the module's zip, downloaded once into the cache.
+/// `example/prometheus-operator-crd` of the module's zip, downloaded once into the cache
+/// (`$XDG_CACHE_HOME/wirekube/gomod`, else `~/.cache/wirekube/gomod`).
 fn crd_dir() -> PathBuf {
-    let home = std::env::var("HOME").expect("HOME");
-    let cache = PathBuf::from(home).join(".cache/wirekube/gomod");
+    // The same cache root as scripts/build-*.sh: $XDG_CACHE_HOME, else ~/.cache.
+    let root = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache"));
+    let cache = root.join("wirekube/gomod");
     std::fs::create_dir_all(&cache).expect("cache directory");
     // Outside any module (the cache directory has no go.mod), so nothing in the checkout changes.
     let out = common::run_ok(

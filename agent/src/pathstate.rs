@@ -34,6 +34,14 @@ pub use crate::wallclock::WallClock;
 /// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
 const SUSPECT_MIN_TX: u64 = 96;
 
+/// What a peer sends on its own while our packets do not reach it, in one suspect spell: its
+/// RTT request (~96 B through the tunnel), a handshake initiation (148 B) and a keepalive
+/// (32 B). Received bytes up to this since the spell began do not end it: under one-way loss
+/// they are not answers, and ending the spell on them restarted the 1 s deadline (one-way
+/// failover took up to 1.5 s longer than two-way). A path that carries our traffic answers
+/// with more than this, or answers the liveness request itself.
+const PEER_CHATTER_MAX: u64 = 320;
+
 /// What the spec and the relay say about one peer right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -135,6 +143,8 @@ pub struct PathState {
     rx: u64,
     rx_changed_at: Instant,
     tx_at_rx_change: u64,
+    /// rx when the current liveness spell began ([`PEER_CHATTER_MAX`]).
+    rx_at_spell: u64,
     tx: u64,
     tx_changed_at: Instant,
     /// rx at the previous sample if that sample's endpoint was direct (reset on every phase
@@ -164,6 +174,7 @@ impl PathState {
             rx: 0,
             rx_changed_at: now,
             tx_at_rx_change: 0,
+            rx_at_spell: 0,
             tx: 0,
             tx_changed_at: now,
             direct_rx: None,
@@ -335,11 +346,17 @@ impl PathState {
         let direct_traffic = on_direct && self.direct_rx.is_some_and(|p| obs.rx_bytes > p);
         self.direct_rx = on_direct.then_some(obs.rx_bytes);
         if obs.rx_bytes != self.rx {
-            // Counters also reset when the peer is re-added; any change is "activity".
+            // Counters also reset when the peer is re-added; any other change is "activity",
+            // except the peer's own chatter during a suspect spell.
+            let chatter = self.liveness.in_spell()
+                && obs.rx_bytes > self.rx
+                && obs.rx_bytes - self.rx_at_spell.min(self.rx) <= PEER_CHATTER_MAX;
             self.rx = obs.rx_bytes;
-            self.rx_changed_at = now;
-            self.tx_at_rx_change = obs.tx_bytes;
-            self.liveness.end_spell();
+            if !chatter {
+                self.rx_changed_at = now;
+                self.tx_at_rx_change = obs.tx_bytes;
+                self.liveness.end_spell();
+            }
         }
         if obs.tx_bytes != self.tx {
             self.tx = obs.tx_bytes;
@@ -522,6 +539,9 @@ impl PathState {
     /// The agent sent a liveness request.
     pub fn liveness_sent(&mut self, now: Instant) {
         let suspect = self.suspect(now);
+        if suspect && !self.liveness.in_spell() {
+            self.rx_at_spell = self.rx;
+        }
         self.liveness.sent(suspect, now);
     }
 
@@ -571,3 +591,7 @@ mod tests;
 #[cfg(test)]
 #[path = "pathstate_probe_tests.rs"]
 mod probe_tests;
+
+#[cfg(test)]
+#[path = "pathstate_liveness_tests.rs"]
+mod liveness_tests;

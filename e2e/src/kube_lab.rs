@@ -65,8 +65,9 @@ impl KubeLab {
         let out = self.lab.exec(&self.dmz, &argv)?;
         if !out.status.success() {
             bail!(
-                "kubectl {}: {}",
+                "kubectl {} ({}): {}",
                 args.join(" "),
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

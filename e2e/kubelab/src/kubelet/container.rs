@@ -168,7 +168,7 @@ pub async fn supervise(mut sup: Supervised) {
         };
         let pid = child.id().unwrap_or_default();
         // Read before anything can end the run (spawn returns after the exec).
-        let mount_ns = runtime::mount_ns(pid);
+        let mount_ns = runtime::RunNamespace::pin(pid);
         info!(container = %sup.name, pid, argv = ?sup.spec.argv, "container started");
         let no_readiness = sup.readiness.is_none();
         let restarted = runs > 0;
@@ -183,7 +183,7 @@ pub async fn supervise(mut sup: Supervised) {
         let (ended, exit_code, signal) = run_once(&sup, child, pid).await;
         // The container is over: nothing it started survives it, as in a real runtime.
         if let Some(ns) = mount_ns {
-            let killed = runtime::kill_leftovers(ns);
+            let killed = runtime::kill_leftovers(ns.ino());
             if !killed.is_empty() {
                 info!(container = %sup.name, pid, ?killed, "killed the processes left in the container");
             }

@@ -229,6 +229,32 @@ pub fn mount_ns(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// A container run's mount namespace, held open for as long as the run is watched.
+///
+/// Namespace inode numbers are reused as soon as a namespace is freed: when a container's only
+/// process died, the next process to unshare a mount namespace (any `kubectl` the tests run
+/// through the lab, which gives every command its own) could get the same number, and the
+/// leftover sweep killed it (a fault test's `kubectl delete` right after SIGKILLing the operator
+/// failed with no output that way). The open file keeps the namespace, and so its number, alive.
+pub struct RunNamespace {
+    ino: u64,
+    _pin: fs::File,
+}
+
+impl RunNamespace {
+    /// Pins the mount namespace of `pid`; `None` when the process is gone.
+    pub fn pin(pid: u32) -> Option<RunNamespace> {
+        use std::os::unix::fs::MetadataExt;
+        let f = fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+        let ino = f.metadata().ok()?.ino();
+        Some(RunNamespace { ino, _pin: f })
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+}
+
 /// The processes to kill when a container run ends: those in the run's mount namespace `ns`,
 /// unless that is `own` (the kubelet's: `spawn` failed to give the run one of its own).
 pub fn leftovers(procs: &[(u32, u64)], ns: u64, own: Option<u64>) -> Vec<u32> {
@@ -294,6 +320,40 @@ mod tests {
         assert!(leftovers(&procs, 5, Some(9)).is_empty());
         // Never the kubelet's own namespace, whatever shares it.
         assert!(leftovers(&procs, 9, Some(9)).is_empty());
+    }
+
+    /// A pinned run namespace keeps its number while its processes come and go: a process
+    /// that unshares a mount namespace after the run's last one died never gets it.
+    #[test]
+    fn a_pinned_namespace_number_is_not_reused() {
+        assert!(wirekube_lab::is_root(), "needs root (unshare -m)");
+        let spawn = || {
+            std::process::Command::new("unshare")
+                .args(["-m", "sleep", "30"])
+                .spawn()
+                .unwrap()
+        };
+        let ns_of = |c: &std::process::Child| {
+            wirekube_lab::wait_for(std::time::Duration::from_secs(5), "unshared", || {
+                mount_ns(c.id()).filter(|n| Some(*n) != mount_ns(std::process::id()))
+            })
+            .expect("the child's own mount namespace")
+            .0
+        };
+        let mut run = spawn();
+        let own = ns_of(&run);
+        let pinned = RunNamespace::pin(run.id()).expect("pin");
+        assert_eq!(pinned.ino(), own);
+        run.kill().unwrap();
+        run.wait().unwrap();
+        // The namespace lost its last process; new ones must get other numbers.
+        for _ in 0..20 {
+            let mut next = spawn();
+            let n = ns_of(&next);
+            next.kill().unwrap();
+            next.wait().unwrap();
+            assert_ne!(n, pinned.ino(), "a new namespace reused the pinned number");
+        }
     }
 
     #[test]

@@ -14,6 +14,29 @@ use wirekube_e2e::scenario::{Options, PairReport, Scenario, grid, report};
 
 #[test]
 fn nat_grid_every_pair_of_nat_kinds() {
+    run_grid(grid::topology(), Duration::from_secs(180));
+}
+
+/// The start-up benchmark above ten nodes (issue 16; docs/benchmarks.md): the grid with
+/// `WIREKUBE_GRID_COPIES` (default 2, at most 9) nodes of every kind, checked like the grid.
+/// Not in `make test`: 20 nodes take about as long as the rest of the scenario suite.
+#[test]
+#[ignore = "benchmark: cargo test -p wirekube-e2e --test nat_grid -- --ignored --nocapture"]
+fn nat_grid_scaled_startup() {
+    let copies = match std::env::var("WIREKUBE_GRID_COPIES") {
+        Err(_) => 2,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=9) => n,
+            _ => panic!("WIREKUBE_GRID_COPIES={v}: give a number of copies from 1 to 9"),
+        },
+    };
+    run_grid(
+        grid::topology_scaled(copies),
+        Duration::from_secs(120 + 60 * copies as u64),
+    );
+}
+
+fn run_grid(topo: wirekube_e2e::scenario::Topology, converge_timeout: Duration) {
     assert!(
         wirekube_lab::is_root(),
         "the NAT grid needs root (network namespaces)"
@@ -22,12 +45,12 @@ fn nat_grid_every_pair_of_nat_kinds() {
     let opts = Options {
         tag: "grid".into(),
         // Ten nodes with a kubelet, kube-proxy and agent each start on two cores.
-        converge_timeout: Duration::from_secs(180),
+        converge_timeout,
         transfer_bytes: 256 << 10,
         progress: Box::new(|m| eprintln!("[nat-grid] {m}")),
         ..Options::default()
     };
-    let mut sc = Scenario::build(grid::topology(), opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut sc = Scenario::build(topo, opts).unwrap_or_else(|e| panic!("{e:#}"));
     let res = check(&mut sc);
     let logs = res.as_ref().err().map(|_| sc.logs(40));
     sc.shutdown().expect("teardown");

@@ -156,63 +156,79 @@ pub fn expected(a: GridKind, b: GridKind) -> Option<(ActualPath, PathReason)> {
 /// The lab topology of the grid: one site per kind (the double NAT is two), an external
 /// relay in the DMZ, and one expectation per node pair taken from [`GRID`].
 pub fn topology() -> Topology {
-    let mut t = Topology::new("nat-grid", "Every pair of NAT kinds")
-        .public(Public.node())
-        .site("eip", NatKind::Symmetric, "10.20.0.0/24", &[])
-        .elastic(Elastic.node())
-        .site(
+    topology_scaled(1)
+}
+
+/// The grid with `copies` nodes of every kind (copy `i` > 1 of node `n` is `n-i`, on the same
+/// site): the start-up benchmark at more than ten nodes. Nodes of one site pair as
+/// [`PathReason::SameSite`] (the public nodes share the lab's `public` site label, the elastic
+/// nodes their VPC); every other pair as [`GRID`] says for its kinds.
+pub fn topology_scaled(copies: usize) -> Topology {
+    let n = |kind: GridKind| copies_of(kind.node(), copies);
+    let mut t = Topology::new("nat-grid", "Every pair of NAT kinds");
+    for p in n(Public) {
+        t = t.public(&p);
+    }
+    t = t.site("eip", NatKind::Symmetric, "10.20.0.0/24", &[]);
+    for e in n(Elastic) {
+        t = t.elastic(&e);
+    }
+    let lan: Vec<String> = n(SameLan)
+        .into_iter()
+        .chain(copies_of(SECOND_LAN_NODE, copies))
+        .collect();
+    // (site, its NAT, LAN, nodes); the CGNAT is in front of "home".
+    let sites = [
+        (
             "fullcone",
             NatKind::FullCone,
             "192.168.21.0/24",
-            &[FullCone.node()],
-        )
-        .site(
+            n(FullCone),
+        ),
+        (
             "addrcone",
             NatKind::AddressRestrictedCone,
             "192.168.22.0/24",
-            &[AddressRestrictedCone.node()],
-        )
-        .site(
+            n(AddressRestrictedCone),
+        ),
+        (
             "portcone",
             NatKind::PortRestrictedCone,
             "192.168.23.0/24",
-            &[PortRestrictedCone.node()],
-        )
-        .site(
-            "sym",
-            NatKind::Symmetric,
-            "10.24.0.0/24",
-            &[Symmetric.node()],
-        )
-        .site(
+            n(PortRestrictedCone),
+        ),
+        ("sym", NatKind::Symmetric, "10.24.0.0/24", n(Symmetric)),
+        (
             "tcponly",
             NatKind::TcpOnlyFirewall,
             "10.25.0.0/24",
-            &[TcpOnly.node()],
-        )
-        .site(
+            n(TcpOnly),
+        ),
+        (
             "cgnat",
             NatKind::AddressRestrictedCone,
             "100.64.0.0/24",
-            &[],
-        )
-        .site(
-            "home",
-            NatKind::FullCone,
-            "192.168.26.0/24",
-            &[DoubleNat.node()],
-        )
-        .behind("cgnat")
-        .site(
-            "vpc",
-            NatKind::Symmetric,
-            "10.27.0.0/24",
-            &[SameLan.node(), SECOND_LAN_NODE],
-        )
-        .relay(RelaySetup::External);
+            vec![],
+        ),
+        ("home", NatKind::FullCone, "192.168.26.0/24", n(DoubleNat)),
+        ("vpc", NatKind::Symmetric, "10.27.0.0/24", lan),
+    ];
+    for (name, nat, cidr, nodes) in &sites {
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        t = t.site(name, *nat, cidr, &nodes);
+        if *name == "home" {
+            t = t.behind("cgnat");
+        }
+    }
+    t = t.relay(RelaySetup::External);
     for (a, b) in t.pairs() {
         let (ka, kb) = (kind_of(&a), kind_of(&b));
-        let (path, reason) = expected(ka, kb).unwrap_or((R, W::NatUnknown));
+        let same_site = ka == kb;
+        let (path, reason) = if same_site {
+            (D, W::SameSite)
+        } else {
+            expected(ka, kb).unwrap_or((R, W::NatUnknown))
+        };
         let why = format!("{} <-> {}", ka.label(), kb.label());
         t = match path {
             D => t.direct(&a, &b, reason, &why),
@@ -222,9 +238,22 @@ pub fn topology() -> Topology {
     t
 }
 
-/// The kind a grid node stands for.
+/// `node` and its copies `node-2` .. `node-<copies>`.
+fn copies_of(node: &str, copies: usize) -> Vec<String> {
+    std::iter::once(node.to_string())
+        .chain((2..=copies).map(|i| format!("{node}-{i}")))
+        .collect()
+}
+
+/// The kind a grid node stands for (a copy `n-i` of [`topology_scaled`] stands for `n`'s).
 pub fn kind_of(node: &str) -> GridKind {
-    GridKind::of_node(node).unwrap_or(SameLan)
+    GridKind::of_node(node)
+        .or_else(|| {
+            let (base, i) = node.rsplit_once('-')?;
+            i.parse::<usize>().ok()?;
+            GridKind::of_node(base)
+        })
+        .unwrap_or(SameLan)
 }
 
 /// A matrix: one row and one column per kind, `cell(row, col)` in between; the diagonal is
@@ -337,6 +366,43 @@ mod tests {
                 e.a,
                 e.b
             );
+        }
+    }
+
+    #[test]
+    fn the_scaled_topology_pairs_each_site_as_same_site_and_the_rest_as_the_grid() {
+        let t = topology_scaled(2);
+        t.validate().unwrap();
+        assert_eq!(t.nodes().len(), 20);
+        assert_eq!(t.expect.len(), 190);
+        let site_of = |n: &str| {
+            t.sites
+                .iter()
+                .find(|s| s.nodes.iter().chain(&s.elastic).any(|x| x == n))
+                .map(|s| s.name.clone())
+        };
+        for e in &t.expect {
+            let (ka, kb) = (kind_of(&e.a), kind_of(&e.b));
+            if ka == kb {
+                assert_eq!((e.path, e.reason), (D, W::SameSite), "{} {}", e.a, e.b);
+                assert_eq!(site_of(&e.a), site_of(&e.b), "{} {}", e.a, e.b);
+            } else {
+                assert_eq!(
+                    Some((e.path, e.reason)),
+                    expected(ka, kb),
+                    "{} {}",
+                    e.a,
+                    e.b
+                );
+            }
+        }
+        for (node, kind) in [
+            ("full-cone-2", FullCone),
+            ("lan-b-2", SameLan),
+            ("public-2", Public),
+            ("elastic", Elastic),
+        ] {
+            assert_eq!(kind_of(node), kind, "{node}");
         }
     }
 

@@ -346,15 +346,17 @@ impl PathState {
         let direct_traffic = on_direct && self.direct_rx.is_some_and(|p| obs.rx_bytes > p);
         self.direct_rx = on_direct.then_some(obs.rx_bytes);
         if obs.rx_bytes != self.rx {
-            // Counters also reset when the peer is re-added; any other change is "activity",
-            // except the peer's own chatter during a suspect spell.
-            let chatter = self.liveness.in_spell()
+            // Counters also reset when the peer is re-added; any change is "activity" (the
+            // stall rule counts it). Only an armed peer's own chatter does not end a liveness
+            // spell: the spell's deadline decides then, not the stall rule.
+            let chatter = self.liveness.is_armed()
+                && self.liveness.in_spell()
                 && obs.rx_bytes > self.rx
                 && obs.rx_bytes - self.rx_at_spell.min(self.rx) <= PEER_CHATTER_MAX;
             self.rx = obs.rx_bytes;
+            self.rx_changed_at = now;
+            self.tx_at_rx_change = obs.tx_bytes;
             if !chatter {
-                self.rx_changed_at = now;
-                self.tx_at_rx_change = obs.tx_bytes;
                 self.liveness.end_spell();
             }
         }
@@ -397,10 +399,12 @@ impl PathState {
             Phase::Direct { since } => {
                 let failed = if peer_on_relay(since) {
                     Some(Cause::PeerOnRelay)
-                } else if self
-                    .liveness
-                    .lost(self.suspect(now), now, &self.timing.liveness)
-                {
+                } else if self.liveness.lost(
+                    // A spell that only the peer's chatter interrupted is still suspect.
+                    self.suspect(now) || self.liveness.in_spell(),
+                    now,
+                    &self.timing.liveness,
+                ) {
                     Some(Cause::LivenessLost)
                 } else if self.stalled(now) {
                     Some(Cause::Stall)

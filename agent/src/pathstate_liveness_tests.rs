@@ -90,6 +90,21 @@ fn one_way_sender_whose_peer_answers_stays_direct() {
     assert!(s.log.iter().all(|t| t.cause != Cause::LivenessLost));
 }
 
+/// A peer that never answered a liveness request keeps the counter rule, and for it anything
+/// received is activity: its keepalives every 10 s keep a pair we send on from stalling.
+#[test]
+fn small_arrivals_keep_an_unarmed_pair_from_stalling() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.handshake(DIRECT);
+    run_live(&mut s, 8, false, 500, 500);
+    assert!(!s.ps.liveness_armed());
+    for step in 0..240 {
+        let keepalive = if step % 40 == 39 { 32 } else { 0 };
+        run_live(&mut s, 1, false, keepalive, 500);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct, "{:?}", s.log.last());
+}
+
 #[test]
 fn peer_that_never_answers_keeps_the_counter_rule() {
     let mut s = Sim::new(PlannedPath::Direct, true);

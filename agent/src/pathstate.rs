@@ -35,11 +35,10 @@ pub use crate::wallclock::WallClock;
 const SUSPECT_MIN_TX: u64 = 96;
 
 /// What a peer sends on its own while our packets do not reach it, in one suspect spell: its
-/// RTT request (~96 B through the tunnel), a handshake initiation (148 B) and a keepalive
-/// (32 B). Received bytes up to this since the spell began do not end it: under one-way loss
-/// they are not answers, and ending the spell on them restarted the 1 s deadline (one-way
-/// failover took up to 1.5 s longer than two-way). A path that carries our traffic answers
-/// with more than this, or answers the liveness request itself.
+/// RTT request (~96 B), a handshake initiation (148 B) and a keepalive (32 B). Up to this much
+/// received since an armed peer's spell began does not end it: under one-way loss these are no
+/// answers, and ending the spell on them restarted the 1 s deadline. A path that carries our
+/// traffic answers with more, or answers the liveness request itself.
 const PEER_CHATTER_MAX: u64 = 320;
 
 /// What the spec and the relay say about one peer right now.

@@ -399,8 +399,8 @@ impl PathState {
                 let failed = if peer_on_relay(since) {
                     Some(Cause::PeerOnRelay)
                 } else if self.liveness.lost(
-                    // A spell that only the peer's chatter interrupted is still suspect.
-                    self.suspect(now) || self.liveness.in_spell(),
+                    // A spell begins suspect; only an answer or more than chatter ends it.
+                    self.liveness.in_spell(),
                     now,
                     &self.timing.liveness,
                 ) {

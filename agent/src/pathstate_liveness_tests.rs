@@ -24,17 +24,23 @@ fn idle_pair_never_becomes_suspect() {
     assert_eq!(s.ps.actual(), ActualPath::Direct);
 }
 
+/// Sends 500 B per 250 ms step with requests unanswered and `rx(step)` bytes arriving, until
+/// the pair leaves Direct (at most 20 s); returns how long that took.
+fn fail_over(s: &mut Sim, rx: impl Fn(u32) -> u64) -> Duration {
+    let before = s.now;
+    let mut step = 0;
+    while s.ps.actual() == ActualPath::Direct && step < 80 {
+        run_live(s, 1, false, rx(step), 500);
+        step += 1;
+    }
+    s.now - before
+}
+
 #[test]
 fn dead_path_under_traffic_fails_over_within_two_seconds() {
     let mut s = direct_and_armed();
-    let before = s.now;
     // The path dies: we keep sending, nothing arrives, requests go unanswered.
-    let mut steps = 0;
-    while s.ps.actual() == ActualPath::Direct && steps < 80 {
-        run_live(&mut s, 1, false, 0, 500);
-        steps += 1;
-    }
-    let took = s.now - before;
+    let took = fail_over(&mut s, |_| 0);
     assert_eq!(s.ps.actual(), ActualPath::Relay);
     assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
     // suspect_after (0.5 s) + deadline (1 s), in 250 ms steps.
@@ -48,20 +54,13 @@ fn dead_path_under_traffic_fails_over_within_two_seconds() {
 #[test]
 fn one_way_loss_with_peer_chatter_fails_over_as_fast_as_two_way() {
     let mut s = direct_and_armed();
-    let before = s.now;
-    let mut steps = 0;
-    while s.ps.actual() == ActualPath::Direct && steps < 80 {
-        // Inside the spell (it starts 0.5 s after the last reply): the peer's RTT request,
-        // then a handshake initiation.
-        let chatter = match steps {
-            4 => 96,
-            5 => 148,
-            _ => 0,
-        };
-        run_live(&mut s, 1, false, chatter, 500);
-        steps += 1;
-    }
-    let took = s.now - before;
+    // Inside the spell (it starts 0.5 s after the last reply): the peer's RTT request, then a
+    // handshake initiation.
+    let took = fail_over(&mut s, |step| match step {
+        4 => 96,
+        5 => 148,
+        _ => 0,
+    });
     assert_eq!(s.ps.actual(), ActualPath::Relay);
     assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
     assert!(took <= Duration::from_millis(1750), "took {took:?}");
@@ -144,16 +143,7 @@ fn no_fast_failover_while_a_new_direct_path_settles() {
     s.obs.last_handshake = Some(s.now);
     run_live(&mut s, 4, true, 500, 500);
     assert!(s.ps.fallback(), "{:?}", s.ps.phase());
-    while s.ps.actual() != ActualPath::Direct {
-        s.now += Duration::from_secs(1);
-        if matches!(s.ps.phase(), Phase::Probing { .. }) {
-            s.handshake(DIRECT);
-        }
-        if let Some(t) = s.ps.observe(&s.obs, s.now) {
-            s.log.push(t);
-        }
-        assert!(s.elapsed() < 2000, "never probed back");
-    }
+    s.probe_back_to_direct();
     // ... and a 2 s silence right after the upgrade while the endpoints settle: no failover.
     run_live(&mut s, 8, false, 0, 500);
     assert_eq!(s.ps.actual(), ActualPath::Direct, "{:?}", s.log.last());

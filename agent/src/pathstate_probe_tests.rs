@@ -217,16 +217,7 @@ fn only_a_path_a_probe_brought_back_doubles_the_backoff_when_it_fails_soon() {
     // A probe brings it back and it fails again within stable_after: flapping, doubled.
     s.obs.endpoint = Some(RELAY.parse().unwrap());
     s.obs.via_relay = true;
-    while s.ps.actual() != ActualPath::Direct {
-        s.now += Duration::from_secs(1);
-        if matches!(s.ps.phase(), Phase::Probing { .. }) {
-            s.handshake(DIRECT);
-        }
-        if let Some(t) = s.ps.observe(&s.obs, s.now) {
-            s.log.push(t);
-        }
-        assert!(s.elapsed() < 2000, "never probed back");
-    }
+    s.probe_back_to_direct();
     run_live(&mut s, 40, true, 500, 500);
     while s.ps.actual() == ActualPath::Direct {
         run_live(&mut s, 1, false, 0, 500);

@@ -53,6 +53,21 @@ impl Sim {
         self.obs.via_relay = endpoint == RELAY;
     }
 
+    /// From a fallback: 1 s ticks until a probe slot, a handshake on the direct endpoint when
+    /// probing, until the pair is Direct again (fails after 1000 s).
+    pub(super) fn probe_back_to_direct(&mut self) {
+        while self.ps.actual() != ActualPath::Direct {
+            self.now += Duration::from_secs(1);
+            if matches!(self.ps.phase(), Phase::Probing { .. }) {
+                self.handshake(DIRECT);
+            }
+            if let Some(t) = self.ps.observe(&self.obs, self.now) {
+                self.log.push(t);
+            }
+            assert!(self.elapsed() < 2000, "never probed back");
+        }
+    }
+
     pub(super) fn traffic(&mut self, rx: u64, tx: u64) {
         self.obs.rx_bytes += rx;
         self.obs.tx_bytes += tx;

@@ -11,6 +11,7 @@
 //! Needs root, `iproute2`, `nftables` and `conntrack`; `ping` and `iperf3` for those helpers.
 
 pub mod bins;
+mod echo;
 mod error;
 mod impair;
 pub mod nat;
@@ -29,6 +30,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use echo::EchoSocket;
 pub use error::{LabError, Result};
 pub use ipnet::Ipv4Net;
 pub use nat::NatKind;

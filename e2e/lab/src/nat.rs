@@ -68,6 +68,13 @@ impl fmt::Display for NatKind {
 /// Matches `nf_conntrack_udp_timeout_stream` (120 s).
 const CONE_TIMEOUT_S: u32 = 120;
 
+/// Cone mappings admit only packets addressed to the gateway itself. Without it, a gateway
+/// rebooted onto a new public address still translated packets for its old one (the
+/// internet router's ARP entry outlives the address by up to ~30 s): the peer's packets to the
+/// old address created a conntrack entry whose reply direction then sent the node's own
+/// packets out from the old address, long after the reboot (found by the NAT-reboot fault).
+const TO_GATEWAY: &str = "fib daddr type local";
+
 /// The complete ruleset of a gateway for `kind`. Loading it replaces the previous one atomically
 /// (the table is declared, deleted and recreated in one transaction), which also empties the
 /// dynamic sets; the caller flushes conntrack afterwards.
@@ -127,7 +134,9 @@ pub fn ruleset(kind: NatKind) -> String {
             track += &track_map;
             track += &track_map_reply;
             track += &eim_track;
-            pre += &format!("iifname \"{w}\" meta l4proto udp dnat ip to udp dport map @fc\n");
+            pre += &format!(
+                "iifname \"{w}\" {TO_GATEWAY} meta l4proto udp dnat ip to udp dport map @fc\n"
+            );
         }
         NatKind::AddressRestrictedCone => {
             sets += &cone_map;
@@ -142,7 +151,7 @@ pub fn ruleset(kind: NatKind) -> String {
                 "oifname \"{w}\" meta l4proto udp update @peers {{ ip daddr . udp sport }}\n"
             );
             pre += &format!(
-                "iifname \"{w}\" meta l4proto udp ip saddr . udp dport @peers dnat ip to udp dport map @fc\n"
+                "iifname \"{w}\" {TO_GATEWAY} meta l4proto udp ip saddr . udp dport @peers dnat ip to udp dport map @fc\n"
             );
         }
         _ => {}
@@ -196,6 +205,17 @@ mod tests {
             assert!(ruleset(cone).contains("udp sport @taken masquerade random"));
         }
         assert!(ruleset(NatKind::AddressRestrictedCone).contains("@peers"));
+        for cone in [NatKind::FullCone, NatKind::AddressRestrictedCone] {
+            let text = ruleset(cone);
+            let dnat: Vec<&str> = text.lines().filter(|l| l.contains("dnat ip to")).collect();
+            assert!(!dnat.is_empty(), "{cone}: no cone mapping");
+            for line in dnat {
+                assert!(
+                    line.contains(TO_GATEWAY),
+                    "{cone}: maps any address: {line}"
+                );
+            }
+        }
         assert!(!ruleset(NatKind::None).contains("masquerade"));
         assert!(ruleset(NatKind::TcpOnlyFirewall).contains("meta l4proto tcp ct state new"));
     }

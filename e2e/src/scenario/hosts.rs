@@ -1,11 +1,11 @@
 //! Nodes as scenario assertions see them: run a command, ping, push bytes over TCP. The lab
 //! implements it with network namespaces; a kind implementation would use `docker exec`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use wirekube_lab::{Host, Lab};
@@ -16,10 +16,25 @@ pub trait NodeAccess: Send + Sync {
     fn exec(&self, node: &str, args: &[&str]) -> Result<Output>;
     /// One echo request (1 s timeout); the round-trip time.
     fn ping(&self, from: &str, ip: Ipv4Addr) -> Result<Duration>;
+    /// Pings every address of `targets` from `from` a few times a second until each has
+    /// answered once, `stop` says so, or `timeout` passes; `answered` hears of each first
+    /// reply as it arrives. Unanswered targets at the end are not an error.
+    fn ping_until_answered(
+        &self,
+        from: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+        answered: &mut dyn FnMut(Ipv4Addr),
+    ) -> Result<()>;
     /// Sends `bytes` over TCP from `from` to a listener on `to` reached at `ip`; every byte is
     /// verified. Returns the elapsed time.
     fn transfer(&self, from: &str, to: &str, ip: Ipv4Addr, bytes: u64) -> Result<Duration>;
 }
+
+/// How often [`LabNodes::ping_until_answered`] asks each unanswered target: the resolution of
+/// the "first reply" times in the start-up figures.
+const ECHO_INTERVAL: Duration = Duration::from_millis(250);
 
 /// [`NodeAccess`] for lab hosts.
 pub struct LabNodes {
@@ -50,6 +65,31 @@ impl NodeAccess for LabNodes {
     fn ping(&self, from: &str, ip: Ipv4Addr) -> Result<Duration> {
         let h = self.host(from)?;
         Ok(self.lab.ping(h, ip)?)
+    }
+
+    fn ping_until_answered(
+        &self,
+        from: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+        answered: &mut dyn FnMut(Ipv4Addr),
+    ) -> Result<()> {
+        let mut socket = self.lab.echo_socket(self.host(from)?)?;
+        let mut pending: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
+        let deadline = Instant::now() + timeout;
+        while !pending.is_empty() && !stop() && Instant::now() < deadline {
+            for ip in &pending {
+                // No route yet (the mesh interface is not up) is "not yet", like no reply.
+                let _ = socket.send(*ip);
+            }
+            for src in socket.replies(ECHO_INTERVAL) {
+                if pending.remove(&src) {
+                    answered(src);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn transfer(&self, from: &str, to: &str, ip: Ipv4Addr, bytes: u64) -> Result<Duration> {

@@ -300,28 +300,36 @@ impl Scenario {
             bail!("exited: {}", dead.join(", "));
         }
         let started = self.agents_started.unwrap_or_else(Instant::now);
+        // One prober per source node (one socket, every peer it pings), not one per pair: at
+        // 20-30 nodes a process per ping loaded the two cores more than the mesh did.
+        let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (a, b) in self.topo.pairs() {
+            by_source.entry(a).or_default().push(b);
+        }
+        for (a, bs) in by_source {
             let (nodes, stop, firsts) = (
                 self.nodes.clone(),
                 self.stop_probers.clone(),
                 self.first_pings.clone(),
             );
-            let ip = ips[&b];
+            let targets: Vec<Ipv4Addr> = bs.iter().map(|b| ips[b]).collect();
+            let name_of: BTreeMap<Ipv4Addr, String> =
+                bs.into_iter().map(|b| (ips[&b], b)).collect();
             self.probers.push(std::thread::spawn(move || {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let _ = wait_until(left, "prober", || {
-                    if stop.load(Ordering::Relaxed) {
-                        return true;
-                    }
-                    if nodes.ping(&a, ip).is_ok() {
-                        firsts
-                            .lock()
-                            .expect("pings lock")
-                            .insert((a.clone(), b.clone()), started.elapsed());
-                        return true;
-                    }
-                    false
-                });
+                let res = nodes.ping_until_answered(
+                    &a,
+                    &targets,
+                    left,
+                    &|| stop.load(Ordering::Relaxed),
+                    &mut |ip| {
+                        let mut firsts = firsts.lock().expect("pings lock");
+                        firsts.insert((a.clone(), name_of[&ip].clone()), started.elapsed());
+                    },
+                );
+                if let Err(e) = res {
+                    tracing::warn!(node = %a, error = %format!("{e:#}"), "prober failed");
+                }
             }));
         }
         Ok(ips)

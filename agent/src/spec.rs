@@ -241,7 +241,11 @@ pub struct Current {
 
 /// The peer config for the dataplane. Never resets an endpoint WireGuard roamed to while it
 /// works: on a direct path a recent handshake over a non-relay endpoint keeps that endpoint
-/// (behind symmetric NATs it is the only one that works).
+/// (behind symmetric NATs it is the only one that works: same address, another port). A
+/// planned endpoint on another IP address wins: the peer published a new address (its NAT
+/// came back with a new public IP), and the old one still had a handshake less than
+/// [`HANDSHAKE_FRESH`] old while leading nowhere; keeping it cost the pair a fall back to the
+/// relay and a wait for the next probe slot.
 pub fn peer_config(
     t: &PeerTarget,
     want: Want,
@@ -256,7 +260,9 @@ pub fn peer_config(
         // No bridge (relay down): leave whatever is there.
         Want::Relay => relay_endpoint.or(current.endpoint),
         Want::Direct => match current.endpoint {
-            Some(cur) if !current.via_relay && working => Some(cur),
+            Some(cur) if !current.via_relay && working && !moved(t.direct_endpoint, cur) => {
+                Some(cur)
+            }
             cur => t
                 .direct_endpoint
                 .or(if current.via_relay { None } else { cur }),
@@ -268,6 +274,11 @@ pub fn peer_config(
         allowed_ips: t.allowed_ips.clone(),
         persistent_keepalive: t.keepalive,
     }
+}
+
+/// The planned endpoint is on another IP address than the current one.
+fn moved(planned: Option<SocketAddr>, current: SocketAddr) -> bool {
+    planned.is_some_and(|p| p.ip() != current.ip())
 }
 
 #[cfg(test)]

@@ -142,6 +142,10 @@ fn endpoint_choice_respects_roaming_and_relay() {
     // Roamed and working: keep it.
     let c = peer_config(a, Want::Direct, cur(roamed, fresh, false), None, now);
     assert_eq!(c.endpoint, Some(roamed));
+    // Working, but the peer published another address (its NAT's new public IP): the plan.
+    let old_ip: SocketAddr = "198.18.0.99:51820".parse().unwrap();
+    let c = peer_config(a, Want::Direct, cur(old_ip, fresh, false), None, now);
+    assert_eq!(c.endpoint, a.direct_endpoint);
     // Roamed but dead: back to the plan.
     let c = peer_config(a, Want::Direct, cur(roamed, stale, false), None, now);
     assert_eq!(c.endpoint, a.direct_endpoint);

@@ -224,7 +224,8 @@ pub enum CandidateKind {
     Host,
     /// Server-reflexive: the mapping a STUN server saw.
     Srflx,
-    /// Peer-reflexive: the endpoint WireGuard observed a peer sending from.
+    /// Peer-reflexive: a peer's address (`observedBy` names the peer) where this node's
+    /// WireGuard saw that peer's packets come from.
     Prflx,
 }
 

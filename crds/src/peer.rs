@@ -145,7 +145,8 @@ pub struct WireKubePeerStatus {
     pub summary: PeerSummary,
 }
 
-/// An address at which this node may be reachable.
+/// An address candidate: one at which this node may be reachable (host, srflx), or, for a
+/// peer-reflexive candidate, a peer's address as this node observed it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Candidate {
@@ -156,7 +157,8 @@ pub struct Candidate {
     /// tell two nodes on one LAN from two nodes that merely reuse the same private range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<u8>,
-    /// For peer-reflexive candidates: the peer that observed it.
+    /// For peer-reflexive candidates: the peer this address belongs to. The address is where
+    /// this node's WireGuard saw that peer's packets come from (not this node's own address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_by: Option<String>,
 }

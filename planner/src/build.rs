@@ -161,13 +161,13 @@ struct EntryView<'a> {
 }
 
 impl<'a> EntryView<'a> {
-    /// The entry by which one node reaches `peer`, given its `side` of decision `d`.
-    fn new(me: &NodeFacts, peer: &'a NodeFacts, side: &Side, d: &Decision) -> EntryView<'a> {
+    /// The entry by which `me` reaches `peer`, given its `side` of decision `d`.
+    fn new(me: &'a NodeFacts, peer: &'a NodeFacts, side: &Side, d: &Decision) -> EntryView<'a> {
         EntryView {
             name: &peer.name,
             public_key: peer.key.as_deref().unwrap_or(""),
             allowed_ips: peer.allowed_ips_for(me),
-            endpoint: side.endpoint.resolve(peer),
+            endpoint: side.endpoint.resolve(me, peer),
             path: d.path,
             reason: d.reason,
             initiate: side.initiate,
@@ -482,8 +482,9 @@ impl PathPlanner {
             {
                 changed.insert(fj.name.to_string());
             }
-            // k's entry for j: j's facts (unchanged), k's side, and whether k shares j's
-            // LAN (which decides whether j's InternalIP is carried).
+            // k's entry for j: j's facts (unchanged), k's side, k's own observation of j (a
+            // peer-reflexive endpoint) and whether k shares j's LAN (which decides whether
+            // j's InternalIP is carried).
             own_changed |= EntryView::new(old, fj, &k_before, &before)
                 != EntryView::new(&core.facts[k], fj, &k_after, &after);
         }

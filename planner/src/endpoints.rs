@@ -1,5 +1,6 @@
-//! Which address one side sends to. Decisions hold a small [`Ep`] that points into the peer's
-//! precomputed facts; the string is borrowed for comparisons and cloned only when a spec is
+//! Which address one side sends to. Decisions hold a small [`Ep`] that points into the
+//! precomputed facts (the peer's, or for a peer-reflexive endpoint the sending side's own
+//! observations); the string is borrowed for comparisons and cloned only when a spec is
 //! materialised.
 
 use super::facts::{NodeFacts, share_subnet};
@@ -20,19 +21,26 @@ pub(crate) enum Ep {
     Srflx,
     /// The peer's public endpoint (it is `open`).
     Public,
-    /// The peer's `prflx[i]`: where this side saw the peer's packets come from.
+    /// The peer's address where this side's WireGuard saw the peer's packets come from:
+    /// `prflx[i]` of this side's **own** facts (the agent reports what it observed of its
+    /// peers, never its own address as others see it).
     Prflx(u8),
 }
 
 impl Ep {
-    pub fn resolve(self, peer: &NodeFacts) -> Option<&str> {
+    /// The address `me` sends to in order to reach `peer`.
+    pub fn resolve<'a>(self, me: &'a NodeFacts, peer: &'a NodeFacts) -> Option<&'a str> {
         match self {
             Ep::None => None,
             Ep::Host(i) => peer.hosts.get(usize::from(i)).map(|h| h.addr.as_str()),
             Ep::Internal => peer.internal.as_deref(),
             Ep::Srflx => peer.srflx.as_deref(),
             Ep::Public => peer.public_ep.as_deref(),
-            Ep::Prflx(i) => peer.prflx.get(usize::from(i)).map(|p| p.1.as_str()),
+            Ep::Prflx(i) => me
+                .prflx
+                .get(usize::from(i))
+                .filter(|(of, _)| **of == *peer.name)
+                .map(|(_, addr)| addr.as_str()),
         }
     }
 }
@@ -88,9 +96,10 @@ pub(crate) fn across(from: &NodeFacts, to: &NodeFacts) -> Ep {
     }
 }
 
-/// `to`'s endpoint as observed by `from`, when there is such evidence.
+/// `to`'s endpoint as `from` observed it (`from`'s own peer-reflexive candidate for `to`),
+/// when there is such evidence.
 pub(crate) fn prflx(from: &NodeFacts, to: &NodeFacts) -> Ep {
-    to.prflx_seen_by(&from.name)
+    from.observed_address_of(&to.name)
         .map(Ep::Prflx)
         .unwrap_or(Ep::None)
 }
@@ -98,8 +107,9 @@ pub(crate) fn prflx(from: &NodeFacts, to: &NodeFacts) -> Ep {
 /// `mode: never` when no rule finds a direct path: the best guess, in order peer-reflexive
 /// (proven to work once), public, STUN mapping (useless behind a symmetric NAT), LAN address.
 pub(crate) fn best_effort(from: &NodeFacts, to: &NodeFacts) -> Ep {
-    if let Some(i) = to.prflx_seen_by(&from.name) {
-        return Ep::Prflx(i);
+    let observed = prflx(from, to);
+    if observed != Ep::None {
+        return observed;
     }
     if to.nat.is_reachable() && to.public_ep.is_some() {
         return Ep::Public;

@@ -44,7 +44,9 @@ pub(crate) struct NodeFacts {
     /// `publicIP:listenPort`: what a cone peer sends a few packets toward so that its
     /// address-restricted filter admits this node (any port of the right IP opens it).
     pub punch_target: Option<String>,
-    /// Peer-reflexive endpoints, `(observer, ip:port)`, sorted by observer.
+    /// Peer-reflexive endpoints of this node's peers, `(peer, ip:port)`, sorted by peer: where
+    /// this node's WireGuard saw each peer's packets come from (the agent's `kind: prflx`
+    /// candidates, `observedBy` = the peer the address belongs to). Not this node's address.
     pub prflx: Vec<(String, String)>,
     /// Peers this node reports a fallback to the relay for, sorted.
     pub fallback_peers: Vec<String>,
@@ -106,13 +108,13 @@ impl NodeFacts {
                     }
                 }
                 CandidateKind::Prflx => {
-                    if let Some(by) = &c.observed_by {
-                        prflx.push((by.clone(), c.address.clone()));
+                    if let Some(of) = &c.observed_by {
+                        prflx.push((of.clone(), c.address.clone()));
                     }
                 }
             }
         }
-        // Stable order, first report per observer wins.
+        // Stable order, first report per peer wins.
         prflx.sort_by(|a, b| a.0.cmp(&b.0));
         prflx.dedup_by(|later, first| later.0 == first.0);
 
@@ -202,10 +204,10 @@ impl NodeFacts {
         }
     }
 
-    /// Index of the peer-reflexive endpoint `observer` saw this node send from.
-    pub fn prflx_seen_by(&self, observer: &str) -> Option<u8> {
+    /// Index in `prflx` of `peer`'s address as this node's WireGuard saw its packets arrive.
+    pub fn observed_address_of(&self, peer: &str) -> Option<u8> {
         self.prflx
-            .binary_search_by(|(by, _)| by.as_str().cmp(observer))
+            .binary_search_by(|(of, _)| of.as_str().cmp(peer))
             .ok()
             .and_then(|i| u8::try_from(i).ok())
     }

@@ -51,8 +51,10 @@ pub struct Host {
     pub has_key: bool,
     /// The key reported instead of [`test_key`] of the name (any string, malformed ones too).
     pub raw_key: Option<String>,
-    /// Peer-reflexive endpoints `(observer, ip:port)`.
-    pub prflx: Vec<(String, String)>,
+    /// What this node's WireGuard observed of its peers, `(peer, ip:port)`: where each peer's
+    /// packets came from. Reported as `kind: prflx` candidates with `observedBy: <peer>`, as
+    /// the agent does (the address is the peer's, not this node's).
+    pub saw: Vec<(String, String)>,
     /// Peers the agent reports a fallback to the relay for.
     pub fallbacks: Vec<String>,
 }
@@ -67,7 +69,7 @@ impl Host {
             mapped_port: None,
             has_key: true,
             raw_key: None,
-            prflx: Vec::new(),
+            saw: Vec::new(),
             fallbacks: Vec::new(),
         }
     }
@@ -92,8 +94,9 @@ impl Host {
         self
     }
 
-    pub fn prflx(mut self, observer: &str, addr: &str) -> Host {
-        self.prflx.push((observer.into(), addr.into()));
+    /// This node's WireGuard saw `peer`'s packets come from `addr`.
+    pub fn saw(mut self, peer: &str, addr: &str) -> Host {
+        self.saw.push((peer.into(), addr.into()));
         self
     }
 
@@ -167,12 +170,12 @@ impl Host {
                 observed_by: None,
             });
         }
-        for (by, addr) in &self.prflx {
+        for (peer, addr) in &self.saw {
             candidates.push(Candidate {
                 kind: CandidateKind::Prflx,
                 address: addr.clone(),
                 prefix_length: None,
-                observed_by: Some(by.clone()),
+                observed_by: Some(peer.clone()),
             });
         }
         WireKubePeerStatus {

@@ -21,7 +21,8 @@ const NATS: [NatType; 7] = [
 const MODES: [RelayMode; 3] = [RelayMode::Never, RelayMode::Auto, RelayMode::Always];
 
 /// A node: NAT type, site (LAN and public IP shared per site), mapped port, key published,
-/// and whether some other node observed it (prflx) or it reports a fallback.
+/// whether its WireGuard observed some other node (a prflx candidate of that node's address,
+/// as the agent reports it) and whether it reports a fallback.
 fn arb_host(i: usize) -> impl Strategy<Value = Host> {
     (
         0..NATS.len(),
@@ -31,7 +32,7 @@ fn arb_host(i: usize) -> impl Strategy<Value = Host> {
         prop::option::of(0usize..12),
         prop::option::of(0usize..12),
     )
-        .prop_map(move |(nat, site, port, key, seen_by, fallback)| {
+        .prop_map(move |(nat, site, port, key, saw, fallback)| {
             let nat = NATS[nat];
             let name = format!("n{i:02}");
             let mut h = Host::new(&name, nat).lan(&format!("10.{site}.0.{}", 10 + i), 24);
@@ -49,10 +50,11 @@ fn arb_host(i: usize) -> impl Strategy<Value = Host> {
             if !key {
                 h = h.no_key();
             }
-            if let Some(by) = seen_by.filter(|b| *b != i) {
-                h = h.prflx(
-                    &format!("n{by:02}"),
-                    &format!("198.18.9.{}:{}", 1 + i, 40000 + by),
+            if let Some(peer) = saw.filter(|p| *p != i) {
+                // The peer's address (its IP), at a port its NAT picked toward this node.
+                h = h.saw(
+                    &format!("n{peer:02}"),
+                    &format!("198.18.9.{}:{}", 1 + peer, 40000 + i),
                 );
             }
             if let Some(to) = fallback.filter(|t| *t != i) {
@@ -73,9 +75,16 @@ fn arb_input() -> impl Strategy<Value = (Vec<Host>, PlannerInput)> {
     })
 }
 
-/// Every address a node can legitimately be reached at, from what it reported.
-fn known_endpoints(h: &Host) -> HashSet<String> {
-    let mut v: HashSet<String> = h.prflx.iter().map(|(_, a)| a.clone()).collect();
+/// Every address `from` can legitimately reach `h` at: what `h` reported of itself, and where
+/// `from`'s own WireGuard saw `h`'s packets come from. Never `from`'s own address, nor what a
+/// third node observed.
+fn known_endpoints(from: &Host, h: &Host) -> HashSet<String> {
+    let mut v: HashSet<String> = from
+        .saw
+        .iter()
+        .filter(|(peer, _)| *peer == h.name)
+        .map(|(_, a)| a.clone())
+        .collect();
     v.extend(h.host_endpoint());
     v.extend(h.srflx());
     v.extend(h.public_ip.map(|ip| format!("{ip}:{LISTEN_PORT}")));
@@ -107,10 +116,10 @@ proptest! {
             prop_assert_eq!((ab.path, ab.reason), (pair.path, pair.reason));
             prop_assert_eq!(ab.persistent_keepalive, ba.persistent_keepalive);
             prop_assert_eq!((ab.initiate, ba.initiate), (pair.a_initiates, pair.b_initiates));
-            for (e, to) in [(ab, pair.b), (ba, pair.a)] {
-                let known = known_endpoints(by_name[to]);
+            for (e, from, to) in [(ab, pair.a, pair.b), (ba, pair.b, pair.a)] {
+                let known = known_endpoints(by_name[from], by_name[to]);
                 if let Some(ep) = &e.endpoint {
-                    prop_assert!(known.contains(ep), "{} -> {}: {} not among {:?}", e.name, to, ep, known);
+                    prop_assert!(known.contains(ep), "{} -> {}: {} not among {:?}", from, to, ep, known);
                     prop_assert_eq!(e.path, PlannedPath::Direct);
                 }
                 if let Some(t) = &e.punch_toward {

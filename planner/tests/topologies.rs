@@ -148,7 +148,8 @@ fn topology_2_mixed__node2_public_node3_private_cross_vpc() {
 #[test]
 fn topology_2_mixed__node2_uses_the_peer_reflexive_endpoint_it_observed() {
     let mut hosts = topology_2();
-    hosts[2] = hosts[2].clone().prflx("node-2", "198.18.0.21:49825");
+    // node-2's agent reports where its WireGuard saw node-3's packets come from.
+    hosts[1] = hosts[1].clone().saw("node-3", "198.18.0.21:49825");
     let p = auto(&hosts);
     assert_eq!(
         entry(&p, "node-2", "node-3").endpoint.as_deref(),
@@ -240,6 +241,55 @@ fn topology_3_multi_cloud__onprem_to_onprem_cone_cone() {
     assert_eq!(a.endpoint.as_deref(), Some("198.18.0.32:51820"));
     assert_eq!(b.endpoint.as_deref(), Some("198.18.0.31:51820"));
     assert!(a.initiate && b.initiate, "both sides punch");
+}
+
+/// The lab run that found two meanings of `kind: prflx`. Each agent reports where its WireGuard
+/// saw a peer's packets come from (`observedBy` = that peer): onprem-1 saw cloud-a-1 at its
+/// NAT's `198.18.0.10:56842`, cloud-a-1 saw onprem-1 at `198.18.0.16:51820`. The planner read
+/// them the other way round and gave onprem-1 its own public address as the endpoint for
+/// cloud-a-1. Whichever rule applies, the side facing the symmetric node sends to what it
+/// observed, and neither side is ever given its own address.
+#[test]
+fn lab__the_side_facing_a_symmetric_peer_sends_to_the_address_it_observed() {
+    use RelayMode::{Auto, Never};
+    for (nat, mode, reason) in [
+        (FullCone, Auto, R::ConeSymmetric),
+        (AddressRestricted, Auto, R::ConeSymmetric),
+        (Open, Auto, R::PublicPeer),
+        (OneToOne, Auto, R::PublicPeer),
+        // `mode: never` keeps the endpoints of the rule that finds a path ...
+        (FullCone, Never, R::ModeNever),
+        (Open, Never, R::ModeNever),
+        // ... and where none does, each side sends to its best guess (best_effort).
+        (PortRestricted, Never, R::ModeNever),
+        (Symmetric, Never, R::ModeNever),
+    ] {
+        let hosts = vec![
+            Host::new("onprem-1", nat)
+                .lan("192.168.1.11", 24)
+                .public("198.18.0.16")
+                .saw("cloud-a-1", "198.18.0.10:56842"),
+            Host::new("cloud-a-1", Symmetric)
+                .lan("10.1.0.11", 24)
+                .public("198.18.0.10")
+                .saw("onprem-1", "198.18.0.16:51820"),
+        ];
+        let p = run(&hosts, mode, true);
+        let row = format!("{nat:?}, {mode:?}");
+        assert_pair(&p, "onprem-1", "cloud-a-1", Direct, reason);
+        let to_sym = entry(&p, "onprem-1", "cloud-a-1");
+        assert_eq!(
+            to_sym.endpoint.as_deref(),
+            Some("198.18.0.10:56842"),
+            "{row}: {to_sym:?}"
+        );
+        let from_sym = entry(&p, "cloud-a-1", "onprem-1");
+        assert_eq!(
+            from_sym.endpoint.as_deref(),
+            Some("198.18.0.16:51820"),
+            "{row}: {from_sym:?}"
+        );
+    }
 }
 
 /// Deviation from the seed ("Cone ↔ Symmetric: Direct"), measured in docs/lab-findings.md §4: a

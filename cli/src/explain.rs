@@ -161,7 +161,10 @@ fn side_facts(s: &Snapshot, p: &WireKubePeer) -> String {
             CandidateKind::Host => "LAN address".to_string(),
             CandidateKind::Srflx => "STUN mapping".to_string(),
             CandidateKind::Prflx => {
-                format!("seen by {}", c.observed_by.as_deref().unwrap_or("a peer"))
+                format!(
+                    "{}'s address as seen from here",
+                    c.observed_by.as_deref().unwrap_or("a peer")
+                )
             }
         };
         parts.push(format!("{what} {addr}"));

@@ -146,11 +146,11 @@ impl Netcheck {
                 let kind = match m.kind {
                     CandidateKind::Host => "host (LAN)",
                     CandidateKind::Srflx => "srflx (STUN mapping)",
-                    CandidateKind::Prflx => "prflx (seen by a peer)",
+                    CandidateKind::Prflx => "prflx (a peer's address, seen from here)",
                 };
                 let extra = match (&m.prefix_length, &m.observed_by) {
                     (Some(l), _) => format!("/{l}"),
-                    (_, Some(by)) => format!("by {by}"),
+                    (_, Some(peer)) => format!("of {peer}"),
                     _ => String::new(),
                 };
                 vec![kind.to_string(), m.address.clone(), extra]

@@ -28,18 +28,8 @@ use crate::liveness::Liveness;
 pub use crate::pathtiming::{
     HANDSHAKE_FRESH, PROBE_MIN_DEFAULT, PROBE_WINDOW_MAX, PUNCH_GRACE, Timing,
 };
+use crate::pathtiming::{PEER_CHATTER_MAX, SUSPECT_MIN_TX};
 pub use crate::wallclock::WallClock;
-
-/// Bytes sent without anything received that make a direct pair suspect: more than one
-/// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
-const SUSPECT_MIN_TX: u64 = 96;
-
-/// What a peer sends on its own while our packets do not reach it, in one suspect spell: its
-/// RTT request (~96 B), a handshake initiation (148 B) and a keepalive (32 B). Up to this much
-/// received since an armed peer's spell began does not end it: under one-way loss these are no
-/// answers, and ending the spell on them restarted the 1 s deadline. A path that carries our
-/// traffic answers with more, or answers the liveness request itself.
-const PEER_CHATTER_MAX: u64 = 320;
 
 /// What the spec and the relay say about one peer right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -571,9 +561,18 @@ impl PathState {
         self.tx_at_rx_change = self.tx;
     }
 
-    /// Restarts a direct attempt now (e.g. the spec endpoint changed while down).
+    /// Tries direct again now: the spec endpoint changed while down or on the relay (the
+    /// peer's NAT came back on a new address: the old endpoint may be why it failed). On the
+    /// relay the probe is due at once, so that the next step announces it to the peer.
     pub fn retry_direct(&mut self, now: Instant) -> Option<Transition> {
         match self.phase {
+            Phase::Fallback { since, .. } => {
+                self.phase = Phase::Fallback {
+                    since,
+                    next_probe: now,
+                };
+                None
+            }
             Phase::DirectFailed { .. } if self.plan.planned == PlannedPath::Direct => self.go(
                 Phase::Connecting {
                     since: now,

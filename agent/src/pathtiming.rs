@@ -67,3 +67,14 @@ impl Timing {
         self.direct_timeout.max(Duration::from_secs(15))
     }
 }
+
+/// Bytes sent without anything received that make a direct pair suspect: more than one
+/// keepalive (32 B) or a lone TCP ACK, so idle pairs never trigger liveness requests.
+pub(crate) const SUSPECT_MIN_TX: u64 = 96;
+
+/// What a peer sends on its own while our packets do not reach it, in one suspect spell: its
+/// RTT request (~96 B), a handshake initiation (148 B) and a keepalive (32 B). Up to this much
+/// received since an armed peer's spell began does not end it: under one-way loss these are no
+/// answers, and ending the spell on them restarted the 1 s deadline. A path that carries our
+/// traffic answers with more, or answers the liveness request itself.
+pub(crate) const PEER_CHATTER_MAX: u64 = 320;

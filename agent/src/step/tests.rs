@@ -489,6 +489,25 @@ fn a_new_direct_endpoint_retries_a_failed_direct_path_without_relay() {
 }
 
 #[test]
+fn a_new_direct_endpoint_probes_a_fallen_back_pair_at_once_and_tells_the_peer() {
+    // (direct endpoint in the spec update at 11 s) -> probing, announced, at 11.1 s (the
+    // slot would be 12 s; after failed probes it is minutes away)
+    for (ep, probes) in [(DIRECT_EP, false), ("198.18.0.9:51820", true)] {
+        let mut r = fallen_back();
+        let on_relay = r.wg(RELAY_EP, Some(10_500), 1_000, 1_000);
+        r.step_at(11_000, &on_relay);
+        let (now, now_sys) = r.clock.at(11_000);
+        let mut t = target(1, PlannedPath::Direct, true);
+        t.direct_endpoint = ep.parse().ok();
+        apply_targets(&mut r.paths, &[t], settings(false), now, now_sys);
+        let s = r.step_at(11_100, &on_relay);
+        let probing = matches!(r.path().state.phase(), Phase::Probing { .. });
+        assert_eq!(probing, probes, "{ep}");
+        assert_eq!(s.announce_probe, mesh_ip().filter(|_| probes), "{ep}");
+    }
+}
+
+#[test]
 fn handshake_times_map_to_the_monotonic_clock() {
     let c = Clock::new();
     let (now, now_sys) = c.at(10_000);

@@ -242,15 +242,18 @@ pub struct Current {
 /// The peer config for the dataplane. Never resets an endpoint WireGuard roamed to while it
 /// works: on a direct path a recent handshake over a non-relay endpoint keeps that endpoint
 /// (behind symmetric NATs it is the only one that works: same address, another port). A
-/// planned endpoint on another IP address wins: the peer published a new address (its NAT
-/// came back with a new public IP), and the old one still had a handshake less than
-/// [`HANDSHAKE_FRESH`] old while leading nowhere; keeping it cost the pair a fall back to the
-/// relay and a wait for the next probe slot.
+/// planned endpoint on another IP address that the spec gave *after* that handshake wins
+/// (`planned_at`): the peer published a new address (its NAT came back on a new public IP),
+/// and the old one still had a recent handshake while leading nowhere; keeping it cost the
+/// pair a fall back to the relay and a wait for the next probe slot. A planned address older
+/// than the handshake is stale (the peer's new address reached us by roaming before the
+/// operator re-planned) and the roamed endpoint stays.
 pub fn peer_config(
     t: &PeerTarget,
     want: Want,
     current: Current,
     relay_endpoint: Option<SocketAddr>,
+    planned_at: SystemTime,
     now: SystemTime,
 ) -> PeerConfig {
     let working = current
@@ -260,7 +263,7 @@ pub fn peer_config(
         // No bridge (relay down): leave whatever is there.
         Want::Relay => relay_endpoint.or(current.endpoint),
         Want::Direct => match current.endpoint {
-            Some(cur) if !current.via_relay && working && !moved(t.direct_endpoint, cur) => {
+            Some(cur) if !current.via_relay && working && !replanned(t, current, planned_at) => {
                 Some(cur)
             }
             cur => t
@@ -276,9 +279,14 @@ pub fn peer_config(
     }
 }
 
-/// The planned endpoint is on another IP address than the current one.
-fn moved(planned: Option<SocketAddr>, current: SocketAddr) -> bool {
-    planned.is_some_and(|p| p.ip() != current.ip())
+/// The spec gave an endpoint on another IP address than the current one after the current
+/// one's last handshake.
+fn replanned(t: &PeerTarget, current: Current, planned_at: SystemTime) -> bool {
+    let other_ip = match (t.direct_endpoint, current.endpoint) {
+        (Some(p), Some(c)) => p.ip() != c.ip(),
+        _ => false,
+    };
+    other_ip && current.last_handshake.is_none_or(|h| h < planned_at)
 }
 
 #[cfg(test)]

@@ -130,38 +130,100 @@ fn endpoint_choice_respects_roaming_and_relay() {
     let roamed: SocketAddr = "198.18.0.31:12345".parse().unwrap();
     let fresh = Some(now - Duration::from_secs(10));
     let stale = Some(now - Duration::from_secs(600));
+    let long_ago = now - Duration::from_secs(3600);
     let cur = |ep: SocketAddr, hs, via_relay| Current {
         endpoint: Some(ep),
         last_handshake: hs,
         via_relay,
     };
     // Nothing yet: the planned endpoint.
-    let c = peer_config(a, Want::Direct, Current::default(), Some(relay), now);
+    let c = peer_config(
+        a,
+        Want::Direct,
+        Current::default(),
+        Some(relay),
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, a.direct_endpoint);
     assert_eq!(c.allowed_ips, a.allowed_ips);
     // Roamed and working: keep it.
-    let c = peer_config(a, Want::Direct, cur(roamed, fresh, false), None, now);
+    let c = peer_config(
+        a,
+        Want::Direct,
+        cur(roamed, fresh, false),
+        None,
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, Some(roamed));
-    // Working, but the peer published another address (its NAT's new public IP): the plan.
+    // Working, but the peer published another address after that handshake (its NAT's new
+    // public IP): the plan. Planned before the handshake, the address is stale (the new one
+    // came by roaming first): the roamed endpoint stays.
     let old_ip: SocketAddr = "198.18.0.99:51820".parse().unwrap();
-    let c = peer_config(a, Want::Direct, cur(old_ip, fresh, false), None, now);
-    assert_eq!(c.endpoint, a.direct_endpoint);
+    for (planned_secs_ago, want) in [(5, a.direct_endpoint), (60, Some(old_ip))] {
+        let planned = now - Duration::from_secs(planned_secs_ago);
+        let c = peer_config(
+            a,
+            Want::Direct,
+            cur(old_ip, fresh, false),
+            None,
+            planned,
+            now,
+        );
+        assert_eq!(c.endpoint, want, "planned {planned_secs_ago} s ago");
+    }
     // Roamed but dead: back to the plan.
-    let c = peer_config(a, Want::Direct, cur(roamed, stale, false), None, now);
+    let c = peer_config(
+        a,
+        Want::Direct,
+        cur(roamed, stale, false),
+        None,
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, a.direct_endpoint);
     // Probing from the relay: the direct endpoint, even though the relay works.
-    let c = peer_config(a, Want::Direct, cur(relay, fresh, true), Some(relay), now);
+    let c = peer_config(
+        a,
+        Want::Direct,
+        cur(relay, fresh, true),
+        Some(relay),
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, a.direct_endpoint);
     // Relay wanted: the bridge socket, even over a working direct endpoint.
-    let c = peer_config(a, Want::Relay, cur(roamed, fresh, false), Some(relay), now);
+    let c = peer_config(
+        a,
+        Want::Relay,
+        cur(roamed, fresh, false),
+        Some(relay),
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, Some(relay));
     // Relay wanted but no bridge: leave it.
-    let c = peer_config(a, Want::Relay, cur(roamed, fresh, false), None, now);
+    let c = peer_config(
+        a,
+        Want::Relay,
+        cur(roamed, fresh, false),
+        None,
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, Some(roamed));
     // Direct wanted, no planned endpoint, currently on relay: None (WireGuard keeps it).
     let mut e = t[2].clone();
     e.direct_endpoint = None;
-    let c = peer_config(&e, Want::Direct, cur(relay, fresh, true), Some(relay), now);
+    let c = peer_config(
+        &e,
+        Want::Direct,
+        cur(relay, fresh, true),
+        Some(relay),
+        long_ago,
+        now,
+    );
     assert_eq!(c.endpoint, None);
 }
 

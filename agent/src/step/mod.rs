@@ -56,6 +56,9 @@ pub struct PeerPath {
     pub last_trigger: Option<Instant>,
     /// Round-trip time over the path in use, sampled with liveness requests.
     pub rtt: Rtt,
+    /// When the spec last gave a new direct endpoint (wall clock, like WireGuard's handshake
+    /// times): a newer address beats a roamed one only if it came after that roam's proof.
+    pub endpoint_planned_at: SystemTime,
 }
 
 /// What the reconcile layer observed of one peer in this pass.
@@ -86,6 +89,8 @@ pub enum Request {
 pub struct PeerStep {
     /// What WireGuard has for the peer (from the observation).
     pub current: Current,
+    /// [`PeerPath::endpoint_planned_at`].
+    pub endpoint_planned_at: SystemTime,
     /// Which endpoint the dataplane should give the peer.
     pub want: Want,
     /// The path change this pass caused (metrics, log).
@@ -127,7 +132,14 @@ impl PeerStep {
         relay_endpoint: Option<std::net::SocketAddr>,
         now_sys: SystemTime,
     ) -> PeerConfig {
-        spec::peer_config(target, self.want, self.current, relay_endpoint, now_sys)
+        spec::peer_config(
+            target,
+            self.want,
+            self.current,
+            relay_endpoint,
+            self.endpoint_planned_at,
+            now_sys,
+        )
     }
 }
 
@@ -169,6 +181,7 @@ impl PeerPath {
         let (trigger, restart_handshake) = self.trigger(nothing_to_lose, now);
         PeerStep {
             current,
+            endpoint_planned_at: self.endpoint_planned_at,
             want: self.state.want(),
             transition,
             joined_peer_probe,

@@ -97,6 +97,7 @@ pub fn apply_targets(
                 }
                 if p.target.direct_endpoint != t.direct_endpoint {
                     p.state.retry_direct(now);
+                    p.endpoint_planned_at = now_sys;
                 }
                 p.target = t.clone();
             }
@@ -128,5 +129,6 @@ fn new_path(
         state,
         last_trigger: None,
         rtt: Rtt::default(),
+        endpoint_planned_at: now_sys,
     }
 }

@@ -27,6 +27,13 @@ pub enum KubeError {
 /// Watches one object by name and publishes its latest version (`None` when it is absent or
 /// deleted) into a watch channel. Errors are retried by the watcher's default backoff, so
 /// the API server going away only pauses updates: the dataplane keeps running.
+/// How long the API server keeps one watch open (`timeoutSeconds`); 5 s after that the client
+/// gives up on a silent one and watches again. A watch whose TCP connection died silently (this
+/// node's NAT came back on a new public address) stayed blind to spec changes for kube's
+/// default 295 s otherwise. Cost: one watch request per watched object per 30 s when nothing
+/// changes.
+const WATCH_TIMEOUT_SECS: u32 = 30;
+
 fn watch_named<K>(
     api: Api<K>,
     name: String,
@@ -42,7 +49,9 @@ where
         + 'static,
 {
     tokio::spawn(async move {
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let cfg = watcher::Config::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(WATCH_TIMEOUT_SECS);
         let retry = ResetTimerBackoff::new(WatchBackoff::default(), WATCH_RETRY_RESET);
         let mut stream = watcher::watcher(api, cfg).backoff(retry).boxed();
         // Objects seen during a (re)list; absent after InitDone means deleted meanwhile.

@@ -336,4 +336,43 @@ impl Scenario {
         ])?;
         Ok(pod)
     }
+
+    /// Runs the operator's replicas on `node` (every other node cordoned while they restart)
+    /// and waits until one of them holds the Lease: a fault on that node's network then also
+    /// hits the leader's API connections.
+    pub fn pin_operator_to(&self, node: &str, timeout: Duration) -> Result<()> {
+        let others: Vec<&String> = self.hosts.keys().filter(|n| *n != node).collect();
+        for n in &others {
+            self.kubectl(&["cordon", n])?;
+        }
+        let ns = super::run::SYSTEM_NAMESPACE;
+        let moved = self
+            .kubectl(&[
+                "delete",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/name=wirekube-operator",
+                "--wait=false",
+            ])
+            .and_then(|_| {
+                let on_node = || {
+                    let holder = self.lease_holder().ok()?;
+                    let path = "jsonpath={.spec.nodeName} {.status.phase}";
+                    let out = self.kubectl(&["get", "pod", "-n", ns, &holder, "-o", path]);
+                    out.ok().filter(|o| o.trim() == format!("{node} Running"))
+                };
+                wait_until(
+                    timeout,
+                    "the operator's Lease held by a pod on the node",
+                    || on_node().is_some(),
+                )
+                .with_context(|| format!("operator leader onto {node}"))
+            });
+        for n in &others {
+            self.kubectl(&["uncordon", n])?;
+        }
+        moved.map(drop)
+    }
 }

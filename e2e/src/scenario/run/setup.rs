@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use wirekube_crds::{
@@ -41,7 +42,9 @@ fn image_map() -> Result<ImageMap> {
 }
 
 /// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site
-/// label; public nodes also get their address as ExternalIP).
+/// label; public nodes also get their address as ExternalIP), a few nodes at a time: one after
+/// the other, 30 nodes took the lab most of the start-up figure (each waits for its Node to
+/// register before its kube-proxy starts).
 pub(crate) fn start_nodes(
     lab: &Lab,
     kube: &KubeLab,
@@ -50,38 +53,77 @@ pub(crate) fn start_nodes(
     pod_network: bool,
     node_env: &BTreeMap<String, Vec<(String, String)>>,
 ) -> Result<BTreeMap<String, LabNode>> {
+    const AT_ONCE: usize = 6;
     let images = image_map()?;
     let kubelet = binary("wirekube-lab-kubelet")?;
-    let mut out = BTreeMap::new();
-    for (name, h) in hosts {
-        let site = h.site.clone().unwrap_or_else(|| "public".into());
-        // As a cloud reports them: a public NIC's address, or the elastic IP mapped to the VM.
-        let external_ip = if topo.public_nodes.contains(name) || topo.is_elastic(name) {
-            Some(lab.public_ip(h)?)
-        } else {
-            None
-        };
-        let spec = NodeSpec {
-            name: name.clone(),
-            internal_ip: h.ip(),
-            external_ip,
-            labels: std::iter::once(("topology.wirekube.io/site".into(), site))
-                .chain(
-                    topo.relay_hosts()
-                        .contains(&name.as_str())
-                        .then(|| (RELAY_HOST_LABEL.into(), "true".into())),
-                )
-                .collect(),
-            cni_from_conf_dir: pod_network,
-            container_env: node_env.get(name).cloned().unwrap_or_default(),
-        };
-        let node = kube
-            .cp
-            .start_node(lab, h, spec, &kubelet, &images)
-            .with_context(|| format!("node {name}"))?;
-        out.insert(name.clone(), node);
+    let queue = Mutex::new(hosts.iter());
+    let started = Mutex::new(BTreeMap::new());
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..AT_ONCE.min(hosts.len()) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue lock").next();
+                    let Some((name, h)) = next else { break };
+                    if first_error.lock().expect("error lock").is_some() {
+                        break;
+                    }
+                    let spec = node_spec(lab, topo, name, h, pod_network, node_env);
+                    let res = spec.and_then(|spec| {
+                        kube.cp
+                            .start_node(lab, h, spec, &kubelet, &images)
+                            .map_err(Into::into)
+                    });
+                    match res.with_context(|| format!("node {name}")) {
+                        Ok(node) => {
+                            started
+                                .lock()
+                                .expect("nodes lock")
+                                .insert(name.clone(), node);
+                        }
+                        Err(e) => {
+                            first_error.lock().expect("error lock").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error lock") {
+        Some(e) => Err(e),
+        None => Ok(started.into_inner().expect("nodes lock")),
     }
-    Ok(out)
+}
+
+fn node_spec(
+    lab: &Lab,
+    topo: &Topology,
+    name: &str,
+    h: &Host,
+    pod_network: bool,
+    node_env: &BTreeMap<String, Vec<(String, String)>>,
+) -> Result<NodeSpec> {
+    let site = h.site.clone().unwrap_or_else(|| "public".into());
+    // As a cloud reports them: a public NIC's address, or the elastic IP mapped to the VM.
+    let external_ip = if topo.public_nodes.iter().any(|p| p == name) || topo.is_elastic(name) {
+        Some(lab.public_ip(h)?)
+    } else {
+        None
+    };
+    Ok(NodeSpec {
+        name: name.to_owned(),
+        internal_ip: h.ip(),
+        external_ip,
+        labels: std::iter::once(("topology.wirekube.io/site".into(), site))
+            .chain(
+                topo.relay_hosts()
+                    .contains(&name)
+                    .then(|| (RELAY_HOST_LABEL.into(), "true".into())),
+            )
+            .collect(),
+        cni_from_conf_dir: pod_network,
+        container_env: node_env.get(name).cloned().unwrap_or_default(),
+    })
 }
 
 /// The last `lines` lines of each container log under a kubelet's pods directory.

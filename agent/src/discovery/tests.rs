@@ -83,10 +83,10 @@ fn answers_that_bypassed_the_nat_through_the_mesh_are_dropped() {
 }
 
 #[test]
-fn rechecks_soon_while_no_stun_server_answers() {
+fn rechecks_soon_while_rounds_are_inconclusive() {
     let day = Duration::from_secs(300);
     let s = Duration::from_secs;
-    // (answered, failures before) -> (wait, failures after)
+    // (conclusive: answered with a known NAT type, failures before) -> (wait, failures after)
     for (answered, before, wait, after) in [
         (true, 0, day, 0),
         (true, 7, day, 0),

@@ -424,8 +424,10 @@ impl Agent {
             self.recheck_until = None;
         }
         let msg = r.message.clone();
+        let conclusive =
+            r.stun_reachable && r.classification.nat_type != wirekube_crds::NatType::Unknown;
         let (wait, failures) = discovery::next_check(
-            r.stun_reachable,
+            conclusive,
             self.discovery_failures,
             self.cfg.discovery_interval,
         );

@@ -561,12 +561,13 @@ impl PathState {
         self.tx_at_rx_change = self.tx;
     }
 
-    /// Tries direct again now: the spec endpoint changed while down or on the relay (the
-    /// peer's NAT came back on a new address: the old endpoint may be why it failed). On the
-    /// relay the probe is due at once, so that the next step announces it to the peer.
-    pub fn retry_direct(&mut self, now: Instant) -> Option<Transition> {
+    /// Tries direct again now: the spec endpoint changed while down, or moved to another IP
+    /// (`new_ip`: the peer's NAT came back on a new address) while on the relay (probe due at
+    /// once; the next step announces it). Not on a port change there: the spec's endpoint
+    /// changes after every fallback (prflx), and probing then cost the relay's first seconds.
+    pub fn retry_direct(&mut self, now: Instant, new_ip: bool) -> Option<Transition> {
         match self.phase {
-            Phase::Fallback { since, .. } => {
+            Phase::Fallback { since, .. } if new_ip => {
                 self.phase = Phase::Fallback {
                     since,
                     next_probe: now,

@@ -323,7 +323,7 @@ fn plan_change_restarts_and_counts_a_transition() {
         )
         .unwrap();
     assert_eq!(t.to, ActualPath::Down);
-    assert!(s.ps.retry_direct(s.now).is_some());
+    assert!(s.ps.retry_direct(s.now, false).is_some());
     assert_eq!(s.ps.actual(), ActualPath::Connecting);
 }
 

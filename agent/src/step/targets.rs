@@ -96,7 +96,11 @@ pub fn apply_targets(
                     events.push(TargetEvent::Transition(t.name.clone(), tr));
                 }
                 if p.target.direct_endpoint != t.direct_endpoint {
-                    p.state.retry_direct(now);
+                    let new_ip = match (p.target.direct_endpoint, t.direct_endpoint) {
+                        (Some(old), Some(new)) => old.ip() != new.ip(),
+                        (old, new) => old.is_none() && new.is_some(),
+                    };
+                    p.state.retry_direct(now, new_ip);
                     p.endpoint_planned_at = now_sys;
                 }
                 p.target = t.clone();

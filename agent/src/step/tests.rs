@@ -492,7 +492,12 @@ fn a_new_direct_endpoint_retries_a_failed_direct_path_without_relay() {
 fn a_new_direct_endpoint_probes_a_fallen_back_pair_at_once_and_tells_the_peer() {
     // (direct endpoint in the spec update at 11 s) -> probing, announced, at 11.1 s (the
     // slot would be 12 s; after failed probes it is minutes away)
-    for (ep, probes) in [(DIRECT_EP, false), ("198.18.0.9:51820", true)] {
+    // (only a new port: the peer on the relay stopped reporting where it saw us)
+    for (ep, probes) in [
+        (DIRECT_EP, false),
+        ("198.18.0.9:51820", true),
+        ("198.18.0.2:40000", false),
+    ] {
         let mut r = fallen_back();
         let on_relay = r.wg(RELAY_EP, Some(10_500), 1_000, 1_000);
         r.step_at(11_000, &on_relay);

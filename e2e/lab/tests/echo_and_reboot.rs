@@ -93,3 +93,36 @@ fn a_rebooted_gateway_forgets_its_old_address() {
         "the mapping stayed on the new address"
     );
 }
+
+/// The reboot under traffic: a flow the public node started keeps the node answering as fast
+/// as it can while the gateway renumbers. None of its packets may carry the old address into
+/// the rebooted gateway's fresh mappings: afterwards the node's packets leave from the new one.
+#[test]
+fn a_gateway_rebooted_under_traffic_maps_only_its_new_address() {
+    let lab = common::lab("rbu");
+    let (node, public) = site_and_public(&lab);
+    let (a, p) = (udp_in(&lab, &node, 40000), udp_in(&lab, &public, 40001));
+    let to_public = SocketAddr::from((public.ip(), 40001));
+    a.send_to(b"hello", to_public).unwrap();
+    let old = recv_from(&p).expect("the node reaches the public node");
+    // The public node starts a flow to the mapping; the node answers it without pause.
+    p.send_to(b"start", old).unwrap();
+    assert!(recv_from(&a).is_some(), "full cone admits the public node");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blaster = {
+        let (a, stop) = (a.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = a.send_to(b"reply", to_public);
+            }
+        })
+    };
+    let new_ip = lab.reboot_gateway_new_ip("full").expect("reboot");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    blaster.join().unwrap();
+    // Drain what the blaster delivered, then one more datagram: from the new address.
+    while recv_from(&p).is_some_and(|from| from.ip() != std::net::IpAddr::V4(new_ip)) {}
+    a.send_to(b"after", to_public).unwrap();
+    let from = recv_from(&p).expect("the node reaches the public node after the reboot");
+    assert_eq!(from.ip(), std::net::IpAddr::V4(new_ip), "left from {from}");
+}

@@ -3,9 +3,11 @@
 //! site's nodes at an address nobody has heard of.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use crate::error::{LabError, Result};
 use crate::nat::{self, WAN_IF};
+use crate::wait::wait_until;
 use crate::{INTERNET_GW, Lab, netns};
 
 /// Why a site's gateway cannot be given a new public address, or `None` when it can: only a
@@ -51,13 +53,18 @@ impl Lab {
         }
         let new = self.take_public(None)?;
         let ns = s.gateway.ns.as_str();
-        // Removing the only address of the subnet also removes the default route through it.
+        // Down while it "reboots": nothing crosses the WAN until the new ruleset and an empty
+        // conntrack table are in place. Without the pause, a packet of a flow the internet
+        // had started (its reply direction) could leave between the ruleset reload and the
+        // conntrack flush and write the old address into the fresh cone maps; the node's
+        // next packets then left from the old address for as long as they kept flowing (the
+        // NAT-reboot fault recovered in 94-129 s, with 5 s gaps, in a third of its runs).
         netns::ip_batch(
             ns,
             &[
+                format!("link set {WAN_IF} down"),
                 format!("addr del {}/24 dev {WAN_IF}", s.wan_ip),
                 format!("addr add {new}/24 dev {WAN_IF}"),
-                format!("route replace default via {INTERNET_GW}"),
             ],
         )?;
         if s.nat == nat::NatKind::None {
@@ -80,6 +87,15 @@ impl Lab {
         }
         // set_nat reloads the ruleset (empty maps) and flushes conntrack: the reboot.
         self.set_nat(site, s.nat)?;
+        netns::ip(ns, &["link", "set", WAN_IF, "up"])?;
+        // The kernel reports the link operational a moment after `up` and drops what is sent
+        // before: wait, so that the gateway is back when this returns.
+        wait_until(Duration::from_secs(5), "the WAN link operational", || {
+            netns::ip(ns, &["-br", "link", "show", "dev", WAN_IF])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" UP "))
+        })?;
+        let gw = INTERNET_GW.to_string();
+        netns::ip(ns, &["route", "replace", "default", "via", &gw])?;
         tracing::debug!(site, old = %s.wan_ip, %new, "gateway rebooted onto a new address");
         Ok(new)
     }

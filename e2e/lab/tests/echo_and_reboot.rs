@@ -55,6 +55,21 @@ fn recv_from(s: &UdpSocket) -> Option<SocketAddr> {
     s.recv_from(&mut buf).ok().map(|(_, from)| from)
 }
 
+/// A full-cone node and a public node, each with a UDP socket; the node has sent once, the
+/// public node answered at the node's mapping (so the internet router knows the gateway's
+/// address) and the node got it. Returns the sockets, the public node's address and the
+/// node's mapping.
+fn mapped_pair(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddr, SocketAddr) {
+    let (node, public) = site_and_public(lab);
+    let (a, p) = (udp_in(lab, &node, 40000), udp_in(lab, &public, 40001));
+    let to_public = SocketAddr::from((public.ip(), 40001));
+    a.send_to(b"hello", to_public).unwrap();
+    let old = recv_from(&p).expect("the node reaches the public node");
+    p.send_to(b"back", old).unwrap();
+    assert!(recv_from(&a).is_some(), "full cone admits the answer");
+    (a, p, to_public, old)
+}
+
 /// A gateway rebooted onto a new address translates nothing sent to its old one, even while
 /// the internet router still has the old address's ARP entry: a real router that lost the
 /// address drops such packets, and the lab once delivered them (which then made the node's
@@ -62,14 +77,7 @@ fn recv_from(s: &UdpSocket) -> Option<SocketAddr> {
 #[test]
 fn a_rebooted_gateway_forgets_its_old_address() {
     let lab = common::lab("rbt");
-    let (node, public) = site_and_public(&lab);
-    let (a, p) = (udp_in(&lab, &node, 40000), udp_in(&lab, &public, 40001));
-    let to_public = SocketAddr::from((public.ip(), 40001));
-    a.send_to(b"hello", to_public).unwrap();
-    let old = recv_from(&p).expect("the node reaches the public node");
-    // The public node answers at the mapping: the internet router learns the old address.
-    p.send_to(b"back", old).unwrap();
-    assert!(recv_from(&a).is_some(), "full cone admits the answer");
+    let (a, p, to_public, old) = mapped_pair(&lab);
 
     let new_ip = lab.reboot_gateway_new_ip("full").expect("reboot");
     a.send_to(b"again", to_public).unwrap();
@@ -100,14 +108,8 @@ fn a_rebooted_gateway_forgets_its_old_address() {
 #[test]
 fn a_gateway_rebooted_under_traffic_maps_only_its_new_address() {
     let lab = common::lab("rbu");
-    let (node, public) = site_and_public(&lab);
-    let (a, p) = (udp_in(&lab, &node, 40000), udp_in(&lab, &public, 40001));
-    let to_public = SocketAddr::from((public.ip(), 40001));
-    a.send_to(b"hello", to_public).unwrap();
-    let old = recv_from(&p).expect("the node reaches the public node");
-    // The public node starts a flow to the mapping; the node answers it without pause.
-    p.send_to(b"start", old).unwrap();
-    assert!(recv_from(&a).is_some(), "full cone admits the public node");
+    // The public node started a flow to the mapping; the node now answers it without pause.
+    let (a, p, to_public, _) = mapped_pair(&lab);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let blaster = {
         let (a, stop) = (a.try_clone().unwrap(), stop.clone());

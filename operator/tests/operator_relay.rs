@@ -198,8 +198,16 @@ fn relay_modes_always_and_never() {
             (direct && deps.get_opt(NAME).await.unwrap().is_none()).then_some(())
         })
         .await;
-        let m = env.mesh("default").await;
-        assert!(m.status.as_ref().unwrap().relay_endpoints.is_empty());
+        // The mesh status is written after the peers and the Deployment: wait for it too.
+        let m = eventually(T, "mode never: the status lists no relay", || async {
+            let m = env.mesh("default").await;
+            let none = m
+                .status
+                .as_ref()
+                .is_some_and(|s| s.relay_endpoints.is_empty());
+            none.then_some(m)
+        })
+        .await;
         let rr = condition(&m, "RelayReady").unwrap();
         assert_eq!(
             (rr.status.as_str(), rr.reason.as_str()),

@@ -138,7 +138,7 @@ struct Args {
     #[arg(
         long,
         env = "WIREKUBE_PROBE_INTERVAL",
-        default_value_t = 30,
+        default_value_t = wirekube_agent::pathstate::PROBE_MIN_DEFAULT.as_secs(),
         global = true
     )]
     probe_interval: u64,

@@ -377,7 +377,7 @@ impl PathState {
                     // The peer already fell back (one-way loss): converge on the relay. Not
                     // at once: right after a plan change the peer's spec may still say Relay
                     // (the operator writes specs one by one), and following it would park the
-                    // pair on the relay until the first probe slot, 15-30 s away.
+                    // pair on the relay until the first probe slot, 5-15 s away.
                     self.enter_fallback(Cause::PeerOnRelay, now)
                 } else if now.duration_since(since) >= self.connect_timeout() {
                     self.enter_fallback(Cause::DirectTimeout, now)

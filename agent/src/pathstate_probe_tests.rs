@@ -84,7 +84,7 @@ fn a_new_key_does_not_adopt_the_old_keys_session() {
         rx_bytes: 10,
         tx_bytes: 10,
     };
-    let timing = Timing::new(Duration::from_secs(10));
+    let timing = Timing::with_probe_min(Duration::from_secs(10), Duration::from_secs(30));
     let mut ps = PathState::fresh(timing, plan, t0);
     let t1 = t0 + Duration::from_secs(1);
     assert_eq!(ps.observe(&old_session, t1), None);
@@ -114,7 +114,7 @@ fn probes_alone(skew: Duration, announce: bool) -> (usize, usize) {
         keepalive: 25,
         punched: false,
     };
-    let timing = Timing::new(Duration::from_secs(10));
+    let timing = Timing::with_probe_min(Duration::from_secs(10), Duration::from_secs(30));
     let mut ends = [
         PathState::new(timing, plan, t0),
         PathState::new(timing, plan, t0),
@@ -224,4 +224,63 @@ fn only_a_path_a_probe_brought_back_doubles_the_backoff_when_it_fails_soon() {
     }
     assert_eq!(s.log.last().unwrap().cause, Cause::LivenessLost);
     assert_eq!(s.ps.backoff(), Duration::from_secs(60));
+}
+
+#[test]
+fn with_the_default_timing_a_healed_pair_is_probed_back_within_fifteen_seconds() {
+    // A pair that never connects falls back at directTimeout; its path works from then on.
+    // Whatever the wall clock says at that moment, the first probe (and with it the return
+    // to direct) comes 5-15 s later: slots of 10 s, at least half of one away.
+    let timing = Timing::new(Duration::from_secs(10));
+    assert_eq!(
+        (timing.probe_min, timing.probe_window),
+        (Duration::from_secs(10), Duration::from_secs(3))
+    );
+    let plan = Plan {
+        planned: PlannedPath::Direct,
+        relay_allowed: true,
+        keepalive: 25,
+        punched: false,
+    };
+    let mut waits = vec![];
+    for unix_ms in (0..10_000).step_by(500) {
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let mut ps = PathState::new(timing, plan, t0);
+        ps.set_clock(WallClock::new(
+            t0,
+            Duration::from_millis(1_000_000 + unix_ms),
+        ));
+        let relay = Observation {
+            endpoint: Some(RELAY.parse().unwrap()),
+            via_relay: true,
+            ..Observation::default()
+        };
+        let mut now = t0;
+        while !ps.fallback() {
+            now += Duration::from_millis(250);
+            ps.observe(&relay, now);
+        }
+        let fell_back = now;
+        while ps.actual() != ActualPath::Direct {
+            now += Duration::from_millis(250);
+            let probing = matches!(ps.phase(), Phase::Probing { .. });
+            let obs = if probing {
+                Observation {
+                    last_handshake: Some(now),
+                    endpoint: Some(DIRECT.parse().unwrap()),
+                    ..Observation::default()
+                }
+            } else {
+                relay
+            };
+            ps.observe(&obs, now);
+            assert!(now - fell_back < Duration::from_secs(60), "never returned");
+        }
+        waits.push((now - fell_back).as_millis());
+    }
+    let (min, max) = (waits.iter().min(), waits.iter().max());
+    assert!(
+        min >= Some(&5_000) && max <= Some(&15_500),
+        "returns after {waits:?} ms"
+    );
 }

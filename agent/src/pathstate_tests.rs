@@ -31,7 +31,11 @@ impl Sim {
         Sim {
             t0,
             now,
-            ps: PathState::new(Timing::new(Duration::from_secs(10)), plan, now),
+            ps: PathState::new(
+                Timing::with_probe_min(Duration::from_secs(10), Duration::from_secs(30)),
+                plan,
+                now,
+            ),
             obs: Observation::default(),
             log: vec![],
         }
@@ -336,7 +340,11 @@ fn restart_adopts_a_working_tunnel() {
         keepalive: 25,
         punched: false,
     };
-    let mut ps = PathState::new(Timing::new(Duration::from_secs(10)), plan, t0);
+    let mut ps = PathState::new(
+        Timing::with_probe_min(Duration::from_secs(10), Duration::from_secs(30)),
+        plan,
+        t0,
+    );
     let obs = Observation {
         last_handshake: Some(t0 - Duration::from_secs(60)),
         endpoint: Some(DIRECT.parse().unwrap()),
@@ -355,7 +363,7 @@ fn a_probe_lasts_the_short_probe_window_not_direct_timeout() {
     s.handshake(RELAY);
     s.run(20);
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
-    s.run(4);
+    s.run(2);
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
     s.run(1);
     assert!(
@@ -414,7 +422,7 @@ fn two_nodes_that_fell_back_apart_probe_together() {
         keepalive: 25,
         punched: false,
     };
-    let timing = Timing::new(Duration::from_secs(10));
+    let timing = Timing::with_probe_min(Duration::from_secs(10), Duration::from_secs(30));
     let mut a = PathState::new(timing, plan, ta);
     a.set_clock(WallClock::new(ta, unix));
     let mut b = PathState::new(timing, plan, tb + Duration::from_secs(7));

@@ -9,12 +9,16 @@ use crate::liveness::LivenessTiming;
 /// than this proves nothing about the current path.
 pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
 
-/// Longest probe of a fallen-back path: a round trip plus a few trigger datagrams, and slack
-/// for two nodes' clocks disagreeing about the slot by a second or two.
-pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(5);
+/// Longest probe of a fallen-back path. A path that works shows it within a round trip plus
+/// one 250 ms sample after the first 300 ms trigger; the rest is slack for a loaded machine.
+/// Both ends start together whatever their clocks say (the probe announcement,
+/// `reconcile/probe_signal.rs`), so no slack for clock skew is needed. Every probe of a path
+/// that is still broken loses the pair's traffic for this long (docs/agent.md).
+pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(3);
 
-/// Default wait before the first probe after a fallback.
-pub const PROBE_MIN_DEFAULT: Duration = Duration::from_secs(30);
+/// Default wait before the first probe after a fallback (`--probe-interval`): a pair whose
+/// path comes back returns within one to one and a half of it (the target is 30 s).
+pub const PROBE_MIN_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Extra time a hole-punched pair (cone ↔ cone, cone ↔ symmetric) gets to connect before it
 /// falls back: one more of WireGuard's handshake retries (REKEY_TIMEOUT, 5 s, plus up to a

@@ -37,8 +37,8 @@ const RELAYED: (&str, &str) = ("cloud-a-1", "cloud-b-1");
 const DIRECT_2: (&str, &str) = ("onprem-2", "cloud-b-1");
 const DIRECT_3: (&str, &str) = ("onprem-1", "cloud-b-1");
 const KEY_PAIR: (&str, &str) = ("onprem-2", "cloud-a-1");
-/// Longest wait for a healed pair to be direct again: the next probe slot (30 s, doubled to
-/// 60 s after a quick re-failure) plus the probe.
+/// Longest wait for a healed pair to be direct again: the next probe slot (10 s, doubled on
+/// every failed probe and after a quick re-failure, up to 80 s) plus the probe.
 const HEAL_DEADLINE: Duration = Duration::from_secs(100);
 
 fn scenario(topo: Topology, node_env: BTreeMap<String, Vec<(String, String)>>) -> Scenario {

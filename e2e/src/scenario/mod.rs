@@ -20,6 +20,7 @@ pub mod outage;
 pub mod report;
 pub mod restart;
 pub mod run;
+pub mod startup;
 pub mod tcpflow;
 pub mod topology;
 

@@ -47,6 +47,11 @@ pub struct Timings {
     pub all_direct: Option<Duration>,
     /// Agents started → every pair reported as expected both ways.
     pub converged: Option<Duration>,
+    /// The slowest pair counted from the later of its two agents' start (`scenario::startup`):
+    /// the agents' own start-up, without the lab's pod start.
+    pub slowest_pair: Option<crate::scenario::startup::SlowestPair>,
+    /// First to last agent start (the lab starting the pods).
+    pub agents_spread: Option<Duration>,
     /// Checking every pair (status, `wg show`, ping, TCP transfer).
     pub verify: Duration,
     /// Whole run including teardown when measured by the caller.
@@ -149,13 +154,21 @@ pub fn table(pairs: &[PairReport]) -> String {
 pub fn timings(t: &Timings) -> String {
     format!(
         "lab build {}, control plane {}, after agents start: first ping {}, all pairs pinged {}, \
-         all direct pairs direct {}, converged {}; verification {}; total {}",
+         all direct pairs direct {}, converged {}; agents started over {}, slowest pair from \
+         its later agent's start {}; verification {}; total {}",
         fmt_dur(Some(t.lab_build)),
         fmt_dur(Some(t.control_plane)),
         fmt_dur(t.first_ping),
         fmt_dur(t.all_pinged),
         fmt_dur(t.all_direct),
         fmt_dur(t.converged),
+        fmt_dur(t.agents_spread),
+        t.slowest_pair.as_ref().map_or("-".into(), |p| format!(
+            "{} ({} <-> {})",
+            fmt_dur(Some(p.took)),
+            p.a,
+            p.b
+        )),
         fmt_dur(Some(t.verify)),
         fmt_dur(Some(t.total)),
     )

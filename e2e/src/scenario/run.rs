@@ -24,6 +24,7 @@ use super::cloud::start_cloud;
 use super::cluster::Cluster;
 use super::hosts::{LabNodes, NodeAccess};
 use super::report::{PairReport, Timings};
+use super::startup;
 use super::topology::{RelaySetup, Topology};
 pub(crate) use setup::start_nodes;
 use setup::{container_logs, random_token};
@@ -385,6 +386,7 @@ impl Scenario {
         let mut last = String::new();
         let mut all_direct = None;
         let mut reported_before = 0usize;
+        let mut reached = startup::Reached::default();
         let res = wait_until(
             deadline.saturating_duration_since(Instant::now()),
             "every pair reported as expected",
@@ -409,6 +411,7 @@ impl Scenario {
                 }
                 let mut wrong = Vec::new();
                 let mut reported = 0;
+                let now = jiff::Timestamp::now();
                 for (a, b) in &pairs {
                     let e = self.topo.expectation(a, b).expect("validated");
                     for (x, y) in [(a, b), (b, a)] {
@@ -416,7 +419,9 @@ impl Scenario {
                         if matches!(r, Some((ActualPath::Direct | ActualPath::Relay, _))) {
                             reported += 1;
                         }
-                        if r != Some((e.path, Some(e.reason))) {
+                        let ok = r == Some((e.path, Some(e.reason)));
+                        reached.observe(x, y, ok, now);
+                        if !ok {
                             wrong.push(format!("{x}->{y}: {r:?}"));
                         }
                     }
@@ -438,6 +443,7 @@ impl Scenario {
             Ok(_) if last.starts_with("exited: ") => Err(anyhow!("{last}")),
             Ok(_) => {
                 self.timings.converged = Some(self.since_agents());
+                self.record_agent_startup(&pairs, &reached);
                 (self.opts.progress)(&format!(
                     "converged {:.1} s after the agents started",
                     self.since_agents().as_secs_f64()
@@ -445,6 +451,31 @@ impl Scenario {
                 Ok(())
             }
             Err(e) => Err(anyhow!(e).context(format!("still not as expected: {last}"))),
+        }
+    }
+
+    /// The agents' own start-up per pair (`scenario::startup`), from their logs.
+    fn record_agent_startup(&mut self, pairs: &[(String, String)], reached: &startup::Reached) {
+        let starts: BTreeMap<String, jiff::Timestamp> = self
+            .hosts
+            .keys()
+            .filter_map(|n| {
+                let pods = self.lab.host_dir(n).join("kubelet/pods");
+                Some((n.clone(), startup::agent_start(&pods)?))
+            })
+            .collect();
+        self.timings.agents_spread = startup::spread(&starts)
+            .and_then(|(first, last)| Duration::try_from(last.duration_since(first)).ok());
+        self.timings.slowest_pair = startup::slowest_pair(pairs, &starts, reached);
+        if let Some(p) = &self.timings.slowest_pair {
+            (self.opts.progress)(&format!(
+                "agents started over {:.1} s; slowest pair {} <-> {}: {:.1} s after the later \
+                 of its agents started",
+                self.timings.agents_spread.unwrap_or_default().as_secs_f64(),
+                p.a,
+                p.b,
+                p.took.as_secs_f64()
+            ));
         }
     }
 

@@ -97,6 +97,10 @@ pub struct PeerTarget {
     pub plan: Plan,
     /// First allowed IP's address: sending a datagram there triggers a handshake.
     pub mesh_ip: Option<IpAddr>,
+    /// Our mesh IP is lower than the peer's: of two handshakes that crossed on the relay,
+    /// this side restarts its own (`step::RELAY_CONFIRM_WINDOW`). Any fixed order of the two
+    /// nodes works; mesh IPs are unique and both sides know both.
+    pub breaks_ties: bool,
 }
 
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
@@ -115,6 +119,7 @@ pub fn relay_allowed(spec: &WireKubePeerSpec) -> bool {
 /// Validated peers (sorted by name as in the spec) and problems with the ones skipped.
 pub fn peer_targets(spec: &WireKubePeerSpec) -> (Vec<PeerTarget>, Vec<SpecError>) {
     let relay = relay_allowed(spec);
+    let own_mesh_ip = parse_net(&spec.mesh_ip).map(|n| n.addr());
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for p in &spec.peers {
@@ -152,10 +157,12 @@ pub fn peer_targets(spec: &WireKubePeerSpec) -> (Vec<PeerTarget>, Vec<SpecError>
         if keepalive == 0 && (p.initiate || punch.is_some()) {
             keepalive = INITIATE_KEEPALIVE;
         }
+        let mesh_ip = allowed_ips.first().map(|n| n.addr());
         out.push(PeerTarget {
             name: p.name.clone(),
             key,
-            mesh_ip: allowed_ips.first().map(|n| n.addr()),
+            mesh_ip,
+            breaks_ties: own_mesh_ip.zip(mesh_ip).is_some_and(|(o, m)| o < m),
             allowed_ips,
             direct_endpoint: endpoint.or(punch),
             keepalive: (keepalive > 0).then_some(keepalive),

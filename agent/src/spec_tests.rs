@@ -122,6 +122,22 @@ fn peers_are_validated_and_mapped() {
 }
 
 #[test]
+fn the_side_with_the_lower_mesh_ip_breaks_ties() {
+    // (own mesh IP, which of a (.6), b (.7), e (.9) this side breaks ties for)
+    for (own, ties) in [
+        ("100.96.0.5", [true, true, true]),
+        ("100.96.0.7/16", [false, false, true]),
+        ("100.96.0.10", [false, false, false]),
+        ("not an address", [false, false, false]),
+    ] {
+        let mut s = spec();
+        s.mesh_ip = own.into();
+        let got: Vec<bool> = peer_targets(&s).0.iter().map(|p| p.breaks_ties).collect();
+        assert_eq!(got, ties, "own mesh IP {own}");
+    }
+}
+
+#[test]
 fn endpoint_choice_respects_roaming_and_relay() {
     let (t, _) = peer_targets(&spec());
     let a = &t[0];

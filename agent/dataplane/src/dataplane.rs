@@ -1,10 +1,10 @@
 //! The `Dataplane` handle: engine + netlink, reconciled together.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::diff::{
-    EndpointMemory, endpoints_written, route_prefixes, validate, validate_rule_priority,
+    EndpointMemory, Restart, endpoints_written, route_prefixes, validate, validate_rule_priority,
     validate_table, wg_changes,
 };
 use crate::engine::{
@@ -30,7 +30,7 @@ pub struct Dataplane {
     /// Desired endpoint per peer as of the last reconcile (see `diff`).
     memory: EndpointMemory,
     /// Peers to re-create at the next reconcile if they never completed a handshake.
-    restart: HashSet<[u8; 32]>,
+    restart: HashMap<[u8; 32], Restart>,
 }
 
 impl Dataplane {
@@ -61,7 +61,7 @@ impl Dataplane {
             nl,
             selection,
             memory: EndpointMemory::new(),
-            restart: HashSet::new(),
+            restart: HashMap::new(),
         })
     }
 
@@ -91,8 +91,12 @@ impl Dataplane {
     /// Asks the next reconcile to re-create the peer if it never completed a handshake (no
     /// session to lose): clears the engine's one-initiation-per-5-s rate limit, so that a
     /// datagram sent right after starts a handshake at once (see `diff::wg_changes`).
-    pub fn restart_handshake(&mut self, public_key: &[u8; 32]) {
-        self.restart.insert(*public_key);
+    /// [`Restart::Crossed`] also re-creates a peer that answered an initiation (see there).
+    pub fn restart_handshake(&mut self, public_key: &[u8; 32], how: Restart) {
+        let e = self.restart.entry(*public_key).or_insert(how);
+        if how == Restart::Crossed {
+            *e = how;
+        }
     }
 
     /// Converges WireGuard and netlink state to `iface` + `peers`: reads the current state,
@@ -130,7 +134,7 @@ impl Dataplane {
                     iface,
                     peers,
                     &EndpointMemory::new(),
-                    &HashSet::new(),
+                    &HashMap::new(),
                     now,
                 );
                 report.wireguard_changes += again.len();

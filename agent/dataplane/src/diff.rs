@@ -136,8 +136,25 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
 /// initiation): it also covers an engine that counts no handshake bytes, and an initiation
 /// that arrived after the agent's own stats read.
 fn nothing_to_lose(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
+    no_session_here(c, written) && c.rx_bytes == 0
+}
+
+/// No handshake ever completed and the endpoint is still the one we wrote.
+fn no_session_here(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
     let roamed = written.map_or(c.endpoint.is_some(), |w| c.endpoint != *w);
-    c.handshake_sec == 0 && c.handshake_nsec == 0 && c.rx_bytes == 0 && !roamed
+    c.handshake_sec == 0 && c.handshake_nsec == 0 && !roamed
+}
+
+/// A handshake restart the agent asked for (`Dataplane::restart_handshake`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Only if the peer never received anything (`nothing_to_lose`).
+    Unused,
+    /// Also if it answered the peer's initiation without completing a handshake: both sides
+    /// initiated at once and the initiations crossed, which stalls WireGuard until its 5 s
+    /// retry. Only one side of a pair asks for this (two restarting sides cross again), and
+    /// only where the endpoint is not at stake (the relay bridge, nothing roamed).
+    Crossed,
 }
 
 /// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
@@ -146,7 +163,7 @@ pub(crate) fn wg_changes(
     iface: &InterfaceConfig,
     peers: &[PeerConfig],
     memory: &EndpointMemory,
-    restart: &HashSet<[u8; 32]>,
+    restart: &HashMap<[u8; 32], Restart>,
     now: SystemTime,
 ) -> Vec<WgChange> {
     let mut out = Vec::new();
@@ -187,12 +204,13 @@ pub(crate) fn wg_changes(
                     }
                 };
                 // A restart keeps the endpoint WireGuard has when none is desired.
-                let restart_to = restart
-                    .contains(&p.public_key)
-                    .then(|| p.endpoint.or(c.endpoint))
-                    .flatten();
+                let asked = restart.get(&p.public_key).copied();
+                let restart_to = asked.and(p.endpoint.or(c.endpoint));
+                let written = memory.get(&p.public_key);
+                let recreate = nothing_to_lose(c, written)
+                    || (asked == Some(Restart::Crossed) && no_session_here(c, written));
                 if let Some(d) = endpoint.or(restart_to)
-                    && nothing_to_lose(c, memory.get(&p.public_key))
+                    && recreate
                 {
                     // A new peer again: resets the engine's handshake rate limit (below).
                     out.push(WgChange::Remove(p.public_key));

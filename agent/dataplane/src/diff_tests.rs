@@ -85,7 +85,7 @@ fn converged_state_needs_nothing() {
         &iface(),
         &peers,
         &memory_of(&peers),
-        &HashSet::new(),
+        &HashMap::new(),
         SystemTime::now(),
     );
     assert!(ch.is_empty(), "{ch:?}");
@@ -101,7 +101,7 @@ fn roamed_endpoint_is_kept_while_desired_is_unchanged() {
         &iface(),
         &peers,
         &memory_of(&peers),
-        &HashSet::new(),
+        &HashMap::new(),
         SystemTime::now(),
     );
     assert!(ch.is_empty(), "{ch:?}");
@@ -119,7 +119,7 @@ fn changed_desired_endpoint_is_pushed() {
         &iface(),
         &new,
         &memory_of(&old),
-        &HashSet::new(),
+        &HashMap::new(),
         SystemTime::now(),
     );
     assert_eq!(
@@ -132,6 +132,51 @@ fn changed_desired_endpoint_is_pushed() {
             allowed_ips: None,
         }]
     );
+}
+
+fn restarts(keys: &[[u8; 32]]) -> HashMap<[u8; 32], Restart> {
+    keys.iter().map(|k| (*k, Restart::Unused)).collect()
+}
+
+#[test]
+fn a_crossed_restart_recreates_a_peer_that_answered_an_initiation_but_never_one_with_a_session() {
+    let relay = Some("127.0.0.1:40000");
+    // (handshake_sec, rx bytes, endpoint WireGuard has, restart asked, re-created)
+    let cases = [
+        (0, 148, relay, Some(Restart::Crossed), true),
+        (0, 148, relay, Some(Restart::Unused), false),
+        (0, 148, relay, None, false),
+        (0, 0, relay, Some(Restart::Unused), true),
+        // A session, or an endpoint WireGuard roamed to: kept whatever is asked.
+        (1_764_000_000, 148, relay, Some(Restart::Crossed), false),
+        (
+            0,
+            148,
+            Some("198.18.0.18:40001"),
+            Some(Restart::Crossed),
+            false,
+        ),
+    ];
+    for (hs, rx, has, asked, recreated) in cases {
+        let mut cur = state_of(&[peer(2, has)]);
+        cur.peers[0].handshake_sec = hs;
+        cur.peers[0].rx_bytes = rx;
+        let asked_map: HashMap<[u8; 32], Restart> =
+            asked.map(|a| ([2; 32], a)).into_iter().collect();
+        let ch = wg_changes(
+            &cur,
+            &iface(),
+            &[peer(2, relay)],
+            &memory_of(&[peer(2, relay)]),
+            &asked_map,
+            SystemTime::now(),
+        );
+        assert_eq!(
+            ch.first() == Some(&WgChange::Remove([2; 32])),
+            recreated,
+            "handshake {hs}, rx {rx}, endpoint {has:?}, asked {asked:?}: {ch:?}"
+        );
+    }
 }
 
 #[test]
@@ -157,7 +202,7 @@ fn a_peer_without_handshake_is_recreated_for_a_new_endpoint_or_a_restart() {
     // An endpoint WireGuard roamed to (from an initiation): no restart either.
     let mut cur = state_of(&[peer(2, direct)]);
     cur.peers[0].endpoint = "198.18.0.18:40001".parse().ok();
-    let restart_set: HashSet<[u8; 32]> = [[2; 32]].into_iter().collect();
+    let restart_set = restarts(&[[2; 32]]);
     let ch = wg_changes(
         &cur,
         &iface(),
@@ -171,7 +216,7 @@ fn a_peer_without_handshake_is_recreated_for_a_new_endpoint_or_a_restart() {
     // a restart is ignored.
     let mut cur = state_of(&[peer(2, relay)]);
     cur.peers[0].rx_bytes = 148;
-    let restart_set: HashSet<[u8; 32]> = [[2; 32]].into_iter().collect();
+    let restart_set = restarts(&[[2; 32]]);
     for (wanted, want) in [(relay, 0), (direct, 1)] {
         let ch = wg_changes(
             &cur,
@@ -192,7 +237,10 @@ fn a_peer_without_handshake_is_recreated_for_a_new_endpoint_or_a_restart() {
         let new = vec![peer(2, wanted)];
         let mut cur = state_of(&old);
         cur.peers[0].handshake_sec = hs;
-        let restart_set: HashSet<[u8; 32]> = restart.then_some([2; 32]).into_iter().collect();
+        let restart_set: HashMap<[u8; 32], Restart> = restart
+            .then_some(([2; 32], Restart::Unused))
+            .into_iter()
+            .collect();
         let ch = wg_changes(
             &cur,
             &iface(),
@@ -249,7 +297,7 @@ fn after_restart_fresh_roamed_endpoint_is_kept_but_stale_loopback_is_not() {
             &iface(),
             &peers,
             &EndpointMemory::new(),
-            &HashSet::new(),
+            &HashMap::new(),
             now
         )
         .is_empty()
@@ -262,7 +310,7 @@ fn after_restart_fresh_roamed_endpoint_is_kept_but_stale_loopback_is_not() {
             &iface(),
             &peers,
             &EndpointMemory::new(),
-            &HashSet::new(),
+            &HashMap::new(),
             now
         )
         .len(),
@@ -277,7 +325,7 @@ fn after_restart_fresh_roamed_endpoint_is_kept_but_stale_loopback_is_not() {
             &iface(),
             &peers,
             &EndpointMemory::new(),
-            &HashSet::new(),
+            &HashMap::new(),
             now
         )
         .len(),
@@ -295,7 +343,7 @@ fn new_removed_and_changed_peers() {
         &iface(),
         &new,
         &memory_of(&old),
-        &HashSet::new(),
+        &HashMap::new(),
         SystemTime::now(),
     );
     assert_eq!(ch.len(), 3);
@@ -318,7 +366,7 @@ fn allowed_ips_compare_masked() {
             &iface(),
             &[p],
             &EndpointMemory::new(),
-            &HashSet::new(),
+            &HashMap::new(),
             SystemTime::now()
         )
         .is_empty()
@@ -334,7 +382,7 @@ fn interface_key_change() {
         &iface(),
         &[],
         &EndpointMemory::new(),
-        &HashSet::new(),
+        &HashMap::new(),
         SystemTime::now(),
     );
     assert_eq!(
@@ -359,7 +407,7 @@ fn clamped_private_key_is_the_same_key() {
             &i,
             &[],
             &EndpointMemory::new(),
-            &HashSet::new(),
+            &HashMap::new(),
             SystemTime::now()
         )
         .is_empty()

@@ -21,7 +21,7 @@ mod types;
 mod uapi;
 
 pub use dataplane::Dataplane;
-pub use diff::{validate_rule_priority, validate_table};
+pub use diff::{Restart, validate_rule_priority, validate_table};
 pub use engine::{
     DEFAULT_WIREGUARD_GO, EngineChoice, EngineKind, EngineSelection, kernel_wireguard_probe,
 };

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use wirekube_crds::{WireKubePeer, WireKubePeerSpec};
-use wirekube_dataplane::{Dataplane, InterfaceConfig, PeerConfig, PeerStats, ReconcileReport};
+use wirekube_dataplane::{
+    Dataplane, InterfaceConfig, PeerConfig, PeerStats, ReconcileReport, Restart,
+};
 
 use super::Agent;
 use super::liveness_io::LivenessSocket;
@@ -324,9 +326,14 @@ impl Agent {
                 dp.reassert_endpoint(p.target.key.as_bytes());
             }
         }
-        for (name, _) in steps.iter().filter(|(_, s)| s.restart_handshake) {
+        for (name, s) in steps.iter().filter(|(_, s)| s.restart_handshake) {
             if let Some(p) = self.peers.get(name) {
-                dp.restart_handshake(p.target.key.as_bytes());
+                let how = if s.restart_crossed {
+                    Restart::Crossed
+                } else {
+                    Restart::Unused
+                };
+                dp.restart_handshake(p.target.key.as_bytes(), how);
             }
         }
         let result = dp.reconcile(iface, configs).await;

@@ -42,6 +42,15 @@ pub const CONNECT_TRIGGER_EVERY: Duration = Duration::from_secs(5);
 /// could not deliver yet, is repeated within this interval instead of after 5 s.
 pub const CONNECT_RESTART_EVERY: Duration = Duration::from_secs(1);
 
+/// How long after a pair went onto the relay (planned there, or fallen back) a handshake that
+/// never completed is restarted and triggered like a connecting one. The relay path is
+/// reported at once, but the first initiation often reaches a peer that has not configured
+/// us yet (the specs are written one by one) and WireGuard retries only after 5 s: the NAT
+/// grid's TCP-only node answered pings 5 s after both sides reported the relay. Bounded so
+/// that a peer that is really gone costs one initiation per 5 s (WireGuard's own), not one
+/// per second, through the relay.
+pub const RELAY_CONFIRM_WINDOW: Duration = Duration::from_secs(20);
+
 /// RTT sampling (crate::rtt).
 pub const RTT_TIMING: RttTiming = RttTiming::DEFAULT;
 
@@ -109,6 +118,9 @@ pub struct PeerStep {
     /// (the dataplane checks that again), so that the trigger's initiation is not held back
     /// by an earlier attempt ([`CONNECT_RESTART_EVERY`]).
     pub restart_handshake: bool,
+    /// The restart is the tie-breaking side's of two crossed initiations on the relay: the
+    /// dataplane re-creates the peer even though it answered the peer's initiation.
+    pub restart_crossed: bool,
     /// Send a liveness or RTT request (then report it with [`PeerPath::request_sent`]).
     pub request: Option<Request>,
     /// Round trips measured from this pass's answers.
@@ -177,8 +189,10 @@ impl PeerPath {
             .then_some(self.target.mesh_ip)
             .flatten();
         self.rtt.on_path(self.state.actual());
-        let nothing_to_lose = current.last_handshake.is_none() && sample.rx_bytes == 0;
-        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, now);
+        let never_handshaked = current.last_handshake.is_none();
+        let nothing_to_lose = never_handshaked && sample.rx_bytes == 0;
+        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, never_handshaked, now);
+        let restart_crossed = restart_handshake && !nothing_to_lose;
         PeerStep {
             current,
             endpoint_planned_at: self.endpoint_planned_at,
@@ -189,6 +203,7 @@ impl PeerPath {
             reassert_endpoint: probing && current.via_relay,
             trigger,
             restart_handshake,
+            restart_crossed,
             request: self.request_due(now),
             rtt_samples,
             liveness_armed,
@@ -249,7 +264,10 @@ impl PeerPath {
     /// it was connected, would hold back the next one for 5 s); this datagram is what makes
     /// use of it.
     pub fn endpoint_written(&mut self, now: Instant) -> Option<IpAddr> {
-        let ip = self.target.mesh_ip.filter(|_| self.attempting())?;
+        let ip = self
+            .target
+            .mesh_ip
+            .filter(|_| self.attempting() || self.relay_young(now))?;
         self.last_trigger = Some(now);
         Some(ip)
     }
@@ -257,6 +275,16 @@ impl PeerPath {
     fn attempting(&self) -> bool {
         matches!(self.state.phase(), Phase::Probing { .. })
             || self.state.actual() == ActualPath::Connecting
+    }
+
+    /// On the relay for less than [`RELAY_CONFIRM_WINDOW`].
+    fn relay_young(&self, now: Instant) -> bool {
+        match self.state.phase() {
+            Phase::Relay { since } | Phase::Fallback { since, .. } => {
+                now.duration_since(since) < RELAY_CONFIRM_WINDOW
+            }
+            _ => false,
+        }
     }
 
     /// Whether to send a datagram into the tunnel now (and record it), and whether to restart
@@ -283,10 +311,30 @@ impl PeerPath {
     /// before the operator had written the peer's spec. So while connecting to a peer that
     /// WireGuard has `nothing_to_lose` with (no handshake ever, nothing received: a received
     /// initiation is a handshake in progress that a restart would break), every trigger
-    /// restarts the handshake and they come every [`CONNECT_RESTART_EVERY`].
-    fn trigger(&mut self, nothing_to_lose: bool, now: Instant) -> (Option<IpAddr>, bool) {
+    /// restarts the handshake and they come every [`CONNECT_RESTART_EVERY`]. The same for a
+    /// pair that went onto the relay without a handshake, for [`RELAY_CONFIRM_WINDOW`].
+    ///
+    /// On the relay both sides initiate, usually within milliseconds of each other (the
+    /// operator writes both specs at once). Two crossed initiations stall WireGuard: each side
+    /// answers the other's and drops its own state, so neither response completes anything,
+    /// and both wait for the 5 s retry (wireguard-go's log in the NAT grid: "Received
+    /// handshake initiation", "Sending handshake response", nothing more until the retry;
+    /// the TCP-only node's pairs answered pings 5 s after both sides reported the relay).
+    /// So one side of the pair (`PeerTarget::breaks_ties`) restarts its handshake every
+    /// second until one completes even when an initiation came in: on the relay a restart
+    /// loses nothing (the endpoint is our own bridge socket, nothing roamed), and the other
+    /// side answers the fresh initiation.
+    fn trigger(
+        &mut self,
+        nothing_to_lose: bool,
+        never_handshaked: bool,
+        now: Instant,
+    ) -> (Option<IpAddr>, bool) {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
-        let restart = !probing && nothing_to_lose;
+        let relay_young = self.relay_young(now);
+        let crossed = relay_young && self.target.breaks_ties && never_handshaked;
+        let restart = !probing && (nothing_to_lose || crossed);
+        let unconfirmed_relay = (nothing_to_lose || crossed) && relay_young;
         let every = if probing {
             PROBE_TRIGGER_EVERY
         } else if restart {
@@ -297,7 +345,8 @@ impl PeerPath {
         let due = self
             .last_trigger
             .is_none_or(|t| now.duration_since(t) >= every);
-        let Some(ip) = self.target.mesh_ip.filter(|_| self.attempting() && due) else {
+        let attempting = self.attempting() || unconfirmed_relay;
+        let Some(ip) = self.target.mesh_ip.filter(|_| attempting && due) else {
             return (None, false);
         };
         self.last_trigger = Some(now);

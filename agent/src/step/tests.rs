@@ -35,6 +35,7 @@ pub(super) fn target(key: u8, planned: PlannedPath, relay_allowed: bool) -> Peer
             punched: false,
         },
         mesh_ip: Some(ip),
+        breaks_ties: false,
     }
 }
 
@@ -136,8 +137,10 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
         (1_500, false, false, connecting),
         (2_000, true, true, connecting),
         (9_000, true, true, connecting),
-        (10_000, false, false, ActualPath::Relay),
-        (11_000, false, false, ActualPath::Relay),
+        // Fallen back without any handshake: the relay's first initiation may be dropped
+        // too, so restarts go on (RELAY_CONFIRM_WINDOW).
+        (10_000, true, true, ActualPath::Relay),
+        (11_000, true, true, ActualPath::Relay),
         // The first probe slot (4 s backoff): probing triggers again, without restarts (a
         // probe keeps the relay's session).
         (12_000, true, false, ActualPath::Relay),
@@ -168,6 +171,45 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
             assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
             assert_eq!(s.restart_handshake, restart, "{at}");
             assert_eq!(r.path().state.actual(), path, "{at}");
+        }
+    }
+}
+
+#[test]
+fn a_relay_pair_without_a_handshake_restarts_it_every_second_for_a_while() {
+    // (WireGuard's handshake, bytes received, rows of (ms, trigger and restart)).
+    let never: Vec<(u64, bool)> = vec![
+        (0, true),
+        (500, false),
+        (1_000, true),
+        (19_000, true),
+        // RELAY_CONFIRM_WINDOW over: WireGuard's own 5 s retries (a peer that is gone).
+        (20_000, false),
+        (40_000, false),
+    ];
+    let confirmed: Vec<(u64, bool)> = vec![(0, false), (1_000, false), (5_000, false)];
+    // (handshake, bytes received, this side breaks ties, rows). The peer's initiation came
+    // in (148 B) but no handshake completed: the two initiations may have crossed, and only
+    // the tie-breaking side restarts (both restarting would cross again).
+    for (hs, rx, breaks_ties, rows) in [
+        (None, 0, false, &never),
+        (None, 0, true, &never),
+        (Some(-1_000), 0, false, &confirmed),
+        (Some(-1_000), 0, true, &confirmed),
+        (None, 148, false, &confirmed),
+        (None, 148, true, &never),
+    ] {
+        let mut t = target(1, PlannedPath::Relay, true);
+        t.breaks_ties = breaks_ties;
+        let mut r = Run::new(t, hs.is_some());
+        let obs = r.wg(RELAY_EP, hs, rx, 0);
+        for &(ms, yes) in rows {
+            let s = r.step_at(ms, &obs);
+            let at = format!("at {ms} ms, handshake {hs:?}, rx {rx}, ties {breaks_ties}");
+            assert_eq!(s.trigger, yes.then(mesh_ip).flatten(), "{at}");
+            assert_eq!(s.restart_handshake, yes, "{at}");
+            assert_eq!(s.restart_crossed, yes && rx > 0, "{at}");
+            assert_eq!(r.path().state.actual(), ActualPath::Relay, "{at}");
         }
     }
 }

@@ -46,6 +46,21 @@ impl Scenario {
         if firsts.len() == self.topo.pairs().len() {
             self.timings.all_pinged = firsts.values().max().copied();
         }
+        if let Some(((a, b), at)) = firsts.iter().max_by_key(|(_, at)| **at) {
+            let reported = |x: &str, y: &str| {
+                self.reached.get(x, y).map_or("-".to_string(), |t| {
+                    let d = t.duration_since(self.agents_started_wall);
+                    format!("{:.1} s", d.as_secs_f64())
+                })
+            };
+            (self.opts.progress)(&format!(
+                "last pair to answer a ping: {a} -> {b}, {:.1} s after the agents started \
+                 (its directions were as expected from {} and {})",
+                at.as_secs_f64(),
+                reported(a, b),
+                reported(b, a)
+            ));
+        }
         self.timings.verify = t.elapsed();
         Ok(out)
     }

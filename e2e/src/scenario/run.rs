@@ -121,6 +121,9 @@ pub struct Scenario {
     pub relay: Option<Proc>,
     pub timings: Timings,
     agents_started: Option<Instant>,
+    /// `agents_started` on the wall clock, and when each direction last became as expected.
+    agents_started_wall: jiff::Timestamp,
+    reached: startup::Reached,
     opts: Options,
     first_pings: Arc<Mutex<BTreeMap<(String, String), Duration>>>,
     probers: Vec<JoinHandle<()>>,
@@ -214,6 +217,7 @@ impl Scenario {
             hosts.len()
         ));
         let agents_started = Instant::now();
+        let agents_started_wall = jiff::Timestamp::now();
         let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts, opts.pod_network, &opts.node_env)?;
         (opts.progress)(&format!(
             "applying WireKubeMesh {MESH_NAME} (mode {:?}, {})",
@@ -241,6 +245,8 @@ impl Scenario {
             relay,
             timings,
             agents_started: Some(agents_started),
+            agents_started_wall,
+            reached: startup::Reached::default(),
             opts,
             first_pings: Arc::default(),
             probers: Vec::new(),
@@ -444,6 +450,7 @@ impl Scenario {
             Ok(_) => {
                 self.timings.converged = Some(self.since_agents());
                 self.record_agent_startup(&pairs, &reached);
+                self.reached = reached;
                 (self.opts.progress)(&format!(
                     "converged {:.1} s after the agents started",
                     self.since_agents().as_secs_f64()

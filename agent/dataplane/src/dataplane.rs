@@ -91,10 +91,10 @@ impl Dataplane {
     /// Asks the next reconcile to re-create the peer if it never completed a handshake (no
     /// session to lose): clears the engine's one-initiation-per-5-s rate limit, so that a
     /// datagram sent right after starts a handshake at once (see `diff::wg_changes`).
-    /// [`Restart::Crossed`] also re-creates a peer that answered an initiation (see there).
+    /// [`Restart::Unconfirmed`] also re-creates a peer with a session (see there).
     pub fn restart_handshake(&mut self, public_key: &[u8; 32], how: Restart) {
         let e = self.restart.entry(*public_key).or_insert(how);
-        if how == Restart::Crossed {
+        if how == Restart::Unconfirmed {
             *e = how;
         }
     }

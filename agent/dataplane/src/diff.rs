@@ -136,13 +136,12 @@ fn keep_current_endpoint(cur: &PeerState, desired: SocketAddr, now: SystemTime) 
 /// initiation): it also covers an engine that counts no handshake bytes, and an initiation
 /// that arrived after the agent's own stats read.
 fn nothing_to_lose(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
-    no_session_here(c, written) && c.rx_bytes == 0
+    c.handshake_sec == 0 && c.handshake_nsec == 0 && c.rx_bytes == 0 && !roamed(c, written)
 }
 
-/// No handshake ever completed and the endpoint is still the one we wrote.
-fn no_session_here(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
-    let roamed = written.map_or(c.endpoint.is_some(), |w| c.endpoint != *w);
-    c.handshake_sec == 0 && c.handshake_nsec == 0 && !roamed
+/// WireGuard's endpoint is not the one we wrote last (it took it from a packet).
+fn roamed(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
+    written.map_or(c.endpoint.is_some(), |w| c.endpoint != *w)
 }
 
 /// A handshake restart the agent asked for (`Dataplane::restart_handshake`).
@@ -150,11 +149,13 @@ fn no_session_here(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool 
 pub enum Restart {
     /// Only if the peer never received anything (`nothing_to_lose`).
     Unused,
-    /// Also if it answered the peer's initiation without completing a handshake: both sides
-    /// initiated at once and the initiations crossed, which stalls WireGuard until its 5 s
-    /// retry. Only one side of a pair asks for this (two restarting sides cross again), and
-    /// only where the endpoint is not at stake (the relay bridge, nothing roamed).
-    Crossed,
+    /// Also if it received something or completed a handshake, as long as its endpoint is
+    /// the one we wrote: a pair on the relay whose requests get no answer (crossed
+    /// initiations left a session that carries one direction or none; the agent's
+    /// `step::PeerPath::trigger`). Only one side of a pair asks for this (two restarting
+    /// sides cross again), and only for the relay, where the endpoint is our own bridge
+    /// socket and a restart loses nothing that works.
+    Unconfirmed,
 }
 
 /// Computes the WireGuard writes that bring `cur` to `iface` + `peers`.
@@ -208,7 +209,7 @@ pub(crate) fn wg_changes(
                 let restart_to = asked.and(p.endpoint.or(c.endpoint));
                 let written = memory.get(&p.public_key);
                 let recreate = nothing_to_lose(c, written)
-                    || (asked == Some(Restart::Crossed) && no_session_here(c, written));
+                    || (asked == Some(Restart::Unconfirmed) && !roamed(c, written));
                 if let Some(d) = endpoint.or(restart_to)
                     && recreate
                 {

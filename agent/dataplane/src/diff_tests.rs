@@ -139,23 +139,20 @@ fn restarts(keys: &[[u8; 32]]) -> HashMap<[u8; 32], Restart> {
 }
 
 #[test]
-fn a_crossed_restart_recreates_a_peer_that_answered_an_initiation_but_never_one_with_a_session() {
+fn an_unconfirmed_restart_recreates_any_peer_whose_endpoint_is_ours() {
     let relay = Some("127.0.0.1:40000");
+    let roamed = Some("198.18.0.18:40001");
+    let unconfirmed = Some(Restart::Unconfirmed);
     // (handshake_sec, rx bytes, endpoint WireGuard has, restart asked, re-created)
     let cases = [
-        (0, 148, relay, Some(Restart::Crossed), true),
+        (0, 148, relay, unconfirmed, true),
+        (1_764_000_000, 148, relay, unconfirmed, true),
         (0, 148, relay, Some(Restart::Unused), false),
         (0, 148, relay, None, false),
         (0, 0, relay, Some(Restart::Unused), true),
-        // A session, or an endpoint WireGuard roamed to: kept whatever is asked.
-        (1_764_000_000, 148, relay, Some(Restart::Crossed), false),
-        (
-            0,
-            148,
-            Some("198.18.0.18:40001"),
-            Some(Restart::Crossed),
-            false,
-        ),
+        (1_764_000_000, 0, relay, Some(Restart::Unused), false),
+        // An endpoint WireGuard roamed to: kept whatever is asked.
+        (0, 148, roamed, unconfirmed, false),
     ];
     for (hs, rx, has, asked, recreated) in cases {
         let mut cur = state_of(&[peer(2, has)]);

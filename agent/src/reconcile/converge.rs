@@ -328,8 +328,8 @@ impl Agent {
         }
         for (name, s) in steps.iter().filter(|(_, s)| s.restart_handshake) {
             if let Some(p) = self.peers.get(name) {
-                let how = if s.restart_crossed {
-                    Restart::Crossed
+                let how = if s.restart_unconfirmed {
+                    Restart::Unconfirmed
                 } else {
                     Restart::Unused
                 };

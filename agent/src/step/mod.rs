@@ -42,14 +42,31 @@ pub const CONNECT_TRIGGER_EVERY: Duration = Duration::from_secs(5);
 /// could not deliver yet, is repeated within this interval instead of after 5 s.
 pub const CONNECT_RESTART_EVERY: Duration = Duration::from_secs(1);
 
-/// How long after a pair went onto the relay (planned there, or fallen back) a handshake that
-/// never completed is restarted and triggered like a connecting one. The relay path is
-/// reported at once, but the first initiation often reaches a peer that has not configured
-/// us yet (the specs are written one by one) and WireGuard retries only after 5 s: the NAT
-/// grid's TCP-only node answered pings 5 s after both sides reported the relay. Bounded so
-/// that a peer that is really gone costs one initiation per 5 s (WireGuard's own), not one
-/// per second, through the relay.
+/// How long after a pair went onto the relay (planned there, or fallen back) the agent makes
+/// sure traffic flows through it: a handshake that never completed is restarted and
+/// triggered like a connecting one, and requests go out every second until one is
+/// answered. The relay path is reported at once, but the first initiation often reaches a
+/// peer that has not configured us yet (the specs are written one by one), or crosses the
+/// peer's (see [`PeerPath::trigger`]), and WireGuard then retries only after 5 s or 15 s: in
+/// the NAT grid relayed pairs answered pings 5-15 s after both sides reported the relay.
+/// Bounded so that a peer that is really gone costs WireGuard's own retries, not one
+/// initiation per second, through the relay.
 pub const RELAY_CONFIRM_WINDOW: Duration = Duration::from_secs(20);
+
+/// While a relay pair is unconfirmed (no request answered through it yet), the
+/// tie-breaking side restarts its handshake this often: a fresh handshake and the answer
+/// to the request that follows it take a few milliseconds through the relay. (2 s left the
+/// grid's crossed pairs without traffic for 2-3 s.)
+pub const RELAY_CONFIRM_RESTART_EVERY: Duration = Duration::from_secs(1);
+
+/// Requests while a relay pair is unconfirmed: one per second (a peer's kernel answers about
+/// one per second per source after a burst of six), each answered within a round trip on a
+/// working path.
+pub const RELAY_CONFIRM_RTT: RttTiming = RttTiming {
+    every: Duration::from_secs(1),
+    timeout: Duration::from_secs(1),
+    ..RttTiming::DEFAULT
+};
 
 /// RTT sampling (crate::rtt).
 pub const RTT_TIMING: RttTiming = RttTiming::DEFAULT;
@@ -118,9 +135,10 @@ pub struct PeerStep {
     /// (the dataplane checks that again), so that the trigger's initiation is not held back
     /// by an earlier attempt ([`CONNECT_RESTART_EVERY`]).
     pub restart_handshake: bool,
-    /// The restart is the tie-breaking side's of two crossed initiations on the relay: the
-    /// dataplane re-creates the peer even though it answered the peer's initiation.
-    pub restart_crossed: bool,
+    /// The restart is the tie-breaking side's on an unconfirmed relay pair: the dataplane
+    /// re-creates the peer even though it answered the peer's initiation or completed a
+    /// handshake (`Restart::Unconfirmed`).
+    pub restart_unconfirmed: bool,
     /// Send a liveness or RTT request (then report it with [`PeerPath::request_sent`]).
     pub request: Option<Request>,
     /// Round trips measured from this pass's answers.
@@ -189,10 +207,9 @@ impl PeerPath {
             .then_some(self.target.mesh_ip)
             .flatten();
         self.rtt.on_path(self.state.actual());
-        let never_handshaked = current.last_handshake.is_none();
-        let nothing_to_lose = never_handshaked && sample.rx_bytes == 0;
-        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, never_handshaked, now);
-        let restart_crossed = restart_handshake && !nothing_to_lose;
+        let nothing_to_lose = current.last_handshake.is_none() && sample.rx_bytes == 0;
+        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, now);
+        let restart_unconfirmed = restart_handshake && !nothing_to_lose;
         PeerStep {
             current,
             endpoint_planned_at: self.endpoint_planned_at,
@@ -203,7 +220,7 @@ impl PeerPath {
             reassert_endpoint: probing && current.via_relay,
             trigger,
             restart_handshake,
-            restart_crossed,
+            restart_unconfirmed,
             request: self.request_due(now),
             rtt_samples,
             liveness_armed,
@@ -225,11 +242,14 @@ impl PeerPath {
         (samples, armed_now)
     }
 
-    /// A liveness request when due, otherwise an RTT request when due (crate::rtt).
+    /// A liveness request when due, otherwise an RTT request when due (crate::rtt), or every
+    /// second on an unconfirmed relay pair ([`RELAY_CONFIRM_WINDOW`]).
     fn request_due(&self, now: Instant) -> Option<Request> {
         if self.state.liveness_due(now) {
             Some(Request::Liveness)
-        } else if self.rtt.due(self.state.rtt_ready(now), now, &RTT_TIMING) {
+        } else if self.rtt.due(self.state.rtt_ready(now), now, &RTT_TIMING)
+            || (self.relay_unconfirmed(now) && self.rtt.due(true, now, &RELAY_CONFIRM_RTT))
+        {
             Some(Request::Rtt)
         } else {
             None
@@ -277,6 +297,11 @@ impl PeerPath {
             || self.state.actual() == ActualPath::Connecting
     }
 
+    /// On the relay for less than [`RELAY_CONFIRM_WINDOW`] and no request answered yet.
+    fn relay_unconfirmed(&self, now: Instant) -> bool {
+        self.relay_young(now) && !self.state.liveness_armed()
+    }
+
     /// On the relay for less than [`RELAY_CONFIRM_WINDOW`].
     fn relay_young(&self, now: Instant) -> bool {
         match self.state.phase() {
@@ -315,37 +340,35 @@ impl PeerPath {
     /// pair that went onto the relay without a handshake, for [`RELAY_CONFIRM_WINDOW`].
     ///
     /// On the relay both sides initiate, usually within milliseconds of each other (the
-    /// operator writes both specs at once). Two crossed initiations stall WireGuard: each side
-    /// answers the other's and drops its own state, so neither response completes anything,
-    /// and both wait for the 5 s retry (wireguard-go's log in the NAT grid: "Received
-    /// handshake initiation", "Sending handshake response", nothing more until the retry;
-    /// the TCP-only node's pairs answered pings 5 s after both sides reported the relay).
-    /// So one side of the pair (`PeerTarget::breaks_ties`) restarts its handshake every
-    /// second until one completes even when an initiation came in: on the relay a restart
-    /// loses nothing (the endpoint is our own bridge socket, nothing roamed), and the other
+    /// operator writes both specs at once), and the initiations can cross: each side answers
+    /// the other's and drops its own handshake state. wireguard-go's log in the NAT grid
+    /// showed both ends "Received handshake initiation", "Sending handshake response", and
+    /// then either nothing until the 5 s retry or a session that carried only one direction
+    /// until "stopped hearing back after 15 seconds". WireGuard's counters cannot tell that
+    /// apart from a working session; an answered request can. So while a relay pair is
+    /// unconfirmed (no request answered), one side of it (`PeerTarget::breaks_ties`)
+    /// restarts its handshake every [`RELAY_CONFIRM_RESTART_EVERY`] whatever arrived: on the
+    /// relay a restart loses nothing (the endpoint is our own bridge socket), and the other
     /// side answers the fresh initiation.
-    fn trigger(
-        &mut self,
-        nothing_to_lose: bool,
-        never_handshaked: bool,
-        now: Instant,
-    ) -> (Option<IpAddr>, bool) {
+    fn trigger(&mut self, nothing_to_lose: bool, now: Instant) -> (Option<IpAddr>, bool) {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
         let relay_young = self.relay_young(now);
-        let crossed = relay_young && self.target.breaks_ties && never_handshaked;
-        let restart = !probing && (nothing_to_lose || crossed);
-        let unconfirmed_relay = (nothing_to_lose || crossed) && relay_young;
+        let unconfirmed =
+            !nothing_to_lose && self.relay_unconfirmed(now) && self.target.breaks_ties;
+        let restart = !probing && (nothing_to_lose || unconfirmed);
         let every = if probing {
             PROBE_TRIGGER_EVERY
-        } else if restart {
+        } else if nothing_to_lose {
             CONNECT_RESTART_EVERY
+        } else if unconfirmed {
+            RELAY_CONFIRM_RESTART_EVERY
         } else {
             CONNECT_TRIGGER_EVERY
         };
         let due = self
             .last_trigger
             .is_none_or(|t| now.duration_since(t) >= every);
-        let attempting = self.attempting() || unconfirmed_relay;
+        let attempting = self.attempting() || (relay_young && (nothing_to_lose || unconfirmed));
         let Some(ip) = self.target.mesh_ip.filter(|_| attempting && due) else {
             return (None, false);
         };

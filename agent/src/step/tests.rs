@@ -176,39 +176,76 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
 }
 
 #[test]
-fn a_relay_pair_without_a_handshake_restarts_it_every_second_for_a_while() {
-    // (WireGuard's handshake, bytes received, rows of (ms, trigger and restart)).
-    let never: Vec<(u64, bool)> = vec![
-        (0, true),
-        (500, false),
-        (1_000, true),
-        (19_000, true),
-        // RELAY_CONFIRM_WINDOW over: WireGuard's own 5 s retries (a peer that is gone).
-        (20_000, false),
-        (40_000, false),
+fn a_relay_pair_is_restarted_until_a_request_is_answered_through_it() {
+    // Rows of (ms, trigger and restart, an RTT request).
+    let never = [
+        (0, true, true),
+        (500, false, false),
+        (1_000, true, true),
+        (19_000, true, true),
+        // RELAY_CONFIRM_WINDOW over: WireGuard's own retries (a peer that is gone), and
+        // requests at the usual RTT cadence only.
+        (20_000, false, false),
+        (25_000, false, false),
+        (29_500, false, true),
     ];
-    let confirmed: Vec<(u64, bool)> = vec![(0, false), (1_000, false), (5_000, false)];
-    // (handshake, bytes received, this side breaks ties, rows). The peer's initiation came
-    // in (148 B) but no handshake completed: the two initiations may have crossed, and only
-    // the tie-breaking side restarts (both restarting would cross again).
-    for (hs, rx, breaks_ties, rows) in [
-        (None, 0, false, &never),
-        (None, 0, true, &never),
-        (Some(-1_000), 0, false, &confirmed),
-        (Some(-1_000), 0, true, &confirmed),
-        (None, 148, false, &confirmed),
-        (None, 148, true, &never),
+    // Something arrived or a handshake completed, but no request was answered: only the
+    // tie-breaking side restarts (both restarting would cross again), every second.
+    let tie_breaker = [
+        (0, true, true),
+        (500, false, false),
+        (1_000, true, true),
+        (2_000, true, true),
+        // Over: the usual 10 s RTT cadence.
+        (20_000, false, true),
+    ];
+    let other_side = [
+        (0, false, true),
+        (1_000, false, true),
+        (2_000, false, true),
+        (20_000, false, true),
+    ];
+    let answered = [
+        (0, false, false),
+        (2_000, false, false),
+        (5_000, false, false),
+    ];
+    // (handshake, bytes received, this side breaks ties, the peer answered at 0, rows)
+    for (hs, rx, breaks_ties, armed, rows) in [
+        (None, 0, false, false, &never[..]),
+        (None, 0, true, false, &never[..]),
+        (None, 148, true, false, &tie_breaker[..]),
+        (Some(-1_000), 0, true, false, &tie_breaker[..]),
+        (Some(-1_000), 148, true, false, &tie_breaker[..]),
+        (None, 148, false, false, &other_side[..]),
+        (Some(-1_000), 148, false, false, &other_side[..]),
+        (Some(-1_000), 148, true, true, &answered[..]),
+        (Some(-1_000), 148, false, true, &answered[..]),
     ] {
         let mut t = target(1, PlannedPath::Relay, true);
         t.breaks_ties = breaks_ties;
         let mut r = Run::new(t, hs.is_some());
         let obs = r.wg(RELAY_EP, hs, rx, 0);
-        for &(ms, yes) in rows {
+        if armed {
+            let mut first = obs.clone();
+            let now = r.clock.at(0).0;
+            first.liveness_answers = vec![now];
+            if let Some(req) = r.step_at(0, &first).request {
+                r.path().request_sent(req, now, false, now);
+            }
+        }
+        for &(ms, restart, request) in rows {
             let s = r.step_at(ms, &obs);
             let at = format!("at {ms} ms, handshake {hs:?}, rx {rx}, ties {breaks_ties}");
-            assert_eq!(s.trigger, yes.then(mesh_ip).flatten(), "{at}");
-            assert_eq!(s.restart_handshake, yes, "{at}");
-            assert_eq!(s.restart_crossed, yes && rx > 0, "{at}");
+            assert_eq!(s.trigger, restart.then(mesh_ip).flatten(), "{at}");
+            assert_eq!(s.restart_handshake, restart, "{at}");
+            let unconfirmed = restart && (rx > 0 || hs.is_some());
+            assert_eq!(s.restart_unconfirmed, unconfirmed, "{at}");
+            assert_eq!(s.request, request.then_some(Request::Rtt), "{at}");
+            if let Some(req) = s.request {
+                let (now, _) = r.clock.at(ms);
+                r.path().request_sent(req, now, false, now);
+            }
             assert_eq!(r.path().state.actual(), ActualPath::Relay, "{at}");
         }
     }

@@ -355,10 +355,17 @@ impl PeerPath {
         let relay_young = self.relay_young(now);
         let unconfirmed =
             !nothing_to_lose && self.relay_unconfirmed(now) && self.target.breaks_ties;
-        let restart = !probing && (nothing_to_lose || unconfirmed);
+        // Only the side that must initiate restarts while connecting: the other one (the
+        // cone side of a cone <-> symmetric pair) learns the peer's real port by roaming
+        // when the peer's initiation arrives, and a restart that raced with that arrival
+        // (between the dataplane's read and its write) put the guessed punch target back:
+        // the grid's addr-cone <-> lan-a pair then sent every later initiation to a closed
+        // port and took the relay and a probe (31 s). Its 5 s triggers still open its NAT.
+        let unused = nothing_to_lose && (relay_young || self.target.initiate);
+        let restart = !probing && (unused || unconfirmed);
         let every = if probing {
             PROBE_TRIGGER_EVERY
-        } else if nothing_to_lose {
+        } else if unused {
             CONNECT_RESTART_EVERY
         } else if unconfirmed {
             RELAY_CONFIRM_RESTART_EVERY
@@ -368,7 +375,7 @@ impl PeerPath {
         let due = self
             .last_trigger
             .is_none_or(|t| now.duration_since(t) >= every);
-        let attempting = self.attempting() || (relay_young && (nothing_to_lose || unconfirmed));
+        let attempting = self.attempting() || (relay_young && (unused || unconfirmed));
         let Some(ip) = self.target.mesh_ip.filter(|_| attempting && due) else {
             return (None, false);
         };

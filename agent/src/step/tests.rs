@@ -155,15 +155,29 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
         (9_000, false, false, connecting),
         (10_000, false, false, ActualPath::Relay),
     ];
-    // (WireGuard's handshake, bytes received, rows): never and nothing received; a session
-    // before; no handshake yet but the peer's initiation arrived (a handshake in progress
-    // that a restart would break): the 5 s cadence without restarts too.
-    for (hs, rx, rows) in [
-        (None, 0, &never[..]),
-        (Some(-60_000), 0, &before[..]),
-        (None, 148, &before[..]),
+    // The side that waits for the peer's initiation (the cone side of a cone <-> symmetric
+    // pair): triggers every 5 s and never restarts (a restart could undo the roam to the
+    // peer's real port); on the relay after the fallback it restarts like any side.
+    let waiting = [
+        (0, true, false, connecting),
+        (1_000, false, false, connecting),
+        (5_000, true, false, connecting),
+        (9_000, false, false, connecting),
+        (10_000, true, true, ActualPath::Relay),
+        (11_000, true, true, ActualPath::Relay),
+    ];
+    // (WireGuard's handshake, bytes received, this side initiates, rows): never and nothing
+    // received; a session before; no handshake yet but the peer's initiation arrived (a
+    // handshake in progress that a restart would break): the 5 s cadence without restarts.
+    for (hs, rx, initiate, rows) in [
+        (None, 0, true, &never[..]),
+        (None, 0, false, &waiting[..]),
+        (Some(-60_000), 0, true, &before[..]),
+        (None, 148, true, &before[..]),
     ] {
-        let mut r = Run::new(target(1, PlannedPath::Direct, true), hs.is_some());
+        let mut t = target(1, PlannedPath::Direct, true);
+        t.initiate = initiate;
+        let mut r = Run::new(t, hs.is_some());
         let obs = r.wg(DIRECT_EP, hs, rx, 0);
         for &(ms, trigger, restart, path) in rows {
             let s = r.step_at(ms, &obs);

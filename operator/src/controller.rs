@@ -25,6 +25,7 @@ use crate::apply::{RecentWrites, Writer};
 use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, RelayOutcome};
 use crate::diff;
 use crate::error::{Error, Result};
+use crate::events::EventQueue;
 use crate::managed_relay;
 use crate::metrics::Metrics;
 use crate::nodes::{ClusterNode, matches_selector, select_nodes};
@@ -63,7 +64,8 @@ impl Default for ControllerSettings {
 pub struct Context {
     pub writer: Writer,
     pub settings: ControllerSettings,
-    pub recorder: Recorder,
+    /// Events about the mesh, published by their own task (`crate::events`).
+    pub events: EventQueue,
     pub nodes: Store<Node>,
     pub peers: Store<WireKubePeer>,
     /// Pods of the managed relays (operator namespace): where they run decides the
@@ -128,6 +130,7 @@ pub async fn run(
             instance: Some(settings.identity.clone()),
         },
     );
+    let events = EventQueue::start(recorder, metrics.clone(), leader.clone());
     let ctx = Arc::new(Context {
         writer: Writer {
             client: client.clone(),
@@ -137,7 +140,7 @@ pub async fn run(
             recent: RecentWrites::default(),
         },
         settings: settings.clone(),
-        recorder,
+        events,
         nodes,
         peers,
         relay_pods,
@@ -245,7 +248,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
             EventType::Normal
         };
         let related = d.node().map(peer_ref);
-        publish_about(ctx, mesh, ty, reason, note, related).await;
+        publish_about(ctx, mesh, ty, reason, note, related);
     }
 
     let metrics = &ctx.writer.metrics;
@@ -283,7 +286,7 @@ async fn reject(ctx: &Context, mesh: &WireKubeMesh, r: Rejected) -> Result<Actio
     if Some(&r.status) != mesh.status.as_ref() {
         ctx.writer.apply_status(mesh, &r.status).await?;
         warn!(reason = %r.reason, msg = %r.message, "mesh rejected; nothing applied");
-        publish(ctx, mesh, EventType::Warning, &r.reason, r.message).await;
+        publish(ctx, mesh, EventType::Warning, &r.reason, r.message);
     }
     Ok(Action::await_change())
 }
@@ -363,8 +366,8 @@ async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<Clu
     Ok(RelayPlacement::from_pods(mine).hosts(nodes.iter().map(|n| n.as_ref())))
 }
 
-async fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {
-    publish_about(ctx, mesh, type_, reason, note, None).await;
+fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {
+    publish_about(ctx, mesh, type_, reason, note, None);
 }
 
 fn peer_ref(node: &str) -> ObjectReference {
@@ -376,8 +379,9 @@ fn peer_ref(node: &str) -> ObjectReference {
     }
 }
 
-/// An event about the mesh and, when `related` is set, that object too.
-async fn publish_about(
+/// An event about the mesh and, when `related` is set, that object too (queued: published by
+/// `crate::events` while this operator leads).
+fn publish_about(
     ctx: &Context,
     mesh: &WireKubeMesh,
     type_: EventType,
@@ -388,15 +392,12 @@ async fn publish_about(
     if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let ev = Event {
+    let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: "Reconcile".into(),
         secondary: related,
     };
-    match ctx.recorder.publish(&ev, &mesh.object_ref(&())).await {
-        Ok(()) => ctx.writer.metrics.write("Event", "create"),
-        Err(e) => warn!(error = %e, reason, "publishing event failed"),
-    }
+    ctx.events.send(mesh.object_ref(&()), event);
 }

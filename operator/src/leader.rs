@@ -65,13 +65,28 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-        .with_namespace(&settings.controller.namespace)
-        .with_identity(&settings.controller.identity)
-        .with_duration(settings.lease_duration)
-        .with_grace(grace_for(settings.lease_duration))
-        .build()
-        .await?;
+    // The API server may not be reachable yet when the pod starts (in the lab, kube-proxy had
+    // not routed its Service for the first second): retry instead of exiting, which left the
+    // restart to the kubelet's back-off.
+    let mut wait = std::time::Duration::from_millis(200);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+            .with_namespace(&settings.controller.namespace)
+            .with_identity(&settings.controller.identity)
+            .with_duration(settings.lease_duration)
+            .with_grace(grace_for(settings.lease_duration))
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(e) => warn!(error = %e, retry_in = ?wait, "leader election: Lease not reachable"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    };
     ready.store(true, Ordering::SeqCst);
     let (mut rx, lease_task) = manager.watch().await;
     let leader = Arc::new(AtomicBool::new(false));

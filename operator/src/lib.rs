@@ -8,6 +8,7 @@ pub mod controller;
 pub mod decide;
 pub mod diff;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod managed_relay;

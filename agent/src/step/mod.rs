@@ -386,3 +386,6 @@ impl PeerPath {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod trigger_tests;

@@ -28,7 +28,7 @@ use crate::liveness::Liveness;
 pub use crate::pathtiming::{
     HANDSHAKE_FRESH, PROBE_MIN_DEFAULT, PROBE_WINDOW_MAX, PUNCH_GRACE, Timing,
 };
-use crate::pathtiming::{PEER_CHATTER_MAX, SUSPECT_MIN_TX};
+use crate::pathtiming::{PEER_CHATTER_MAX, SUSPECT_MIN_TX, probe_over};
 pub use crate::wallclock::WallClock;
 
 /// What the spec and the relay say about one peer right now.
@@ -450,7 +450,7 @@ impl PathState {
                 if direct_ok(since) {
                     self.reset_stall(now);
                     self.upgrade(now)
-                } else if now.duration_since(since) >= self.timing.probe_window {
+                } else if probe_over(&self.timing, since, self.rx_changed_at, now) {
                     self.backoff = (self.backoff * 2).min(self.timing.probe_max);
                     let next_probe = self.clock.next_slot(now, self.backoff);
                     self.go(

@@ -143,7 +143,11 @@ fn probe_success_upgrades_and_quick_failure_doubles_backoff() {
     s.handshake(RELAY);
     s.run(20);
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
-    s.run(2);
+    // The peer's packets (still through the relay) keep the probe going.
+    for _ in 0..2 {
+        s.traffic(100, 0);
+        s.run(1);
+    }
     s.handshake(DIRECT);
     s.run(1);
     assert_eq!(s.ps.actual(), ActualPath::Direct);
@@ -357,14 +361,35 @@ fn restart_adopts_a_working_tunnel() {
 }
 
 #[test]
+fn a_silent_probe_ends_early() {
+    // Nothing at all arrives from the peer: over after PROBE_SILENT_MAX (1.5 s), not the
+    // 3 s window (1 s ticks: still probing at 1 s, over at 2 s).
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    s.run(10);
+    s.handshake(RELAY);
+    s.run(20);
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.run(1);
+    assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.run(1);
+    assert!(matches!(s.ps.phase(), Phase::Fallback { .. }));
+    assert_eq!(s.log.len(), 1, "probing is not a reported change");
+}
+
+#[test]
 fn a_probe_lasts_the_short_probe_window_not_direct_timeout() {
     let mut s = Sim::new(PlannedPath::Direct, true);
     s.run(10);
     s.handshake(RELAY);
     s.run(20);
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
-    s.run(2);
+    // Packets from the peer keep arriving (through the relay): the whole window.
+    for _ in 0..2 {
+        s.traffic(100, 0);
+        s.run(1);
+    }
     assert!(matches!(s.ps.phase(), Phase::Probing { .. }));
+    s.traffic(100, 0);
     s.run(1);
     assert!(
         matches!(s.ps.phase(), Phase::Fallback { .. }),

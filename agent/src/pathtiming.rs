@@ -1,7 +1,7 @@
 //! The timing of the path state machine (`crate::pathstate`): its knobs and the fixed
 //! durations they are derived from.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::liveness::LivenessTiming;
 
@@ -15,6 +15,20 @@ pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
 /// `reconcile/probe_signal.rs`), so no slack for clock skew is needed. Every probe of a path
 /// that is still broken loses the pair's traffic for this long (docs/agent.md).
 pub const PROBE_WINDOW_MAX: Duration = Duration::from_secs(3);
+
+/// A probe that received nothing at all for this long ends before its window. A working
+/// path shows itself within a round trip of the first 300 ms trigger (the peer probes with
+/// us, so its triggers arrive too), and every second a probe of a broken path lasts loses the
+/// pair's traffic (the NAT-reboot fault lost 51 pings with 3 s probes). Anything arriving,
+/// even through the relay (the peer not probing yet), keeps the whole window.
+pub const PROBE_SILENT_MAX: Duration = Duration::from_millis(1500);
+
+/// Whether a probe that started at `since` is over (failed) at `now`; `last_rx`: when
+/// anything last arrived from the peer.
+pub(crate) fn probe_over(t: &Timing, since: Instant, last_rx: Instant, now: Instant) -> bool {
+    let spent = now.saturating_duration_since(since);
+    spent >= t.probe_window || (last_rx <= since && spent >= PROBE_SILENT_MAX)
+}
 
 /// Default wait before the first probe after a fallback (`--probe-interval`): a pair whose
 /// path comes back returns within one to one and a half of it (the target is 30 s).

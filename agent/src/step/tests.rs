@@ -246,8 +246,9 @@ fn a_probe_without_direct_traffic_ends_on_the_relay_after_its_window() {
     let obs = r.wg(DIRECT_EP, Some(5_000), 1_000, 1_000);
     r.step_at(12_000, &obs);
     assert!(matches!(r.path().state.phase(), Phase::Probing { .. }));
-    // (ms, wanted endpoint): the probe window is min(directTimeout, 3 s).
-    for (ms, want) in [(14_900, Want::Direct), (15_000, Want::Relay)] {
+    // (ms, wanted endpoint): nothing more arrives, so the probe ends after
+    // PROBE_SILENT_MAX (1.5 s), before its window (min(directTimeout, 3 s)).
+    for (ms, want) in [(13_400, Want::Direct), (13_500, Want::Relay)] {
         let s = r.step_at(ms, &obs);
         assert_eq!(s.want, want, "at {ms} ms");
         assert_eq!(s.transition, None);

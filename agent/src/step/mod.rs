@@ -53,12 +53,6 @@ pub const CONNECT_RESTART_EVERY: Duration = Duration::from_secs(1);
 /// initiation per second, through the relay.
 pub const RELAY_CONFIRM_WINDOW: Duration = Duration::from_secs(20);
 
-/// While a relay pair is unconfirmed (no request answered through it yet), the
-/// tie-breaking side restarts its handshake this often: a fresh handshake and the answer
-/// to the request that follows it take a few milliseconds through the relay. (2 s left the
-/// grid's crossed pairs without traffic for 2-3 s.)
-pub const RELAY_CONFIRM_RESTART_EVERY: Duration = Duration::from_secs(1);
-
 /// Requests while a relay pair is unconfirmed: one per second (a peer's kernel answers about
 /// one per second per source after a burst of six), each answered within a round trip on a
 /// working path.
@@ -347,7 +341,9 @@ impl PeerPath {
     /// until "stopped hearing back after 15 seconds". WireGuard's counters cannot tell that
     /// apart from a working session; an answered request can. So while a relay pair is
     /// unconfirmed (no request answered), one side of it (`PeerTarget::breaks_ties`)
-    /// restarts its handshake every [`RELAY_CONFIRM_RESTART_EVERY`] whatever arrived: on the
+    /// restarts its handshake every [`CONNECT_RESTART_EVERY`] whatever arrived (a fresh
+    /// handshake and the answer to the next request take milliseconds through the relay; 2 s
+    /// left the grid's crossed pairs without traffic for 2-3 s): on the
     /// relay a restart loses nothing (the endpoint is our own bridge socket), and the other
     /// side answers the fresh initiation.
     fn trigger(&mut self, nothing_to_lose: bool, now: Instant) -> (Option<IpAddr>, bool) {
@@ -365,10 +361,8 @@ impl PeerPath {
         let restart = !probing && (unused || unconfirmed);
         let every = if probing {
             PROBE_TRIGGER_EVERY
-        } else if unused {
+        } else if restart {
             CONNECT_RESTART_EVERY
-        } else if unconfirmed {
-            RELAY_CONFIRM_RESTART_EVERY
         } else {
             CONNECT_TRIGGER_EVERY
         };

@@ -23,7 +23,7 @@ use wirekube_crds::{NatType, WireKubePeerSpec};
 pub use classifier::{Classification, ClassifierInput, MappingResult, Probe, classify};
 pub use schedule::{
     FIRST_DISCOVERY_GRACE, FirstRound, RECHECK_MIN_GAP, RECHECK_WINDOW, RoundVerdict,
-    after_first_round, judge_round, recheck_now,
+    after_first_round, judge_round, recheck_now, relay_up_for_round,
 };
 pub use stun_io::Retransmit;
 
@@ -186,8 +186,13 @@ pub async fn discover(
         .iter()
         .find(|m| m.mapped.is_some())
         .map(|m| m.server);
+    // The filtering answers come from the same server's other address and port: as near as
+    // its first answer, when that answered a first transmission.
+    let filtering_rt = |server: SocketAddr| {
+        (rtts.iter().find(|(s, _)| *s == server)).map_or(rt, |(_, d)| Retransmit::after_rtt(*d))
+    };
     let (change_ip_port, change_port) = match first_ok {
-        Some(server) => stun_io::filtering_test(server, rt)
+        Some(server) => stun_io::filtering_test(server, filtering_rt(server))
             .await
             .unwrap_or((Probe::NotRun, Probe::NotRun)),
         None => (Probe::NotRun, Probe::NotRun),

@@ -324,10 +324,7 @@ impl Agent {
         disc_tick: &mut tokio::time::Interval,
     ) -> bool {
         let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
-        let relay_up = self
-            .relay
-            .as_ref()
-            .is_some_and(|r| r.client.state().status == Status::Connected);
+        let round_started = std::time::Instant::now();
         let mut answered = false;
         if let Some(mut h) = self.spawn_discovery(&Some(peer.clone()), port) {
             // The relay token usually arrives while this round runs (the Secret is read
@@ -350,6 +347,15 @@ impl Agent {
                 disc_tick.reset_after(self.on_discovery(r));
             }
         }
+        let relay_up = self.relay.as_ref().is_some_and(|r| {
+            let st = r.client.state();
+            st.status == Status::Connected
+                && discovery::relay_up_for_round(
+                    st.connected_since,
+                    round_started,
+                    Retransmit::default().last_send(),
+                )
+        });
         match discovery::after_first_round(answered, port.is_some(), relay_up, started.elapsed()) {
             FirstRound::Done => {}
             FirstRound::UdpBlocked => tracing::info!(

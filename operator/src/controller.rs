@@ -221,7 +221,11 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         node_objs.iter().map(|n| n.as_ref()),
         &mesh.spec.node_selector,
     );
+    // Phase times go into the "reconciled" line: at 20+ nodes a pass on a loaded machine took
+    // seconds, and a status arriving during one waits for the next (docs/benchmarks.md).
+    let started = Instant::now();
     let relay = reconcile_relay(mesh, ctx).await?;
+    let relay_ms = started.elapsed().as_millis();
     let peers: BTreeMap<String, Arc<WireKubePeer>> = (ctx.peers.state().into_iter())
         .map(|p| (p.name_any(), p))
         .collect();
@@ -237,8 +241,10 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         Err(rejected) => return reject(ctx, mesh, *rejected).await,
     };
 
+    let decided_at = Instant::now();
     let writes =
         peer_writes::write_peers(&ctx.writer, &name, &changes.writes, &changes.deletes).await;
+    let writes_ms = decided_at.elapsed().as_millis();
     for d in &changes.events {
         let (reason, note) = d.reason_note();
         info!(reason, %note, "decision");
@@ -261,9 +267,11 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     let written = status::written_condition(&writes.failure_texts());
     status::merge_condition(&mut st.conditions, &written, generation, &now);
     let status_changed = Some(&st) != mesh.status.as_ref();
+    let status_at = Instant::now();
     if status_changed {
         ctx.writer.apply_status(mesh, &st).await?;
     }
+    let status_ms = status_at.elapsed().as_millis();
     info!(
         nodes = nodes.len(),
         peers_written = writes.applied,
@@ -271,6 +279,10 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         write_failures = writes.failures.len(),
         quarantined = changes.quarantined,
         status_changed,
+        relay_ms,
+        writes_ms,
+        status_ms,
+        total_ms = started.elapsed().as_millis(),
         "reconciled"
     );
     // Failed writes are retried with the error's backoff; everything else was written.
@@ -295,11 +307,17 @@ async fn reject(ctx: &Context, mesh: &WireKubeMesh, r: Rejected) -> Result<Actio
 async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutcome> {
     let w = &ctx.writer;
     let name = managed_relay::relay_name(&mesh.name_any());
-    // observe: one GET per relay object (the operator does not cache them).
+    // observe: one GET per relay object (the operator does not cache them), at once: one
+    // after the other they were three round trips of every pass.
+    let (secret, deployment, service) = tokio::try_join!(
+        w.get::<Secret>(&name),
+        w.get::<Deployment>(&name),
+        w.get::<Service>(&name)
+    )?;
     let observed = RelayObserved {
-        secret: w.get::<Secret>(&name).await?,
-        deployment: w.get::<Deployment>(&name).await?,
-        service: w.get::<Service>(&name).await?,
+        secret,
+        deployment,
+        service,
     };
     let image = ctx.settings.relay_image_override.as_deref();
     match decide::relay(mesh, &observed, &w.namespace, image)? {

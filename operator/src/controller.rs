@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -32,6 +32,7 @@ use crate::nodes::{ClusterNode, matches_selector, select_nodes};
 use crate::peer_writes;
 use crate::placement::RelayPlacement;
 use crate::status;
+use crate::triggers::{self, TriggerFilter};
 
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
@@ -42,7 +43,9 @@ pub struct ControllerSettings {
     pub identity: String,
     /// Relay image instead of the mesh's `relay.managed.image`.
     pub relay_image_override: Option<String>,
-    /// Quiet time before a reconcile runs, so bursts of peer updates coalesce.
+    /// Quiet time before a reconcile runs (kube-runtime's debounce: it restarts at every
+    /// triggering change). Zero by default: changes during a reconcile are coalesced into the
+    /// next one anyway, and a quiet time starved the operator while many agents reported.
     pub debounce: Duration,
     /// Periodic full resync.
     pub resync: Duration,
@@ -54,7 +57,7 @@ impl Default for ControllerSettings {
             namespace: "wirekube-system".into(),
             identity: "wirekube-operator".into(),
             relay_image_override: None,
-            debounce: Duration::from_millis(200),
+            debounce: Duration::ZERO,
             resync: Duration::from_secs(300),
         }
     }
@@ -95,22 +98,26 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (nodes, node_writer) = reflector::store::<Node>();
-    let node_events = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watch_config()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let node_events = plan_triggers(
+        reflector::reflector(
+            node_writer,
+            watcher(Api::<Node>::all(client.clone()), watch_config()),
+        )
+        .default_backoff(),
+        triggers::node_key,
+    );
     let (peers, peer_writer) = reflector::store::<WireKubePeer>();
-    let peer_events = reflector::reflector(
-        peer_writer,
-        watcher(
-            Api::<WireKubePeer>::all(client.clone()),
-            watch_config().labels(MESH_LABEL),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let peer_events = plan_triggers(
+        reflector::reflector(
+            peer_writer,
+            watcher(
+                Api::<WireKubePeer>::all(client.clone()),
+                watch_config().labels(MESH_LABEL),
+            ),
+        )
+        .default_backoff(),
+        triggers::peer_key,
+    );
     let relay_sel = watch_config().labels("app.kubernetes.io/name=wirekube-relay");
     let ns = settings.namespace.clone();
     let (relay_pods, pod_writer) = reflector::store::<Pod>();
@@ -177,6 +184,21 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// The objects of `events` worth a re-plan ([`TriggerFilter`]); the cache behind the stream
+/// still sees every event.
+fn plan_triggers<K: Resource>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    key: fn(&K) -> u64,
+) -> impl Stream<Item = Result<K, watcher::Error>> {
+    let mut filter = TriggerFilter::new(key);
+    events.filter_map(move |ev| {
+        std::future::ready(match ev {
+            Ok(e) => filter.admit(e).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    })
 }
 
 fn error_policy(mesh: Arc<WireKubeMesh>, err: &Error, ctx: Arc<Context>) -> Action {

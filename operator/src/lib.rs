@@ -21,6 +21,7 @@ pub mod status;
 pub mod telemetry;
 #[cfg(test)]
 mod test_objects;
+pub mod triggers;
 
 pub use controller::ControllerSettings;
 pub use error::{Error, Result};

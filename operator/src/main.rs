@@ -47,8 +47,10 @@ struct Args {
     /// Relay image to run instead of each mesh's relay.managed.image.
     #[arg(long, env = "WIREKUBE_RELAY_IMAGE_OVERRIDE")]
     relay_image_override: Option<String>,
-    /// Milliseconds of quiet before a reconcile runs (coalesces bursts of peer updates).
-    #[arg(long, env = "WIREKUBE_OPERATOR_DEBOUNCE_MS", default_value_t = 200)]
+    /// Milliseconds of quiet before a reconcile runs. 0: at once; changes that arrive during a
+    /// reconcile are coalesced into the next one either way. The quiet time restarts at every
+    /// change, so a busy mesh can hold reconciles back (docs/operator.md).
+    #[arg(long, env = "WIREKUBE_OPERATOR_DEBOUNCE_MS", default_value_t = 0)]
     debounce_ms: u64,
 }
 

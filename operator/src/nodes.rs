@@ -12,7 +12,7 @@ use wirekube_planner::{NodeAddress, NodeAddressKind, NodeInfo};
 
 /// A cluster node as the operator sees it: the planner's facts plus the uid the peer's owner
 /// reference needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClusterNode {
     pub uid: String,
     pub info: NodeInfo,

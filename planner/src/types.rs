@@ -27,7 +27,7 @@ pub struct NodeAddress {
 }
 
 /// The facts about a Kubernetes node the planner needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
     pub name: String,
     pub addresses: Vec<NodeAddress>,

@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as CtrlConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -166,16 +167,31 @@ pub async fn run(
         diff::peer_mesh(&p).map(ObjectRef::<WireKubeMesh>::new)
     })
     // A relay pod becoming ready, or moving, changes the NodePort endpoints.
-    .watches_stream(pod_events, |p: Pod| {
-        p.labels()
-            .get("app.kubernetes.io/instance")
-            .map(|m| ObjectRef::<WireKubeMesh>::new(m))
-    })
-    .owns(
-        Api::<Deployment>::namespaced(client.clone(), &ns),
-        relay_sel.clone(),
+    .watches_stream(pod_events, |p: Pod| relay_mesh(p.labels()))
+    // The relay objects by their instance label, not `owns`: kube-runtime maps an owned
+    // object to its owner's ref in the *child's* namespace, and the cluster-scoped mesh
+    // then had two refs ("default" and "default.wirekube-system") that were reconciled as two
+    // objects, concurrently. A replica that became leader after a failover reconciled only
+    // the namespaced one: it re-planned on relay changes only, never on nodes or peers (the
+    // fault suite's node-left after the failover, docs/operator.md).
+    .watches_stream(
+        watcher(
+            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
+            relay_sel.clone(),
+        )
+        .default_backoff()
+        .touched_objects(),
+        |d| relay_mesh(d.labels()),
     )
-    .owns(Api::<Service>::namespaced(client.clone(), &ns), relay_sel)
+    .watches_stream(
+        watcher(
+            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &ns),
+            relay_sel,
+        )
+        .default_backoff()
+        .touched_objects(),
+        |s| relay_mesh(s.labels()),
+    )
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, ctx)
     .for_each(|r| async move {
@@ -184,6 +200,11 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// The mesh a relay object belongs to, by its instance label (cluster-scoped: no namespace).
+fn relay_mesh(labels: &BTreeMap<String, String>) -> Option<ObjectRef<WireKubeMesh>> {
+    (labels.get("app.kubernetes.io/instance")).map(|m| ObjectRef::<WireKubeMesh>::new(m))
 }
 
 /// The objects of `events` worth a re-plan ([`TriggerFilter`]); the cache behind the stream

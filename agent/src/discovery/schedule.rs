@@ -15,8 +15,9 @@ pub enum FirstRound {
     /// restart): done, the dataplane may bind the port.
     Done,
     /// No answer, but the relay's TCP connection was authenticated before the round's last
-    /// request ([`relay_up_for_round`]): the relay is up and reachable, its STUN responder is the same process, so it is this
-    /// node's UDP that is blocked. Waiting longer would only delay the relay path.
+    /// request ([`relay_up_for_round`]): the relay is up and reachable, its STUN responder is
+    /// the same process, so it is this node's UDP that is blocked. Waiting longer would only
+    /// delay the relay path.
     UdpBlocked,
     /// No answer for [`FIRST_DISCOVERY_GRACE`]: bind anyway.
     GraceOver,
@@ -26,8 +27,8 @@ pub enum FirstRound {
 
 /// Decides after one round of the first discovery. `from_listen_port`: the round ran from the
 /// WireGuard port (the only time its mapping can be measured); `relay_up`: the relay client
-/// was connected and authenticated before the round's last request ([`relay_up_for_round`]); `since_start`: since the agent
-/// started.
+/// was connected and authenticated before the round's last request
+/// ([`relay_up_for_round`]); `since_start`: since the agent started.
 pub fn after_first_round(
     answered: bool,
     from_listen_port: bool,

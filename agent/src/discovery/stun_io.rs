@@ -209,10 +209,9 @@ pub async fn transact_timed(
     }
     let mut out = vec![(Outcome::Timeout, None); reqs.len()];
     let mut done = vec![false; reqs.len()];
-    let mut rto = rt.rto;
     let mut buf = [0u8; 1500];
     let first_send = Instant::now();
-    for attempt in 0..rt.attempts.max(1) {
+    for (attempt, rto) in rt.timeouts().enumerate() {
         for (i, (server, _)) in reqs.iter().enumerate() {
             if !done[i] {
                 // A send error (e.g. no route, ICMP unreachable) is the same as silence.
@@ -241,7 +240,6 @@ pub async fn transact_timed(
         if done.iter().all(|d| *d) {
             break;
         }
-        rto = (rto * 2).min(rt.max_rto);
     }
     Ok(out)
 }

@@ -204,7 +204,7 @@ pub async fn run(
 
 /// The mesh a relay object belongs to, by its instance label (cluster-scoped: no namespace).
 fn relay_mesh(labels: &BTreeMap<String, String>) -> Option<ObjectRef<WireKubeMesh>> {
-    (labels.get("app.kubernetes.io/instance")).map(|m| ObjectRef::<WireKubeMesh>::new(m))
+    (labels.get(managed_relay::INSTANCE_LABEL)).map(|m| ObjectRef::<WireKubeMesh>::new(m))
 }
 
 /// The objects of `events` worth a re-plan ([`TriggerFilter`]); the cache behind the stream

@@ -37,10 +37,14 @@ pub fn relay_name(mesh: &str) -> String {
 }
 
 /// Labels on the relay objects and the pod selector.
+/// The relay objects' label naming their mesh (the operator maps relay events to the mesh by
+/// it).
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
 pub fn relay_labels(mesh: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "wirekube-relay".into()),
-        ("app.kubernetes.io/instance".into(), mesh.into()),
+        (INSTANCE_LABEL.into(), mesh.into()),
         (
             "app.kubernetes.io/managed-by".into(),
             wirekube_crds::OPERATOR_MANAGER.into(),

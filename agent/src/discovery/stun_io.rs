@@ -394,12 +394,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn mapping_and_filtering_on_loopback() {
+    /// A responder with an alternate socket on loopback; returns its main address.
+    async fn spawn_responder_with_alt() -> SocketAddr {
         let main = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let alt = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server = main.local_addr().unwrap();
         tokio::spawn(responder(main, Some(alt), false));
+        server
+    }
+
+    #[tokio::test]
+    async fn mapping_and_filtering_on_loopback() {
+        let server = spawn_responder_with_alt().await;
         let sock = bind(0).await.unwrap();
         let port = sock.local_addr().unwrap().port();
         let m = mapping_test(&sock, &[server], fast()).await.unwrap();
@@ -474,10 +480,7 @@ mod tests {
         // A restricting NAT seen from the agent: the change-IP answer never comes. The
         // RTT-based schedule concludes that in half a second instead of 2.75 s, and the
         // change-port answer (sent from the alternate port) is still received.
-        let main = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let alt = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let server = main.local_addr().unwrap();
-        tokio::spawn(responder(main, Some(alt), false));
+        let server = spawn_responder_with_alt().await;
         let sock = bind(0).await.unwrap();
         let m = mapping_test(&sock, &[server], Retransmit::default())
             .await

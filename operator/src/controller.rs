@@ -391,7 +391,7 @@ async fn reconcile_relay(mesh: &WireKubeMesh, ctx: &Context) -> Result<RelayOutc
                 .await?;
             let svc = w.apply_relay_object(observed.service, &service).await?;
             // Where the pods run is known only once they are scheduled: read it after applying.
-            let hosts = relay_hosts(ctx, &mesh.name_any(), &svc).await?;
+            let hosts = relay_hosts(ctx, mesh, &svc).await?;
             let outcome = decide::relay_outcome(mesh, &dep, &svc, &hosts);
             if outcome.endpoints.is_empty() {
                 debug!(reason = %outcome.cond.reason, "relay endpoints not available yet");
@@ -407,8 +407,13 @@ const POD_CACHE_WAIT: Duration = Duration::from_secs(10);
 /// Nodes running this mesh's relay pods, in publishing order (any node, not only the mesh's:
 /// the relay may be pinned to a gateway that is not a member). Only a NodePort Service needs
 /// them; its reconcile fails (keeping the published endpoints) rather than publish from a
-/// pod cache that never synced, e.g. when the operator's Role cannot list pods.
-async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<ClusterNode>> {
+/// pod cache that never synced, e.g. when the operator's Role cannot list pods. While no relay
+/// pod is ready the published endpoints are held (`RelayPlacement::hosts`).
+async fn relay_hosts(
+    ctx: &Context,
+    mesh: &WireKubeMesh,
+    svc: &Service,
+) -> Result<Vec<ClusterNode>> {
     let node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort");
     if !node_port {
         return Ok(Vec::new());
@@ -417,14 +422,19 @@ async fn relay_hosts(ctx: &Context, mesh: &str, svc: &Service) -> Result<Vec<Clu
         .await
         .map_err(|_| Error::CacheNotSynced("relay pods"))?
         .map_err(|_| Error::CacheNotSynced("relay pods"))?;
-    let labels = managed_relay::relay_labels(mesh);
+    let labels = managed_relay::relay_labels(&mesh.name_any());
     let pods = ctx.relay_pods.state();
     let mine = pods
         .iter()
         .map(|p| p.as_ref())
         .filter(|p| matches_selector(p.labels(), &labels));
     let nodes = ctx.nodes.state();
-    Ok(RelayPlacement::from_pods(mine).hosts(nodes.iter().map(|n| n.as_ref())))
+    let published = mesh
+        .status
+        .as_ref()
+        .map(|s| s.relay_endpoints.as_slice())
+        .unwrap_or_default();
+    Ok(RelayPlacement::from_pods(mine).hosts(nodes.iter().map(|n| n.as_ref()), published))
 }
 
 fn publish(ctx: &Context, mesh: &WireKubeMesh, type_: EventType, reason: &str, note: String) {

@@ -137,12 +137,13 @@ pub fn desired_deployment(
         protocol: Some(proto.into()),
         ..ContainerPort::default()
     };
-    let probe = |path: &str| Probe {
+    let probe = |path: &str, period: Option<i32>| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("metrics".into()),
             ..HTTPGetAction::default()
         }),
+        period_seconds: period,
         ..Probe::default()
     };
     let container = Container {
@@ -168,8 +169,12 @@ pub fn desired_deployment(
             port("metrics", METRICS_PORT, "TCP"),
         ]),
         resources: Some(relay_resources()),
-        readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(probe("/healthz")),
+        // Agents are handed a NodePort relay's node only once its pod is Ready
+        // (`placement`), so readiness is how long relayed pairs wait when the pod moves: with
+        // the default 10 s period a first probe that came before the relay listened cost
+        // 10 s more. A local HTTP GET per second is the price.
+        readiness_probe: Some(probe("/readyz", Some(READINESS_PERIOD_SECONDS))),
+        liveness_probe: Some(probe("/healthz", None)),
         volume_mounts: Some(vec![VolumeMount {
             name: "token".into(),
             mount_path: TOKEN_DIR.into(),
@@ -225,6 +230,9 @@ pub fn desired_deployment(
     stamp_hash(&mut d.metadata, &d.spec)?;
     Ok(d)
 }
+
+/// The relay container's readiness probe period (Kubernetes' default is 10 s).
+pub const READINESS_PERIOD_SECONDS: i32 = 1;
 
 /// The relay Service: TCP `port` "relay", UDP `port` "stun", UDP `port+1` "stun-alt".
 pub fn desired_service(mesh: &WireKubeMesh, namespace: &str) -> Result<Service> {

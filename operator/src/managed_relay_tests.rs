@@ -81,6 +81,17 @@ fn deployment_has_image_replicas_args_secret_and_owner() {
         "no CPU throttling of the relay"
     );
     assert_eq!(c.env.as_ref().unwrap()[0].name, "WIREKUBE_RELAY_STUN_IP");
+    let probe_of = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let p = p.as_ref().unwrap();
+        let path = p.http_get.as_ref().unwrap().path.clone().unwrap();
+        (path, p.period_seconds)
+    };
+    // Readiness is checked every second: it decides when a moved relay is published.
+    assert_eq!(
+        probe_of(&c.readiness_probe),
+        ("/readyz".to_string(), Some(READINESS_PERIOD_SECONDS))
+    );
+    assert_eq!(probe_of(&c.liveness_probe), ("/healthz".to_string(), None));
     let vol = &pod.volumes.as_ref().unwrap()[0];
     assert_eq!(
         vol.secret.as_ref().unwrap().secret_name.as_deref(),
@@ -396,15 +407,17 @@ fn node_port_endpoints_are_the_nodes_running_the_relay() {
         &'static str,
         &'static [&'static str],
         &'static [&'static str],
+        &'static [&'static str],
         Result<&'static [&'static str], &'static str>,
         &'static [&'static str],
     );
-    let cases: [Case; 5] = [
-        ("no pod", &[], &[], Err("WaitingForRelayPod"), &[]),
+    let cases: [Case; 9] = [
+        ("no pod", &[], &[], &[], Err("WaitingForRelayPod"), &[]),
         (
             "pinned, starting",
             &[],
             &["gw"],
+            &[],
             Ok(&["198.51.100.9:31000"]),
             &["198.51.100.9:31001", "198.51.100.9:31002"],
         ),
@@ -412,6 +425,7 @@ fn node_port_endpoints_are_the_nodes_running_the_relay() {
             "pinned, ready",
             &["gw"],
             &["gw"],
+            &[],
             Ok(&["198.51.100.9:31000"]),
             &["198.51.100.9:31001", "198.51.100.9:31002"],
         ),
@@ -419,6 +433,7 @@ fn node_port_endpoints_are_the_nodes_running_the_relay() {
             "ready beats starting",
             &["site-b"],
             &["gw", "site-b"],
+            &[],
             Ok(&["10.2.0.1:31000"]),
             &["10.2.0.1:31001", "10.2.0.1:31002"],
         ),
@@ -426,16 +441,50 @@ fn node_port_endpoints_are_the_nodes_running_the_relay() {
             "two ready, external first",
             &["behind-nat", "gw"],
             &["behind-nat", "gw"],
+            &[],
             Ok(&["198.51.100.9:31000", "10.0.0.1:31000"]),
             &["198.51.100.9:31001", "198.51.100.9:31002"],
         ),
+        (
+            "moving: the new node's pod starts, the published node is held",
+            &[],
+            &["site-b"],
+            &["198.51.100.9:31000"],
+            Ok(&["198.51.100.9:31000"]),
+            &["198.51.100.9:31001", "198.51.100.9:31002"],
+        ),
+        (
+            "moving: no pod bound yet, the published node is held",
+            &[],
+            &[],
+            &["198.51.100.9:31000"],
+            Ok(&["198.51.100.9:31000"]),
+            &["198.51.100.9:31001", "198.51.100.9:31002"],
+        ),
+        (
+            "moved: the new node's pod is ready",
+            &["site-b"],
+            &["site-b"],
+            &["198.51.100.9:31000"],
+            Ok(&["10.2.0.1:31000"]),
+            &["10.2.0.1:31001", "10.2.0.1:31002"],
+        ),
+        (
+            "the published address is no node's (node deleted): the starting pod's node",
+            &[],
+            &["site-b"],
+            &["203.0.113.7:31000", "relay.example.com:3478"],
+            Ok(&["10.2.0.1:31000"]),
+            &["10.2.0.1:31001", "10.2.0.1:31002"],
+        ),
     ];
-    for (name, ready, scheduled, want, stun) in cases {
+    for (name, ready, scheduled, published, want, stun) in cases {
+        let published: Vec<String> = published.iter().map(|e| e.to_string()).collect();
         let hosts = RelayPlacement {
             ready: set(ready),
             scheduled: set(scheduled),
         }
-        .hosts(&nodes);
+        .hosts(&nodes, &published);
         let got = exposure(Some(&s), 3478, &hosts);
         match want {
             Ok(eps) => assert_eq!(

@@ -6,6 +6,7 @@
 //! endpoint that never answers, so only nodes that run a relay pod are published.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
@@ -40,24 +41,59 @@ impl RelayPlacement {
         p
     }
 
-    /// The nodes whose addresses to publish: those with a ready relay pod, else (while the
-    /// pods start) those a relay pod is bound to. ExternalIP nodes first (agents dial the
-    /// first endpoint, and an InternalIP is usually reachable from its own site only), then
-    /// by name. Nodes missing from `nodes` are skipped.
-    pub fn hosts<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<ClusterNode> {
-        let wanted = if self.ready.is_empty() {
-            &self.scheduled
+    /// The nodes whose addresses to publish: those with a ready relay pod; while none is
+    /// ready, the nodes whose addresses are already published (`published`, the mesh's
+    /// `relayEndpoints`) if any of them is still a node; else (the first start) those a relay
+    /// pod is bound to. ExternalIP nodes first (agents dial the first endpoint, and an
+    /// InternalIP is usually reachable from its own site only), then by name. Nodes missing
+    /// from `nodes` are skipped.
+    ///
+    /// Why hold the published ones while a relay pod moves: with `externalTrafficPolicy:
+    /// Local` a node drops connections to its nodePort until its relay pod is ready (and
+    /// kube-proxy has programmed it), and a TCP connect that lost its SYN is retried by the
+    /// kernel only 1, 3 and 7 s later. Agents handed the new node's address while its pod
+    /// starts would reach the relay only at one of those retries; agents handed it once the
+    /// pod is ready connect at once, because a changed endpoint restarts their relay client.
+    pub fn hosts<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a Node>,
+        published: &[String],
+    ) -> Vec<ClusterNode> {
+        let nodes: Vec<ClusterNode> = nodes.into_iter().map(ClusterNode::from_node).collect();
+        let held: BTreeSet<String> = if self.ready.is_empty() {
+            let ips = published_ips(published);
+            nodes
+                .iter()
+                .filter(|n| n.reachable_address().is_some_and(|ip| ips.contains(&ip)))
+                .map(|n| n.name().to_string())
+                .collect()
         } else {
+            BTreeSet::new()
+        };
+        let wanted = if !self.ready.is_empty() {
             &self.ready
+        } else if !held.is_empty() {
+            &held
+        } else {
+            &self.scheduled
         };
         let mut hosts: Vec<ClusterNode> = nodes
             .into_iter()
-            .map(ClusterNode::from_node)
             .filter(|n| wanted.contains(n.name()))
             .collect();
         hosts.sort_by(|a, b| (!a.has_external(), a.name()).cmp(&(!b.has_external(), b.name())));
         hosts
     }
+}
+
+/// The IP addresses of published `ip:port` endpoints (others, such as DNS names of an
+/// external relay, name no node and are skipped).
+fn published_ips(published: &[String]) -> BTreeSet<IpAddr> {
+    published
+        .iter()
+        .filter_map(|e| e.parse::<SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect()
 }
 
 fn live(pod: &Pod) -> bool {
@@ -172,7 +208,10 @@ mod tests {
             node("d", &[("ExternalIP", "198.51.100.4")], &[]),
         ];
         let names = |p: &RelayPlacement| -> Vec<String> {
-            p.hosts(&nodes).into_iter().map(|n| n.info.name).collect()
+            p.hosts(&nodes, &[])
+                .into_iter()
+                .map(|n| n.info.name)
+                .collect()
         };
         let p = |ready: &[&str], scheduled: &[&str]| RelayPlacement {
             ready: set(ready),

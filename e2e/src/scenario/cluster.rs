@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 use wirekube_crds::{WireKubeMesh, WireKubePeer};
 
@@ -206,6 +209,23 @@ impl Cluster {
         })
     }
 
+    /// A watch of every WireKubePeer, kept in memory: reading it costs the API server nothing.
+    /// Polling `peers()` every 100 ms while 30 nodes start listed ~30 large objects ten times a
+    /// second, on the same two cores as the control plane being measured.
+    pub fn watch_peers(&self) -> PeerWatch {
+        let (store, writer) = reflector::store::<WireKubePeer>();
+        let client = self.client.clone();
+        let task = self.rt.spawn(async move {
+            let api = Api::<WireKubePeer>::all(client);
+            // Errors are retried by the watcher's backoff; the stream never ends by itself.
+            reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| std::future::ready(()))
+                .await;
+        });
+        PeerWatch { store, task }
+    }
+
     pub fn nodes(&self) -> Result<Vec<Node>> {
         self.run(|c| async move {
             Ok(Api::<Node>::all(c)
@@ -227,6 +247,39 @@ impl Cluster {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+}
+
+/// Every WireKubePeer as last seen by a watch ([`Cluster::watch_peers`]); the watch stops when
+/// this is dropped.
+pub struct PeerWatch {
+    store: Store<WireKubePeer>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerWatch {
+    /// The peers by name, or `None` until the watch's first list arrived.
+    pub fn peers(&self) -> Option<std::collections::BTreeMap<String, WireKubePeer>> {
+        if !self.ready() {
+            return None;
+        }
+        Some(
+            self.store
+                .state()
+                .iter()
+                .map(|p| (p.metadata.name.clone().unwrap_or_default(), (**p).clone()))
+                .collect(),
+        )
+    }
+
+    fn ready(&self) -> bool {
+        futures::FutureExt::now_or_never(self.store.wait_until_ready()).is_some_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for PeerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -21,7 +21,7 @@ use crate::kube_lab::KubeLab;
 
 pub use super::cloud::LB_ADDRESS;
 use super::cloud::start_cloud;
-use super::cluster::Cluster;
+use super::cluster::{Cluster, PeerWatch};
 use super::hosts::{LabNodes, NodeAccess};
 use super::report::{PairReport, Timings};
 use super::startup;
@@ -292,14 +292,18 @@ impl Scenario {
 
     /// Waits for the operator to give every node a mesh IP, then starts one ping prober per pair
     /// (records the first reply after the agents started).
-    fn start_probers(&mut self, deadline: Instant) -> Result<BTreeMap<String, Ipv4Addr>> {
+    fn start_probers(
+        &mut self,
+        deadline: Instant,
+        watch: &PeerWatch,
+    ) -> Result<BTreeMap<String, Ipv4Addr>> {
         let want: BTreeSet<String> = self.hosts.keys().cloned().collect();
         let left = deadline.saturating_duration_since(Instant::now());
         let (ips, _) = wait_for(left, "a mesh IP for every node in the peer specs", || {
             if !self.dead_processes().is_empty() {
                 return Some(BTreeMap::new());
             }
-            let ips = self.mesh_ips(&self.peers().ok()?);
+            let ips = self.mesh_ips(&watch.peers()?);
             want.iter().all(|n| ips.contains_key(n)).then_some(ips)
         })?;
         let dead = self.dead_processes();
@@ -377,8 +381,10 @@ impl Scenario {
     /// Waits until every agent reports every peer on the expected path with the expected reason.
     pub fn converge(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.opts.converge_timeout;
+        // Read from a watch, not by listing every 100 ms (`Cluster::watch_peers`).
+        let watch = self.kube.admin.watch_peers();
         (self.opts.progress)("waiting for the operator to allocate mesh IPs");
-        self.start_probers(deadline)?;
+        self.start_probers(deadline, &watch)?;
         (self.opts.progress)("waiting for every agent to report every peer as the seed expects");
         let pairs = self.topo.pairs();
         let direct_pairs: Vec<&(String, String)> = pairs
@@ -402,7 +408,7 @@ impl Scenario {
                     last = format!("exited: {}", dead.join(", "));
                     return true;
                 }
-                let Ok(peers) = self.peers() else {
+                let Some(peers) = watch.peers() else {
                     return false;
                 };
                 let dir_ok = |a: &str, b: &str| {

@@ -45,10 +45,18 @@ fn name(i: usize) -> String {
     format!("node-{i:04}")
 }
 
+/// A well-formed WireGuard public key for node `i` (the CRD validates the format).
+fn bench_key(i: usize) -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 async fn report(peers: &Api<WireKubePeer>, i: usize, nat: NatType) {
     let (a, b) = (i / 250, i % 250);
     let body = json!({"status": {
-        "publicKey": format!("key-{i:04}"),
+        "publicKey": bench_key(i),
         "natType": nat,
         "publicIP": format!("198.18.{a}.{b}"),
         "candidates": [
@@ -187,6 +195,14 @@ async fn bench(n: usize, admin_kc: PathBuf, operator_kc: PathBuf) {
         controller: ControllerSettings {
             namespace: "wirekube-system".into(),
             identity: "bench".into(),
+            // WIREKUBE_BENCH_DEBOUNCE_MS compares with a quiet-time debounce (default: none,
+            // as shipped).
+            debounce: std::time::Duration::from_millis(
+                std::env::var("WIREKUBE_BENCH_DEBOUNCE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
             ..ControllerSettings::default()
         },
         lease_name: "wirekube-operator".into(),

@@ -45,6 +45,17 @@ fn name(i: usize) -> String {
     format!("node-{i:04}")
 }
 
+/// A whole number from the environment, `default` when unset. A value that does not parse
+/// stops the bench: measuring another configuration than the one asked for is worse.
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, got {v:?}")),
+    }
+}
+
 /// A well-formed WireGuard public key for node `i` (the CRD validates the format).
 fn bench_key(i: usize) -> String {
     use base64::Engine as _;
@@ -137,10 +148,7 @@ fn start_lab() -> KubeLab {
 }
 
 fn main() {
-    let n: usize = std::env::var("WIREKUBE_BENCH_NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n = env_number("WIREKUBE_BENCH_NODES", 1000) as usize;
     let t = Instant::now();
     let lab = start_lab();
     common::install(&lab);
@@ -197,12 +205,7 @@ async fn bench(n: usize, admin_kc: PathBuf, operator_kc: PathBuf) {
             identity: "bench".into(),
             // WIREKUBE_BENCH_DEBOUNCE_MS compares with a quiet-time debounce (default: none,
             // as shipped).
-            debounce: std::time::Duration::from_millis(
-                std::env::var("WIREKUBE_BENCH_DEBOUNCE_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+            debounce: std::time::Duration::from_millis(env_number("WIREKUBE_BENCH_DEBOUNCE_MS", 0)),
             ..ControllerSettings::default()
         },
         lease_name: "wirekube-operator".into(),

@@ -60,22 +60,16 @@ impl RelayPlacement {
         published: &[String],
     ) -> Vec<ClusterNode> {
         let nodes: Vec<ClusterNode> = nodes.into_iter().map(ClusterNode::from_node).collect();
-        let held: BTreeSet<String> = if self.ready.is_empty() {
-            let ips = published_ips(published);
-            nodes
-                .iter()
-                .filter(|n| n.reachable_address().is_some_and(|ip| ips.contains(&ip)))
-                .map(|n| n.name().to_string())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
+        let held;
         let wanted = if !self.ready.is_empty() {
             &self.ready
-        } else if !held.is_empty() {
-            &held
         } else {
-            &self.scheduled
+            held = published_nodes(&nodes, published);
+            if held.is_empty() {
+                &self.scheduled
+            } else {
+                &held
+            }
         };
         let mut hosts: Vec<ClusterNode> = nodes
             .into_iter()
@@ -86,13 +80,18 @@ impl RelayPlacement {
     }
 }
 
-/// The IP addresses of published `ip:port` endpoints (others, such as DNS names of an
-/// external relay, name no node and are skipped).
-fn published_ips(published: &[String]) -> BTreeSet<IpAddr> {
-    published
+/// The nodes whose address is one of the published `ip:port` endpoints (others, such as DNS
+/// names of an external relay, name no node).
+fn published_nodes(nodes: &[ClusterNode], published: &[String]) -> BTreeSet<String> {
+    let ips: BTreeSet<IpAddr> = published
         .iter()
         .filter_map(|e| e.parse::<SocketAddr>().ok())
         .map(|a| a.ip())
+        .collect();
+    nodes
+        .iter()
+        .filter(|n| n.reachable_address().is_some_and(|ip| ips.contains(&ip)))
+        .map(|n| n.name().to_string())
         .collect()
 }
 

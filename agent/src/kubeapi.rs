@@ -30,7 +30,9 @@ pub enum KubeError {
 /// How long the API server keeps one watch open (`timeoutSeconds`); 5 s after that the client
 /// gives up on a silent one and watches again. A watch whose TCP connection died silently (this
 /// node's NAT came back on a new public address) stayed blind to spec changes for kube's
-/// default 295 s otherwise. Cost: one watch request per watched object per 30 s when nothing
+/// default 295 s otherwise; the client's TCP keepalive (`wirekube_kubeclient`) now notices such
+/// a connection within 5 s, and this bound stays for a proxy in front of the API server that
+/// keeps its own leg alive. Cost: one watch request per watched object per 30 s when nothing
 /// changes.
 const WATCH_TIMEOUT_SECS: u32 = 30;
 

@@ -194,12 +194,19 @@ async fn kube_client(args: &Args) -> anyhow::Result<kube::Client> {
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
                 .context("kubeconfig")?;
-            Ok(kube::Client::try_from(cfg)?)
+            Ok(with_keepalive(cfg)?)
         }
-        _ => kube::Client::try_default()
-            .await
-            .context("no Kubernetes config (KUBECONFIG, ~/.kube/config or in-cluster)"),
+        _ => with_keepalive(
+            kube::Config::infer()
+                .await
+                .context("no Kubernetes config (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+        ),
     }
+}
+
+fn with_keepalive(cfg: kube::Config) -> anyhow::Result<kube::Client> {
+    wirekube_kubeclient::client(cfg, &wirekube_kubeclient::Keepalive::DEFAULT)
+        .context("building Kubernetes client")
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -77,20 +77,21 @@ pub struct Context {
     pub relay_pods: Store<Pod>,
 }
 
-/// Runs the mesh controller until `stop` resolves. Writes happen only while `leader` is set.
 /// How long the API server keeps one watch open (`timeoutSeconds`); the client gives up on a
 /// silent one 5 s later and watches again from where it was. A watch whose TCP connection died
 /// without a FIN or RST (the operator's node behind a NAT that came back on a new public
-/// address) otherwise stayed silent for kube's default 295 s, and the mesh was not re-planned
-/// meanwhile: the NAT-reboot fault. With 30 s its pairs came back direct after 35 s in every
-/// run, 15 s shortens that (the agents keep 30 s: there are many of them, one operator).
-/// Cost: one watch request per watch per 15 s when nothing changes (six watches here).
+/// address) stayed silent for kube's default 295 s, and the mesh was not re-planned meanwhile:
+/// the NAT-reboot fault. The client's TCP keepalive (`wirekube_kubeclient`) now notices such a
+/// connection within 5 s; this bound stays for what keepalive cannot see (a proxy or load
+/// balancer in front of the API server that keeps its own TCP leg alive while the far one is
+/// dead). Cost: one watch request per watch per 15 s when nothing changes (six watches here).
 pub const WATCH_TIMEOUT_SECS: u32 = 15;
 
 fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
 }
 
+/// Runs the mesh controller until `stop` resolves. Writes happen only while `leader` is set.
 pub async fn run(
     client: Client,
     settings: ControllerSettings,
@@ -107,6 +108,7 @@ pub async fn run(
         .default_backoff(),
         triggers::node_key,
     );
+    let node_events = logged_watch("Node", node_events);
     let (peers, peer_writer) = reflector::store::<WireKubePeer>();
     let peer_events = plan_triggers(
         reflector::reflector(
@@ -119,6 +121,7 @@ pub async fn run(
         .default_backoff(),
         triggers::peer_key,
     );
+    let peer_events = logged_watch("WireKubePeer", peer_events);
     let relay_sel = watch_config().labels("app.kubernetes.io/name=wirekube-relay");
     let ns = settings.namespace.clone();
     let (relay_pods, pod_writer) = reflector::store::<Pod>();
@@ -131,6 +134,7 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
+    let pod_events = logged_watch("relay Pod", pod_events);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -153,9 +157,15 @@ pub async fn run(
         peers,
         relay_pods,
     });
-    let ctrl = Controller::new(Api::<WireKubeMesh>::all(client.clone()), watch_config())
+    let (meshes, mesh_writer) = reflector::store::<WireKubeMesh>();
+    let mesh_events = reflector::reflector(
+        mesh_writer,
+        watcher(Api::<WireKubeMesh>::all(client.clone()), watch_config()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let ctrl = Controller::for_stream(logged_watch("WireKubeMesh", mesh_events), meshes.clone())
         .with_config(CtrlConfig::default().debounce(settings.debounce));
-    let meshes = ctrl.store();
     ctrl.watches_stream(node_events, move |_: Node| {
         meshes
             .state()
@@ -175,21 +185,27 @@ pub async fn run(
     // the namespaced one: it re-planned on relay changes only, never on nodes or peers (the
     // fault suite's node-left after the failover, docs/operator.md).
     .watches_stream(
-        watcher(
-            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
-            relay_sel.clone(),
-        )
-        .default_backoff()
-        .touched_objects(),
+        logged_watch(
+            "relay Deployment",
+            watcher(
+                Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
+                relay_sel.clone(),
+            )
+            .default_backoff()
+            .touched_objects(),
+        ),
         |d| relay_mesh(d.labels()),
     )
     .watches_stream(
-        watcher(
-            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &ns),
-            relay_sel,
-        )
-        .default_backoff()
-        .touched_objects(),
+        logged_watch(
+            "relay Service",
+            watcher(
+                Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &ns),
+                relay_sel,
+            )
+            .default_backoff()
+            .touched_objects(),
+        ),
         |s| relay_mesh(s.labels()),
     )
     .graceful_shutdown_on(stop)
@@ -218,6 +234,27 @@ fn plan_triggers<K: Resource>(
         std::future::ready(match ev {
             Ok(e) => filter.admit(e).map(Ok),
             Err(e) => Some(Err(e)),
+        })
+    })
+}
+
+/// Logs a watch's errors and keeps them from the controller; the watch itself retries on its
+/// own backoff (`default_backoff` before this). Why: the controller wraps all its trigger
+/// streams in one more backoff, which pauses *every* stream while it waits and grows with each
+/// error from any of them. The six watches of one dead connection (the operator's NAT gateway
+/// rebooted) failed together, that shared backoff grew to 0.9 + 2 + 3.5 + 8 + 20 + 28 s, and
+/// the mesh was not re-planned for a minute (the NAT-reboot fault, docs/benchmarks.md).
+fn logged_watch<T>(
+    watch: &'static str,
+    events: impl Stream<Item = Result<T, watcher::Error>>,
+) -> impl Stream<Item = Result<T, watcher::Error>> {
+    events.filter_map(move |ev| {
+        std::future::ready(match ev {
+            Ok(obj) => Some(Ok(obj)),
+            Err(error) => {
+                warn!(watch, %error, "watch failed; retrying on its own backoff");
+                None
+            }
         })
     })
 }
@@ -471,4 +508,25 @@ fn publish_about(
         secondary: related,
     };
     ctx.events.send(mesh.object_ref(&()), event);
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    use super::logged_watch;
+
+    #[tokio::test]
+    async fn a_failed_watch_never_reaches_the_controller_and_later_events_still_do() {
+        let events = futures::stream::iter(vec![
+            Ok(1),
+            Err(watcher::Error::NoResourceVersion),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(2),
+        ]);
+        let passed: Vec<_> = logged_watch("test", events).collect().await;
+        let objects: Vec<i32> = passed.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(objects, vec![1, 2]);
+    }
 }

@@ -72,7 +72,8 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
             .await
             .context("inferring Kubernetes config")?,
     };
-    kube::Client::try_from(config).context("building Kubernetes client")
+    wirekube_kubeclient::client(config, &wirekube_kubeclient::Keepalive::DEFAULT)
+        .context("building Kubernetes client")
 }
 
 async fn signal(shutdown: CancellationToken) {

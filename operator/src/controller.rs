@@ -91,12 +91,15 @@ fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
 }
 
-/// Runs the mesh controller until `stop` resolves. Writes happen only while `leader` is set.
+/// Runs the mesh controller until `stop` resolves. Every replica runs it from the start, so
+/// its caches are warm whichever becomes leader; only while `leader` is set does a reconcile
+/// do anything (plan, write), and each item of `leadership_gained` reconciles every mesh.
 pub async fn run(
     client: Client,
     settings: ControllerSettings,
     metrics: Metrics,
     leader: Arc<AtomicBool>,
+    leadership_gained: impl Stream<Item = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (nodes, node_writer) = reflector::store::<Node>();
@@ -208,6 +211,7 @@ pub async fn run(
         ),
         |s| relay_mesh(s.labels()),
     )
+    .reconcile_all_on(leadership_gained)
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, ctx)
     .for_each(|r| async move {
@@ -266,6 +270,11 @@ fn error_policy(mesh: Arc<WireKubeMesh>, err: &Error, ctx: Arc<Context>) -> Acti
 }
 
 async fn reconcile(mesh: Arc<WireKubeMesh>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
+        // A standby: its caches follow the cluster, the leader plans and writes. Gaining the
+        // Lease reconciles every mesh (`leadership_gained`).
+        return Ok(Action::await_change());
+    }
     let span = info_span!(
         "reconcile",
         mesh = %mesh.name_any(),

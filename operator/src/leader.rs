@@ -1,10 +1,12 @@
-//! Leader election: only the Lease holder runs the controller and writes.
+//! Leader election: every replica runs the controller (warm caches), only the Lease holder
+//! plans and writes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -38,12 +40,52 @@ pub fn grace_for(duration: u64) -> u64 {
     (duration / 3).clamp(1, duration.saturating_sub(1).max(1))
 }
 
-/// This replica's running controller. Dropping it aborts the task: a `run` future that is
-/// dropped (its task aborted, the runtime shutting down) must not leave a detached controller
-/// writing without the Lease. (Found by the failover test: the "killed" leader kept writing.)
+/// This replica's controller. Dropping it aborts the task: a `run` future that is dropped (its
+/// task aborted, the runtime shutting down) must not leave a detached controller behind.
+/// (Found by the failover test: the "killed" leader kept writing.)
 struct Controller {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+}
+
+impl Controller {
+    fn start(
+        client: Client,
+        settings: &ControllerSettings,
+        metrics: &Metrics,
+        leader: &Arc<AtomicBool>,
+        gained: mpsc::UnboundedReceiver<()>,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let gained = futures::stream::unfold(gained, |mut rx| async move {
+            rx.recv().await.map(|()| ((), rx))
+        });
+        let task = tokio::spawn(controller::run(
+            client,
+            settings.clone(),
+            metrics.clone(),
+            leader.clone(),
+            gained,
+            stop.clone().cancelled_owned(),
+        ));
+        Controller {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Lets in-flight reconciles finish for up to 5 s, then stops the controller regardless.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            warn!("controller did not stop in 5s; aborting it");
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Controller {
@@ -54,22 +96,17 @@ impl Drop for Controller {
     }
 }
 
-/// Runs one replica until `shutdown` is cancelled: campaigns for the Lease; while it holds it
-/// the controller runs (a fresh start, hence a full reconcile, each time leadership is
-/// gained); on losing it the controller stops at once. `ready` is set once the Lease is
-/// reachable. On shutdown the Lease is released.
-pub async fn run(
-    client: Client,
-    settings: OperatorSettings,
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// Builds the Lease manager, retrying until the Lease is reachable; `None` on shutdown.
+async fn lease_manager(
+    client: &Client,
+    settings: &OperatorSettings,
+    shutdown: &CancellationToken,
+) -> Option<LeaseManager> {
     // The API server may not be reachable yet when the pod starts (in the lab, kube-proxy had
     // not routed its Service for the first second): retry instead of exiting, which left the
     // restart to the kubelet's back-off.
     let mut wait = std::time::Duration::from_millis(200);
-    let manager = loop {
+    loop {
         let built = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
             .with_namespace(&settings.controller.namespace)
             .with_identity(&settings.controller.identity)
@@ -78,45 +115,57 @@ pub async fn run(
             .build()
             .await;
         match built {
-            Ok(m) => break m,
+            Ok(m) => return Some(m),
             Err(e) => warn!(error = %e, retry_in = ?wait, "leader election: Lease not reachable"),
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return None,
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Runs one replica until `shutdown` is cancelled. The controller starts at once, so its
+/// caches fill while the replica campaigns for the Lease and stay warm on a standby: a new
+/// leader (at start-up, or after a failover) plans from them at once instead of listing every
+/// object first. Only the Lease holder plans and writes; gaining the Lease reconciles every
+/// mesh, losing it makes every later write fail before it is sent (`Writer`). `ready` is set
+/// once the Lease is reachable. On shutdown the Lease is released.
+pub async fn run(
+    client: Client,
+    settings: OperatorSettings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let leader = Arc::new(AtomicBool::new(false));
+    let (gained, gained_rx) = mpsc::unbounded_channel();
+    let controller = Controller::start(
+        client.clone(),
+        &settings.controller,
+        &metrics,
+        &leader,
+        gained_rx,
+    );
+    let Some(manager) = lease_manager(&client, &settings, &shutdown).await else {
+        controller.stop().await;
+        return Ok(());
     };
     ready.store(true, Ordering::SeqCst);
     let (mut rx, lease_task) = manager.watch().await;
-    let leader = Arc::new(AtomicBool::new(false));
-    let mut running: Option<Controller> = None;
+    let identity = &settings.controller.identity;
     loop {
         let is_leader = *rx.borrow_and_update();
-        if is_leader && running.is_none() {
-            info!(identity = %settings.controller.identity, "leadership acquired: starting controller");
-            leader.store(true, Ordering::SeqCst);
+        let was_leader = leader.swap(is_leader, Ordering::SeqCst);
+        if is_leader && !was_leader {
+            info!(%identity, "leadership acquired: reconciling every mesh");
             metrics.leader.set(1);
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(controller::run(
-                client.clone(),
-                settings.controller.clone(),
-                metrics.clone(),
-                leader.clone(),
-                stop.clone().cancelled_owned(),
-            ));
-            running = Some(Controller {
-                stop,
-                task: Some(task),
-            });
-        } else if !is_leader && let Some(mut c) = running.take() {
-            warn!(identity = %settings.controller.identity, "leadership lost: stopping controller");
-            leader.store(false, Ordering::SeqCst);
+            // The controller outlives this loop, so its receiver is still there.
+            let _ = gained.send(());
+        } else if !is_leader && was_leader {
+            warn!(%identity, "leadership lost: standing by");
             metrics.leader.set(0);
-            if let Some(task) = c.task.take() {
-                task.abort();
-                let _ = task.await;
-            }
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() {
@@ -126,18 +175,8 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         }
     }
-    if let Some(mut c) = running.take() {
-        c.stop.cancel();
-        // Give in-flight reconciles a moment, then stop writing regardless.
-        if let Some(mut task) = c.task.take()
-            && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-        {
-            warn!("controller did not stop in 5s; aborting it");
-            task.abort();
-        }
-    }
+    // In-flight reconciles may still write while the Lease is held.
+    controller.stop().await;
     leader.store(false, Ordering::SeqCst);
     metrics.leader.set(0);
     drop(rx);

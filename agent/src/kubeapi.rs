@@ -8,10 +8,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use wirekube_crds::{AGENT_MANAGER, WireKubePeer, WireKubePeerStatus};
+use wirekube_kubeclient::WatchRetry;
 
 use crate::status::apply_body;
 
@@ -54,8 +54,9 @@ where
         let cfg = watcher::Config::default()
             .fields(&format!("metadata.name={name}"))
             .timeout(WATCH_TIMEOUT_SECS);
-        let retry = ResetTimerBackoff::new(WatchBackoff::default(), WATCH_RETRY_RESET);
-        let mut stream = watcher::watcher(api, cfg).backoff(retry).boxed();
+        let mut stream = watcher::watcher(api, cfg)
+            .backoff(WATCH_RETRY.backoff())
+            .boxed();
         // Objects seen during a (re)list; absent after InitDone means deleted meanwhile.
         let mut init_seen = false;
         while let Some(ev) = stream.next().await {
@@ -85,54 +86,15 @@ where
     })
 }
 
-/// First retry of a failed watch. kube's default starts at 800 ms and doubles with jitter;
-/// an agent starting on a fresh node typically finds the API server's Service address not
-/// routed yet (kube-proxy still programming it) and lost 3-5 s to that backoff before it
-/// even saw its WireKubePeer (the NAT grid's agents, every one of them).
-pub const WATCH_RETRY_FIRST: Duration = Duration::from_millis(200);
-
-/// Longest wait between retries before jitter, as kube's default: a large cluster whose API
-/// server comes back must not be hammered by every agent.
-pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// The retry delays start over after the watch ran this long without an error.
-const WATCH_RETRY_RESET: Duration = Duration::from_secs(120);
-
-/// The delay before retry number `attempt` (0 = the first): [`WATCH_RETRY_FIRST`] doubling up
-/// to [`WATCH_RETRY_MAX`], stretched by `jitter` (0..1, up to +50 %) so that agents that lost
-/// the API server together do not come back in lock step.
-pub fn watch_retry_delay(attempt: u32, jitter: f64) -> Duration {
-    let base = WATCH_RETRY_FIRST
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(WATCH_RETRY_MAX);
-    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0)
-}
-
-/// [`watch_retry_delay`] as kube's watcher backoff.
-#[derive(Default)]
-struct WatchBackoff {
-    attempt: u32,
-    hasher: std::hash::RandomState,
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        use std::hash::BuildHasher;
-        // A per-process random fraction (RandomState is seeded randomly per process).
-        let jitter = (self.hasher.hash_one(self.attempt) % 1000) as f64 / 1000.0;
-        let d = watch_retry_delay(self.attempt, jitter);
-        self.attempt = self.attempt.saturating_add(1);
-        Some(d)
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+/// How a failed watch retries: from 200 ms (kube's default 800 ms cost a fresh agent 3-5 s
+/// before it saw its WireKubePeer), doubling to 30 s as kube's default, since a large cluster
+/// whose API server comes back must not be hammered by every agent; +0-50 % jitter per agent,
+/// reset after 120 s without an error.
+pub const WATCH_RETRY: WatchRetry = WatchRetry {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(30),
+    reset: Duration::from_secs(120),
+};
 
 /// Starts the watch on this node's WireKubePeer.
 pub fn watch_peer(
@@ -244,36 +206,5 @@ mod tests {
         assert_eq!(token_of(&s), Some(b"abc".to_vec()));
         s.data = Some([(TOKEN_KEY.to_string(), ByteString(b"\n".to_vec()))].into());
         assert_eq!(token_of(&s), None);
-    }
-
-    #[test]
-    fn watch_retries_start_fast_and_back_off_to_thirty_seconds() {
-        let ms = Duration::from_millis;
-        // (attempt, jitter) -> delay
-        for (attempt, jitter, want) in [
-            (0, 0.0, ms(200)),
-            (1, 0.0, ms(400)),
-            (2, 0.0, ms(800)),
-            (3, 0.0, ms(1600)),
-            (7, 0.0, ms(25_600)),
-            (8, 0.0, ms(30_000)),
-            (u32::MAX, 0.0, ms(30_000)),
-            (0, 1.0, ms(300)),
-            (8, 1.0, ms(45_000)),
-            (2, 0.5, ms(1000)),
-            (2, 7.0, ms(1200)),
-        ] {
-            assert_eq!(
-                watch_retry_delay(attempt, jitter),
-                want,
-                "{attempt} {jitter}"
-            );
-        }
-        // The first three retries fit in the first 1.4-2.1 s (kube's default: 0.8-5.6 s).
-        let mut b = WatchBackoff::default();
-        let first: Duration = b.by_ref().take(3).sum();
-        assert!((ms(1400)..=ms(2100)).contains(&first), "{first:?}");
-        b.reset();
-        assert!(b.next().is_some_and(|d| d <= ms(300)));
     }
 }

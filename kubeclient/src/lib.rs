@@ -12,6 +12,8 @@
 //! at the first probe) or is lost (detected after the retries). Either way the connection fails,
 //! and the watcher re-watches on a fresh one from its last resource version, so nothing is missed.
 //! The cost is one empty segment and its ACK per idle interval per connection.
+//!
+//! Also here: how a failed watch retries ([`WatchRetry`]), for the same two clients.
 
 #![forbid(unsafe_code)]
 
@@ -131,6 +133,9 @@ pub fn client(config: kube::Config, keepalive: &Keepalive) -> Result<kube::Clien
         .service(http);
     Ok(kube::Client::new(service, config.default_namespace))
 }
+
+mod retry;
+pub use retry::{WatchBackoff, WatchRetry};
 
 #[cfg(test)]
 mod tests;

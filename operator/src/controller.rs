@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wirekube_crds::{MESH_LABEL, OPERATOR_MANAGER, WireKubeMesh, WireKubePeer};
+use wirekube_kubeclient::WatchRetry;
 
 use crate::apply::{RecentWrites, Writer};
 use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, RelayOutcome};
@@ -87,6 +88,17 @@ pub struct Context {
 /// dead). Cost: one watch request per watch per 15 s when nothing changes (six watches here).
 pub const WATCH_TIMEOUT_SECS: u32 = 15;
 
+/// How the operator's watches retry: from 200 ms (on a fresh cluster the first list usually
+/// fails on the API server's not yet routed Service address, and kube's 800 ms start delayed
+/// the first plan by 1-2 s), doubling to 5 s rather than kube's 30 s: one or two replicas with
+/// six watches each cost a down API server about one request a second per replica, and the
+/// mesh is re-planned within 5 s of its return. Reset after 120 s without an error.
+pub const WATCH_RETRY: WatchRetry = WatchRetry {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    reset: Duration::from_secs(120),
+};
+
 fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
 }
@@ -108,7 +120,7 @@ pub async fn run(
             node_writer,
             watcher(Api::<Node>::all(client.clone()), watch_config()),
         )
-        .default_backoff(),
+        .backoff(WATCH_RETRY.backoff()),
         triggers::node_key,
     );
     let node_events = logged_watch("Node", node_events);
@@ -121,7 +133,7 @@ pub async fn run(
                 watch_config().labels(MESH_LABEL),
             ),
         )
-        .default_backoff(),
+        .backoff(WATCH_RETRY.backoff()),
         triggers::peer_key,
     );
     let peer_events = logged_watch("WireKubePeer", peer_events);
@@ -135,7 +147,7 @@ pub async fn run(
             relay_sel.clone(),
         ),
     )
-    .default_backoff()
+    .backoff(WATCH_RETRY.backoff())
     .touched_objects();
     let pod_events = logged_watch("relay Pod", pod_events);
     let recorder = Recorder::new(
@@ -165,7 +177,7 @@ pub async fn run(
         mesh_writer,
         watcher(Api::<WireKubeMesh>::all(client.clone()), watch_config()),
     )
-    .default_backoff()
+    .backoff(WATCH_RETRY.backoff())
     .applied_objects();
     let ctrl = Controller::for_stream(logged_watch("WireKubeMesh", mesh_events), meshes.clone())
         .with_config(CtrlConfig::default().debounce(settings.debounce));
@@ -194,7 +206,7 @@ pub async fn run(
                 Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
                 relay_sel.clone(),
             )
-            .default_backoff()
+            .backoff(WATCH_RETRY.backoff())
             .touched_objects(),
         ),
         |d| relay_mesh(d.labels()),
@@ -206,7 +218,7 @@ pub async fn run(
                 Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), &ns),
                 relay_sel,
             )
-            .default_backoff()
+            .backoff(WATCH_RETRY.backoff())
             .touched_objects(),
         ),
         |s| relay_mesh(s.labels()),
@@ -243,7 +255,7 @@ fn plan_triggers<K: Resource>(
 }
 
 /// Logs a watch's errors and keeps them from the controller; the watch itself retries on its
-/// own backoff (`default_backoff` before this). Why: the controller wraps all its trigger
+/// own backoff ([`WATCH_RETRY`], before this). Why: the controller wraps all its trigger
 /// streams in one more backoff, which pauses *every* stream while it waits and grows with each
 /// error from any of them. The six watches of one dead connection (the operator's NAT gateway
 /// rebooted) failed together, that shared backoff grew to 0.9 + 2 + 3.5 + 8 + 20 + 28 s, and

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::nodes::{ClusterNode, matches_selector, select_nodes};
 use crate::peer_writes;
 use crate::placement::RelayPlacement;
+use crate::spec_changes;
 use crate::status;
 use crate::triggers::{self, TriggerFilter};
 
@@ -378,6 +379,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         peers_written = writes.applied,
         peers_deleted = writes.removed.len(),
         write_failures = writes.failures.len(),
+        spec_changes = %spec_changes::summary(changes.writes.iter().map(|w| w.changes.as_slice())),
         quarantined = changes.quarantined,
         status_changed,
         relay_ms,

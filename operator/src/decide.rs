@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::managed_relay::{self, RelayKind};
 use crate::nodes::ClusterNode;
 use crate::plan::{self, MeshIssue, PlanOutcome, PlanRequest};
+use crate::spec_changes;
 use crate::status::{self, Cond};
 
 /// A reconcile that stops before anything is planned or written: the status to write (only
@@ -229,6 +230,8 @@ pub struct PeerWrite {
     pub quarantine: Option<String>,
     /// resourceVersion of the stored peer (to skip a write the cache has not caught up with).
     pub observed_rv: Option<String>,
+    /// The spec fields this write changes (`crate::spec_changes`), for the reconcile's log.
+    pub changes: Vec<&'static str>,
 }
 
 impl PeerWrite {
@@ -390,6 +393,7 @@ fn peer_writes(
                 spec: spec.clone(),
                 quarantine,
                 observed_rv: observed.and_then(|p| p.resource_version()),
+                changes: spec_changes::spec_changes(observed.map(|p| &p.spec), spec),
             });
         }
     }

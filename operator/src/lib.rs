@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod peer_writes;
 pub mod placement;
 pub mod plan;
+pub mod spec_changes;
 pub mod status;
 pub mod telemetry;
 #[cfg(test)]

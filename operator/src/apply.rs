@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -21,6 +20,7 @@ use wirekube_crds::{
 use crate::decide::RelayObject;
 use crate::diff::DesiredPeer;
 use crate::error::{Error, Result};
+use crate::leadership::Leadership;
 use crate::managed_relay::{self, hash_json};
 use crate::metrics::Metrics;
 
@@ -57,7 +57,7 @@ pub struct Writer {
     pub client: Client,
     pub namespace: String,
     pub metrics: Metrics,
-    pub leader: Arc<AtomicBool>,
+    pub leader: Arc<Leadership>,
     pub recent: RecentWrites,
 }
 
@@ -67,7 +67,7 @@ fn apply_params() -> PatchParams {
 
 impl Writer {
     fn guard(&self, what: &str) -> Result<()> {
-        if self.leader.load(Ordering::SeqCst) {
+        if self.leader.may_write(crate::leadership::now_ms()) {
             Ok(())
         } else {
             Err(Error::NotLeader(what.to_string()))

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -28,6 +27,7 @@ use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, R
 use crate::diff;
 use crate::error::{Error, Result};
 use crate::events::EventQueue;
+use crate::leadership::Leadership;
 use crate::managed_relay;
 use crate::metrics::Metrics;
 use crate::nodes::{ClusterNode, matches_selector, select_nodes};
@@ -111,7 +111,7 @@ pub async fn run(
     client: Client,
     settings: ControllerSettings,
     metrics: Metrics,
-    leader: Arc<AtomicBool>,
+    leader: Arc<Leadership>,
     leadership_gained: impl Stream<Item = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -283,7 +283,7 @@ fn error_policy(mesh: Arc<WireKubeMesh>, err: &Error, ctx: Arc<Context>) -> Acti
 }
 
 async fn reconcile(mesh: Arc<WireKubeMesh>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
+    if !ctx.writer.leader.is_elected() {
         // A standby: its caches follow the cluster, the leader plans and writes. Gaining the
         // Lease reconciles every mesh (`leadership_gained`).
         return Ok(Action::await_change());
@@ -520,7 +520,7 @@ fn publish_about(
     note: String,
     related: Option<ObjectReference>,
 ) {
-    if !ctx.writer.leader.load(std::sync::atomic::Ordering::SeqCst) {
+    if !ctx.writer.leader.is_elected() {
         return;
     }
     let event = Event {

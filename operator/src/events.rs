@@ -5,13 +5,13 @@
 //! reconcile now queues them and one task publishes them in order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 
 /// Events waiting to be published. Beyond this the newest are dropped (and counted): an API
@@ -32,12 +32,12 @@ pub struct EventQueue {
 impl EventQueue {
     /// Starts the publishing task (it ends when the queue is dropped). Events are published
     /// only while `leader` is set, as every other write.
-    pub fn start(recorder: Recorder, metrics: Metrics, leader: Arc<AtomicBool>) -> Self {
+    pub fn start(recorder: Recorder, metrics: Metrics, leader: Arc<Leadership>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(EVENT_QUEUE);
         let m = metrics.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                if !leader.load(Ordering::SeqCst) {
+                if !leader.may_write(crate::leadership::now_ms()) {
                     continue;
                 }
                 match recorder.publish(&p.event, &p.about).await {

@@ -4,15 +4,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+
 use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::{self, ControllerSettings};
 use crate::error::Result;
+use crate::leadership::{Leadership, LeaseSeen, now_ms};
 use crate::metrics::Metrics;
 
 /// Settings of one operator replica.
@@ -53,7 +57,7 @@ impl Controller {
         client: Client,
         settings: &ControllerSettings,
         metrics: &Metrics,
-        leader: &Arc<AtomicBool>,
+        leader: &Arc<Leadership>,
         gained: mpsc::UnboundedReceiver<()>,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -126,6 +130,53 @@ async fn lease_manager(
     }
 }
 
+/// While this replica is elected, re-reads the Lease every [`crate::leadership::check_interval`] so
+/// that writes stop when the Lease stopped being ours (`Leadership::may_write`), even while
+/// kube-lease-manager still reports it held. Logs when writing stops and resumes.
+async fn check_lease(
+    client: Client,
+    settings: OperatorSettings,
+    leader: Arc<Leadership>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &settings.controller.namespace);
+    let mut writing = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(leader.check_interval()) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if !leader.is_elected() {
+            writing = true;
+            continue;
+        }
+        let read_at_ms = now_ms();
+        match api.get_opt(&settings.lease_name).await {
+            Ok(lease) => {
+                let spec = lease.and_then(|l| l.spec).unwrap_or_default();
+                leader.observe(LeaseSeen {
+                    read_at_ms,
+                    holder: spec.holder_identity,
+                    renewed_ms: spec.renew_time.map(|t| t.0.as_millisecond()),
+                });
+            }
+            Err(e) => debug!(error = %e, "reading the Lease"),
+        }
+        let may = leader.may_write(now_ms());
+        if may != writing {
+            writing = may;
+            if may {
+                info!("the Lease is ours again: writing resumes");
+            } else {
+                warn!(
+                    "the Lease is no longer ours (another holder, or expired by our last \
+                     renewal) while the lease manager still reports it held: writes stop"
+                );
+            }
+        }
+    }
+}
+
 /// Runs one replica until `shutdown` is cancelled. The controller starts at once, so its
 /// caches fill while the replica campaigns for the Lease and stay warm on a standby: a new
 /// leader (at start-up, or after a failover) plans from them at once instead of listing every
@@ -139,7 +190,11 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let leader = Arc::new(AtomicBool::new(false));
+    let leader = Arc::new(Leadership::new(
+        settings.controller.identity.clone(),
+        std::time::Duration::from_secs(settings.lease_duration),
+        std::time::Duration::from_secs(grace_for(settings.lease_duration)),
+    ));
     let (gained, gained_rx) = mpsc::unbounded_channel();
     let controller = Controller::start(
         client.clone(),
@@ -155,9 +210,18 @@ pub async fn run(
     ready.store(true, Ordering::SeqCst);
     let (mut rx, lease_task) = manager.watch().await;
     let identity = &settings.controller.identity;
+    let check = tokio::spawn(check_lease(
+        client.clone(),
+        settings.clone(),
+        leader.clone(),
+        shutdown.clone(),
+    ));
     loop {
         let is_leader = *rx.borrow_and_update();
-        let was_leader = leader.swap(is_leader, Ordering::SeqCst);
+        let was_leader = leader.is_elected();
+        if is_leader != was_leader {
+            leader.set_elected(is_leader, now_ms());
+        }
         if is_leader && !was_leader {
             info!(%identity, "leadership acquired: reconciling every mesh");
             metrics.leader.set(1);
@@ -177,7 +241,8 @@ pub async fn run(
     }
     // In-flight reconciles may still write while the Lease is held.
     controller.stop().await;
-    leader.store(false, Ordering::SeqCst);
+    check.abort();
+    leader.set_elected(false, now_ms());
     metrics.leader.set(0);
     drop(rx);
     match lease_task.await {

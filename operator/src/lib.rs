@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod leader;
+pub mod leadership;
 pub mod managed_relay;
 pub mod metrics;
 pub mod nodes;

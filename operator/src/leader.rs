@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
-
-use kube::Client;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -130,9 +128,10 @@ async fn lease_manager(
     }
 }
 
-/// While this replica is elected, re-reads the Lease every [`crate::leadership::check_interval`] so
-/// that writes stop when the Lease stopped being ours (`Leadership::may_write`), even while
-/// kube-lease-manager still reports it held. Logs when writing stops and resumes.
+/// While this replica is elected, re-reads the Lease (every
+/// [`crate::leadership::check_interval`]) so that writes stop when it stopped being ours
+/// (`Leadership::may_write`), even while kube-lease-manager still reports it held. Logs when
+/// writing stops and resumes.
 async fn check_lease(
     client: Client,
     settings: OperatorSettings,

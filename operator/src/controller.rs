@@ -105,8 +105,9 @@ fn watch_config() -> watcher::Config {
 }
 
 /// Runs the mesh controller until `stop` resolves. Every replica runs it from the start, so
-/// its caches are warm whichever becomes leader; only while this replica is `leader` does a reconcile
-/// do anything (plan, write), and each item of `leadership_gained` reconciles every mesh.
+/// its caches are warm whichever becomes leader; only while this replica is `leader` does a
+/// reconcile do anything (plan, write), and each item of `leadership_gained` reconciles every
+/// mesh.
 pub async fn run(
     client: Client,
     settings: ControllerSettings,

@@ -58,12 +58,11 @@ pub fn spec_changes(old: Option<&WireKubePeerSpec>, new: &WireKubePeerSpec) -> V
     let after: BTreeMap<&str, &PeerEntry> = (peers.iter()).map(|e| (e.name.as_str(), e)).collect();
     for (name, entry) in &after {
         match before.get(name) {
-            None => out.insert("peers+"),
-            Some(prev) => {
-                out.extend(entry_changes(prev, entry));
-                false
+            None => {
+                out.insert("peers+");
             }
-        };
+            Some(prev) => out.extend(entry_changes(prev, entry)),
+        }
     }
     if before.keys().any(|name| !after.contains_key(name)) {
         out.insert("peers-");

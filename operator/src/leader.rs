@@ -131,11 +131,13 @@ async fn lease_manager(
 /// While this replica is elected, re-reads the Lease (every
 /// [`crate::leadership::check_interval`]) so that writes stop when it stopped being ours
 /// (`Leadership::may_write`), even while kube-lease-manager still reports it held. Logs when
-/// writing stops and resumes.
+/// writing stops and resumes; on resuming it reconciles every mesh (`gained`), since the
+/// passes refused meanwhile would otherwise wait for their 30 s retry.
 async fn check_lease(
     client: Client,
     settings: OperatorSettings,
     leader: Arc<Leadership>,
+    gained: mpsc::UnboundedSender<()>,
     shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &settings.controller.namespace);
@@ -165,7 +167,8 @@ async fn check_lease(
         if may != writing {
             writing = may;
             if may {
-                info!("the Lease is ours again: writing resumes");
+                info!("the Lease is ours again: writing resumes, reconciling every mesh");
+                let _ = gained.send(());
             } else {
                 warn!(
                     "the Lease is no longer ours (another holder, or expired by our last \
@@ -213,6 +216,7 @@ pub async fn run(
         client.clone(),
         settings.clone(),
         leader.clone(),
+        gained.clone(),
         shutdown.clone(),
     ));
     loop {

@@ -133,6 +133,25 @@ fn writes_stop_when_the_lease_is_no_longer_ours() {
             env.peer_list().await.iter().all(|p| p.spec.mtu != 1280),
             "the last change was not written"
         );
+
+        // The Lease back in op-a's name (its lease manager never noticed it gone): writing
+        // resumes at the next Lease check, and the refused change is written then, not at
+        // the refused pass's 30 s retry.
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let back = json!({"spec": {"holderIdentity": "op-a", "renewTime": now}});
+        leases
+            .patch("wirekube-operator", &PatchParams::default(), &Patch::Merge(&back))
+            .await
+            .expect("give the Lease back");
+        eventually(
+            Duration::from_secs(15),
+            "the refused change written once the Lease is ours again",
+            || async {
+                let peers = env.peer_list().await;
+                peers.iter().all(|p| p.spec.mtu == 1280).then_some(())
+            },
+        )
+        .await;
         a.kill().await;
     });
 }

@@ -140,7 +140,11 @@ fn writes_stop_when_the_lease_is_no_longer_ours() {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let back = json!({"spec": {"holderIdentity": "op-a", "renewTime": now}});
         leases
-            .patch("wirekube-operator", &PatchParams::default(), &Patch::Merge(&back))
+            .patch(
+                "wirekube-operator",
+                &PatchParams::default(),
+                &Patch::Merge(&back),
+            )
             .await
             .expect("give the Lease back");
         eventually(

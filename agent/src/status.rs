@@ -5,7 +5,7 @@
 //! that refreshes the volatile fields (byte counters, handshake times). Comparing those on
 //! every 1 s stats tick would mean a write per second per node.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -65,11 +65,96 @@ fn stable_view(s: &WireKubePeerStatus) -> WireKubePeerStatus {
     v
 }
 
-/// True when `new` differs from `old` in anything but counters and handshake times.
-pub fn significant_change(old: Option<&WireKubePeerStatus>, new: &WireKubePeerStatus) -> bool {
-    match old {
-        None => true,
-        Some(old) => stable_view(old) != stable_view(new),
+/// The fields in which `new` differs from `old`, counted over the connections
+/// (`connections.rttMicros×3 natType`), for the log line of a status write.
+pub fn changed_fields(old: Option<&WireKubePeerStatus>, new: &WireKubePeerStatus) -> String {
+    let Some(old) = old else {
+        return "first".into();
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut top = |name: &str, differs: bool| {
+        if differs {
+            out.push(name.into());
+        }
+    };
+    top("publicKey", old.public_key != new.public_key);
+    top("candidates", old.candidates != new.candidates);
+    top("natType", old.nat_type != new.nat_type);
+    top("publicIP", old.public_ip != new.public_ip);
+    top("engine", old.engine != new.engine);
+    top("conditions", old.conditions != new.conditions);
+    top(
+        "observedGeneration",
+        old.observed_generation != new.observed_generation,
+    );
+    let mut per_conn: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for c in &new.connections {
+        let Some(o) = old.connections.iter().find(|o| o.name == c.name) else {
+            *per_conn.entry("added").or_default() += 1;
+            continue;
+        };
+        let fields = [
+            ("path", o.path != c.path),
+            ("reason", o.reason != c.reason),
+            ("endpoint", o.endpoint != c.endpoint),
+            (
+                "lastHandshake",
+                o.last_handshake.is_some() != c.last_handshake.is_some(),
+            ),
+            ("fallback", o.fallback != c.fallback),
+            ("transitions", o.transitions != c.transitions),
+            ("rttMicros", o.rtt_micros != c.rtt_micros),
+        ];
+        for (name, differs) in fields {
+            if differs {
+                *per_conn.entry(name).or_default() += 1;
+            }
+        }
+    }
+    let removed = (old.connections.iter())
+        .filter(|o| !new.connections.iter().any(|c| c.name == o.name))
+        .count();
+    if removed > 0 {
+        per_conn.insert("removed", removed);
+    }
+    out.extend(per_conn.iter().map(|(k, n)| format!("connections.{k}×{n}")));
+    out.join(" ")
+}
+
+/// A change that only moves round-trip times waits this long after the last write (or rides
+/// along with the next other change). The first RTT samples of a node's peers come one by
+/// one over its first 10 s; written each at once, they were a third of the 30-node lab's
+/// status writes during its start-up, and the API server was the bottleneck.
+pub const RTT_ONLY_EVERY: Duration = Duration::from_secs(30);
+
+/// The status without round-trip times, for comparison.
+fn without_rtt(mut s: WireKubePeerStatus) -> WireKubePeerStatus {
+    for c in &mut s.connections {
+        c.rtt_micros = None;
+    }
+    s
+}
+
+/// Whether `new` is to be written, given the status last written and when: always the first,
+/// then on a significant change at once, on a change of round-trip times only after
+/// [`RTT_ONLY_EVERY`], and otherwise once `heartbeat` has passed.
+pub fn write_due(
+    last: Option<(&WireKubePeerStatus, Instant)>,
+    new: &WireKubePeerStatus,
+    now: Instant,
+    heartbeat: Duration,
+) -> bool {
+    let Some((old, at)) = last else {
+        return true;
+    };
+    let (old, new) = (stable_view(old), stable_view(new));
+    let since = now.duration_since(at);
+    if old == new {
+        since >= heartbeat
+    } else if without_rtt(old) == without_rtt(new) {
+        since >= RTT_ONLY_EVERY.min(heartbeat)
+    } else {
+        true
     }
 }
 
@@ -86,7 +171,6 @@ pub fn apply_body(name: &str, status: &WireKubePeerStatus) -> serde_json::Value 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use wirekube_crds::{NatType, PathReason, conditions as ct};
 
     fn conn(name: &str, path: ActualPath) -> PeerConnection {
@@ -97,6 +181,12 @@ mod tests {
             endpoint: Some("198.18.0.31:51820".into()),
             ..Default::default()
         }
+    }
+
+    /// Written at once (no heartbeat, no RTT wait).
+    fn significant_change(old: Option<&WireKubePeerStatus>, new: &WireKubePeerStatus) -> bool {
+        let t = Instant::now();
+        write_due(old.map(|o| (o, t)), new, t, Duration::from_secs(60))
     }
 
     #[test]
@@ -122,6 +212,107 @@ mod tests {
         d.nat_type = NatType::Symmetric;
         assert!(significant_change(Some(&a), &d));
         assert!(significant_change(None, &a));
+    }
+
+    #[test]
+    fn write_due_first_on_change_and_on_heartbeat() {
+        let beat = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let a = WireKubePeerStatus {
+            connections: vec![conn("x", ActualPath::Direct)],
+            ..Default::default()
+        };
+        let mut counters = a.clone();
+        counters.connections[0].rx_bytes = 7;
+        let mut moved = a.clone();
+        moved.connections[0].path = ActualPath::Relay;
+        let mut rtt = a.clone();
+        rtt.connections[0].rtt_micros = Some(900);
+        let mut rtt_and_moved = rtt.clone();
+        rtt_and_moved.connections[0].path = ActualPath::Relay;
+        let rtt_wait = RTT_ONLY_EVERY;
+        let cases = [
+            ("never written", None, &a, Duration::ZERO, true),
+            ("same, at once", Some((&a, t0)), &a, Duration::ZERO, false),
+            (
+                "counters only",
+                Some((&a, t0)),
+                &counters,
+                Duration::from_secs(59),
+                false,
+            ),
+            (
+                "counters, heartbeat due",
+                Some((&a, t0)),
+                &counters,
+                beat,
+                true,
+            ),
+            ("same, heartbeat due", Some((&a, t0)), &a, beat, true),
+            (
+                "path changed, at once",
+                Some((&a, t0)),
+                &moved,
+                Duration::ZERO,
+                true,
+            ),
+            (
+                "rtt only, at once",
+                Some((&a, t0)),
+                &rtt,
+                Duration::ZERO,
+                false,
+            ),
+            (
+                "rtt only, just before",
+                Some((&a, t0)),
+                &rtt,
+                rtt_wait - Duration::from_millis(1),
+                false,
+            ),
+            ("rtt only, when due", Some((&a, t0)), &rtt, rtt_wait, true),
+            (
+                "rtt and path, at once",
+                Some((&a, t0)),
+                &rtt_and_moved,
+                Duration::ZERO,
+                true,
+            ),
+            (
+                "rtt gone with the path",
+                Some((&rtt, t0)),
+                &moved,
+                Duration::ZERO,
+                true,
+            ),
+        ];
+        for (name, last, new, after, want) in cases {
+            assert_eq!(write_due(last, new, t0 + after, beat), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn changed_fields_names_what_moved() {
+        let a = WireKubePeerStatus {
+            connections: vec![conn("x", ActualPath::Direct), conn("y", ActualPath::Direct)],
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.nat_type = NatType::Symmetric;
+        b.connections[0].rtt_micros = Some(900);
+        b.connections[1].rtt_micros = Some(800);
+        b.connections[1].path = ActualPath::Relay;
+        b.connections.push(conn("z", ActualPath::Relay));
+        assert_eq!(changed_fields(None, &a), "first");
+        assert_eq!(changed_fields(Some(&a), &a), "");
+        assert_eq!(
+            changed_fields(Some(&a), &b),
+            "natType connections.added×1 connections.path×1 connections.rttMicros×2"
+        );
+        assert_eq!(
+            changed_fields(Some(&b), &a),
+            "natType connections.path×1 connections.removed×1 connections.rttMicros×2"
+        );
     }
 
     #[test]

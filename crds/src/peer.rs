@@ -192,7 +192,8 @@ pub struct PeerConnection {
     /// Smoothed round-trip time to the peer over the path in use (direct, or through the
     /// relay), in microseconds: a datagram through the tunnel to the peer's mesh IP and the
     /// peer kernel's ICMP answer back (RFC 6298-style SRTT). Republished only when it moved
-    /// by 5 ms and 20 %; absent while the pair is not up or before the first sample.
+    /// by 5 ms and 20 %, and a change of RTTs alone is written at most every 30 s; absent
+    /// while the pair is not up or before the first sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_micros: Option<u32>,
 }

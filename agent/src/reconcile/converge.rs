@@ -54,7 +54,7 @@ impl Agent {
         self.reconcile_mss(&spec.interface_name).await;
         let st = self.build_status(peer, &stats, now, now_sys);
         self.metrics.observe_status(&st, now_sys);
-        self.maybe_patch(st, now).await;
+        self.submit_status(st);
     }
 
     /// Clamps the MSS of TCP forwarded through the mesh (once per interface name; again after

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use wirekube_crds::{Engine, WireKubePeer, WireKubePeerStatus};
+use wirekube_crds::{Engine, WireKubePeer};
 use wirekube_dataplane::{Dataplane, EngineChoice, EngineKind};
 use wirekube_relay_client::Status;
 
@@ -30,6 +30,7 @@ mod liveness_io;
 mod probe_signal;
 mod relay_link;
 mod report;
+mod status_writer;
 
 /// Stats are read this often while a probe runs, so that it is confirmed (or given up) within
 /// its short window rather than at the next regular stats tick.
@@ -124,8 +125,10 @@ pub struct Agent {
     discovery: DiscoveryState,
     /// Discovery rounds in a row in which no STUN server answered.
     discovery_failures: u32,
-    last_status: Option<WireKubePeerStatus>,
-    last_patch: Option<Instant>,
+    /// Writes the statuses this loop builds, off the loop (`status_writer`).
+    status: status_writer::StatusWriter,
+    /// The status built in the last pass (the reference for condition transition times).
+    last_built: Option<wirekube_crds::WireKubePeerStatus>,
     /// Peers of the last spec that were skipped, and why (the `PeersAccepted` condition).
     spec_problems: Vec<String>,
     /// Probe announcements to and from peers (opened once our mesh IP is up).
@@ -153,6 +156,13 @@ impl Agent {
         client: kube::Client,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let status = {
+            let (client, node) = (client.clone(), cfg.node.clone());
+            status_writer::StatusWriter::spawn(cfg.heartbeat, metrics.clone(), move |st| {
+                let (client, node) = (client.clone(), node.clone());
+                async move { kubeapi::patch_status(&client, &node, &st).await }
+            })
+        };
         Self {
             cfg,
             id,
@@ -168,8 +178,8 @@ impl Agent {
             liveness: BTreeMap::new(),
             discovery: DiscoveryState::default(),
             discovery_failures: 0,
-            last_status: None,
-            last_patch: None,
+            status,
+            last_built: None,
             spec_problems: Vec::new(),
             signal: None,
             direct_failed: false,

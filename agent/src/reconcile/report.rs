@@ -1,5 +1,5 @@
 //! Status, the I/O half: gathers what [`crate::step::report`] needs (the relay client's state,
-//! the interface addresses), and applies the result only on change.
+//! the interface addresses); `status_writer` applies the result when it changed.
 
 use std::time::{Instant, SystemTime};
 
@@ -8,8 +8,6 @@ use wirekube_dataplane::PeerStats;
 
 use super::{Agent, engine_of};
 use crate::discovery::candidates;
-use crate::kubeapi;
-use crate::status;
 use crate::step::report::{self, DataplaneFacts, RelayFacts, StatusFacts};
 
 impl Agent {
@@ -32,6 +30,7 @@ impl Agent {
         let public_key = self.id.public_key().to_base64();
         report::build_status(&StatusFacts {
             peer,
+            previous: self.last_built.as_ref(),
             paths: &self.peers,
             stats,
             relay: relay.as_ref(),
@@ -52,23 +51,10 @@ impl Agent {
         })
     }
 
-    pub(super) async fn maybe_patch(&mut self, st: WireKubePeerStatus, now: Instant) {
-        let due = self
-            .last_patch
-            .is_none_or(|t| now.duration_since(t) >= self.cfg.heartbeat);
-        if !due && !status::significant_change(self.last_status.as_ref(), &st) {
-            return;
-        }
-        self.metrics.status_patches.inc();
-        match kubeapi::patch_status(&self.client, &self.cfg.node, &st).await {
-            Ok(()) => {
-                self.last_status = Some(st);
-                self.last_patch = Some(now);
-            }
-            Err(e) => {
-                self.metrics.status_patch_errors.inc();
-                tracing::warn!(error = %e, "status apply failed (will retry)");
-            }
-        }
+    /// Hands the status to the writer, which applies it when it changed (or the heartbeat is
+    /// due); never waits for the API server.
+    pub(super) fn submit_status(&mut self, st: WireKubePeerStatus) {
+        self.last_built = Some(st.clone());
+        self.status.submit(st);
     }
 }

@@ -54,6 +54,10 @@ pub struct DataplaneFacts<'a> {
 pub struct StatusFacts<'a> {
     /// This node's peer object (spec, generation, annotations, the status last read).
     pub peer: &'a WireKubePeer,
+    /// The status this agent built in its previous pass, if any: the conditions' transition
+    /// times carry over from it. The API's copy lags behind while a write is in flight, and a
+    /// condition that flipped would get a new transition time (a new status) every pass.
+    pub previous: Option<&'a WireKubePeerStatus>,
     pub paths: &'a BTreeMap<String, PeerPath>,
     /// WireGuard's per-peer stats read in this pass.
     pub stats: &'a [PeerStats],
@@ -91,11 +95,7 @@ pub fn build_status(f: &StatusFacts<'_>) -> WireKubePeerStatus {
         observed.iter().map(|(n, e)| (n.as_str(), *e)),
     ));
     let generation = f.peer.metadata.generation;
-    let old = f
-        .peer
-        .status
-        .as_ref()
-        .map_or(&[][..], |o| &o.conditions[..]);
+    let old = (f.previous.or(f.peer.status.as_ref())).map_or(&[][..], |o| &o.conditions[..]);
     WireKubePeerStatus {
         observed_generation: generation,
         public_key: Some(f.public_key.to_owned()),

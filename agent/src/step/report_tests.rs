@@ -70,6 +70,7 @@ struct Fixture {
     mss: Option<Result<String, String>>,
     podnet: Option<(Option<PodNet>, Result<(), String>)>,
     problems: Vec<String>,
+    previous: Option<WireKubePeerStatus>,
 }
 
 impl Fixture {
@@ -92,6 +93,7 @@ impl Fixture {
             problems: vec![
                 "peer d: publicKey is also listed for e; all of them are skipped".into(),
             ],
+            previous: None,
         }
     }
 
@@ -99,6 +101,7 @@ impl Fixture {
         let (now, now_sys) = self.run.clock.at(self.run.ms);
         build_status(&StatusFacts {
             peer: &self.peer,
+            previous: self.previous.as_ref(),
             paths: &self.run.paths,
             stats: &self.stats,
             relay: self.relay.as_ref(),
@@ -356,6 +359,32 @@ fn stun_pod_network_and_key_conditions() {
     let mut sorted = types.clone();
     sorted.sort();
     assert_eq!(types, sorted);
+}
+
+/// A condition that flipped keeps the transition time of the pass that saw it flip while the
+/// API still holds the status before (a write in flight): the previous pass's status is the
+/// reference, not the API's copy.
+#[test]
+fn transition_times_carry_over_from_the_previous_pass_not_the_api_copy() {
+    let mut f = Fixture::direct();
+    f.peer.status = Some(f.build());
+    f.error = Some("netlink: busy".into());
+    let flipped = f.build();
+    let at = |st: &WireKubePeerStatus| {
+        cond(st, ct::DATAPLANE_READY)
+            .unwrap()
+            .last_transition_time
+            .clone()
+    };
+    f.previous = Some(flipped.clone());
+    f.run.ms += 5_000;
+    let later = f.build();
+    assert_eq!(cond(&later, ct::DATAPLANE_READY).unwrap().status, "False");
+    assert_eq!(at(&later), at(&flipped), "the flip's time, not this pass's");
+    assert_eq!(later.conditions, flipped.conditions);
+    // Without a previous pass (agent start), the API's copy is the reference.
+    f.previous = None;
+    assert_ne!(at(&f.build()), at(&flipped));
 }
 
 #[test]

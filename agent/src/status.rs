@@ -5,6 +5,7 @@
 //! that refreshes the volatile fields (byte counters, handshake times). Comparing those on
 //! every 1 s stats tick would mean a write per second per node.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -87,7 +88,7 @@ pub fn changed_fields(old: Option<&WireKubePeerStatus>, new: &WireKubePeerStatus
         "observedGeneration",
         old.observed_generation != new.observed_generation,
     );
-    let mut per_conn: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut per_conn: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &new.connections {
         let Some(o) = old.connections.iter().find(|o| o.name == c.name) else {
             *per_conn.entry("added").or_default() += 1;
@@ -230,7 +231,6 @@ mod tests {
         rtt.connections[0].rtt_micros = Some(900);
         let mut rtt_and_moved = rtt.clone();
         rtt_and_moved.connections[0].path = ActualPath::Relay;
-        let rtt_wait = RTT_ONLY_EVERY;
         let cases = [
             ("never written", None, &a, Duration::ZERO, true),
             ("same, at once", Some((&a, t0)), &a, Duration::ZERO, false),
@@ -267,10 +267,16 @@ mod tests {
                 "rtt only, just before",
                 Some((&a, t0)),
                 &rtt,
-                rtt_wait - Duration::from_millis(1),
+                RTT_ONLY_EVERY - Duration::from_millis(1),
                 false,
             ),
-            ("rtt only, when due", Some((&a, t0)), &rtt, rtt_wait, true),
+            (
+                "rtt only, when due",
+                Some((&a, t0)),
+                &rtt,
+                RTT_ONLY_EVERY,
+                true,
+            ),
             (
                 "rtt and path, at once",
                 Some((&a, t0)),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use wirekube_crds::{Engine, WireKubePeer, WireKubePeerStatus};
+use wirekube_crds::{Engine, WireKubePeer};
 use wirekube_dataplane::{Dataplane, EngineChoice, EngineKind};
 use wirekube_relay_client::Status;
 
@@ -127,8 +127,6 @@ pub struct Agent {
     discovery_failures: u32,
     /// Writes the statuses this loop builds, off the loop (`status_writer`).
     status: status_writer::StatusWriter,
-    /// The status built in the last pass (the reference for condition transition times).
-    last_built: Option<WireKubePeerStatus>,
     /// Peers of the last spec that were skipped, and why (the `PeersAccepted` condition).
     spec_problems: Vec<String>,
     /// Probe announcements to and from peers (opened once our mesh IP is up).
@@ -179,7 +177,6 @@ impl Agent {
             discovery: DiscoveryState::default(),
             discovery_failures: 0,
             status,
-            last_built: None,
             spec_problems: Vec::new(),
             signal: None,
             direct_failed: false,

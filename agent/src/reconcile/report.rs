@@ -28,9 +28,11 @@ impl Agent {
         });
         let local_addrs = candidates::local_addrs().unwrap_or_default();
         let public_key = self.id.public_key().to_base64();
+        // The previous pass's status: the writer holds it.
+        let previous = self.status.submitted();
         report::build_status(&StatusFacts {
             peer,
-            previous: self.last_built.as_ref(),
+            previous: previous.as_ref(),
             paths: &self.peers,
             stats,
             relay: relay.as_ref(),
@@ -53,8 +55,7 @@ impl Agent {
 
     /// Hands the status to the writer, which applies it when it changed (or the heartbeat is
     /// due); never waits for the API server.
-    pub(super) fn submit_status(&mut self, st: WireKubePeerStatus) {
-        self.last_built = Some(st.clone());
+    pub(super) fn submit_status(&self, st: WireKubePeerStatus) {
         self.status.submit(st);
     }
 }

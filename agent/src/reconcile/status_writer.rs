@@ -48,6 +48,12 @@ impl StatusWriter {
     pub fn submit(&self, status: WireKubePeerStatus) {
         self.latest.send_replace(Some(status));
     }
+
+    /// The status last submitted (written or not). A short read lock: hold it only while
+    /// building the next status.
+    pub fn submitted(&self) -> watch::Ref<'_, Option<WireKubePeerStatus>> {
+        self.latest.borrow()
+    }
 }
 
 impl Drop for StatusWriter {

@@ -42,7 +42,7 @@ images: build
 	./scripts/build-images.sh
 
 lint-scripts:
-	shellcheck scripts/build-images.sh scripts/build-go-tool.sh scripts/lab-capture.sh e2e/kind/run.sh e2e/kind/check.sh
+	shellcheck scripts/build-images.sh scripts/build-go-tool.sh scripts/lab-capture.sh scripts/lab-profile.sh e2e/kind/run.sh e2e/kind/check.sh
 
 # Integration tests spawn the operator, agent, relay and API server binaries, so build them first.
 test: deps k8s tools build

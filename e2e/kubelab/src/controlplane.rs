@@ -77,6 +77,12 @@ rules:
   - level: None
 ";
 
+/// `WIREKUBE_LAB_PROFILING=1` serves the API server's `/debug/pprof/` (CPU profiles of a lab
+/// run, docs/lab.md); off otherwise, as on a hardened cluster.
+fn profiling_enabled() -> bool {
+    std::env::var("WIREKUBE_LAB_PROFILING").is_ok_and(|v| v == "1")
+}
+
 /// Shape of the lab cluster.
 #[derive(Clone, Debug)]
 pub struct ControlPlaneConfig {
@@ -293,7 +299,7 @@ impl ControlPlane {
             .arg(format!("--audit-log-path={}", self.audit_log().display()))
             .arg("--audit-log-format=json")
             .arg("--audit-log-mode=blocking")
-            .arg("--profiling=false")
+            .arg(format!("--profiling={}", profiling_enabled()))
             .arg("--v=1");
         let p = lab.spawn(&self.host, cmd)?;
         self.write_kubeconfig("admin", "kubernetes-admin", &["system:masters"])?;

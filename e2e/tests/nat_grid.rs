@@ -14,29 +14,54 @@ use wirekube_e2e::scenario::{Options, PairReport, Scenario, grid, report};
 
 #[test]
 fn nat_grid_every_pair_of_nat_kinds() {
-    run_grid(grid::topology(), Duration::from_secs(180));
+    run_grid(grid::topology(), Duration::from_secs(180), false);
 }
 
 /// The start-up benchmark above ten nodes (issue 16; docs/benchmarks.md): the grid with
 /// `WIREKUBE_GRID_COPIES` (default 2, at most 9) nodes of every kind, checked like the grid.
-/// Not in `make test`: 20 nodes take about as long as the rest of the scenario suite.
+/// Not in `make test`: 20 nodes take about as long as the rest of the scenario suite. Name the
+/// test when running ignored ones: each is a whole lab, and two at once share the two cores.
 #[test]
-#[ignore = "benchmark: cargo test -p wirekube-e2e --test nat_grid -- --ignored --nocapture"]
+#[ignore = "benchmark: cargo test -p wirekube-e2e --test nat_grid -- --ignored --nocapture nat_grid_scaled_startup"]
 fn nat_grid_scaled_startup() {
-    let copies = match std::env::var("WIREKUBE_GRID_COPIES") {
+    let copies = grid_copies();
+    run_grid(
+        grid::topology_scaled(copies),
+        Duration::from_secs(120 + 60 * copies as u64),
+        false,
+    );
+}
+
+/// The same grid, but WireKube installed on a running cluster: the nodes (lab kubelets,
+/// kube-proxies) start first and settle (Ready, pod CIDRs), then `kubectl apply -k` and the
+/// mesh; the agents start together. The boot above measures WireKube while 30 nodes register.
+#[test]
+#[ignore = "benchmark: cargo test -p wirekube-e2e --test nat_grid -- --ignored --nocapture nat_grid_scaled_install"]
+fn nat_grid_scaled_install_on_running_cluster() {
+    let copies = grid_copies();
+    run_grid(
+        grid::topology_scaled(copies),
+        Duration::from_secs(120 + 60 * copies as u64),
+        true,
+    );
+}
+
+/// `WIREKUBE_GRID_COPIES` (default 2, 1 to 9).
+fn grid_copies() -> usize {
+    match std::env::var("WIREKUBE_GRID_COPIES") {
         Err(_) => 2,
         Ok(v) => match v.parse::<usize>() {
             Ok(n @ 1..=9) => n,
             _ => panic!("WIREKUBE_GRID_COPIES={v}: give a number of copies from 1 to 9"),
         },
-    };
-    run_grid(
-        grid::topology_scaled(copies),
-        Duration::from_secs(120 + 60 * copies as u64),
-    );
+    }
 }
 
-fn run_grid(topo: wirekube_e2e::scenario::Topology, converge_timeout: Duration) {
+fn run_grid(
+    topo: wirekube_e2e::scenario::Topology,
+    converge_timeout: Duration,
+    install_after_nodes: bool,
+) {
     assert!(
         wirekube_lab::is_root(),
         "the NAT grid needs root (network namespaces)"
@@ -48,6 +73,7 @@ fn run_grid(topo: wirekube_e2e::scenario::Topology, converge_timeout: Duration) 
         converge_timeout,
         transfer_bytes: 256 << 10,
         progress: Box::new(|m| eprintln!("[nat-grid] {m}")),
+        install_after_nodes,
         ..Options::default()
     };
     let mut sc = Scenario::build(topo, opts).unwrap_or_else(|e| panic!("{e:#}"));

@@ -81,6 +81,11 @@ pub struct Options {
     /// NAME=VALUE added to every container's environment on one node (node name → pairs),
     /// through its lab kubelet: test-only knobs such as an agent's clock offset.
     pub node_env: BTreeMap<String, Vec<(String, String)>>,
+    /// Start every node (lab kubelet, kube-proxy) and wait until the Nodes are Ready with pod
+    /// CIDRs before installing WireKube: WireKube installed on a running cluster, its agents
+    /// starting together. Otherwise (the default) the nodes boot with WireKube installed.
+    /// Not with `pod_network` (the nodes' pod network comes from the agents).
+    pub install_after_nodes: bool,
 }
 
 impl Default for Options {
@@ -99,6 +104,7 @@ impl Default for Options {
             chart: false,
             install: None,
             node_env: BTreeMap::new(),
+            install_after_nodes: false,
         }
     }
 }
@@ -169,6 +175,22 @@ impl Scenario {
             "starting the control plane in the DMZ (etcd, kube-apiserver, controllers, scheduler)",
         );
         let kube = KubeLab::start_in(lab.clone(), dmz.clone())?;
+        let running_nodes = if opts.install_after_nodes {
+            if opts.pod_network {
+                bail!("install_after_nodes: the nodes' pod network comes from the agents");
+            }
+            (opts.progress)(&format!(
+                "starting {} lab kubelets and kube-proxies; WireKube is installed once they run",
+                hosts.len()
+            ));
+            let n = start_nodes(&lab, &kube, &topo, &hosts, false, &opts.node_env)?;
+            setup::wait_nodes_settled(&kube, hosts.len(), Duration::from_secs(180))?;
+            Some(n)
+        } else {
+            None
+        };
+        // The agents start once WireKube is installed on running nodes, or with the nodes.
+        let install_started = (Instant::now(), jiff::Timestamp::now());
         let install = if opts.pod_network {
             "config/pod-network"
         } else {
@@ -223,13 +245,21 @@ impl Scenario {
         let mut mesh = mesh_for(&topo, &dmz);
         mesh.spec.pod_network.enabled = opts.pod_network;
         kube.admin.apply_mesh(&mesh)?;
-        (opts.progress)(&format!(
-            "starting {} lab kubelets and kube-proxies; the operator and agents run as their pods",
-            hosts.len()
-        ));
-        let agents_started = Instant::now();
-        let agents_started_wall = jiff::Timestamp::now();
-        let kube_nodes = start_nodes(&lab, &kube, &topo, &hosts, opts.pod_network, &opts.node_env)?;
+        let ((agents_started, agents_started_wall), kube_nodes) = match running_nodes {
+            Some(n) => (install_started, n),
+            None => {
+                (opts.progress)(&format!(
+                    "starting {} lab kubelets and kube-proxies; the operator and agents run as their pods",
+                    hosts.len()
+                ));
+                let started = (Instant::now(), jiff::Timestamp::now());
+                let pod_network = opts.pod_network;
+                (
+                    started,
+                    start_nodes(&lab, &kube, &topo, &hosts, pod_network, &opts.node_env)?,
+                )
+            }
+        };
 
         let timings = Timings {
             lab_build,

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wirekube_crds::{
@@ -14,7 +15,7 @@ use wirekube_crds::{
     WireKubeMeshSpec,
 };
 use wirekube_kubelab::node::{ImageMap, LabNode, NodeSpec};
-use wirekube_lab::{Host, Lab, Proc};
+use wirekube_lab::{Host, Lab, Proc, wait_for};
 use wirekube_relay_proto::flags::RelayFlags;
 
 use super::super::bins::binary;
@@ -39,6 +40,25 @@ fn image_map() -> Result<ImageMap> {
         images.push((image.into(), PathBuf::from(bin)));
     }
     Ok(images)
+}
+
+/// Waits until the cluster has `count` Nodes, each Ready and with its pod CIDR allocated: a
+/// running cluster, for a scenario that installs WireKube after its nodes
+/// (`Options::install_after_nodes`).
+pub(crate) fn wait_nodes_settled(kube: &KubeLab, count: usize, timeout: Duration) -> Result<()> {
+    let what = format!("{count} Nodes Ready with a pod CIDR");
+    wait_for(timeout, &what, || {
+        let nodes = kube.admin.nodes().ok()?;
+        let settled = nodes.iter().filter(|n| {
+            let ready = (n.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let cidr = n.spec.as_ref().is_some_and(|s| s.pod_cidr.is_some());
+            ready && cidr
+        });
+        (settled.count() == count).then_some(())
+    })?;
+    Ok(())
 }
 
 /// Starts the lab kubelet and kube-proxy of every node (registering the Nodes with their site

@@ -91,12 +91,11 @@ impl Dataplane {
     /// Asks the next reconcile to re-create the peer if it never completed a handshake (no
     /// session to lose): clears the engine's one-initiation-per-5-s rate limit, so that a
     /// datagram sent right after starts a handshake at once (see `diff::wg_changes`).
-    /// [`Restart::Unconfirmed`] also re-creates a peer with a session (see there).
+    /// [`Restart::Crossed`] and [`Restart::Unconfirmed`] re-create more (see there); asked
+    /// twice, the stronger one is kept.
     pub fn restart_handshake(&mut self, public_key: &[u8; 32], how: Restart) {
         let e = self.restart.entry(*public_key).or_insert(how);
-        if how == Restart::Unconfirmed {
-            *e = how;
-        }
+        *e = (*e).max(how);
     }
 
     /// Converges WireGuard and netlink state to `iface` + `peers`: reads the current state,

@@ -144,11 +144,20 @@ fn roamed(c: &PeerState, written: Option<&Option<SocketAddr>>) -> bool {
     written.map_or(c.endpoint.is_some(), |w| c.endpoint != *w)
 }
 
-/// A handshake restart the agent asked for (`Dataplane::restart_handshake`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A handshake restart the agent asked for (`Dataplane::restart_handshake`), weakest first:
+/// asked twice in one pass, the stronger one is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Restart {
     /// Only if the peer never received anything (`nothing_to_lose`).
     Unused,
+    /// Also if it received something, as long as no handshake completed and its endpoint is
+    /// the one we wrote: a direct pair whose two sides initiated at once. Each side answered
+    /// the other's initiation, which replaced its own handshake state, so each dropped the
+    /// answer to its own, and both waited for WireGuard's 5 s retry (wireguard-go's log in
+    /// the NAT grid: "Received handshake initiation", "Sending handshake response", then
+    /// nothing for 5 s on both ends). A fresh initiation from one side completes at once.
+    /// Only one side of a pair asks for this (two restarting sides cross again).
+    Crossed,
     /// Also if it received something or completed a handshake, as long as its endpoint is
     /// the one we wrote: a pair on the relay whose requests get no answer (crossed
     /// initiations left a session that carries one direction or none; the agent's
@@ -208,8 +217,10 @@ pub(crate) fn wg_changes(
                 let asked = restart.get(&p.public_key).copied();
                 let restart_to = asked.and(p.endpoint.or(c.endpoint));
                 let written = memory.get(&p.public_key);
+                let no_session = c.handshake_sec == 0 && c.handshake_nsec == 0;
                 let recreate = nothing_to_lose(c, written)
-                    || (asked == Some(Restart::Unconfirmed) && !roamed(c, written));
+                    || (asked == Some(Restart::Unconfirmed) && !roamed(c, written))
+                    || (asked == Some(Restart::Crossed) && no_session && !roamed(c, written));
                 if let Some(d) = endpoint.or(restart_to)
                     && recreate
                 {

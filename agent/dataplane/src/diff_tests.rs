@@ -139,7 +139,7 @@ fn restarts(keys: &[[u8; 32]]) -> HashMap<[u8; 32], Restart> {
 }
 
 #[test]
-fn an_unconfirmed_restart_recreates_any_peer_whose_endpoint_is_ours() {
+fn each_restart_kind_recreates_what_it_may_and_never_a_roamed_endpoint() {
     let relay = Some("127.0.0.1:40000");
     let roamed = Some("198.18.0.18:40001");
     let unconfirmed = Some(Restart::Unconfirmed);
@@ -153,6 +153,10 @@ fn an_unconfirmed_restart_recreates_any_peer_whose_endpoint_is_ours() {
         (1_764_000_000, 0, relay, Some(Restart::Unused), false),
         // An endpoint WireGuard roamed to: kept whatever is asked.
         (0, 148, roamed, unconfirmed, false),
+        // Crossed initiations: re-created while no handshake completed, endpoint ours.
+        (0, 148, relay, Some(Restart::Crossed), true),
+        (1_764_000_000, 148, relay, Some(Restart::Crossed), false),
+        (0, 148, roamed, Some(Restart::Crossed), false),
     ];
     for (hs, rx, has, asked, recreated) in cases {
         let mut cur = state_of(&[peer(2, has)]);

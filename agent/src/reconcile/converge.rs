@@ -330,6 +330,8 @@ impl Agent {
             if let Some(p) = self.peers.get(name) {
                 let how = if s.restart_unconfirmed {
                     Restart::Unconfirmed
+                } else if s.restart_crossed {
+                    Restart::Crossed
                 } else {
                     Restart::Unused
                 };

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use wirekube_crds::ActualPath;
-use wirekube_dataplane::{PeerConfig, PeerStats};
+use wirekube_dataplane::{PeerConfig, PeerStats, Restart};
 
 use crate::pathstate::{Observation, PathState, Phase, Transition, Want};
 use crate::rtt::{Rtt, RttTiming};
@@ -133,6 +133,10 @@ pub struct PeerStep {
     /// re-creates the peer even though it answered the peer's initiation or completed a
     /// handshake (`Restart::Unconfirmed`).
     pub restart_unconfirmed: bool,
+    /// The restart is the tie-breaking side's on a direct pair whose initiations crossed:
+    /// re-created although it answered the peer's initiation, as long as no handshake
+    /// completed (`Restart::Crossed`).
+    pub restart_crossed: bool,
     /// Send a liveness or RTT request (then report it with [`PeerPath::request_sent`]).
     pub request: Option<Request>,
     /// Round trips measured from this pass's answers.
@@ -202,8 +206,8 @@ impl PeerPath {
             .flatten();
         self.rtt.on_path(self.state.actual());
         let nothing_to_lose = current.last_handshake.is_none() && sample.rx_bytes == 0;
-        let (trigger, restart_handshake) = self.trigger(nothing_to_lose, now);
-        let restart_unconfirmed = restart_handshake && !nothing_to_lose;
+        let (trigger, restart) =
+            self.trigger(nothing_to_lose, current.last_handshake.is_some(), now);
         PeerStep {
             current,
             endpoint_planned_at: self.endpoint_planned_at,
@@ -213,8 +217,9 @@ impl PeerPath {
             announce_probe,
             reassert_endpoint: probing && current.via_relay,
             trigger,
-            restart_handshake,
-            restart_unconfirmed,
+            restart_handshake: restart.is_some(),
+            restart_unconfirmed: restart == Some(Restart::Unconfirmed),
+            restart_crossed: restart == Some(Restart::Crossed),
             request: self.request_due(now),
             rtt_samples,
             liveness_armed,
@@ -346,11 +351,29 @@ impl PeerPath {
     /// left the grid's crossed pairs without traffic for 2-3 s): on the
     /// relay a restart loses nothing (the endpoint is our own bridge socket), and the other
     /// side answers the fresh initiation.
-    fn trigger(&mut self, nothing_to_lose: bool, now: Instant) -> (Option<IpAddr>, bool) {
+    ///
+    /// Direct pairs cross too: both sides initiate when both get the plan at once, each
+    /// answers the other's initiation, and neither session completes until WireGuard's 5 s
+    /// retry (wireguard-go's log in the NAT grid; the 10-node start-up's 7-14 s tails). So
+    /// while connecting with something received but no handshake, the tie-breaking side
+    /// restarts every [`CONNECT_RESTART_EVERY`] too, if it is one that initiates (its planned
+    /// endpoint is the peer's real one); the dataplane re-creates the peer only while no
+    /// handshake completed and WireGuard has not roamed off that endpoint (`Restart::Crossed`).
+    fn trigger(
+        &mut self,
+        nothing_to_lose: bool,
+        handshook: bool,
+        now: Instant,
+    ) -> (Option<IpAddr>, Option<Restart>) {
         let probing = matches!(self.state.phase(), Phase::Probing { .. });
         let relay_young = self.relay_young(now);
         let unconfirmed =
             !nothing_to_lose && self.relay_unconfirmed(now) && self.target.breaks_ties;
+        let crossed = !nothing_to_lose
+            && !handshook
+            && self.state.actual() == ActualPath::Connecting
+            && self.target.initiate
+            && self.target.breaks_ties;
         // Only the side that must initiate restarts while connecting: the other one (the
         // cone side of a cone <-> symmetric pair) learns the peer's real port by roaming
         // when the peer's initiation arrives, and a restart that raced with that arrival
@@ -358,10 +381,20 @@ impl PeerPath {
         // the grid's addr-cone <-> lan-a pair then sent every later initiation to a closed
         // port and took the relay and a probe (31 s). Its 5 s triggers still open its NAT.
         let unused = nothing_to_lose && (relay_young || self.target.initiate);
-        let restart = !probing && (unused || unconfirmed);
+        let restart = if probing {
+            None
+        } else if unconfirmed {
+            Some(Restart::Unconfirmed)
+        } else if crossed {
+            Some(Restart::Crossed)
+        } else if unused {
+            Some(Restart::Unused)
+        } else {
+            None
+        };
         let every = if probing {
             PROBE_TRIGGER_EVERY
-        } else if restart {
+        } else if restart.is_some() {
             CONNECT_RESTART_EVERY
         } else {
             CONNECT_TRIGGER_EVERY
@@ -371,7 +404,7 @@ impl PeerPath {
             .is_none_or(|t| now.duration_since(t) >= every);
         let attempting = self.attempting() || (relay_young && (unused || unconfirmed));
         let Some(ip) = self.target.mesh_ip.filter(|_| attempting && due) else {
-            return (None, false);
+            return (None, None);
         };
         self.last_trigger = Some(now);
         (Some(ip), restart)

@@ -70,6 +70,55 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
 }
 
 #[test]
+fn crossed_direct_initiations_are_restarted_by_the_tie_breaking_initiator_only() {
+    let connecting = ActualPath::Connecting;
+    // (ms after start, trigger sent, handshake restarted)
+    let tie_breaker = [
+        (0, true, true),
+        (500, false, false),
+        (1_000, true, true),
+        (2_000, true, true),
+        (9_000, true, true),
+    ];
+    let five_s = [
+        (0, true, false),
+        (1_000, false, false),
+        (5_000, true, false),
+        (9_000, false, false),
+    ];
+    // (this side initiates, breaks ties, rows): the peer's initiation arrived (148 bytes),
+    // no handshake completed.
+    for (initiate, breaks_ties, rows) in [
+        (true, true, &tie_breaker[..]),
+        (true, false, &five_s[..]),
+        // The side that waits for the peer (cone side of cone <-> symmetric): a restart
+        // could undo its roam to the peer's real port.
+        (false, true, &five_s[..]),
+    ] {
+        let mut t = target(1, PlannedPath::Direct, true);
+        t.initiate = initiate;
+        t.breaks_ties = breaks_ties;
+        let mut r = Run::new(t, false);
+        let obs = r.wg(DIRECT_EP, None, 148, 0);
+        for &(ms, trigger, restart) in rows {
+            let s = r.step_at(ms, &obs);
+            let at = format!("at {ms} ms, initiate {initiate}, ties {breaks_ties}");
+            assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
+            assert_eq!(s.restart_handshake, restart, "{at}");
+            assert_eq!(s.restart_crossed, restart, "{at}");
+            assert!(!s.restart_unconfirmed, "{at}");
+            assert_eq!(r.path().state.actual(), connecting, "{at}");
+        }
+    }
+    // Once a handshake completed, no more restarts.
+    let mut t = target(1, PlannedPath::Direct, true);
+    t.breaks_ties = true;
+    let mut r = Run::new(t, false);
+    let s = r.step_at(1_000, &r.wg(DIRECT_EP, Some(-500), 148, 0));
+    assert!(!s.restart_handshake);
+}
+
+#[test]
 fn a_relay_pair_is_restarted_until_a_request_is_answered_through_it() {
     // Rows of (ms, trigger and restart, an RTT request).
     let never = [

@@ -7,9 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
 use wirekube_crds::{WireKubePeer, WireKubePeerSpec};
-use wirekube_dataplane::{
-    Dataplane, InterfaceConfig, PeerConfig, PeerStats, ReconcileReport, Restart,
-};
+use wirekube_dataplane::{Dataplane, InterfaceConfig, PeerConfig, PeerStats, ReconcileReport};
 
 use super::Agent;
 use super::liveness_io::LivenessSocket;
@@ -326,15 +324,8 @@ impl Agent {
                 dp.reassert_endpoint(p.target.key.as_bytes());
             }
         }
-        for (name, s) in steps.iter().filter(|(_, s)| s.restart_handshake) {
-            if let Some(p) = self.peers.get(name) {
-                let how = if s.restart_unconfirmed {
-                    Restart::Unconfirmed
-                } else if s.restart_crossed {
-                    Restart::Crossed
-                } else {
-                    Restart::Unused
-                };
+        for (name, s) in steps.iter() {
+            if let (Some(how), Some(p)) = (s.restart, self.peers.get(name)) {
                 dp.restart_handshake(p.target.key.as_bytes(), how);
             }
         }

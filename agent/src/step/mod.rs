@@ -36,7 +36,7 @@ pub const PROBE_TRIGGER_EVERY: Duration = Duration::from_millis(300);
 pub const CONNECT_TRIGGER_EVERY: Duration = Duration::from_secs(5);
 
 /// Trigger cadence while connecting to a peer WireGuard never completed a handshake with:
-/// each trigger follows a handshake restart ([`PeerStep::restart_handshake`]), which lifts
+/// each trigger follows a handshake restart ([`PeerStep::restart`]), which lifts
 /// WireGuard's one initiation per 5 s. An initiation that the peer dropped because it had not
 /// configured us yet (the operator writes the specs one after another), or that our own NAT
 /// could not deliver yet, is repeated within this interval instead of after 5 s.
@@ -125,18 +125,13 @@ pub struct PeerStep {
     pub reassert_endpoint: bool,
     /// Send one datagram into the tunnel to this mesh IP (after the dataplane write).
     pub trigger: Option<IpAddr>,
-    /// Before the trigger, re-create the WireGuard peer if it never completed a handshake
-    /// (the dataplane checks that again), so that the trigger's initiation is not held back
-    /// by an earlier attempt ([`CONNECT_RESTART_EVERY`]).
-    pub restart_handshake: bool,
-    /// The restart is the tie-breaking side's on an unconfirmed relay pair: the dataplane
-    /// re-creates the peer even though it answered the peer's initiation or completed a
-    /// handshake (`Restart::Unconfirmed`).
-    pub restart_unconfirmed: bool,
-    /// The restart is the tie-breaking side's on a direct pair whose initiations crossed:
-    /// re-created although it answered the peer's initiation, as long as no handshake
-    /// completed (`Restart::Crossed`).
-    pub restart_crossed: bool,
+    /// Before the trigger, re-create the WireGuard peer, and under which condition
+    /// (`Restart`: `Unused` if it never received anything, so that the trigger's initiation
+    /// is not held back by an earlier attempt, [`CONNECT_RESTART_EVERY`]; `Crossed` on a
+    /// direct pair whose initiations crossed, as long as no handshake completed;
+    /// `Unconfirmed` on the tie-breaking side of an unconfirmed relay pair, even over a
+    /// session). The dataplane checks the condition again when it writes.
+    pub restart: Option<Restart>,
     /// Send a liveness or RTT request (then report it with [`PeerPath::request_sent`]).
     pub request: Option<Request>,
     /// Round trips measured from this pass's answers.
@@ -217,9 +212,7 @@ impl PeerPath {
             announce_probe,
             reassert_endpoint: probing && current.via_relay,
             trigger,
-            restart_handshake: restart.is_some(),
-            restart_unconfirmed: restart == Some(Restart::Unconfirmed),
-            restart_crossed: restart == Some(Restart::Crossed),
+            restart,
             request: self.request_due(now),
             rtt_samples,
             liveness_armed,

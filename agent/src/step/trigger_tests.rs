@@ -63,7 +63,7 @@ fn a_connecting_pair_triggers_every_1_s_with_restart_until_a_handshake_then_ever
             let s = r.step_at(ms, &obs);
             let at = format!("at {ms} ms, handshake {hs:?}, rx {rx}");
             assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
-            assert_eq!(s.restart_handshake, restart, "{at}");
+            assert_eq!(s.restart.is_some(), restart, "{at}");
             assert_eq!(r.path().state.actual(), path, "{at}");
         }
     }
@@ -104,9 +104,9 @@ fn crossed_direct_initiations_are_restarted_by_the_tie_breaking_initiator_only()
             let s = r.step_at(ms, &obs);
             let at = format!("at {ms} ms, initiate {initiate}, ties {breaks_ties}");
             assert_eq!(s.trigger, trigger.then(mesh_ip).flatten(), "{at}");
-            assert_eq!(s.restart_handshake, restart, "{at}");
-            assert_eq!(s.restart_crossed, restart, "{at}");
-            assert!(!s.restart_unconfirmed, "{at}");
+            assert_eq!(s.restart.is_some(), restart, "{at}");
+            assert_eq!((s.restart == Some(Restart::Crossed)), restart, "{at}");
+            assert_ne!(s.restart, Some(Restart::Unconfirmed), "{at}");
             assert_eq!(r.path().state.actual(), connecting, "{at}");
         }
     }
@@ -115,7 +115,7 @@ fn crossed_direct_initiations_are_restarted_by_the_tie_breaking_initiator_only()
     t.breaks_ties = true;
     let mut r = Run::new(t, false);
     let s = r.step_at(1_000, &r.wg(DIRECT_EP, Some(-500), 148, 0));
-    assert!(!s.restart_handshake);
+    assert!(s.restart.is_none());
 }
 
 #[test]
@@ -181,9 +181,13 @@ fn a_relay_pair_is_restarted_until_a_request_is_answered_through_it() {
             let s = r.step_at(ms, &obs);
             let at = format!("at {ms} ms, handshake {hs:?}, rx {rx}, ties {breaks_ties}");
             assert_eq!(s.trigger, restart.then(mesh_ip).flatten(), "{at}");
-            assert_eq!(s.restart_handshake, restart, "{at}");
+            assert_eq!(s.restart.is_some(), restart, "{at}");
             let unconfirmed = restart && (rx > 0 || hs.is_some());
-            assert_eq!(s.restart_unconfirmed, unconfirmed, "{at}");
+            assert_eq!(
+                (s.restart == Some(Restart::Unconfirmed)),
+                unconfirmed,
+                "{at}"
+            );
             assert_eq!(s.request, request.then_some(Request::Rtt), "{at}");
             if let Some(req) = s.request {
                 let (now, _) = r.clock.at(ms);

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod kubeapi;
 pub mod liveness;
 pub mod metrics;
+pub mod observation;
 pub mod pathstate;
 pub mod pathtiming;
 pub mod podnet;

@@ -19,12 +19,12 @@
 //! side sent one out, and a lone probe would never pass. Backoffs are `probe_min * 2^k`, so the
 //! slots of two nodes with different backoffs still coincide (every slot of the larger one).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use wirekube_crds::{ActualPath, PlannedPath};
 
 use crate::liveness::Liveness;
+pub use crate::observation::Observation;
 pub use crate::pathtiming::{
     HANDSHAKE_FRESH, PROBE_MIN_DEFAULT, PROBE_WINDOW_MAX, PUNCH_GRACE, Timing,
 };
@@ -43,18 +43,6 @@ pub struct Plan {
     /// The direct path needs a hole punched through NAT filters (planner reasons cone-cone
     /// and cone-symmetric): connecting may take [`PUNCH_GRACE`] longer than `directTimeout`.
     pub punched: bool,
-}
-
-/// One sample of the peer's WireGuard counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Observation {
-    /// Time of the last handshake on the monotonic clock (converted by the caller).
-    pub last_handshake: Option<Instant>,
-    pub endpoint: Option<SocketAddr>,
-    /// The endpoint is a relay bridge socket (or any loopback address).
-    pub via_relay: bool,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
 }
 
 /// Which endpoint the dataplane should give this peer.
@@ -332,7 +320,8 @@ impl PathState {
     pub fn observe(&mut self, obs: &Observation, now: Instant) -> Option<Transition> {
         let on_direct = !obs.via_relay && obs.endpoint.is_some();
         let rx_grew = obs.rx_bytes > self.rx;
-        let direct_traffic = on_direct && self.direct_rx.is_some_and(|p| obs.rx_bytes > p);
+        let direct_traffic =
+            on_direct && obs.live_session(now) && self.direct_rx.is_some_and(|p| obs.rx_bytes > p);
         self.direct_rx = on_direct.then_some(obs.rx_bytes);
         if obs.rx_bytes != self.rx {
             // Counters also reset when the peer is re-added; any change is "activity" (the

@@ -518,3 +518,25 @@ pub(super) fn direct_and_armed() -> Sim {
     assert!(s.ps.liveness_armed(), "the first request arms detection");
     s
 }
+
+#[test]
+fn initiations_arriving_directly_without_a_session_are_no_direct_path() {
+    let mut s = Sim::new(PlannedPath::Direct, true);
+    // Crossed initiations: the peer's arrive on the direct endpoint (rx grows between two
+    // direct samples), ours go out, and no handshake completes yet.
+    s.obs.endpoint = Some(DIRECT.parse().unwrap());
+    for _ in 0..3 {
+        s.traffic(148, 148);
+        s.run(1);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Connecting, "{:?}", s.log);
+    // The restarted initiation completes: Direct, and it stays there.
+    s.handshake(DIRECT);
+    for _ in 0..5 {
+        s.traffic(100, 100);
+        s.run(1);
+    }
+    assert_eq!(s.ps.actual(), ActualPath::Direct, "{:?}", s.log);
+    let causes: Vec<Cause> = s.log.iter().map(|t| t.cause).collect();
+    assert_eq!(causes, [Cause::Handshake]);
+}

@@ -29,9 +29,6 @@ pub enum Error {
     /// This replica is not (or no longer) the leader; it must not write.
     #[error("not the leader: write to {0} skipped")]
     NotLeader(String),
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     /// Some peer writes of a pass failed; the others were written. `first` is one of them.
     #[error("{failed} of {attempted} peer write(s) failed ({nodes}); first: {first}")]
     PeerWrites {
@@ -65,7 +62,6 @@ impl Error {
             Error::MissingField(..) => "missing-field",
             Error::CacheNotSynced(_) => "cache-not-synced",
             Error::NotLeader(_) => "not-leader",
-            Error::Lease(_) => "lease",
             Error::PeerWrites { .. } => "peer-writes",
             Error::Http { .. } => "http",
         }

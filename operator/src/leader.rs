@@ -2,11 +2,10 @@
 //! plans and writes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::controller::{self, ControllerSettings};
 use crate::error::Result;
 use crate::leadership::{Leadership, LeaseSeen, now_ms};
+use crate::lease::{Campaign, LeaseTiming};
 use crate::metrics::Metrics;
 
 /// Settings of one operator replica.
@@ -98,39 +98,9 @@ impl Drop for Controller {
     }
 }
 
-/// Builds the Lease manager, retrying until the Lease is reachable; `None` on shutdown.
-async fn lease_manager(
-    client: &Client,
-    settings: &OperatorSettings,
-    shutdown: &CancellationToken,
-) -> Option<LeaseManager> {
-    // The API server may not be reachable yet when the pod starts (in the lab, kube-proxy had
-    // not routed its Service for the first second): retry instead of exiting, which left the
-    // restart to the kubelet's back-off.
-    let mut wait = std::time::Duration::from_millis(200);
-    loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-            .with_namespace(&settings.controller.namespace)
-            .with_identity(&settings.controller.identity)
-            .with_duration(settings.lease_duration)
-            .with_grace(grace_for(settings.lease_duration))
-            .build()
-            .await;
-        match built {
-            Ok(m) => return Some(m),
-            Err(e) => warn!(error = %e, retry_in = ?wait, "leader election: Lease not reachable"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return None,
-        }
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
-    }
-}
-
 /// While this replica is elected, re-reads the Lease (every
 /// [`crate::leadership::check_interval`]) so that writes stop when it stopped being ours
-/// (`Leadership::may_write`), even while kube-lease-manager still reports it held. Logs when
+/// (`Leadership::may_write`), even while the campaign still reports it held. Logs when
 /// writing stops and resumes; on resuming it reconciles every mesh (`gained`), since the
 /// passes refused meanwhile would otherwise wait for their 30 s retry.
 async fn check_lease(
@@ -172,7 +142,7 @@ async fn check_lease(
             } else {
                 warn!(
                     "the Lease is no longer ours (another holder, or expired by our last \
-                     renewal) while the lease manager still reports it held: writes stop"
+                     renewal) while the campaign still reports it held: writes stop"
                 );
             }
         }
@@ -205,12 +175,19 @@ pub async fn run(
         &leader,
         gained_rx,
     );
-    let Some(manager) = lease_manager(&client, &settings, &shutdown).await else {
-        controller.stop().await;
-        return Ok(());
+    // The API server may not be reachable yet when the pod starts (in the lab, kube-proxy had
+    // not routed its Service for the first second): the campaign retries instead of exiting,
+    // which left the restart to the kubelet's back-off. Ready once the Lease answered.
+    let campaign = Campaign {
+        api: Api::namespaced(client.clone(), &settings.controller.namespace),
+        name: settings.lease_name.clone(),
+        identity: settings.controller.identity.clone(),
+        timing: LeaseTiming {
+            duration: std::time::Duration::from_secs(settings.lease_duration),
+            grace: std::time::Duration::from_secs(grace_for(settings.lease_duration)),
+        },
     };
-    ready.store(true, Ordering::SeqCst);
-    let (mut rx, lease_task) = manager.watch().await;
+    let (mut rx, lease_task) = campaign.spawn(ready);
     let identity = &settings.controller.identity;
     let check = tokio::spawn(check_lease(
         client.clone(),
@@ -236,7 +213,7 @@ pub async fn run(
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() {
-                warn!("lease manager stopped");
+                warn!("the Lease campaign stopped");
                 break;
             },
             () = shutdown.cancelled() => break,
@@ -248,8 +225,9 @@ pub async fn run(
     leader.set_elected(false, now_ms());
     metrics.leader.set(0);
     drop(rx);
-    match lease_task.await {
-        Ok(Ok(_)) => info!("lease released"),
+    match lease_task.finish().await {
+        Ok(Ok(true)) => info!("lease released"),
+        Ok(Ok(false)) => {}
         Ok(Err(e)) => warn!(error = %e, "releasing lease"),
         Err(e) => warn!(error = %e, "lease task"),
     }

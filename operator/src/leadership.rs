@@ -1,14 +1,15 @@
 //! Whether this replica may write: it won the Lease *and* the Lease, as last read, is still its
 //! own and not expired by the renewal it wrote (pure, but for the lock).
 //!
-//! Why not kube-lease-manager's flag alone: when its renewal fails (the API server away), it
-//! keeps reporting leadership and retries on a backoff that grows to tens of seconds. In the
-//! fault suite, after the API server's 60 s outage, the old leader still believed it led 29 s
-//! after the other replica had taken the expired Lease: two writers. The Lease is re-read every
+//! Why not the Lease campaign's flag alone ([`crate::lease`]): it sees another holder only at
+//! its next renewal, and kube-lease-manager, used before it, kept reporting leadership while
+//! its renewal failed (the API server away), retrying on a backoff that grew to tens of
+//! seconds: in the fault suite, after the API server's 60 s outage, the old leader still
+//! believed it led 29 s after the other replica had taken the expired Lease: two writers. The Lease is re-read every
 //! [`check_interval`] (one GET), and writes stop once the Lease this replica last saw as its own
 //! would have expired, or as soon as a read shows another holder.
 //!
-//! The lease manager renews `grace` before expiry, so a healthy leader's last seen renewal is
+//! The campaign renews `grace` before expiry, so a healthy leader's last seen renewal is
 //! at most `duration - grace + interval` old; with an interval of grace/3 and a margin of
 //! grace/4 that stays inside `duration - margin` with grace/2 to spare for the requests, at
 //! any Lease duration (the tests run 2 s Leases).
@@ -43,7 +44,7 @@ pub struct LeaseSeen {
     pub renewed_ms: Option<i64>,
 }
 
-/// The decision: `elected_at_ms` is when kube-lease-manager reported the Lease won (`None`: not
+/// The decision: `elected_at_ms` is when the campaign reported the Lease won (`None`: not
 /// elected); `seen` the latest read sent after that. Until such a read, the acquisition itself
 /// is the renewal (it wrote `renewTime` just before reporting).
 pub fn may_write(
@@ -84,7 +85,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// `duration` and `grace` as given to the lease manager.
+    /// `duration` and `grace` as given to the campaign.
     pub fn new(identity: impl Into<String>, duration: Duration, grace: Duration) -> Self {
         Leadership {
             identity: identity.into(),
@@ -99,7 +100,7 @@ impl Leadership {
         check_interval(self.grace)
     }
 
-    /// kube-lease-manager reported the Lease won (`true`) or lost.
+    /// The campaign reported the Lease won (`true`) or lost.
     pub fn set_elected(&self, elected: bool, now_ms: i64) {
         let mut st = self.lock();
         st.elected_at_ms = elected.then_some(now_ms);

@@ -12,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod leadership;
+pub mod lease;
 pub mod managed_relay;
 pub mod metrics;
 pub mod nodes;

@@ -114,6 +114,19 @@ fn audited(log: &str) -> (BTreeSet<Use>, BTreeSet<Use>) {
     (used, forbidden)
 }
 
+/// Whether the operator has updated its Lease (a renewal or a take-over). Lenient: the log is
+/// read while the API server writes it, so its last line may be cut.
+fn lease_renewed(log: &str) -> bool {
+    let operator = format!("system:serviceaccount:{NS}:wirekube-operator");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| {
+            e["user"]["username"].as_str() == Some(operator.as_str())
+                && e["objectRef"]["resource"] == "leases"
+                && e["verb"] == "update"
+        })
+}
+
 fn show(set: &BTreeSet<Use>) -> String {
     set.iter()
         .map(|(sa, r, v)| format!("  {sa}: {v} {r}"))
@@ -197,6 +210,15 @@ fn rbac_grants_exactly_what_the_binaries_use() {
             ])
             .is_ok_and(|o| o.trim().is_empty())
         },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(40)));
+
+    // The leader renews its Lease (an update) two thirds into the 15 s Lease it won by
+    // creating it; the steps above can end before that.
+    wait_until(
+        Duration::from_secs(30),
+        "the operator renewed its Lease",
+        || std::fs::read_to_string(sc.kube.cp.audit_log()).is_ok_and(|log| lease_renewed(&log)),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", sc.logs(40)));
 

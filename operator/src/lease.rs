@@ -248,6 +248,15 @@ impl Campaign {
         match r {
             Ok(l) => Outcome::Won(Box::new(l), at),
             Err(kube::Error::Api(s)) if s.code == 409 => Outcome::Conflict,
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                warn!(
+                    error = %s, retry_in = ?self.timing.retry(),
+                    "leader election: the Lease may not be written; the operator's Role must \
+                     allow get, create and update on coordination.k8s.io leases \
+                     (config/rbac/operator.yaml)"
+                );
+                Outcome::Pause(self.timing.retry(), true)
+            }
             Err(e) => {
                 warn!(error = %e, retry_in = ?self.timing.retry(), "leader election: writing the Lease failed");
                 Outcome::Pause(self.timing.retry(), true)

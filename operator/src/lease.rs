@@ -10,8 +10,9 @@
 //! Lease that exists answers 409, and only then is it read).
 //!
 //! Expiry is judged by the holder's `renewTime` plus its `leaseDurationSeconds` on this
-//! replica's clock, as kube-lease-manager did; writes are additionally gated by
-//! [`crate::leadership`], which re-reads the Lease while leading.
+//! replica's clock. A standby whose clock runs ahead of the holder's takes the Lease early;
+//! the holder's writes are gated by [`crate::leadership`], which re-reads the Lease every
+//! third of the grace while leading and stops writing once it shows another holder.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

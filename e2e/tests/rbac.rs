@@ -81,8 +81,11 @@ fn audited(log: &str) -> (BTreeSet<Use>, BTreeSet<Use>) {
     let prefix = format!("system:serviceaccount:{NS}:");
     let mut used = BTreeSet::new();
     let mut forbidden = BTreeSet::new();
-    for line in log.lines() {
-        let e: Value = serde_json::from_str(line).unwrap();
+    // Lenient: the log is read while the API server writes it, so its last line may be cut.
+    for e in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
         let Some(sa) = e["user"]["username"]
             .as_str()
             .and_then(|u| u.strip_prefix(&prefix))
@@ -114,17 +117,14 @@ fn audited(log: &str) -> (BTreeSet<Use>, BTreeSet<Use>) {
     (used, forbidden)
 }
 
-/// Whether the operator has updated its Lease (a renewal or a take-over). Lenient: the log is
-/// read while the API server writes it, so its last line may be cut.
+/// Whether the operator has updated its Lease (a renewal or a take-over).
 fn lease_renewed(log: &str) -> bool {
-    let operator = format!("system:serviceaccount:{NS}:wirekube-operator");
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .any(|e| {
-            e["user"]["username"].as_str() == Some(operator.as_str())
-                && e["objectRef"]["resource"] == "leases"
-                && e["verb"] == "update"
-        })
+    let renewal = (
+        "wirekube-operator".to_string(),
+        "coordination.k8s.io/leases".to_string(),
+        "update".to_string(),
+    );
+    audited(log).0.contains(&renewal)
 }
 
 fn show(set: &BTreeSet<Use>) -> String {

@@ -29,6 +29,12 @@ pub fn safety_margin(grace: Duration) -> Duration {
     grace / 4
 }
 
+/// How long a renewal keeps this replica writing, in milliseconds: the Lease duration less
+/// the [`safety_margin`].
+pub fn valid_ms(duration: Duration, grace: Duration) -> i64 {
+    i64::try_from(duration.saturating_sub(safety_margin(grace)).as_millis()).unwrap_or(i64::MAX)
+}
+
 /// This replica's clock, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_millisecond()
@@ -57,8 +63,7 @@ pub fn may_write(
     let Some(elected_at) = elected_at_ms else {
         return false;
     };
-    let valid_ms = i64::try_from((duration.saturating_sub(safety_margin(grace))).as_millis())
-        .unwrap_or(i64::MAX);
+    let valid_ms = valid_ms(duration, grace);
     match seen.filter(|s| s.read_at_ms >= elected_at) {
         None => now_ms < elected_at.saturating_add(valid_ms),
         Some(s) => {

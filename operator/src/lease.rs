@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::leadership::{check_interval, now_ms, safety_margin};
+use crate::leadership::{check_interval, now_ms, valid_ms};
 
 /// The Lease's timing, as configured for this replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,16 @@ pub enum Seen {
     Unknown,
     Absent,
     Present(LeaseView),
+}
+
+impl Seen {
+    fn of(known: Option<&Option<Lease>>) -> Self {
+        match known {
+            None => Seen::Unknown,
+            Some(None) => Seen::Absent,
+            Some(Some(l)) => Seen::Present(LeaseView::of(l)),
+        }
+    }
 }
 
 /// The fields of a Lease the decision needs.
@@ -122,8 +132,7 @@ pub fn decide(seen: &Seen, me: &str, t: LeaseTiming, now_ms: i64) -> Step {
 /// Whether a Lease we wrote at `written_ms` still makes us leader at `now_ms`: until it would
 /// expire, less the safety margin the write gate uses ([`crate::leadership`]).
 pub fn still_held(written_ms: i64, t: LeaseTiming, now_ms: i64) -> bool {
-    let valid = t.duration.saturating_sub(safety_margin(t.grace));
-    now_ms < written_ms.saturating_add(i64::try_from(valid.as_millis()).unwrap_or(i64::MAX))
+    now_ms < written_ms.saturating_add(valid_ms(t.duration, t.grace))
 }
 
 /// The Lease as this replica writes it: `base` (the one read, for its resourceVersion and
@@ -176,14 +185,15 @@ impl Campaign {
     }
 
     async fn run(self, tx: watch::Sender<bool>, reachable: Arc<AtomicBool>) -> Result<bool> {
-        let mut seen = Seen::Unknown;
-        let mut lease: Option<Lease> = None;
+        // What was last read or written of the Lease: `None` until known, `Some(None)` absent.
+        let mut known: Option<Option<Lease>> = None;
         // When we last wrote the Lease as ours (ms): leadership lasts while `still_held`.
         let mut written: Option<i64> = None;
         loop {
             let now = now_ms();
             let holding = written.is_some_and(|w| still_held(w, self.timing, now));
             tx.send_if_modified(|l| std::mem::replace(l, holding) != holding);
+            let seen = Seen::of(known.as_ref());
             let outcome = match decide(&seen, &self.identity, self.timing, now) {
                 Step::Wait(d) => Outcome::Pause(d, !holding),
                 Step::Create => {
@@ -191,7 +201,8 @@ impl Campaign {
                     self.wrote(self.api.create(&PostParams::default(), &l).await, now)
                 }
                 Step::Take | Step::Renew => {
-                    let l = held(lease.as_ref(), &self.name, &self.identity, self.timing, now);
+                    let base = known.as_ref().and_then(Option::as_ref);
+                    let l = held(base, &self.name, &self.identity, self.timing, now);
                     let r = self
                         .api
                         .replace(&self.name, &PostParams::default(), &l)
@@ -202,8 +213,7 @@ impl Campaign {
             let read = match outcome {
                 Outcome::Won(l, at) => {
                     reachable.store(true, Ordering::SeqCst);
-                    seen = Seen::Present(LeaseView::of(&l));
-                    lease = Some(*l);
+                    known = Some(Some(*l));
                     written = Some(at);
                     continue;
                 }
@@ -225,15 +235,11 @@ impl Campaign {
                 match self.api.get_opt(&self.name).await {
                     Ok(l) => {
                         reachable.store(true, Ordering::SeqCst);
-                        seen = l
-                            .as_ref()
-                            .map_or(Seen::Absent, |l| Seen::Present(LeaseView::of(l)));
-                        if let Seen::Present(v) = &seen
-                            && v.holder.as_deref() != Some(self.identity.as_str())
-                        {
+                        let holder = l.as_ref().map(|l| LeaseView::of(l).holder);
+                        if holder.is_some_and(|h| h.as_deref() != Some(self.identity.as_str())) {
                             written = None;
                         }
-                        lease = l;
+                        known = Some(l);
                     }
                     Err(e) => {
                         debug!(error = %e, "reading the Lease");
@@ -242,7 +248,7 @@ impl Campaign {
                 }
             }
         }
-        self.release(lease, written.is_some()).await
+        self.release(known.flatten(), written.is_some()).await
     }
 
     fn wrote(&self, r: kube::Result<Lease>, at: i64) -> Outcome {

@@ -400,6 +400,11 @@ async fn client_reconnects_and_reports_state() {
     let relay = start().await;
     let addr = relay.tcp_addr;
     let (a, _rx, _) = connected(&relay).await;
+    let first = a
+        .state()
+        .handshake_time
+        .expect("connected: a handshake time");
+    assert!(first < Duration::from_secs(5), "{first:?}");
     relay.shutdown().await;
     let mut w = a.watch_state();
     within(
@@ -408,6 +413,11 @@ async fn client_reconnects_and_reports_state() {
     )
     .await
     .unwrap();
+    assert_eq!(
+        a.state().handshake_time,
+        None,
+        "no handshake time while down"
+    );
     let mut cfg = config();
     cfg.listen = addr;
     let relay = Relay::start(cfg).await.unwrap();
@@ -418,6 +428,10 @@ async fn client_reconnects_and_reports_state() {
     .await
     .unwrap();
     assert_eq!(a.state().last_error_code, Some(ErrorCode::ShuttingDown));
+    assert!(
+        a.state().handshake_time.is_some(),
+        "the new session's own time"
+    );
     a.shutdown().await;
     assert_eq!(a.state().status, Status::Closed);
     relay.shutdown().await;

@@ -12,6 +12,7 @@
 
 pub mod candidates;
 pub mod classifier;
+pub mod relay_check;
 pub mod schedule;
 pub mod stun_io;
 

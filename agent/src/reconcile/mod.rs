@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use wirekube_crds::{Engine, WireKubePeer};
 use wirekube_dataplane::{Dataplane, EngineChoice, EngineKind};
-use wirekube_relay_client::Status;
 
 use crate::discovery::{
-    self, DiscoveryReport, DiscoveryState, FIRST_DISCOVERY_GRACE, FirstRound, Retransmit,
-    candidates,
+    self, DiscoveryReport, DiscoveryState, FIRST_DISCOVERY_GRACE, Retransmit, candidates,
 };
 use crate::identity::Identity;
 use crate::kubeapi::{self, TokenWatch};
@@ -26,6 +24,7 @@ use liveness_io::LivenessSocket;
 use relay_link::RelayRt;
 
 mod converge;
+mod first_round;
 mod liveness_io;
 mod probe_signal;
 mod relay_link;
@@ -317,68 +316,6 @@ impl Agent {
         if rounds.task.is_none() {
             rounds.task = self.recheck_after_direct_failure(peer);
         }
-    }
-
-    /// The first discovery round, from the WireGuard port itself before the dataplane binds
-    /// it (docs/lab-findings.md §7.7): the key and the discovery result are published first,
-    /// as the operator needs both to plan anyone's path to us. False while the round is to be
-    /// retried (the discovery tick, reset here, wakes the retry).
-    async fn first_discovery(
-        &mut self,
-        peer: &Arc<WireKubePeer>,
-        token: &mut TokenWatch,
-        started: Instant,
-        disc_tick: &mut tokio::time::Interval,
-    ) -> bool {
-        let port = (self.dp.is_none()).then_some(peer.spec.listen_port);
-        let round_started = std::time::Instant::now();
-        let mut answered = false;
-        if let Some(mut h) = self.spawn_discovery(&Some(peer.clone()), port) {
-            // The relay token usually arrives while this round runs (the Secret is read
-            // after the spec): start the relay client then, not after the round, so that it
-            // is up when the next round starts and a silent round can tell UDP is blocked
-            // (a TCP-only node decided one STUN round, 2.75 s, later without this).
-            let res = loop {
-                tokio::select! {
-                    r = &mut h => break r,
-                    c = token.changed().changed() => {
-                        if c.is_err() {
-                            break (&mut h).await;
-                        }
-                        self.ensure_relay(peer, token.token());
-                    }
-                }
-            };
-            if let Ok(r) = res {
-                answered = r.stun_reachable;
-                disc_tick.reset_after(self.on_discovery(r));
-            }
-        }
-        let relay_up = self.relay.as_ref().is_some_and(|r| {
-            let st = r.client.state();
-            st.status == Status::Connected
-                && discovery::relay_up_for_round(
-                    st.connected_since,
-                    round_started,
-                    Retransmit::default().last_send(),
-                )
-        });
-        match discovery::after_first_round(answered, port.is_some(), relay_up, started.elapsed()) {
-            FirstRound::Done => {}
-            FirstRound::UdpBlocked => tracing::info!(
-                "no STUN answer while the relay answers over TCP: UDP is blocked here; \
-                 binding WireGuard without waiting for the first-discovery grace"
-            ),
-            FirstRound::GraceOver => tracing::info!(
-                "no STUN answer for {FIRST_DISCOVERY_GRACE:?}: binding WireGuard anyway"
-            ),
-            // Published but silent servers (the relay pod not ready yet, its address not
-            // announced): the WireGuard port's own mapping is worth a few more seconds before
-            // the dataplane binds the port and it can no longer be measured.
-            FirstRound::Retry => return false,
-        }
-        self.seed_srflx(peer);
-        true
     }
 
     /// A NAT re-check right away when a direct path failed in the last pass

@@ -109,6 +109,10 @@ pub struct ConnectionState {
     pub last_error_code: Option<ErrorCode>,
     /// When the current connection was authenticated.
     pub connected_since: Option<Instant>,
+    /// How long the current connection took from the TCP connect to authenticated: a TCP
+    /// round trip, two frame exchanges and the relay process's own latency. An upper bound of
+    /// the round trip to the relay's host (the agent judges STUN silence from that host by it).
+    pub handshake_time: Option<Duration>,
     /// Number of successful authentications so far (1 after the first connect).
     pub sessions: u64,
 }
@@ -173,6 +177,7 @@ impl RelayClient {
             last_error: None,
             last_error_code: None,
             connected_since: None,
+            handshake_time: None,
             sessions: 0,
         });
         let counters = Arc::new(Counters::default());
@@ -313,6 +318,7 @@ impl Task {
                 s.last_error = Some(msg);
                 s.last_error_code = code;
                 s.connected_since = None;
+                s.handshake_time = None;
             });
             let delay = backoff.next().unwrap_or(self.config.max_backoff);
             let sleep = tokio::time::sleep(delay);
@@ -335,6 +341,7 @@ impl Task {
         self.state.send_modify(|s| {
             s.status = Status::Closed;
             s.connected_since = None;
+            s.handshake_time = None;
         });
     }
 
@@ -362,6 +369,7 @@ impl Task {
     }
 
     async fn session(&mut self) -> End {
+        let connecting = Instant::now();
         let framed = match tokio::time::timeout(self.config.connect_timeout, self.handshake()).await
         {
             Ok(Ok(f)) => f,
@@ -371,6 +379,7 @@ impl Task {
         self.state.send_modify(|s| {
             s.status = Status::Connected;
             s.connected_since = Some(Instant::now());
+            s.handshake_time = Some(connecting.elapsed());
             s.sessions += 1;
         });
         let (sink, stream) = framed.split();

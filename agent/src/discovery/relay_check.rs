@@ -15,14 +15,15 @@ use super::classifier::{ClassifierInput, MappingResult, classify};
 use super::stun_io::{self, Change, Outcome, Retransmit, StunIoError};
 use super::{DiscoveryReport, rtt_text};
 
-/// The servers to check: `servers` (as the spec lists them), only when every one of them is
-/// on the relay's host (same IP as `relay_addr`, any port). A server elsewhere may answer the
-/// round with a longer round trip than the relay's, and then the round must decide, not the
-/// check: so `None` as soon as one server is on another host or given by name. Also `None`
-/// when the relay address is not an IP literal (a name may resolve differently for TCP and
-/// UDP), or is one of this node's own addresses (a relay reached through this node's own
-/// NodePort says nothing about the way out).
-pub fn relay_host_servers(
+/// The servers to check: every server of the round (`servers`, as the spec lists them), when
+/// one of them is on the relay's host (same IP as `relay_addr`, any port), so that the relay's
+/// handshake bounds the round trip to at least one of them. The others (an RFC 5780 responder's
+/// alternate address, another relay's host) are asked too: the check concludes only when all
+/// stay silent, so one that answers keeps the round going. `None` when a server is given by
+/// name (the round resolves it; the check does not guess), when the relay address is not an
+/// IP literal (a name may resolve differently for TCP and UDP), or is one of this node's own
+/// addresses (a relay reached through this node's own NodePort says nothing about the way out).
+pub fn check_servers(
     servers: &[String],
     relay_addr: &str,
     local_ips: &[IpAddr],
@@ -34,14 +35,11 @@ pub fn relay_host_servers(
     let mut out = Vec::with_capacity(servers.len());
     for s in servers {
         let a = s.parse::<SocketAddr>().ok()?;
-        if a.ip() != relay.ip() {
-            return None;
-        }
         if !out.contains(&a) {
             out.push(a);
         }
     }
-    (!out.is_empty()).then_some(out)
+    out.iter().any(|a| a.ip() == relay.ip()).then_some(out)
 }
 
 /// Shortest and longest first retransmission timeout of the check.
@@ -84,8 +82,8 @@ pub fn silent_report(
         listen_port_srflx: None,
         stun_reachable: false,
         message: format!(
-            "no answer from STUN server(s) {} in {} ms while the relay on the same host \
-             answered over TCP (authenticated in {:.1} ms): UDP blocked",
+            "no answer from STUN server(s) {} in {} ms (one on the relay's host) while the \
+             relay answered over TCP (authenticated in {:.1} ms): UDP blocked",
             list.join(", "),
             waited.as_millis(),
             handshake.as_secs_f64() * 1e3
@@ -125,11 +123,12 @@ mod tests {
     type Row<'a> = (&'a str, &'a [String], &'a str, Option<Vec<SocketAddr>>);
 
     #[test]
-    fn only_a_round_that_asks_the_relays_own_host_alone_is_checked() {
+    fn a_round_that_asks_the_relays_own_host_is_checked_whole() {
         let local: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
         let relay_ports = strings(&["198.18.0.28:3478", "198.18.0.28:3479", "198.18.0.28:3478"]);
-        let with_other = strings(&["198.18.0.28:3478", "198.18.0.29:3478"]);
+        let with_alternate = strings(&["198.18.0.28:3478", "198.18.0.29:3478"]);
+        let elsewhere = strings(&["198.18.0.29:3478", "203.0.113.7:3478"]);
         let with_name = strings(&["198.18.0.28:3478", "stun.example.net:3478"]);
         let rows: Vec<Row<'_>> = vec![
             (
@@ -139,8 +138,14 @@ mod tests {
                 Some(vec![sa("198.18.0.28:3478"), sa("198.18.0.28:3479")]),
             ),
             (
-                "a server on another host",
-                &with_other,
+                "the relay's host and its alternate address: both asked",
+                &with_alternate,
+                "198.18.0.28:3478",
+                Some(vec![sa("198.18.0.28:3478"), sa("198.18.0.29:3478")]),
+            ),
+            (
+                "no server on the relay's host",
+                &elsewhere,
                 "198.18.0.28:3478",
                 None,
             ),
@@ -168,7 +173,7 @@ mod tests {
             ("no servers", &[], "198.18.0.28:3478", None),
         ];
         for (case, servers, relay, want) in rows {
-            assert_eq!(relay_host_servers(servers, relay, &local), want, "{case}");
+            assert_eq!(check_servers(servers, relay, &local), want, "{case}");
         }
     }
 

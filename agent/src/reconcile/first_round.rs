@@ -146,7 +146,7 @@ impl Agent {
         }
     }
 
-    /// Starts the UDP check if the relay has authenticated and the round asks its host alone.
+    /// Starts the UDP check if the relay has authenticated and the round asks its host.
     fn start_udp_check(&self, peer: &WireKubePeer) -> Option<UdpCheck> {
         let relay = self.relay.as_ref()?;
         let st = relay.client.state();
@@ -156,11 +156,8 @@ impl Agent {
         let local: Vec<IpAddr> = (candidates::local_addrs().unwrap_or_default().iter())
             .map(|a| a.ip)
             .collect();
-        let servers = relay_check::relay_host_servers(
-            &discovery::stun_servers(&peer.spec),
-            &relay.addr,
-            &local,
-        )?;
+        let servers =
+            relay_check::check_servers(&discovery::stun_servers(&peer.spec), &relay.addr, &local)?;
         let rt = relay_check::check_schedule(handshake);
         let targets = servers.clone();
         let task = tokio::spawn(async move {

@@ -4,9 +4,10 @@
 //! schedule), and in the NAT grid that wait was on the slowest pair's path in most start-ups
 //! (docs/benchmarks.md, "Start-up per size"). Once the relay client has authenticated over
 //! TCP, the round trip to the relay's host is bounded by that handshake; the relay process
-//! also answers STUN on the same host, so a check from a second socket to that responder,
-//! scheduled by the handshake time, tells sooner whether UDP gets out. An answer changes
-//! nothing (the round goes on); silence ends the round as `udp-blocked`.
+//! also answers STUN on that host, so a check from a second socket to the round's servers
+//! (one of them on the relay's host), scheduled by the handshake time, tells sooner whether
+//! UDP gets out. Any answer changes nothing (the round goes on); silence from all of them
+//! ends the round as `udp-blocked`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

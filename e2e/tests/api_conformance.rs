@@ -152,6 +152,22 @@ fn refusals_as_documented(k: &KubeLab) -> Vec<String> {
     wrong
 }
 
+/// Requests the API server dispatched in WireKube's priority level
+/// (config/flowcontrol/peer-writes.yaml), from its metrics.
+fn peer_writes_dispatched(k: &KubeLab) -> u64 {
+    let metrics = k.kubectl(&["get", "--raw", "/metrics"]).unwrap();
+    let total = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_flowcontrol_dispatched_requests_total{")
+                && l.contains(r#"flow_schema="wirekube-peer-writes""#)
+                && l.contains(r#"priority_level="wirekube-peer-writes""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    total as u64
+}
+
 fn peer(name: &str, ip: &str) -> WireKubePeer {
     serde_json::from_value(json!({
         "apiVersion": "wirekube.io/v1alpha1", "kind": "WireKubePeer", "metadata": {"name": name},
@@ -200,6 +216,7 @@ fn agent_token_is_confined(lab: &str, kustomization: &str, ns: &'static str) {
         })
         .unwrap();
 
+    let dispatched_before = peer_writes_dispatched(&k);
     let kc = k.service_account_kubeconfig(ns, "wirekube-agent", Some("n1"));
     let agent = k.client(&kc.unwrap()).unwrap();
     agent
@@ -288,6 +305,28 @@ fn agent_token_is_confined(lab: &str, kustomization: &str, ns: &'static str) {
             Ok(())
         })
         .unwrap();
+    // The agent's six WireKubePeer writes above (create, patch, update; allowed or refused,
+    // the priority level admits them before authorization) went through WireKube's API
+    // priority level, whatever the install namespace; its reads and the delete did not.
+    let after_agent = peer_writes_dispatched(&k);
+    assert_eq!(
+        after_agent - dispatched_before,
+        6,
+        "the agent's WireKubePeer writes in the wirekube-peer-writes level"
+    );
+    // So does the operator's spec write.
+    let kc = k.service_account_kubeconfig(ns, "wirekube-operator", None);
+    k.client(&kc.unwrap())
+        .unwrap()
+        .run(|c| async move {
+            let spec = Patch::Merge(json!({"spec": {"mtu": 1300}}));
+            Api::<WireKubePeer>::all(c)
+                .patch("n1", &PatchParams::default(), &spec)
+                .await?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(peer_writes_dispatched(&k) - after_agent, 1);
 
     // A token of the same service account that is not bound to a pod carries no node name:
     // the policy refuses its status writes.

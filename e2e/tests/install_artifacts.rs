@@ -140,15 +140,17 @@ fn assert_renders_like(kustomization: &str, namespace: &str, args: &[&str]) {
             .arg(root.join(kustomization)),
     );
     // kustomize's `namespace:` also stamps kinds it does not know as cluster-scoped (the
-    // admission policy and its binding); kubectl drops it on apply, so compare without it.
+    // admission policy and its binding, the API priority objects); kubectl drops it on
+    // apply, so compare without it.
     let mut want = by_key(
         docs(&kustomized)
             .into_iter()
             .map(|mut o| {
-                if o["kind"]
-                    .as_str()
-                    .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
-                    && let Some(m) = o["metadata"].as_object_mut()
+                if o["kind"].as_str().is_some_and(|k| {
+                    k.starts_with("ValidatingAdmissionPolicy")
+                        || k == "FlowSchema"
+                        || k == "PriorityLevelConfiguration"
+                }) && let Some(m) = o["metadata"].as_object_mut()
                 {
                     m.remove("namespace");
                 }

@@ -46,6 +46,8 @@ const EXPECTED: &[&str] = &[
     "ValidatingAdmissionPolicyBinding/wirekube-agent-own-peer",
     "Deployment/wirekube-operator",
     "DaemonSet/wirekube-agent",
+    "FlowSchema/wirekube-peer-writes",
+    "PriorityLevelConfiguration/wirekube-peer-writes",
 ];
 
 #[test]
@@ -89,7 +91,7 @@ fn default_install_renders_and_validates_offline() {
 
 #[test]
 fn every_kustomization_renders() {
-    for sub in ["crd", "rbac", "operator", "agent", "samples"] {
+    for sub in ["crd", "rbac", "operator", "agent", "flowcontrol", "samples"] {
         let out = kustomize(&root().join("config").join(sub));
         assert!(!out.trim().is_empty(), "config/{sub} rendered nothing");
     }

@@ -33,7 +33,6 @@ use crate::metrics::Metrics;
 use crate::nodes::{ClusterNode, matches_selector, select_nodes};
 use crate::peer_writes;
 use crate::placement::RelayPlacement;
-use crate::spec_changes;
 use crate::status;
 use crate::triggers::{self, TriggerFilter};
 
@@ -338,17 +337,43 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         peers: &peers,
         relay: &relay,
     };
-    let changes = match decide::mesh(&observed, &now) {
+    let mut changes = match decide::mesh(&observed, &now) {
         Ok(changes) => changes,
         // Keep every stored spec: report and wait for a spec change.
         Err(rejected) => return reject(ctx, mesh, *rejected).await,
     };
 
     let decided_at = Instant::now();
-    let writes =
-        peer_writes::write_peers(&ctx.writer, &name, &changes.writes, &changes.deletes).await;
+    let redecide = || {
+        let node_objs = ctx.nodes.state();
+        let nodes = select_nodes(
+            node_objs.iter().map(|n| n.as_ref()),
+            &mesh.spec.node_selector,
+        );
+        let peers: BTreeMap<String, Arc<WireKubePeer>> = (ctx.peers.state().into_iter())
+            .map(|p| (p.name_any(), p))
+            .collect();
+        let observed = MeshObserved {
+            mesh,
+            nodes: &nodes,
+            peers: &peers,
+            relay: &relay,
+        };
+        decide::mesh(&observed, &now).ok()
+    };
+    let (writes, newest) = peer_writes::write_peers(&ctx.writer, &name, &changes, redecide).await;
     let writes_ms = decided_at.elapsed().as_millis();
-    for d in &changes.events {
+    // The mesh status and the metrics from the newest decision; the events of every decision
+    // of the pass, each once (a later decision repeats the first's while the cache lags
+    // behind the pass's writes, and announces what it changed in the writes after it).
+    let mut events = std::mem::take(&mut changes.events);
+    for e in &writes.later_events {
+        if !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    let changes = newest.unwrap_or(changes);
+    for d in &events {
         let (reason, note) = d.reason_note();
         info!(reason, %note, "decision");
         let ty = if d.is_warning() {
@@ -380,7 +405,8 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         peers_written = writes.applied,
         peers_deleted = writes.removed.len(),
         write_failures = writes.failures.len(),
-        spec_changes = %spec_changes::summary(changes.writes.iter().map(|w| w.changes.as_slice())),
+        spec_changes = %writes.changes,
+        refreshes = writes.refreshes,
         quarantined = changes.quarantined,
         status_changed,
         relay_ms,

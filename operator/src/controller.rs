@@ -318,19 +318,13 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         return reject(ctx, mesh, rejected).await;
     }
 
-    let node_objs = ctx.nodes.state();
-    let nodes = select_nodes(
-        node_objs.iter().map(|n| n.as_ref()),
-        &mesh.spec.node_selector,
-    );
+    let nodes = selected_nodes(ctx, mesh);
     // Phase times go into the "reconciled" line: at 20+ nodes a pass on a loaded machine took
     // seconds, and a status arriving during one waits for the next (docs/benchmarks.md).
     let started = Instant::now();
     let relay = reconcile_relay(mesh, ctx).await?;
     let relay_ms = started.elapsed().as_millis();
-    let peers: BTreeMap<String, Arc<WireKubePeer>> = (ctx.peers.state().into_iter())
-        .map(|p| (p.name_any(), p))
-        .collect();
+    let peers = cached_peers(ctx);
     let observed = MeshObserved {
         mesh,
         nodes: &nodes,
@@ -345,14 +339,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
 
     let decided_at = Instant::now();
     let redecide = || {
-        let node_objs = ctx.nodes.state();
-        let nodes = select_nodes(
-            node_objs.iter().map(|n| n.as_ref()),
-            &mesh.spec.node_selector,
-        );
-        let peers: BTreeMap<String, Arc<WireKubePeer>> = (ctx.peers.state().into_iter())
-            .map(|p| (p.name_any(), p))
-            .collect();
+        let (nodes, peers) = (selected_nodes(ctx, mesh), cached_peers(ctx));
         let observed = MeshObserved {
             mesh,
             nodes: &nodes,
@@ -420,6 +407,22 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         Some(e) => Err(e),
         None => Ok(Action::requeue(ctx.settings.resync)),
     }
+}
+
+/// The nodes the mesh selects, from the cache.
+fn selected_nodes(ctx: &Context, mesh: &WireKubeMesh) -> Vec<ClusterNode> {
+    let node_objs = ctx.nodes.state();
+    select_nodes(
+        node_objs.iter().map(|n| n.as_ref()),
+        &mesh.spec.node_selector,
+    )
+}
+
+/// Every stored peer (of any mesh), by name, from the cache.
+fn cached_peers(ctx: &Context) -> BTreeMap<String, Arc<WireKubePeer>> {
+    (ctx.peers.state().into_iter())
+        .map(|p| (p.name_any(), p))
+        .collect()
 }
 
 /// Writes a rejected reconcile's status and event (once: not when the status already says

@@ -348,7 +348,9 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         };
         decide::mesh(&observed, &now).ok()
     };
-    let (writes, newest) = peer_writes::write_peers(&ctx.writer, &name, &changes, redecide).await;
+    let first = std::mem::take(&mut changes.writes);
+    let (writes, newest) =
+        peer_writes::write_peers(&ctx.writer, &name, first, &changes.deletes, redecide).await;
     let writes_ms = decided_at.elapsed().as_millis();
     // The mesh status and the metrics from the newest decision; the events of every decision
     // of the pass, each once (a later decision repeats the first's while the cache lags

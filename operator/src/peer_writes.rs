@@ -134,21 +134,22 @@ impl PassWrites {
     }
 }
 
-/// Applies the writes of `changes` and deletes its `deletes` (the decisions of
-/// [`crate::decide::mesh`]). `redecide` decides again from the caches (None: it could not);
-/// the newest decision it returned, if any, is returned with the writes, for the mesh
-/// status.
+/// Applies `writes` and deletes `deletes` (the decisions of [`crate::decide::mesh`]).
+/// `redecide` decides again from the caches (None: it could not); the newest decision it
+/// returned, if any, is returned with the writes for the mesh status (its writes and events
+/// moved out: they are in the queue and in [`PassWrites::later_events`]).
 pub async fn write_peers(
     w: &Writer,
     mesh: &str,
-    changes: &MeshChanges,
+    writes: Vec<PeerWrite>,
+    deletes: &[String],
     mut redecide: impl FnMut() -> Option<MeshChanges> + Send,
 ) -> (PassWrites, Option<MeshChanges>) {
     let mut out = PassWrites {
-        removed: changes.deletes.clone(),
+        removed: deletes.to_vec(),
         ..PassWrites::default()
     };
-    let mut queue = WriteQueue::new(changes.writes.clone());
+    let mut queue = WriteQueue::new(writes);
     let mut newest = None;
     let (mut decided_at, mut decide_took) = (Instant::now(), Duration::ZERO);
     let mut in_flight = FuturesUnordered::new();
@@ -156,9 +157,10 @@ pub async fn write_peers(
         while in_flight.len() < PARALLEL_WRITES {
             let now = Instant::now();
             if !in_flight.is_empty() && refresh_due(now, decided_at, decide_took) {
-                if let Some(newer) = redecide() {
-                    queue.refresh(newer.writes.clone());
-                    out.later_events.extend(newer.events.iter().cloned());
+                if let Some(mut newer) = redecide() {
+                    // Moved, not cloned: at N nodes the writes hold N specs of N-1 entries.
+                    queue.refresh(std::mem::take(&mut newer.writes));
+                    out.later_events.append(&mut newer.events);
                     newest = Some(newer);
                     out.refreshes += 1;
                 }
@@ -175,7 +177,7 @@ pub async fn write_peers(
         }
     }
     out.changes = crate::spec_changes::summary(queue.changes());
-    for name in &changes.deletes {
+    for name in deletes {
         if let Err(error) = w.delete_peer(name).await {
             out.failures.push(PeerFailure {
                 node: name.clone(),

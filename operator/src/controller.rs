@@ -24,6 +24,7 @@ use wirekube_kubeclient::WatchRetry;
 
 use crate::apply::{RecentWrites, Writer};
 use crate::decide::{self, MeshObserved, Rejected, RelayChanges, RelayObserved, RelayOutcome};
+use crate::deferral::{self, Deferrals};
 use crate::diff;
 use crate::error::{Error, Result};
 use crate::events::EventQueue;
@@ -51,6 +52,8 @@ pub struct ControllerSettings {
     pub debounce: Duration,
     /// Periodic full resync.
     pub resync: Duration,
+    /// How long a spec write that only records endpoints in use waits (`crate::deferral`).
+    pub record_delay: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -61,6 +64,7 @@ impl Default for ControllerSettings {
             relay_image_override: None,
             debounce: Duration::ZERO,
             resync: Duration::from_secs(300),
+            record_delay: deferral::RECORD_DELAY,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Context {
     /// Pods of the managed relays (operator namespace): where they run decides the
     /// NodePort endpoints.
     pub relay_pods: Store<Pod>,
+    /// Spec writes that only record endpoints in use, waiting (`crate::deferral`).
+    pub deferrals: Deferrals,
 }
 
 /// How long the API server keeps one watch open (`timeoutSeconds`); the client gives up on a
@@ -172,6 +178,7 @@ pub async fn run(
         nodes,
         peers,
         relay_pods,
+        deferrals: Deferrals::new(settings.record_delay),
     });
     let (meshes, mesh_writer) = reflector::store::<WireKubeMesh>();
     let mesh_events = reflector::reflector(
@@ -346,12 +353,18 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
             peers: &peers,
             relay: &relay,
         };
-        decide::mesh(&observed, &now).ok()
+        let mut newer = decide::mesh(&observed, &now).ok()?;
+        let writes = std::mem::take(&mut newer.writes);
+        newer.writes = ctx.deferrals.split(&name, writes, Instant::now()).0;
+        Some(newer)
     };
-    let first = std::mem::take(&mut changes.writes);
+    let all = std::mem::take(&mut changes.writes);
+    let (first, _) = ctx.deferrals.split(&name, all, Instant::now());
     let (writes, newest) =
         peer_writes::write_peers(&ctx.writer, &name, first, &changes.deletes, redecide).await;
     let writes_ms = decided_at.elapsed().as_millis();
+    // What waits now, after the pass's last decision (its writes may have made some due).
+    let held = ctx.deferrals.held(&name, Instant::now());
     // The mesh status and the metrics from the newest decision; the events of every decision
     // of the pass, each once (a later decision repeats the first's while the cache lags
     // behind the pass's writes, and announces what it changed in the writes after it).
@@ -376,9 +389,13 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
 
     let metrics = &ctx.writer.metrics;
     metrics.mesh(&name, changes.counts.total, &changes.summary);
+    let mesh_label = crate::metrics::MeshLabel { mesh: name.clone() };
     (metrics.quarantined)
-        .get_or_create(&crate::metrics::MeshLabel { mesh: name.clone() })
+        .get_or_create(&mesh_label)
         .set(changes.quarantined as i64);
+    (metrics.records_held)
+        .get_or_create(&mesh_label)
+        .set(held.count as i64);
     let mut st = changes.status;
     let generation = mesh.metadata.generation.unwrap_or(0);
     let written = status::written_condition(&writes.failure_texts());
@@ -396,6 +413,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         write_failures = writes.failures.len(),
         spec_changes = %writes.changes,
         refreshes = writes.refreshes,
+        records_held = held.count,
         quarantined = changes.quarantined,
         status_changed,
         relay_ms,
@@ -407,8 +425,14 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     // Failed writes are retried with the error's backoff; everything else was written.
     match writes.into_error() {
         Some(e) => Err(e),
-        None => Ok(Action::requeue(ctx.settings.resync)),
+        None => Ok(Action::requeue(next_pass(held, ctx.settings.resync))),
     }
+}
+
+/// The next pass: the resync, or sooner when a held write falls due.
+fn next_pass(held: deferral::Held, resync: Duration) -> Duration {
+    let now = Instant::now();
+    (held.wake.map(|t| t.saturating_duration_since(now))).map_or(resync, |d| d.min(resync))
 }
 
 /// The nodes the mesh selects, from the cache.

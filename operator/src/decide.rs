@@ -22,6 +22,7 @@ use wirekube_crds::{
     WireKubePeerStatus, validate_mesh,
 };
 
+use crate::deferral;
 use crate::diff::{self, DesiredPeer};
 use crate::error::Result;
 use crate::managed_relay::{self, RelayKind};
@@ -232,6 +233,8 @@ pub struct PeerWrite {
     pub observed_rv: Option<String>,
     /// The spec fields this write changes (`crate::spec_changes`), for the reconcile's log.
     pub changes: Vec<&'static str>,
+    /// It only records endpoints the node already uses (`crate::deferral`): it may wait.
+    pub records_only: bool,
 }
 
 impl PeerWrite {
@@ -387,6 +390,10 @@ fn peer_writes(
             quarantine: quarantine.as_deref(),
         };
         if diff::needs_write(observed, &d) {
+            let records_only = observed.is_some_and(|p| {
+                deferral::records_only(p, spec)
+                    && !diff::needs_write(observed, &DesiredPeer { spec: &p.spec, ..d })
+            });
             writes.push(PeerWrite {
                 node: node.clone(),
                 node_uid: d.node_uid.to_string(),
@@ -394,6 +401,7 @@ fn peer_writes(
                 quarantine,
                 observed_rv: observed.and_then(|p| p.resource_version()),
                 changes: spec_changes::spec_changes(observed.map(|p| &p.spec), spec),
+                records_only,
             });
         }
     }

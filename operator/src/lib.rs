@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod controller;
 pub mod decide;
+pub mod deferral;
 pub mod diff;
 pub mod error;
 pub mod events;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub write_failures: Family<WriteFailureLabel, Counter>,
     /// Nodes left out of the mesh for a duplicate or malformed public key.
     pub quarantined: Family<MeshLabel, Gauge>,
+    /// Peer spec writes that only record endpoints in use, waiting (`crate::deferral`).
+    pub records_held: Family<MeshLabel, Gauge>,
     pub leader: Gauge,
 }
 
@@ -66,6 +68,7 @@ impl Default for Metrics {
         let writes = Family::<WriteLabel, Counter>::default();
         let write_failures = Family::<WriteFailureLabel, Counter>::default();
         let quarantined = Family::<MeshLabel, Gauge>::default();
+        let records_held = Family::<MeshLabel, Gauge>::default();
         let leader = Gauge::default();
         r.register(
             "api_write_failures",
@@ -76,6 +79,11 @@ impl Default for Metrics {
             "mesh_quarantined_nodes",
             "Nodes left out of the mesh for a duplicate or malformed public key",
             quarantined.clone(),
+        );
+        r.register(
+            "peer_writes_held",
+            "Peer spec writes waiting because they only record endpoints the node already uses",
+            records_held.clone(),
         );
         r.register("reconciles", "Mesh reconciles run", reconciles.clone());
         r.register(
@@ -110,6 +118,7 @@ impl Default for Metrics {
             writes,
             write_failures,
             quarantined,
+            records_held,
             leader,
         }
     }

@@ -224,6 +224,7 @@ mod tests {
             quarantine: None,
             observed_rv: None,
             changes: vec!["peers.publicKey"],
+            records_only: false,
         }
     }
 

@@ -148,21 +148,39 @@ impl Replica {
     pub fn reconciles(&self) -> u64 {
         self.metrics.reconciles.get()
     }
+
+    /// The mesh's peer writes held back as endpoint records (`deferral`).
+    pub fn records_held(&self, mesh: &str) -> i64 {
+        let label = wirekube_operator::metrics::MeshLabel { mesh: mesh.into() };
+        self.metrics.records_held.get_or_create(&label).get()
+    }
 }
 
 impl Env {
     pub async fn operator(&self, identity: &str, lease_secs: u64) -> Replica {
+        self.operator_with(identity, lease_secs, |_| {}).await
+    }
+
+    /// An operator whose controller settings `adjust` changes from the tests' defaults.
+    pub async fn operator_with(
+        &self,
+        identity: &str,
+        lease_secs: u64,
+        adjust: impl FnOnce(&mut ControllerSettings),
+    ) -> Replica {
         // The operator runs with its own service account, so the shipped RBAC is exercised.
         let client = client(&self.operator_kubeconfig).await;
         let metrics = Metrics::default();
         let stop = CancellationToken::new();
+        let mut controller = ControllerSettings {
+            namespace: NS.into(),
+            identity: identity.into(),
+            debounce: Duration::from_millis(50),
+            ..ControllerSettings::default()
+        };
+        adjust(&mut controller);
         let settings = OperatorSettings {
-            controller: ControllerSettings {
-                namespace: NS.into(),
-                identity: identity.into(),
-                debounce: Duration::from_millis(50),
-                ..ControllerSettings::default()
-            },
+            controller,
             lease_name: "wirekube-operator".into(),
             lease_duration: lease_secs,
         };

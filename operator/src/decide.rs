@@ -405,8 +405,6 @@ fn peer_writes(
             });
         }
     }
-    // Stable: by node name within a rank.
-    writes.sort_by_key(|w| spec_changes::write_rank(&w.changes));
     (writes, issues)
 }
 

@@ -371,36 +371,6 @@ fn steady_state_writes_nothing_and_deletes_leavers() {
 }
 
 #[test]
-fn a_joining_node_is_created_before_the_others_gain_its_entry() {
-    let m = mesh_fixture("m", json!({"meshCIDR": "10.1.0.0/24"}));
-    let nodes = [cluster_node("b", "10.0.0.2"), cluster_node("c", "10.0.0.3")];
-    let first = decide_once(&m, &nodes, &BTreeMap::new()).unwrap();
-    let stored = peers(
-        (first.writes.iter())
-            .map(|w| stored_peer(&w.node, "m", w.spec.clone(), None))
-            .collect(),
-    );
-    // d joins: in name order its creation would be written last.
-    let joined = [
-        cluster_node("b", "10.0.0.2"),
-        cluster_node("c", "10.0.0.3"),
-        cluster_node("d", "10.0.0.4"),
-    ];
-    let c = decide_once(&m, &joined, &stored).unwrap();
-    let order: Vec<(&str, &[&str])> = (c.writes.iter())
-        .map(|w| (w.node.as_str(), w.changes.as_slice()))
-        .collect();
-    assert_eq!(
-        order,
-        [
-            ("d", &["created"][..]),
-            ("b", &["peers+"][..]),
-            ("c", &["peers+"][..])
-        ]
-    );
-}
-
-#[test]
 fn node_of_another_mesh_is_an_issue_not_a_write() {
     let m = mesh_fixture("m", json!({"meshCIDR": "10.1.0.0/24"}));
     let nodes = [cluster_node("a", "10.0.0.1"), cluster_node("b", "10.0.0.2")];

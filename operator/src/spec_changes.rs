@@ -100,25 +100,6 @@ fn entry_changes(old: &PeerEntry, new: &PeerEntry) -> Vec<&'static str> {
     .collect()
 }
 
-/// The order of a pass's writes (lowest first), from a write's [`spec_changes`]: a new peer
-/// (its agent can do nothing before it: no mesh IP, no STUN servers), then a write that
-/// makes a pair possible (an entry added, or a peer's key), then the rest. In a 50-node boot
-/// the nodes join over seconds, and each pass wrote a few new peers among the 49 specs
-/// that gain the newcomers' entries, in name order: one new peer waited 3 s in the API
-/// server behind the others (docs/benchmarks.md).
-pub fn write_rank(changes: &[&str]) -> u8 {
-    if changes.contains(&"created") {
-        0
-    } else if changes
-        .iter()
-        .any(|c| *c == "peers+" || *c == "peers.publicKey")
-    {
-        1
-    } else {
-        2
-    }
-}
-
 /// `field×count` per field over a pass's writes, most frequent first (ties by name).
 pub fn summary<'a>(writes: impl IntoIterator<Item = &'a [&'static str]>) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -233,22 +214,6 @@ mod tests {
         ];
         for new in &changed {
             assert_eq!(entry_changes(&old, new).len(), 1, "{new:?}");
-        }
-    }
-
-    #[test]
-    fn new_peers_first_then_new_pairs_then_the_rest() {
-        let cases: [(&[&str], u8); 7] = [
-            (&["created"], 0),
-            (&["peers+"], 1),
-            (&["peers.publicKey", "peers.path"], 1),
-            (&["mtu", "peers+"], 1),
-            (&["peers.endpoint"], 2),
-            (&["peers-", "relayEndpoints"], 2),
-            (&[], 2),
-        ];
-        for (changes, rank) in cases {
-            assert_eq!(write_rank(changes), rank, "{changes:?}");
         }
     }
 

@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod peer_writes;
 pub mod placement;
 pub mod plan;
+pub mod relay_reconcile;
 pub mod spec_changes;
 pub mod status;
 pub mod telemetry;

@@ -390,8 +390,9 @@ fn peer_writes(
             quarantine: quarantine.as_deref(),
         };
         if diff::needs_write(observed, &d) {
+            let changes = spec_changes::spec_changes(observed.map(|p| &p.spec), spec);
             let records_only = observed.is_some_and(|p| {
-                deferral::records_only(p, spec)
+                deferral::records_only(p, spec, &changes)
                     && !diff::needs_write(observed, &DesiredPeer { spec: &p.spec, ..d })
             });
             writes.push(PeerWrite {
@@ -400,7 +401,7 @@ fn peer_writes(
                 spec: spec.clone(),
                 quarantine,
                 observed_rv: observed.and_then(|p| p.resource_version()),
-                changes: spec_changes::spec_changes(observed.map(|p| &p.spec), spec),
+                changes,
                 records_only,
             });
         }

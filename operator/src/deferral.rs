@@ -28,45 +28,32 @@ pub const RECORD_DELAY: Duration = Duration::from_secs(15);
 
 /// Whether writing `spec` over the stored peer changes only endpoints of peer entries, each
 /// to the address the node itself reports as the endpoint of its `Direct` connection to
-/// that peer. Everything else (other fields, entries added, removed or reordered, an
-/// endpoint removed or one the node does not report using) makes it a write that matters.
-pub fn records_only(stored: &WireKubePeer, spec: &WireKubePeerSpec) -> bool {
+/// that peer. `changes` are the write's [`crate::spec_changes::spec_changes`], computed once
+/// by the caller: anything but `peers.endpoint` (other fields, entries added or removed)
+/// makes it a write that matters, and so do entries reordered, an endpoint removed, or one
+/// the node does not report using.
+pub fn records_only(stored: &WireKubePeer, spec: &WireKubePeerSpec, changes: &[&str]) -> bool {
     let old = &stored.spec;
-    if old == spec || old.peers.len() != spec.peers.len() {
-        return false;
-    }
-    let same_but_peers = WireKubePeerSpec {
-        peers: Vec::new(),
-        ..old.clone()
-    } == WireKubePeerSpec {
-        peers: Vec::new(),
-        ..spec.clone()
-    };
-    same_but_peers
-        && old
-            .peers
-            .iter()
-            .zip(&spec.peers)
-            .all(|(o, n)| o == n || endpoint_recorded(stored, o, n))
+    // Given `changes`, an entry that differs from the stored one of the same name differs in
+    // its endpoint only; comparing in order also refuses a reordering.
+    changes == ["peers.endpoint"]
+        && old.peers.len() == spec.peers.len()
+        && (old.peers.iter().zip(&spec.peers))
+            .all(|(o, n)| o == n || (o.name == n.name && endpoint_in_use(stored, n)))
 }
 
-/// `n` differs from `o` only in an endpoint the node reports using, Direct, for that peer.
-fn endpoint_recorded(stored: &WireKubePeer, o: &PeerEntry, n: &PeerEntry) -> bool {
-    let only_endpoint = PeerEntry {
-        endpoint: n.endpoint.clone(),
-        ..o.clone()
-    } == *n;
+/// The node reports `n`'s endpoint as the one of its `Direct` connection to that peer.
+fn endpoint_in_use(stored: &WireKubePeer, n: &PeerEntry) -> bool {
     let Some(new_ep) = n.endpoint.as_deref() else {
         return false;
     };
-    only_endpoint
-        && stored.status.as_ref().is_some_and(|st| {
-            st.connections.iter().any(|c| {
-                c.name == n.name
-                    && c.path == ActualPath::Direct
-                    && c.endpoint.as_deref() == Some(new_ep)
-            })
+    stored.status.as_ref().is_some_and(|st| {
+        st.connections.iter().any(|c| {
+            c.name == n.name
+                && c.path == ActualPath::Direct
+                && c.endpoint.as_deref() == Some(new_ep)
         })
+    })
 }
 
 /// What [`split`] held back.

@@ -2,6 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wirekube_crds::{PathReason, PeerConnection, PlannedPath, WireKubePeerStatus};
 
 use super::*;
+use crate::spec_changes::spec_changes;
 
 const EP: &str = "198.18.0.21:20502";
 
@@ -166,7 +167,8 @@ fn records_only_table() {
         ),
     ];
     for (what, stored, desired, want) in cases {
-        assert_eq!(records_only(&stored, desired), want, "{what}");
+        let changes = spec_changes(Some(&stored.spec), desired);
+        assert_eq!(records_only(&stored, desired, &changes), want, "{what}");
     }
 }
 

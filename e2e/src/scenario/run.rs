@@ -410,6 +410,7 @@ impl Scenario {
                         }
                         let ok = r == Some((e.path, Some(e.reason)));
                         reached.observe(x, y, ok, now);
+                        reached.report(x, y, reported_text(r), now);
                         if !ok {
                             wrong.push(format!("{x}->{y}: {r:?}"));
                         }
@@ -457,6 +458,12 @@ impl Scenario {
         self.timings.agents_spread = startup::spread(&starts)
             .and_then(|(first, last)| Duration::try_from(last.duration_since(first)).ok());
         self.timings.slowest_pair = startup::slowest_pair(pairs, &starts, reached);
+        if let Ok(out) = std::env::var("WIREKUBE_STARTUP_HISTORY") {
+            let text = startup::history(pairs, &starts, reached);
+            if let Err(e) = std::fs::write(&out, text) {
+                (self.opts.progress)(&format!("WIREKUBE_STARTUP_HISTORY: writing {out}: {e}"));
+            }
+        }
         if let Some(p) = &self.timings.slowest_pair {
             (self.opts.progress)(&format!(
                 "agents started over {:.1} s; slowest pair {} <-> {}: {:.1} s after the later \
@@ -466,6 +473,13 @@ impl Scenario {
                 p.b,
                 p.took.as_secs_f64()
             ));
+            let later = starts.get(&p.a).max(starts.get(&p.b));
+            if let Some(&since) = later {
+                for (x, y) in [(&p.a, &p.b), (&p.b, &p.a)] {
+                    let seen = reached.reports_after(x, y, since);
+                    (self.opts.progress)(&format!("  {x} -> {y} reported: {seen}"));
+                }
+            }
         }
     }
 
@@ -550,4 +564,13 @@ pub fn run(topo: Topology, opts: Options) -> Result<Outcome> {
     let mut timings = sc.timings.clone();
     timings.total = t0.elapsed();
     Ok(Outcome { pairs, timings })
+}
+
+/// A direction's report as the start-up history prints it: `Direct same-site`.
+fn reported_text(r: Option<(ActualPath, Option<PathReason>)>) -> String {
+    match r {
+        None => "no entry".into(),
+        Some((path, None)) => format!("{path:?}"),
+        Some((path, Some(reason))) => format!("{path:?} {reason}"),
+    }
 }

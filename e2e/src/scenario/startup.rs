@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-/// When every direction last became as expected (a direction that regresses is forgotten).
+/// When every direction last became as expected (a direction that regresses is forgotten),
+/// and what each direction reported, change by change (to explain a slow pair).
 #[derive(Debug, Default)]
 pub struct Reached {
     at: BTreeMap<(String, String), Timestamp>,
+    reports: BTreeMap<(String, String), Vec<(Timestamp, String)>>,
 }
 
 impl Reached {
@@ -29,6 +31,31 @@ impl Reached {
 
     pub fn get(&self, from: &str, to: &str) -> Option<Timestamp> {
         self.at.get(&(from.to_string(), to.to_string())).copied()
+    }
+
+    /// Records what direction `from -> to` reports at `now`, when it differs from before.
+    pub fn report(&mut self, from: &str, to: &str, what: String, now: Timestamp) {
+        let list = self
+            .reports
+            .entry((from.to_string(), to.to_string()))
+            .or_default();
+        if list.last().is_none_or(|(_, last)| *last != what) {
+            list.push((now, what));
+        }
+    }
+
+    /// What direction `from -> to` reported, change by change, in seconds after `since`.
+    pub fn reports_after(&self, from: &str, to: &str, since: Timestamp) -> String {
+        let Some(list) = self.reports.get(&(from.to_string(), to.to_string())) else {
+            return "nothing".into();
+        };
+        list.iter()
+            .map(|(at, what)| {
+                let secs = at.duration_since(since).as_secs_f64();
+                format!("{secs:.2} s {what}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -61,6 +88,27 @@ pub fn slowest_pair(
         }
     }
     worst
+}
+
+/// Every direction's reports, one line each (`a b | 1.20 s Connecting cone-cone, ...`), in
+/// seconds after the later of the pair's agents started: the scenario writes it to the file
+/// named by `WIREKUBE_STARTUP_HISTORY`, to study a run's tail beyond its slowest pair.
+pub fn history(
+    pairs: &[(String, String)],
+    starts: &BTreeMap<String, Timestamp>,
+    reached: &Reached,
+) -> String {
+    let mut text = String::new();
+    for (a, b) in pairs {
+        let (Some(sa), Some(sb)) = (starts.get(a), starts.get(b)) else {
+            continue;
+        };
+        let since = (*sa).max(*sb);
+        for (x, y) in [(a, b), (b, a)] {
+            text += &format!("{x} {y} | {}\n", reached.reports_after(x, y, since));
+        }
+    }
+    text
 }
 
 /// First and last agent start.
@@ -141,6 +189,24 @@ mod tests {
         r.observe("a", "b", true, ts(9));
         let took = slowest_pair(&pairs(&[("a", "b")]), &starts, &r).map(|p| p.took);
         assert_eq!(took, Some(Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn reports_are_kept_change_by_change() {
+        let mut r = Reached::default();
+        r.report("a", "b", "Connecting".into(), ts(1));
+        r.report("a", "b", "Connecting".into(), ts(2));
+        r.report("a", "b", "Direct".into(), ts(3));
+        assert_eq!(
+            r.reports_after("a", "b", ts(0)),
+            "1.00 s Connecting, 3.00 s Direct"
+        );
+        assert_eq!(r.reports_after("b", "a", ts(0)), "nothing");
+        let starts = BTreeMap::from([("a".into(), ts(0)), ("b".into(), ts(2))]);
+        assert_eq!(
+            history(&pairs(&[("a", "b"), ("a", "x")]), &starts, &r),
+            "a b | -1.00 s Connecting, 1.00 s Direct\nb a | nothing\n"
+        );
     }
 
     #[test]

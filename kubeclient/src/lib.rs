@@ -76,6 +76,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "the kubeconfig's tls-server-name {name:?} is not a valid DNS name or IP address \
+         ({reason}); correct or remove it"
+    )]
+    TlsServerName { name: String, reason: String },
     #[error("building the extra request headers of the kubeconfig: {0}")]
     Headers(#[source] kube::Error),
     #[error(
@@ -96,6 +101,41 @@ pub fn tcp_connector(keepalive: &Keepalive) -> HttpConnector {
     tcp
 }
 
+/// TLS over `tcp` as kube builds it (`rustls_https_connector_with_connector`), offering HTTP/2
+/// as well as HTTP/1.1.
+///
+/// Why HTTP/2: over HTTP/1.1 a request the client drops keeps its place in the API server's
+/// priority-and-fairness queue, because the server notices a closed connection only after it
+/// has read the request body, which it reads when the request leaves the queue; it then runs
+/// (if only up to its storage update) and a newer request queued behind it waits for it. Over
+/// HTTP/2 a dropped request resets its stream, the server cancels the request at once and
+/// takes it out of the queue unexecuted. The agent's status writer relies on that when a newer
+/// path replaces a write in flight. All requests also share one connection per client.
+fn https_connector(
+    config: &kube::Config,
+    tcp: HttpConnector,
+    url: &str,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, Error> {
+    let tls = config.rustls_client_config().map_err(|source| Error::Tls {
+        url: url.to_string(),
+        source,
+    })?;
+    let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    if let Some(name) = &config.tls_server_name {
+        let server = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+            Error::TlsServerName {
+                name: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        builder =
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(server));
+    }
+    Ok(builder.enable_http1().enable_http2().wrap_connector(tcp))
+}
+
 /// A client for `config`, built like kube's `Client::try_from(config)` except for the TCP
 /// keepalive (see the crate's documentation). A proxy (`proxy_url`) is refused: kube needs its
 /// optional proxy features for one, which this build does not enable either.
@@ -104,12 +144,7 @@ pub fn client(config: kube::Config, keepalive: &Keepalive) -> Result<kube::Clien
         return Err(Error::Proxy(proxy.to_string()));
     }
     let url = config.cluster_url.to_string();
-    let https = config
-        .rustls_https_connector_with_connector(tcp_connector(keepalive))
-        .map_err(|source| Error::Tls {
-            url: url.clone(),
-            source,
-        })?;
+    let https = https_connector(&config, tcp_connector(keepalive), &url)?;
     let mut timed = TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
     timed.set_read_timeout(config.read_timeout);

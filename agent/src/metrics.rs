@@ -54,6 +54,8 @@ pub struct Metrics {
     pub transitions: Family<PathLabel, Counter>,
     pub status_patches: Counter,
     pub status_patch_errors: Counter,
+    /// Status writes dropped in flight for a newer path (`status::replaces_in_flight`).
+    pub status_patches_replaced: Counter,
     pub discovery_runs: Counter,
     /// Peers on the relay although planned direct (`fallback` in the status).
     pub fallbacks: Gauge,
@@ -79,6 +81,7 @@ impl Metrics {
             transitions: Family::default(),
             status_patches: Counter::default(),
             status_patch_errors: Counter::default(),
+            status_patches_replaced: Counter::default(),
             discovery_runs: Counter::default(),
             fallbacks: Gauge::default(),
             handshake_age: Family::default(),
@@ -118,6 +121,11 @@ impl Metrics {
             "status_patch_errors",
             "Failed status applies",
             m.status_patch_errors.clone(),
+        );
+        registry.register(
+            "status_patches_replaced",
+            "Status applies dropped in flight for a newer path",
+            m.status_patches_replaced.clone(),
         );
         registry.register(
             "discovery_runs",

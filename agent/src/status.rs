@@ -180,6 +180,29 @@ pub fn write_due(
     }
 }
 
+/// Whether `new` replaces the write of `in_flight` still waiting on the API server: when it
+/// moves a connection's path or reason (one already in the write changed, or one the write
+/// lacks is already up). New peers still `Connecting` or `Down`, round-trip times, counters
+/// and conditions wait for the write in flight, as any other change does.
+///
+/// Why: on a loaded API server a status write waits seconds in its queue, and a handshake
+/// that completes just after it was sent was reported only by the next write, seconds
+/// later again (50-node lab). Dropping the waiting request takes it out of the API server's
+/// queue unexecuted (docs/agent.md, "Status writes").
+pub fn replaces_in_flight(in_flight: &WireKubePeerStatus, new: &WireKubePeerStatus) -> bool {
+    let before: BTreeMap<&str, &PeerConnection> = in_flight
+        .connections
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    new.connections
+        .iter()
+        .any(|c| match before.get(c.name.as_str()) {
+            Some(o) => (o.path, o.reason) != (c.path, c.reason),
+            None => matches!(c.path, ActualPath::Direct | ActualPath::Relay),
+        })
+}
+
 /// The server-side apply body for the status subresource.
 pub fn apply_body(name: &str, status: &WireKubePeerStatus) -> serde_json::Value {
     serde_json::json!({
@@ -435,6 +458,46 @@ mod tests {
         );
         assert_eq!(c2[0].status, "False");
         assert_eq!(c2[0].last_transition_time, to_time(t1));
+    }
+
+    #[test]
+    fn only_a_path_or_reason_replaces_the_write_in_flight() {
+        use ActualPath::{Connecting, Direct, Down, Relay};
+        let with = |conns: Vec<PeerConnection>| WireKubePeerStatus {
+            connections: conns,
+            ..Default::default()
+        };
+        let flying = with(vec![conn("a", Connecting), conn("b", Direct)]);
+        let reason = |mut c: PeerConnection, r| {
+            c.reason = Some(r);
+            c
+        };
+        let rtt = |mut c: PeerConnection| {
+            c.rtt_micros = Some(900);
+            c.rx_bytes = 5;
+            c
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<PeerConnection>, bool)> = vec![
+            ("the same",                      vec![conn("a", Connecting), conn("b", Direct)], false),
+            ("a handshake",                   vec![conn("a", Direct), conn("b", Direct)], true),
+            ("a fallback",                    vec![conn("a", Connecting), conn("b", Relay)], true),
+            ("a peer down",                   vec![conn("a", Connecting), conn("b", Down)], true),
+            ("a reason",                      vec![conn("a", Connecting), reason(conn("b", Direct), PathReason::SameSite)], true),
+            ("rtt and counters",              vec![conn("a", Connecting), rtt(conn("b", Direct))], false),
+            ("a new peer connecting",         vec![conn("a", Connecting), conn("b", Direct), conn("c", Connecting)], false),
+            ("a new peer without a key",      vec![conn("a", Connecting), conn("b", Direct), conn("c", Down)], false),
+            ("a new peer already up",         vec![conn("a", Connecting), conn("b", Direct), conn("c", Relay)], true),
+            ("a peer removed",                vec![conn("b", Direct)], false),
+            ("reordered",                     vec![conn("b", Direct), conn("a", Connecting)], false),
+        ];
+        for (name, conns, want) in cases {
+            assert_eq!(replaces_in_flight(&flying, &with(conns)), want, "{name}");
+        }
+        let mut conditions_only = flying.clone();
+        conditions_only.conditions = vec![ready_at_generation(2)];
+        conditions_only.nat_type = NatType::Symmetric;
+        assert!(!replaces_in_flight(&flying, &conditions_only));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use wirekube_crds::WireKubePeerStatus;
 
 use crate::metrics::Metrics;
-use crate::status::{changed_fields, write_due};
+use crate::status::{changed_fields, replaces_in_flight, write_due};
 
 /// First wait after a failed write; doubles up to [`RETRY_MAX`], back to this after a success.
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -76,7 +76,8 @@ async fn write_loop<P, F, E>(
     let mut retry = RETRY_MIN;
     while rx.changed().await.is_ok() {
         // Until the latest status is written (or needs no write): a failure retries with
-        // whatever is latest by then.
+        // whatever is latest by then, and a write replaced in flight gives way to it.
+        let mut replaced = 0;
         loop {
             let Some(status) = rx.borrow_and_update().clone() else {
                 break;
@@ -91,17 +92,66 @@ async fn write_loop<P, F, E>(
                 changed = %changed_fields(last.map(|(s, _)| s), &status),
                 "status write"
             );
-            match patch(status.clone()).await {
-                Ok(()) => {
+            let may_replace = replaced < MAX_REPLACED_IN_A_ROW;
+            match write_or_replace(&mut rx, &status, patch(status.clone()), may_replace).await {
+                Written::Replaced => {
+                    metrics.status_patches_replaced.inc();
+                    tracing::debug!("status write replaced in flight by a newer path");
+                    replaced += 1;
+                }
+                Written::Done(Ok(())) => {
                     written = Some((status, now));
                     retry = RETRY_MIN;
-                    break;
+                    replaced = 0;
                 }
-                Err(e) => {
+                Written::Done(Err(e)) => {
                     metrics.status_patch_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?retry, "status apply failed");
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Writes in a row that a newer status may replace before one has to land: paths that change
+/// faster than the API server writes still get reported.
+const MAX_REPLACED_IN_A_ROW: u32 = 3;
+
+enum Written<E> {
+    Done(Result<(), E>),
+    /// Dropped in flight for a newer status ([`replaces_in_flight`]).
+    Replaced,
+}
+
+/// Awaits `write` of `writing`, unless (`may_replace`) a newer status that
+/// [`replaces_in_flight`] arrives first: then the write is dropped, which closes its
+/// request. A request still queued in the API server's priority and fairness queue is removed
+/// unexecuted; one already executing either has committed (the newer write lands after it)
+/// or fails its storage update on the cancelled request context.
+async fn write_or_replace<F, E>(
+    rx: &mut watch::Receiver<Option<WireKubePeerStatus>>,
+    writing: &WireKubePeerStatus,
+    write: F,
+    may_replace: bool,
+) -> Written<E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return Written::Done(r),
+            changed = rx.changed(), if may_replace => {
+                if changed.is_err() {
+                    // The agent is going away: let the write finish.
+                    return Written::Done(write.await);
+                }
+                let newer = rx.borrow();
+                if newer.as_ref().is_some_and(|n| replaces_in_flight(writing, n)) {
+                    return Written::Replaced;
                 }
             }
         }
@@ -207,5 +257,92 @@ mod tests {
         assert_eq!(next(&mut writes).await, "k2", "the retry writes the latest");
         assert_eq!(metrics.status_patch_errors.get(), 1);
         assert_eq!(metrics.status_patches.get(), 2);
+    }
+
+    /// A status with one connection `b` on `path`, marked `key`.
+    fn with_path(key: &str, path: wirekube_crds::ActualPath) -> WireKubePeerStatus {
+        WireKubePeerStatus {
+            connections: vec![wirekube_crds::PeerConnection {
+                name: "b".into(),
+                path,
+                ..Default::default()
+            }],
+            ..marked(key)
+        }
+    }
+
+    /// Sends `dropped <key>` when a write is dropped before it finished.
+    struct DropReport(Option<(String, mpsc::UnboundedSender<String>)>);
+
+    impl Drop for DropReport {
+        fn drop(&mut self) {
+            if let Some((key, tx)) = self.0.take() {
+                let _ = tx.send(format!("dropped {key}"));
+            }
+        }
+    }
+
+    /// Like [`fake`], and reports writes dropped in flight.
+    fn fake_reporting_drops(
+        gate: Arc<Semaphore>,
+    ) -> (
+        impl FnMut(WireKubePeerStatus) -> Write + Send + 'static,
+        mpsc::UnboundedReceiver<String>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let patch = move |s: WireKubePeerStatus| -> Write {
+            let key = s.public_key.unwrap_or_default();
+            let _ = tx.send(key.clone());
+            let (gate, tx) = (gate.clone(), tx.clone());
+            Box::pin(async move {
+                let mut report = DropReport(Some((key, tx)));
+                gate.acquire().await.map_err(|e| e.to_string())?.forget();
+                report.0 = None;
+                Ok(())
+            })
+        };
+        (patch, rx)
+    }
+
+    #[tokio::test]
+    async fn a_new_path_replaces_the_write_in_flight_and_other_news_waits() {
+        use wirekube_crds::ActualPath::{Connecting, Direct, Relay};
+        let gate = Arc::new(Semaphore::new(0));
+        let (patch, mut writes) = fake_reporting_drops(gate.clone());
+        let metrics = Metrics::new();
+        let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
+        w.submit(with_path("k1", Connecting));
+        assert_eq!(next(&mut writes).await, "k1");
+        // Only a new key (no path moved): waits for k1.
+        w.submit(with_path("k2", Connecting));
+        settle().await;
+        assert!(writes.try_recv().is_err(), "k1 stays in flight");
+        // The handshake: k1 is dropped and k3 written at once.
+        w.submit(with_path("k3", Direct));
+        assert_eq!(next(&mut writes).await, "dropped k1");
+        assert_eq!(next(&mut writes).await, "k3");
+        assert_eq!(metrics.status_patches_replaced.get(), 1);
+        gate.add_permits(1);
+        settle().await;
+        assert!(writes.try_recv().is_err(), "k3 landed, nothing newer");
+        assert_eq!(metrics.status_patches.get(), 2);
+        // A path that flaps faster than writes land: replaced three times in a row, then the
+        // fourth write is awaited and the latest follows it.
+        w.submit(with_path("f0", Relay));
+        assert_eq!(next(&mut writes).await, "f0");
+        for (i, path) in [Direct, Relay, Direct].into_iter().enumerate() {
+            w.submit(with_path(&format!("f{}", i + 1), path));
+            assert_eq!(next(&mut writes).await, format!("dropped f{i}"));
+            assert_eq!(next(&mut writes).await, format!("f{}", i + 1));
+        }
+        w.submit(with_path("f4", Relay));
+        settle().await;
+        assert!(
+            writes.try_recv().is_err(),
+            "f3 is not replaced a fourth time"
+        );
+        gate.add_permits(1);
+        assert_eq!(next(&mut writes).await, "f4");
+        assert_eq!(metrics.status_patches_replaced.get(), 4);
     }
 }

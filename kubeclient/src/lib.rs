@@ -1,6 +1,6 @@
 //! The Kubernetes API client the agent and the operator share: kube's own stack (TLS, auth,
 //! base URI, server retries, timeouts), with TCP keepalive on every connection to the API
-//! server.
+//! server, and HTTP/2 offered beside HTTP/1.1 (the private `https_connector` says why).
 //!
 //! Why keepalive: a watch is a long response the client only reads. When the path to the API
 //! server dies without a FIN or RST reaching the client (the node's NAT gateway rebooted to a new

@@ -459,6 +459,15 @@ impl ControlPlane {
         }
     }
 
+    /// The PID of a running component (to pause it with SIGSTOP, say), or `None`.
+    pub fn pid(&self, component: Component) -> Option<u32> {
+        let name = component.name();
+        self.procs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p.pid)
+    }
+
     /// Components that are no longer running.
     pub fn dead(&self, lab: &Lab) -> Vec<String> {
         self.procs

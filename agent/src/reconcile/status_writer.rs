@@ -173,7 +173,8 @@ mod tests {
     type Write = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
     /// A fake API server: reports each write's status, then holds it until `gate` lets it
-    /// finish; `fail_first` writes fail.
+    /// finish; `fail_first` writes fail. A write dropped before it finished reports
+    /// `dropped <key>`.
     fn fake(
         gate: Arc<Semaphore>,
         mut fail_first: usize,
@@ -185,11 +186,13 @@ mod tests {
         let patch = move |s: WireKubePeerStatus| -> Write {
             let key = s.public_key.unwrap_or_default();
             let _ = tx.send(key.clone());
-            let gate = gate.clone();
+            let (gate, tx) = (gate.clone(), tx.clone());
             let fail = fail_first > 0;
             fail_first = fail_first.saturating_sub(1);
             Box::pin(async move {
+                let mut report = DropReport(Some((key.clone(), tx)));
                 gate.acquire().await.map_err(|e| e.to_string())?.forget();
+                report.0 = None;
                 if fail {
                     Err(format!("{key} refused"))
                 } else {
@@ -282,33 +285,11 @@ mod tests {
         }
     }
 
-    /// Like [`fake`], and reports writes dropped in flight.
-    fn fake_reporting_drops(
-        gate: Arc<Semaphore>,
-    ) -> (
-        impl FnMut(WireKubePeerStatus) -> Write + Send + 'static,
-        mpsc::UnboundedReceiver<String>,
-    ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let patch = move |s: WireKubePeerStatus| -> Write {
-            let key = s.public_key.unwrap_or_default();
-            let _ = tx.send(key.clone());
-            let (gate, tx) = (gate.clone(), tx.clone());
-            Box::pin(async move {
-                let mut report = DropReport(Some((key, tx)));
-                gate.acquire().await.map_err(|e| e.to_string())?.forget();
-                report.0 = None;
-                Ok(())
-            })
-        };
-        (patch, rx)
-    }
-
     #[tokio::test]
     async fn a_new_path_replaces_the_write_in_flight_and_other_news_waits() {
         use wirekube_crds::ActualPath::{Connecting, Direct, Relay};
         let gate = Arc::new(Semaphore::new(0));
-        let (patch, mut writes) = fake_reporting_drops(gate.clone());
+        let (patch, mut writes) = fake(gate.clone(), 0);
         let metrics = Metrics::new();
         let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
         w.submit(with_path("k1", Connecting));

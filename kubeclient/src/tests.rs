@@ -74,3 +74,19 @@ fn a_proxy_is_refused_and_named() {
     assert!(text.contains("http://proxy.example:3128/"), "{text}");
     assert!(text.contains("proxy-url"), "{text}");
 }
+
+#[test]
+fn an_invalid_tls_server_name_is_refused_and_named() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = kube::Config::new("https://10.0.0.1:6443".parse().unwrap());
+    config.tls_server_name = Some("not a host name!".into());
+    let Err(err) = client(config, &Keepalive::DEFAULT) else {
+        panic!("a client was built for an invalid tls-server-name");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("tls-server-name \"not a host name!\""),
+        "{text}"
+    );
+    assert!(text.contains("correct or remove it"), "{text}");
+}

@@ -203,6 +203,23 @@ mod tests {
         (patch, rx)
     }
 
+    /// A writer (60 s heartbeat) on [`fake`]: the writer, the fake's gate, the writes it
+    /// reports and the writer's metrics.
+    fn writer_on_fake(
+        fail_first: usize,
+    ) -> (
+        StatusWriter,
+        Arc<Semaphore>,
+        mpsc::UnboundedReceiver<String>,
+        Arc<Metrics>,
+    ) {
+        let gate = Arc::new(Semaphore::new(0));
+        let (patch, writes) = fake(gate.clone(), fail_first);
+        let metrics = Metrics::new();
+        let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
+        (w, gate, writes, metrics)
+    }
+
     async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -220,10 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_write_holds_nobody_and_only_the_latest_status_follows_it() {
-        let gate = Arc::new(Semaphore::new(0));
-        let (patch, mut writes) = fake(gate.clone(), 0);
-        let metrics = Metrics::new();
-        let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
+        let (w, gate, mut writes, metrics) = writer_on_fake(0);
         w.submit(marked("k1"));
         assert_eq!(next(&mut writes).await, "k1");
         // k1 is in flight: these return at once and replace each other.
@@ -249,10 +263,7 @@ mod tests {
     /// Waits out the real retry delay (0.5 s).
     #[tokio::test]
     async fn a_failed_write_is_retried_with_the_latest_status() {
-        let gate = Arc::new(Semaphore::new(0));
-        let (patch, mut writes) = fake(gate.clone(), 1);
-        let metrics = Metrics::new();
-        let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
+        let (w, gate, mut writes, metrics) = writer_on_fake(1);
         w.submit(marked("k1"));
         assert_eq!(next(&mut writes).await, "k1");
         w.submit(marked("k2"));
@@ -288,10 +299,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_path_replaces_the_write_in_flight_and_other_news_waits() {
         use wirekube_crds::ActualPath::{Connecting, Direct, Relay};
-        let gate = Arc::new(Semaphore::new(0));
-        let (patch, mut writes) = fake(gate.clone(), 0);
-        let metrics = Metrics::new();
-        let w = StatusWriter::spawn(Duration::from_secs(60), metrics.clone(), patch);
+        let (w, gate, mut writes, metrics) = writer_on_fake(0);
         w.submit(with_path("k1", Connecting));
         assert_eq!(next(&mut writes).await, "k1");
         // Only a new key (no path moved): waits for k1.

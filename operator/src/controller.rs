@@ -28,6 +28,7 @@ use crate::deferral::{self, Deferrals};
 use crate::diff;
 use crate::error::{Error, Result};
 use crate::events::EventQueue;
+use crate::joining::{self, KeyArrivals};
 use crate::leadership::Leadership;
 use crate::managed_relay;
 use crate::metrics::Metrics;
@@ -54,6 +55,8 @@ pub struct ControllerSettings {
     pub resync: Duration,
     /// How long a spec write that only records endpoints in use waits (`crate::deferral`).
     pub record_delay: Duration,
+    /// How long spec updates wait while nodes publish their first keys (`crate::joining`).
+    pub key_hold: joining::HoldTimes,
 }
 
 impl Default for ControllerSettings {
@@ -65,6 +68,7 @@ impl Default for ControllerSettings {
             debounce: Duration::ZERO,
             resync: Duration::from_secs(300),
             record_delay: deferral::RECORD_DELAY,
+            key_hold: joining::HoldTimes::default(),
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct Context {
     pub relay_pods: Store<Pod>,
     /// Spec writes that only record endpoints in use, waiting (`crate::deferral`).
     pub deferrals: Deferrals,
+    /// The keys seen per mesh: spec updates wait while keys arrive (`crate::joining`).
+    pub keys: KeyArrivals,
 }
 
 /// How long the API server keeps one watch open (`timeoutSeconds`); the client gives up on a
@@ -179,6 +185,7 @@ pub async fn run(
         peers,
         relay_pods,
         deferrals: Deferrals::new(settings.record_delay),
+        keys: KeyArrivals::new(settings.key_hold),
     });
     let (meshes, mesh_writer) = reflector::store::<WireKubeMesh>();
     let mesh_events = reflector::reflector(
@@ -344,6 +351,11 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         Err(rejected) => return reject(ctx, mesh, *rejected).await,
     };
 
+    // While nodes are still publishing their first keys, updates wait for the rest; the
+    // whole pass keeps the wait decided here.
+    let keys_until = ctx
+        .keys
+        .observe(&name, node_keys(&nodes, &peers, &name), Instant::now());
     let decided_at = Instant::now();
     let redecide = || {
         let (nodes, peers) = (selected_nodes(ctx, mesh), cached_peers(ctx));
@@ -355,10 +367,13 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         };
         let mut newer = decide::mesh(&observed, &now).ok()?;
         let writes = std::mem::take(&mut newer.writes);
+        let still = keys_until.filter(|t| *t > Instant::now());
+        let (writes, _) = joining::split(writes, still);
         newer.writes = ctx.deferrals.split(&name, writes, Instant::now()).0;
         Some(newer)
     };
     let all = std::mem::take(&mut changes.writes);
+    let (all, keys_held) = joining::split(all, keys_until);
     let (first, _) = ctx.deferrals.split(&name, all, Instant::now());
     let (writes, newest) =
         peer_writes::write_peers(&ctx.writer, &name, first, &changes.deletes, redecide).await;
@@ -396,6 +411,9 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     (metrics.records_held)
         .get_or_create(&mesh_label)
         .set(held.count as i64);
+    (metrics.held_for_keys)
+        .get_or_create(&mesh_label)
+        .set(keys_held.count as i64);
     let mut st = changes.status;
     let generation = mesh.metadata.generation.unwrap_or(0);
     let written = status::written_condition(&writes.failure_texts());
@@ -414,6 +432,7 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         spec_changes = %writes.changes,
         refreshes = writes.refreshes,
         records_held = held.count,
+        held_for_keys = keys_held.count,
         quarantined = changes.quarantined,
         status_changed,
         relay_ms,
@@ -425,14 +444,31 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
     // Failed writes are retried with the error's backoff; everything else was written.
     match writes.into_error() {
         Some(e) => Err(e),
-        None => Ok(Action::requeue(next_pass(held, ctx.settings.resync))),
+        None => {
+            let wake = [held.wake, keys_held.wake].into_iter().flatten().min();
+            Ok(Action::requeue(next_pass(wake, ctx.settings.resync)))
+        }
     }
 }
 
 /// The next pass: the resync, or sooner when a held write falls due.
-fn next_pass(held: deferral::Held, resync: Duration) -> Duration {
+fn next_pass(wake: Option<Instant>, resync: Duration) -> Duration {
     let now = Instant::now();
-    (held.wake.map(|t| t.saturating_duration_since(now))).map_or(resync, |d| d.min(resync))
+    (wake.map(|t| t.saturating_duration_since(now))).map_or(resync, |d| d.min(resync))
+}
+
+/// Each selected node's published key, if any (a peer of another mesh has none here).
+fn node_keys<'a>(
+    nodes: &'a [ClusterNode],
+    peers: &'a BTreeMap<String, Arc<WireKubePeer>>,
+    mesh: &'a str,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
+    nodes.iter().map(move |n| {
+        let key = (peers.get(n.name()))
+            .filter(|p| diff::peer_mesh(p) == Some(mesh))
+            .and_then(|p| p.status.as_ref()?.public_key.as_deref());
+        (n.name(), key)
+    })
 }
 
 /// The nodes the mesh selects, from the cache.

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod joining;
 pub mod leader;
 pub mod leadership;
 pub mod lease;

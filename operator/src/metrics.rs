@@ -54,6 +54,8 @@ pub struct Metrics {
     pub quarantined: Family<MeshLabel, Gauge>,
     /// Peer spec writes that only record endpoints in use, waiting (`crate::deferral`).
     pub records_held: Family<MeshLabel, Gauge>,
+    /// Peer spec updates waiting while other nodes publish their first keys (`crate::joining`).
+    pub held_for_keys: Family<MeshLabel, Gauge>,
     pub leader: Gauge,
 }
 
@@ -69,6 +71,7 @@ impl Default for Metrics {
         let write_failures = Family::<WriteFailureLabel, Counter>::default();
         let quarantined = Family::<MeshLabel, Gauge>::default();
         let records_held = Family::<MeshLabel, Gauge>::default();
+        let held_for_keys = Family::<MeshLabel, Gauge>::default();
         let leader = Gauge::default();
         r.register(
             "api_write_failures",
@@ -84,6 +87,11 @@ impl Default for Metrics {
             "peer_writes_held",
             "Peer spec writes waiting because they only record endpoints the node already uses",
             records_held.clone(),
+        );
+        r.register(
+            "peer_writes_held_for_keys",
+            "Peer spec updates waiting (at most 2 s) while other nodes publish their first keys",
+            held_for_keys.clone(),
         );
         r.register("reconciles", "Mesh reconciles run", reconciles.clone());
         r.register(
@@ -119,6 +127,7 @@ impl Default for Metrics {
             write_failures,
             quarantined,
             records_held,
+            held_for_keys,
             leader,
         }
     }

@@ -154,6 +154,12 @@ impl Replica {
         let label = wirekube_operator::metrics::MeshLabel { mesh: mesh.into() };
         self.metrics.records_held.get_or_create(&label).get()
     }
+
+    /// The mesh's peer updates held while nodes publish their first keys (`joining`).
+    pub fn held_for_keys(&self, mesh: &str) -> i64 {
+        let label = wirekube_operator::metrics::MeshLabel { mesh: mesh.into() };
+        self.metrics.held_for_keys.get_or_create(&label).get()
+    }
 }
 
 impl Env {

@@ -8,33 +8,67 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 fn hold_until_table() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + MS(ms);
-    // (case, now, last new key, keyless nodes, hold since, held until), in ms after t0
+    // (case, now, last new key, new keys in the window, keyless of 8, run since, held
+    // until), in ms after t0
     type Case = (
         &'static str,
         u64,
         Option<u64>,
         usize,
+        usize,
         Option<u64>,
         Option<u64>,
     );
-    let cases: [Case; 9] = [
-        ("no key ever arrived", 100, None, 5, None, None),
-        ("every node has its key", 100, Some(50), 0, None, None),
+    let cases: [Case; 15] = [
+        ("no key ever arrived", 100, None, 0, 8, None, None),
+        ("every node has its key", 100, Some(50), 6, 0, None, None),
+        ("a mass start", 100, Some(100), 5, 3, None, Some(600)),
         (
-            "a key just arrived, others missing",
+            "half the mesh, all its keys new",
             100,
             Some(100),
-            3,
+            4,
+            4,
             None,
             Some(600),
         ),
-        ("keys still arriving", 400, Some(300), 3, Some(0), Some(800)),
-        ("quiet long enough", 700, Some(100), 3, Some(0), None),
-        ("quiet exactly now", 600, Some(100), 3, Some(0), None),
+        ("under half the mesh", 100, Some(100), 3, 5, None, None),
+        (
+            "three quarters of the keys new",
+            100,
+            Some(100),
+            6,
+            1,
+            None,
+            Some(600),
+        ),
+        ("most keys known before", 100, Some(100), 4, 1, None, None),
+        (
+            "one key alone is no mass start",
+            100,
+            Some(100),
+            1,
+            7,
+            None,
+            None,
+        ),
+        ("keys trickling in", 400, Some(300), 1, 3, None, None),
+        (
+            "the run goes on with a trickle",
+            400,
+            Some(300),
+            1,
+            3,
+            Some(0),
+            Some(800),
+        ),
+        ("quiet long enough", 700, Some(100), 0, 3, Some(0), None),
+        ("quiet exactly now", 600, Some(100), 0, 3, Some(0), None),
         (
             "the run reaches its limit first",
             1800,
             Some(1700),
+            4,
             3,
             Some(0),
             Some(2000),
@@ -43,6 +77,7 @@ fn hold_until_table() {
             "the run is at its limit",
             2000,
             Some(1950),
+            4,
             3,
             Some(0),
             None,
@@ -51,21 +86,65 @@ fn hold_until_table() {
             "the run is past its limit",
             2500,
             Some(2450),
+            4,
             3,
             Some(0),
             None,
         ),
     ];
-    for (case, now, last, keyless, since, want) in cases {
-        let got = hold_until(
-            HoldTimes::default(),
-            at(now),
-            last.map(at),
+    for (case, now, last, recent, keyless, since, want) in cases {
+        let seen = KeysSeen {
+            now: at(now),
+            last_new_key: last.map(at),
+            recent_new_keys: recent,
+            selected: 8,
             keyless,
-            since.map(at),
+            hold_since: since.map(at),
+        };
+        assert_eq!(
+            hold_until(HoldTimes::default(), &seen),
+            want.map(at),
+            "{case}"
         );
-        assert_eq!(got, want.map(at), "{case}");
     }
+}
+
+#[test]
+fn half_of_a_larger_mesh() {
+    let now = Instant::now();
+    let seen = |recent| KeysSeen {
+        now,
+        last_new_key: Some(now),
+        recent_new_keys: recent,
+        selected: 60,
+        keyless: 30,
+        hold_since: None,
+    };
+    assert_eq!(
+        hold_until(HoldTimes::default(), &seen(29)),
+        None,
+        "under half"
+    );
+    let held = hold_until(HoldTimes::default(), &seen(30));
+    assert_eq!(held, Some(now + KEY_QUIET));
+}
+
+#[test]
+fn the_lab_start_ups() {
+    let now = Instant::now();
+    let seen = |recent, selected, keyless| KeysSeen {
+        now,
+        last_new_key: Some(now),
+        recent_new_keys: recent,
+        selected,
+        keyless,
+        hold_since: None,
+    };
+    // A mesh applied to 60 running agents: 49 keys within 1.5 s, 11 to come.
+    let held = hold_until(HoldTimes::default(), &seen(49, 60, 11));
+    assert_eq!(held, Some(now + KEY_QUIET));
+    // 50 nodes booting: 40 keys over 4 s, 17 of them in the last 2 s.
+    assert_eq!(hold_until(HoldTimes::default(), &seen(17, 50, 10)), None);
 }
 
 fn write(node: &str, stored: bool) -> PeerWrite {
@@ -125,38 +204,52 @@ fn first_pass_takes_keys_as_known() {
 }
 
 #[test]
-fn new_and_changed_keys_hold_while_nodes_lack_one() {
+fn a_mass_start_holds_until_every_key_is_in() {
     let k = KeyArrivals::default();
     let t0 = Instant::now();
-    assert_eq!(
-        k.observe("m", [("a", None), ("b", None), ("c", None)], t0),
-        None
-    );
+    let none = [("a", None), ("b", None), ("c", None), ("d", None)];
+    assert_eq!(k.observe("m", none, t0), None);
 
-    // a's first key: b and c have none yet.
+    // a's and b's keys together: half the mesh within a second, c and d without one.
     let t1 = t0 + MS(100);
-    let until = k.observe("m", [("a", Some("ka")), ("b", None), ("c", None)], t1);
-    assert_eq!(until, Some(t1 + KEY_QUIET));
+    let two = [
+        ("a", Some("ka")),
+        ("b", Some("kb")),
+        ("c", None),
+        ("d", None),
+    ];
+    assert_eq!(k.observe("m", two, t1), Some(t1 + KEY_QUIET));
 
-    // b's key extends the wait.
+    // c's key extends the wait.
     let t2 = t1 + MS(200);
-    let until = k.observe("m", [("a", Some("ka")), ("b", Some("kb")), ("c", None)], t2);
-    assert_eq!(until, Some(t2 + KEY_QUIET));
+    let three = [
+        ("a", Some("ka")),
+        ("b", Some("kb")),
+        ("c", Some("kc")),
+        ("d", None),
+    ];
+    assert_eq!(k.observe("m", three, t2), Some(t2 + KEY_QUIET));
 
     // The last key: nobody lacks one, updates go out.
     let t3 = t2 + MS(100);
-    let all = [("a", Some("ka")), ("b", Some("kb")), ("c", Some("kc"))];
+    let all = [
+        ("a", Some("ka")),
+        ("b", Some("kb")),
+        ("c", Some("kc")),
+        ("d", Some("kd")),
+    ];
     assert_eq!(k.observe("m", all, t3), None);
 
-    // A rotated key counts as new; with d joined without a key, it holds again.
+    // Later one rotated key while a new node e has none: no mass start, nothing waits.
     let t4 = t3 + MS(5000);
     let rotated = [
         ("a", Some("ka2")),
         ("b", Some("kb")),
         ("c", Some("kc")),
-        ("d", None),
+        ("d", Some("kd")),
+        ("e", None),
     ];
-    assert_eq!(k.observe("m", rotated, t4), Some(t4 + KEY_QUIET));
+    assert_eq!(k.observe("m", rotated, t4), None);
 
     // Another mesh is its own: its first pass knows its keys.
     assert_eq!(
@@ -166,23 +259,45 @@ fn new_and_changed_keys_hold_while_nodes_lack_one() {
 }
 
 #[test]
+fn keys_trickling_in_never_hold() {
+    // 20 nodes booting one after another, a key every 300 ms: at most 7 in the window, and
+    // soon fewer than three quarters of the keys known.
+    let k = KeyArrivals::default();
+    let t0 = Instant::now();
+    let names: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    let nodes = |keyed: usize| -> Vec<(&str, Option<&str>)> {
+        (names.iter().enumerate())
+            .map(|(i, n)| (n.as_str(), (i < keyed).then_some("k")))
+            .collect()
+    };
+    assert_eq!(k.observe("m", nodes(0), t0), None);
+    for i in 1..20 {
+        let now = t0 + MS(300 * i as u64);
+        assert_eq!(k.observe("m", nodes(i), now), None, "key {i}");
+    }
+}
+
+#[test]
 fn a_run_of_holds_ends_after_max_hold() {
     let k = KeyArrivals::default();
     let t0 = Instant::now();
-    assert_eq!(k.observe("m", [("n0", None), ("z", None)], t0), None);
-    // A key every 300 ms, one node never publishing: the run starts at the first and is cut
-    // at MAX_HOLD.
+    assert_eq!(
+        k.observe("m", [("n0", None), ("n1", None), ("z", None)], t0),
+        None
+    );
+    // Two keys start the run; then a key every 300 ms, one node never publishing: the run is
+    // cut at MAX_HOLD.
+    let start = t0 + MS(300);
     let mut now = t0;
     let mut last_until = None;
     for i in 1..=8u64 {
         now = t0 + MS(300 * i);
-        let keyed: Vec<String> = (0..i).map(|j| format!("n{j}")).collect();
+        let keyed: Vec<String> = (0..=i).map(|j| format!("n{j}")).collect();
         let nodes: Vec<(&str, Option<&str>)> = (keyed.iter())
             .map(|n| (n.as_str(), Some("k")))
             .chain([("z", None)])
             .collect();
         last_until = k.observe("m", nodes, now);
-        let start = t0 + MS(300);
         if now < start + MAX_HOLD {
             let want = (now + KEY_QUIET).min(start + MAX_HOLD);
             assert_eq!(last_until, Some(want), "at {i}");

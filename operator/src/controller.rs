@@ -86,7 +86,7 @@ pub struct Context {
     pub relay_pods: Store<Pod>,
     /// Spec writes that only record endpoints in use, waiting (`crate::deferral`).
     pub deferrals: Deferrals,
-    /// The keys seen per mesh: spec updates wait while keys arrive (`crate::joining`).
+    /// The keys seen per mesh: in a mass start, spec updates wait for the rest (`crate::joining`).
     pub keys: KeyArrivals,
 }
 
@@ -351,8 +351,8 @@ async fn reconcile_inner(mesh: &WireKubeMesh, ctx: &Context) -> Result<Action> {
         Err(rejected) => return reject(ctx, mesh, *rejected).await,
     };
 
-    // While nodes are still publishing their first keys, updates wait for the rest; the
-    // whole pass keeps the wait decided here.
+    // In a mass start, updates wait for the rest of the keys (`joining`); the whole pass
+    // keeps the wait decided here.
     let keys_until = ctx
         .keys
         .observe(&name, node_keys(&nodes, &peers, &name), Instant::now());

@@ -13,16 +13,16 @@
 //! peer is created at once (its agent publishes its key only once its WireKubePeer exists),
 //! and a peer is deleted at once.
 //!
-//! Only a mass start: when nodes boot over several seconds, their keys trickle in, and a
-//! wait delayed the pairs of the nodes that had reported early by its full length for no
-//! pass saved (the 50-node boot, docs/benchmarks.md): there the keys arrive about ten a
-//! second, never half of the mesh's within the window, and at any time most of the known
-//! ones are older than the window.
+//! Only a mass start on nodes the mesh already had: while nodes are still joining (a
+//! cluster booting), more keys follow with every node, and a wait delayed the pairs of the
+//! nodes that had reported early for no pass saved (the 50-node boot, docs/benchmarks.md).
+//! So no run of waits begins within [`HoldTimes::window`] of a node joining the selection,
+//! nor when the new keys are few or most known keys are older.
 //!
 //! Pure: [`hold_until`] decides; [`KeyArrivals`] keeps, per mesh, the keys seen and when
 //! new ones arrived; [`split`] applies the decision to a pass's writes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub struct KeysSeen {
     pub keyless: usize,
     /// When the current run of held passes began.
     pub hold_since: Option<Instant>,
+    /// When a node last joined the mesh's selection.
+    pub last_join: Option<Instant>,
 }
 
 /// When the held updates may go out, or `None` when they go out now.
@@ -83,7 +85,8 @@ pub fn hold_until(times: HoldTimes, k: &KeysSeen) -> Option<Instant> {
     let keyed = k.selected.saturating_sub(k.keyless);
     let recent = k.recent_new_keys;
     let mass_start = recent >= 2 && recent * 2 >= k.selected && recent * 4 >= keyed * 3;
-    if k.hold_since.is_none() && !mass_start {
+    let joining = (k.last_join).is_some_and(|j| k.now.duration_since(j) <= times.window);
+    if k.hold_since.is_none() && (!mass_start || joining) {
         return None;
     }
     let quiet_at = last + times.quiet;
@@ -120,6 +123,8 @@ pub struct Held {
 /// passes began.
 #[derive(Debug, Default)]
 struct MeshKeys {
+    nodes: BTreeSet<String>,
+    last_join: Option<Instant>,
     keys: BTreeMap<String, String>,
     /// Arrival times of new keys within the last [`HoldTimes::window`], oldest first.
     arrivals: VecDeque<Instant>,
@@ -155,9 +160,13 @@ impl KeyArrivals {
         let first = !meshes.contains_key(mesh);
         let m = meshes.entry(mesh.to_owned()).or_default();
         let mut keys = BTreeMap::new();
-        let (mut selected, mut keyless) = (0, 0);
+        let mut selected = BTreeSet::new();
+        let mut keyless = 0;
         for (node, key) in nodes {
-            selected += 1;
+            if !first && !m.nodes.contains(node) {
+                m.last_join = Some(now);
+            }
+            selected.insert(node.to_owned());
             let Some(k) = key else {
                 keyless += 1;
                 continue;
@@ -169,6 +178,8 @@ impl KeyArrivals {
             keys.insert(node.to_owned(), k.to_owned());
         }
         m.keys = keys;
+        let selected_count = selected.len();
+        m.nodes = selected;
         while (m.arrivals.front()).is_some_and(|t| now.duration_since(*t) > self.times.window) {
             m.arrivals.pop_front();
         }
@@ -176,9 +187,10 @@ impl KeyArrivals {
             now,
             last_new_key: m.last_new_key,
             recent_new_keys: m.arrivals.len(),
-            selected,
+            selected: selected_count,
             keyless,
             hold_since: m.hold_since,
+            last_join: m.last_join,
         };
         let until = hold_until(self.times, &seen);
         m.hold_since = until.map(|_| m.hold_since.unwrap_or(now));

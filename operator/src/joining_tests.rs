@@ -100,6 +100,7 @@ fn hold_until_table() {
             selected: 8,
             keyless,
             hold_since: since.map(at),
+            last_join: None,
         };
         assert_eq!(
             hold_until(HoldTimes::default(), &seen),
@@ -119,6 +120,7 @@ fn half_of_a_larger_mesh() {
         selected: 60,
         keyless: 30,
         hold_since: None,
+        last_join: None,
     };
     assert_eq!(
         hold_until(HoldTimes::default(), &seen(29)),
@@ -139,12 +141,48 @@ fn the_lab_start_ups() {
         selected,
         keyless,
         hold_since: None,
+        last_join: None,
     };
     // A mesh applied to 60 running agents: 49 keys within 1.5 s, 11 to come.
     let held = hold_until(HoldTimes::default(), &seen(49, 60, 11));
     assert_eq!(held, Some(now + KEY_QUIET));
     // 50 nodes booting: 40 keys over 4 s, 17 of them in the last 2 s.
     assert_eq!(hold_until(HoldTimes::default(), &seen(17, 50, 10)), None);
+}
+
+#[test]
+fn no_run_begins_while_nodes_join() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + MS(ms);
+    // A mass start at 3000 ms (6 of 8 keys new), with the last node joining at `join`.
+    let seen = |join: Option<u64>, since: Option<u64>| KeysSeen {
+        now: at(3000),
+        last_new_key: Some(at(3000)),
+        recent_new_keys: 6,
+        selected: 8,
+        keyless: 2,
+        hold_since: since.map(at),
+        last_join: join.map(at),
+    };
+    let times = HoldTimes::default();
+    assert_eq!(
+        hold_until(times, &seen(None, None)),
+        Some(at(3500)),
+        "no join"
+    );
+    assert_eq!(
+        hold_until(times, &seen(Some(500), None)),
+        Some(at(3500)),
+        "long ago"
+    );
+    assert_eq!(
+        hold_until(times, &seen(Some(1000), None)),
+        None,
+        "at the window's edge"
+    );
+    assert_eq!(hold_until(times, &seen(Some(2900), None)), None, "just now");
+    let run = hold_until(times, &seen(Some(2900), Some(2800)));
+    assert_eq!(run, Some(at(3500)), "a run already begun goes on");
 }
 
 fn write(node: &str, stored: bool) -> PeerWrite {
@@ -308,4 +346,33 @@ fn a_run_of_holds_ends_after_max_hold() {
         last_until, None,
         "2 s after the run began, the updates go out"
     );
+}
+
+#[test]
+fn keys_of_nodes_still_joining_never_hold() {
+    // A cluster booting: nodes join the selection as their keys arrive.
+    let k = KeyArrivals::default();
+    let t0 = Instant::now();
+    assert_eq!(k.observe("m", [("a", None)], t0), None);
+    let t1 = t0 + MS(100);
+    let nodes = [("a", Some("ka")), ("b", Some("kb")), ("c", None)];
+    assert_eq!(k.observe("m", nodes, t1), None, "b and c just joined");
+    let t2 = t1 + BURST_WINDOW + MS(1);
+    // Three new keys of three, half the mesh: a mass start but for d's join.
+    let nodes = [
+        ("a", Some("ka1")),
+        ("b", Some("kb2")),
+        ("c", Some("kc")),
+        ("d", None),
+    ];
+    assert_eq!(k.observe("m", nodes, t2), None, "d just joined");
+    // Once the selection has been still for the window, a mass start holds.
+    let t3 = t2 + BURST_WINDOW + MS(1);
+    let nodes = [
+        ("a", Some("ka2")),
+        ("b", Some("kb3")),
+        ("c", Some("kc2")),
+        ("d", None),
+    ];
+    assert_eq!(k.observe("m", nodes, t3), Some(t3 + KEY_QUIET));
 }

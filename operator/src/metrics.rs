@@ -54,7 +54,7 @@ pub struct Metrics {
     pub quarantined: Family<MeshLabel, Gauge>,
     /// Peer spec writes that only record endpoints in use, waiting (`crate::deferral`).
     pub records_held: Family<MeshLabel, Gauge>,
-    /// Peer spec updates waiting while other nodes publish their first keys (`crate::joining`).
+    /// Peer spec updates waiting for the rest of a mass start's keys (`crate::joining`).
     pub held_for_keys: Family<MeshLabel, Gauge>,
     pub leader: Gauge,
 }
@@ -90,7 +90,7 @@ impl Default for Metrics {
         );
         r.register(
             "peer_writes_held_for_keys",
-            "Peer spec updates waiting (at most 2 s) while other nodes publish their first keys",
+            "Peer spec updates waiting (at most 2 s) for the rest of a mass start's keys",
             held_for_keys.clone(),
         );
         r.register("reconciles", "Mesh reconciles run", reconciles.clone());

@@ -77,7 +77,8 @@ async fn write_loop<P, F, E>(
     while rx.changed().await.is_ok() {
         // Until the latest status is written (or needs no write): a failure retries with
         // whatever is latest by then, and a write replaced in flight gives way to it.
-        let mut replaced = 0;
+        // When the first write of the current run of replaced ones was sent.
+        let mut unlanded_since: Option<tokio::time::Instant> = None;
         loop {
             let Some(status) = rx.borrow_and_update().clone() else {
                 break;
@@ -92,17 +93,18 @@ async fn write_loop<P, F, E>(
                 changed = %changed_fields(last.map(|(s, _)| s), &status),
                 "status write"
             );
-            let may_replace = replaced < MAX_REPLACED_IN_A_ROW;
-            match write_or_replace(&mut rx, &status, patch(status.clone()), may_replace).await {
+            let sent_at = tokio::time::Instant::now();
+            let replace_until = unlanded_since.unwrap_or(sent_at) + REPLACE_FOR;
+            match write_or_replace(&mut rx, &status, patch(status.clone()), replace_until).await {
                 Written::Replaced => {
                     metrics.status_patches_replaced.inc();
                     tracing::debug!("status write replaced in flight by a newer path");
-                    replaced += 1;
+                    unlanded_since.get_or_insert(sent_at);
                 }
                 Written::Done(Ok(())) => {
                     written = Some((status, now));
                     retry = RETRY_MIN;
-                    replaced = 0;
+                    unlanded_since = None;
                 }
                 Written::Done(Err(e)) => {
                     metrics.status_patch_errors.inc();
@@ -115,9 +117,12 @@ async fn write_loop<P, F, E>(
     }
 }
 
-/// Writes in a row that a newer status may replace before one has to land: paths that change
-/// faster than the API server writes still get reported.
-const MAX_REPLACED_IN_A_ROW: u32 = 3;
+/// How long newer paths may keep replacing the writes in flight, from the first of them, before
+/// one has to land: paths that change faster than the API server writes still get reported,
+/// at least this often plus one write's time. A time, not a count: with a count of three, at
+/// 60 nodes the fourth write of a burst, sent 1.5 s into it, could no longer be replaced and
+/// spent 2.3 s in the API server while the path it did not carry was already up.
+const REPLACE_FOR: Duration = Duration::from_secs(3);
 
 enum Written<E> {
     Done(Result<(), E>),
@@ -125,16 +130,15 @@ enum Written<E> {
     Replaced,
 }
 
-/// Awaits `write` of `writing`, unless (`may_replace`) a newer status that
-/// [`replaces_in_flight`] arrives first: then the write is dropped, which closes its
-/// request. A request still queued in the API server's priority and fairness queue is removed
+/// Awaits `write` of `writing`, unless a newer status that [`replaces_in_flight`] arrives
+/// before `replace_until`: then the write is dropped, which closes its request. A request still queued in the API server's priority and fairness queue is removed
 /// unexecuted; one already executing either has committed (the newer write lands after it)
 /// or fails its storage update on the cancelled request context.
 async fn write_or_replace<F, E>(
     rx: &mut watch::Receiver<Option<WireKubePeerStatus>>,
     writing: &WireKubePeerStatus,
     write: F,
-    may_replace: bool,
+    replace_until: tokio::time::Instant,
 ) -> Written<E>
 where
     F: Future<Output = Result<(), E>>,
@@ -144,13 +148,14 @@ where
         tokio::select! {
             biased;
             r = &mut write => return Written::Done(r),
-            changed = rx.changed(), if may_replace => {
+            changed = rx.changed() => {
                 if changed.is_err() {
                     // The agent is going away: let the write finish.
                     return Written::Done(write.await);
                 }
                 let newer = rx.borrow();
-                if newer.as_ref().is_some_and(|n| replaces_in_flight(writing, n)) {
+                let in_time = tokio::time::Instant::now() < replace_until;
+                if in_time && newer.as_ref().is_some_and(|n| replaces_in_flight(writing, n)) {
                     return Written::Replaced;
                 }
             }
@@ -296,7 +301,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// On paused time: the test moves the clock past the replacement window.
+    #[tokio::test(start_paused = true)]
     async fn a_new_path_replaces_the_write_in_flight_and_other_news_waits() {
         use wirekube_crds::ActualPath::{Connecting, Direct, Relay};
         let (w, gate, mut writes, metrics) = writer_on_fake(0);
@@ -315,23 +321,32 @@ mod tests {
         settle().await;
         assert!(writes.try_recv().is_err(), "k3 landed, nothing newer");
         assert_eq!(metrics.status_patches.get(), 2);
-        // A path that flaps faster than writes land: replaced three times in a row, then the
-        // fourth write is awaited and the latest follows it.
+        // A path that flaps faster than writes land: each newer path replaces the write in
+        // flight for REPLACE_FOR from the first replaced one's start, then the write in
+        // flight is awaited and the latest follows it.
         w.submit(with_path("f0", Relay));
         assert_eq!(next(&mut writes).await, "f0");
-        for (i, path) in [Direct, Relay, Direct].into_iter().enumerate() {
+        for (i, path) in [Direct, Relay, Direct, Relay].into_iter().enumerate() {
+            tokio::time::advance(Duration::from_millis(700)).await;
             w.submit(with_path(&format!("f{}", i + 1), path));
             assert_eq!(next(&mut writes).await, format!("dropped f{i}"));
             assert_eq!(next(&mut writes).await, format!("f{}", i + 1));
         }
-        w.submit(with_path("f4", Relay));
+        // 2.8 s after f0 was sent; at 3.0 s no more.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        w.submit(with_path("f5", Direct));
         settle().await;
-        assert!(
-            writes.try_recv().is_err(),
-            "f3 is not replaced a fourth time"
-        );
+        assert!(writes.try_recv().is_err(), "f4 is not replaced after 3 s");
         gate.add_permits(1);
-        assert_eq!(next(&mut writes).await, "f4");
-        assert_eq!(metrics.status_patches_replaced.get(), 4);
+        assert_eq!(next(&mut writes).await, "f5");
+        assert_eq!(metrics.status_patches_replaced.get(), 5);
+        // f5 landed: a new run may replace again.
+        gate.add_permits(1);
+        settle().await;
+        w.submit(with_path("g0", Relay));
+        assert_eq!(next(&mut writes).await, "g0");
+        w.submit(with_path("g1", Direct));
+        assert_eq!(next(&mut writes).await, "dropped g0");
+        assert_eq!(next(&mut writes).await, "g1");
     }
 }

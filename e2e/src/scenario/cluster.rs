@@ -2,9 +2,10 @@
 //! lives in the DMZ namespace, so the client's runtime threads join that namespace; against a
 //! real cluster (kind) no namespace is given.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt as _;
@@ -212,18 +213,36 @@ impl Cluster {
     /// A watch of every WireKubePeer, kept in memory: reading it costs the API server nothing.
     /// Polling `peers()` every 100 ms while 30 nodes start listed ~30 large objects ten times a
     /// second, on the same two cores as the control plane being measured.
+    ///
+    /// It notes when each version of a peer arrived ([`PeerWatch::received_at`]): a caller
+    /// that polls the store stamps a report with that, not with when its poll came round.
     pub fn watch_peers(&self) -> PeerWatch {
         let (store, writer) = reflector::store::<WireKubePeer>();
-        let client = self.client.clone();
+        let received = Arc::new(Mutex::new(HashMap::new()));
+        let (client, noted) = (self.client.clone(), received.clone());
         let task = self.rt.spawn(async move {
             let api = Api::<WireKubePeer>::all(client);
             // Errors are retried by the watcher's backoff; the stream never ends by itself.
             reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
                 .default_backoff()
-                .for_each(|_| std::future::ready(()))
+                .applied_objects()
+                .for_each(|p| {
+                    if let Ok(p) = p {
+                        let m = p.metadata;
+                        if let (Some(name), Some(rv)) = (m.name, m.resource_version) {
+                            let mut noted = noted.lock().unwrap_or_else(|e| e.into_inner());
+                            noted.insert(name, (rv, jiff::Timestamp::now()));
+                        }
+                    }
+                    std::future::ready(())
+                })
                 .await;
         });
-        PeerWatch { store, task }
+        PeerWatch {
+            store,
+            received,
+            task,
+        }
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>> {
@@ -254,6 +273,8 @@ impl Cluster {
 /// this is dropped.
 pub struct PeerWatch {
     store: Store<WireKubePeer>,
+    /// Per peer, the resourceVersion last received and when.
+    received: Arc<Mutex<HashMap<String, (String, jiff::Timestamp)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -270,6 +291,18 @@ impl PeerWatch {
                 .map(|p| (p.metadata.name.clone().unwrap_or_default(), (**p).clone()))
                 .collect(),
         )
+    }
+
+    /// When the watch received this version of `p` (`None`: another version came since, or
+    /// it came before the watch's first list).
+    pub fn received_at(&self, p: &WireKubePeer) -> Option<jiff::Timestamp> {
+        let (name, rv) = (
+            p.metadata.name.as_ref()?,
+            p.metadata.resource_version.as_ref()?,
+        );
+        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen_rv, at) = received.get(name)?;
+        (seen_rv == rv).then_some(*at)
     }
 
     fn ready(&self) -> bool {

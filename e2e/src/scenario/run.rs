@@ -376,6 +376,9 @@ impl Scenario {
         let mut all_direct = None;
         let mut reported_before = 0usize;
         let mut reached = startup::Reached::default();
+        // The same, stamped when this loop's poll saw each report (up to 2 s later on a
+        // saturated machine): printed beside, so the two instruments can be compared.
+        let mut polled = startup::Reached::default();
         let res = wait_until(
             deadline.saturating_duration_since(Instant::now()),
             "every pair reported as expected",
@@ -401,6 +404,10 @@ impl Scenario {
                 let mut wrong = Vec::new();
                 let mut reported = 0;
                 let now = jiff::Timestamp::now();
+                // A report counts from when the watch received it, not from this poll.
+                let received: BTreeMap<&str, jiff::Timestamp> = (peers.iter())
+                    .map(|(n, p)| (n.as_str(), watch.received_at(p).unwrap_or(now)))
+                    .collect();
                 for (a, b) in &pairs {
                     let e = self.topo.expectation(a, b).expect("validated");
                     for (x, y) in [(a, b), (b, a)] {
@@ -409,8 +416,10 @@ impl Scenario {
                             reported += 1;
                         }
                         let ok = r == Some((e.path, Some(e.reason)));
-                        reached.observe(x, y, ok, now);
-                        reached.report(x, y, reported_text(r), now);
+                        let at = received.get(x.as_str()).copied().unwrap_or(now);
+                        reached.observe(x, y, ok, at);
+                        reached.report(x, y, reported_text(r), at);
+                        polled.observe(x, y, ok, now);
                         if !ok {
                             wrong.push(format!("{x}->{y}: {r:?}"));
                         }
@@ -433,7 +442,7 @@ impl Scenario {
             Ok(_) if last.starts_with("exited: ") => Err(anyhow!("{last}")),
             Ok(_) => {
                 self.timings.converged = Some(self.since_agents());
-                self.record_agent_startup(&pairs, &reached);
+                self.record_agent_startup(&pairs, &reached, &polled);
                 self.reached = reached;
                 (self.opts.progress)(&format!(
                     "converged {:.1} s after the agents started",
@@ -446,7 +455,12 @@ impl Scenario {
     }
 
     /// The agents' own start-up per pair (`scenario::startup`), from their logs.
-    fn record_agent_startup(&mut self, pairs: &[(String, String)], reached: &startup::Reached) {
+    fn record_agent_startup(
+        &mut self,
+        pairs: &[(String, String)],
+        reached: &startup::Reached,
+        polled: &startup::Reached,
+    ) {
         let starts: BTreeMap<String, jiff::Timestamp> = self
             .hosts
             .keys()
@@ -473,6 +487,14 @@ impl Scenario {
                 p.b,
                 p.took.as_secs_f64()
             ));
+            if let Some(q) = startup::slowest_pair(pairs, &starts, polled) {
+                (self.opts.progress)(&format!(
+                    "  as the 100 ms poll saw the reports: {} <-> {}, {:.1} s",
+                    q.a,
+                    q.b,
+                    q.took.as_secs_f64()
+                ));
+            }
             let later = starts.get(&p.a).max(starts.get(&p.b));
             if let Some(&since) = later {
                 for (x, y) in [(&p.a, &p.b), (&p.b, &p.a)] {

@@ -3,6 +3,9 @@
 //! kubelets started" mixes the lab's pod start with the agents' own work. This module counts
 //! each pair from the later of its two agents' start (the first line of the agent's log, which
 //! carries a UTC timestamp) to the moment both directions last became as the seed expects.
+//! A report counts from when the scenario's watch received it (`PeerWatch::received_at`):
+//! stamped instead when the 100 ms poll loop of a debug-build harness got round to it, a
+//! report on a saturated machine looked up to 2 s late (the scenario prints both).
 
 use std::collections::BTreeMap;
 use std::path::Path;

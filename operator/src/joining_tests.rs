@@ -4,6 +4,16 @@ use super::*;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
+/// Nodes and keys from `"a=ka b=kb c"`: a node without `=` has no key.
+fn keys(spec: &str) -> Vec<(&str, Option<&str>)> {
+    (spec.split_whitespace())
+        .map(|n| match n.split_once('=') {
+            Some((node, key)) => (node, Some(key)),
+            None => (n, None),
+        })
+        .collect()
+}
+
 #[test]
 fn hold_until_table() {
     let t0 = Instant::now();
@@ -230,70 +240,40 @@ fn first_pass_takes_keys_as_known() {
     let k = KeyArrivals::default();
     let t0 = Instant::now();
     // An operator starting over a running mesh with one node still without a key.
-    let until = k.observe("m", [("a", Some("ka")), ("b", Some("kb")), ("c", None)], t0);
-    assert_eq!(until, None);
+    assert_eq!(k.observe("m", keys("a=ka b=kb c"), t0), None);
     // The same keys later: nothing arrived.
-    let until = k.observe(
-        "m",
-        [("a", Some("ka")), ("b", Some("kb")), ("c", None)],
-        t0 + MS(10),
-    );
-    assert_eq!(until, None);
+    assert_eq!(k.observe("m", keys("a=ka b=kb c"), t0 + MS(10)), None);
 }
 
 #[test]
 fn a_mass_start_holds_until_every_key_is_in() {
     let k = KeyArrivals::default();
     let t0 = Instant::now();
-    let none = [("a", None), ("b", None), ("c", None), ("d", None)];
+    let none = keys("a b c d");
     assert_eq!(k.observe("m", none, t0), None);
 
     // a's and b's keys together: half the mesh within a second, c and d without one.
     let t1 = t0 + MS(100);
-    let two = [
-        ("a", Some("ka")),
-        ("b", Some("kb")),
-        ("c", None),
-        ("d", None),
-    ];
+    let two = keys("a=ka b=kb c d");
     assert_eq!(k.observe("m", two, t1), Some(t1 + KEY_QUIET));
 
     // c's key extends the wait.
     let t2 = t1 + MS(200);
-    let three = [
-        ("a", Some("ka")),
-        ("b", Some("kb")),
-        ("c", Some("kc")),
-        ("d", None),
-    ];
+    let three = keys("a=ka b=kb c=kc d");
     assert_eq!(k.observe("m", three, t2), Some(t2 + KEY_QUIET));
 
     // The last key: nobody lacks one, updates go out.
     let t3 = t2 + MS(100);
-    let all = [
-        ("a", Some("ka")),
-        ("b", Some("kb")),
-        ("c", Some("kc")),
-        ("d", Some("kd")),
-    ];
+    let all = keys("a=ka b=kb c=kc d=kd");
     assert_eq!(k.observe("m", all, t3), None);
 
-    // Later one rotated key while a new node e has none: no mass start, nothing waits.
+    // Later one rotated key, and a new node e without one: nothing waits.
     let t4 = t3 + MS(5000);
-    let rotated = [
-        ("a", Some("ka2")),
-        ("b", Some("kb")),
-        ("c", Some("kc")),
-        ("d", Some("kd")),
-        ("e", None),
-    ];
+    let rotated = keys("a=ka2 b=kb c=kc d=kd e");
     assert_eq!(k.observe("m", rotated, t4), None);
 
     // Another mesh is its own: its first pass knows its keys.
-    assert_eq!(
-        k.observe("other", [("x", Some("kx")), ("y", None)], t4),
-        None
-    );
+    assert_eq!(k.observe("other", keys("x=kx y"), t4), None);
 }
 
 #[test]
@@ -353,26 +333,16 @@ fn keys_of_nodes_still_joining_never_hold() {
     // A cluster booting: nodes join the selection as their keys arrive.
     let k = KeyArrivals::default();
     let t0 = Instant::now();
-    assert_eq!(k.observe("m", [("a", None)], t0), None);
+    assert_eq!(k.observe("m", keys("a"), t0), None);
     let t1 = t0 + MS(100);
-    let nodes = [("a", Some("ka")), ("b", Some("kb")), ("c", None)];
+    let nodes = keys("a=ka b=kb c");
     assert_eq!(k.observe("m", nodes, t1), None, "b and c just joined");
     let t2 = t1 + BURST_WINDOW + MS(1);
     // Three new keys of three, half the mesh: a mass start but for d's join.
-    let nodes = [
-        ("a", Some("ka1")),
-        ("b", Some("kb2")),
-        ("c", Some("kc")),
-        ("d", None),
-    ];
+    let nodes = keys("a=ka1 b=kb2 c=kc d");
     assert_eq!(k.observe("m", nodes, t2), None, "d just joined");
     // Once the selection has been still for the window, a mass start holds.
     let t3 = t2 + BURST_WINDOW + MS(1);
-    let nodes = [
-        ("a", Some("ka2")),
-        ("b", Some("kb3")),
-        ("c", Some("kc2")),
-        ("d", None),
-    ];
+    let nodes = keys("a=ka2 b=kb3 c=kc2 d");
     assert_eq!(k.observe("m", nodes, t3), Some(t3 + KEY_QUIET));
 }

@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Env, eventually};
-use serde_json::json;
 use wirekube_crds::{NatType, WireKubePeer};
 use wirekube_operator::joining::HoldTimes;
 
@@ -18,14 +17,6 @@ const T: Duration = Duration::from_secs(20);
 /// that they land within one hold, and against [`NOT_HELD`].
 const QUIET: Duration = Duration::from_secs(8);
 const NOT_HELD: Duration = Duration::from_secs(4);
-
-fn mesh_spec() -> serde_json::Value {
-    json!({
-        "meshCIDR": "10.99.0.0/24",
-        "nodeSelector": {"wirekube.io/enabled": "true"},
-        "relay": {"provider": "external", "external": {"endpoint": "198.51.100.50:3478"}},
-    })
-}
 
 /// The peers whose key `p`'s spec carries.
 fn keyed(p: &WireKubePeer) -> Vec<&str> {
@@ -71,7 +62,7 @@ fn spec_updates_wait_for_a_mass_starts_keys() {
         for (i, n) in all.iter().enumerate() {
             env.add_node(n, &format!("10.0.0.{}", i + 1), None).await;
         }
-        env.apply_mesh("default", mesh_spec()).await;
+        env.apply_mesh("default", common::mesh_spec()).await;
         eventually(T, "4 peers", || async {
             (env.peer_list().await.len() == 4).then_some(())
         })

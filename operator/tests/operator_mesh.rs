@@ -16,14 +16,6 @@ use wirekube_crds::{NatType, PathReason, PlannedPath, WireKubePeer};
 const T: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(800);
 
-fn mesh_spec() -> serde_json::Value {
-    json!({
-        "meshCIDR": "10.99.0.0/24",
-        "nodeSelector": {"wirekube.io/enabled": "true"},
-        "relay": {"provider": "external", "external": {"endpoint": "198.51.100.50:3478"}},
-    })
-}
-
 fn generations(peers: &[WireKubePeer]) -> BTreeMap<String, i64> {
     peers
         .iter()
@@ -72,7 +64,7 @@ fn peers_follow_nodes_and_only_changed_specs_are_written() {
         for (n, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
             env.add_node(n, ip, None).await;
         }
-        env.apply_mesh("default", mesh_spec()).await;
+        env.apply_mesh("default", common::mesh_spec()).await;
 
         // 3 nodes → 3 peers, each listing the other two, owned by its Node, labelled with the mesh.
         let peers = peers_where(&env, "3 peers with 2 entries", |p| {
@@ -248,7 +240,7 @@ fn invalid_mesh_reports_field_and_keeps_previous_state() {
         let op = env.operator("op-0", 15).await;
         env.add_node("a", "10.0.0.1", None).await;
         env.add_node("b", "10.0.0.2", None).await;
-        env.apply_mesh("default", mesh_spec()).await;
+        env.apply_mesh("default", common::mesh_spec()).await;
         let before = peers_where(&env, "2 peers", |p| {
             p.len() == 2 && p.iter().all(|x| x.spec.peers.len() == 1)
         })
@@ -263,7 +255,7 @@ fn invalid_mesh_reports_field_and_keeps_previous_state() {
         .await;
 
         // Passes the schema, fails validate(): directTimeout out of range.
-        let mut bad = mesh_spec();
+        let mut bad = common::mesh_spec();
         bad["relay"]["directTimeout"] = json!("1h");
         bad["mtu"] = json!(1400);
         env.apply_mesh("default", bad).await;
@@ -298,7 +290,7 @@ fn invalid_mesh_reports_field_and_keeps_previous_state() {
         assert!(after.iter().all(|p| p.spec.mtu == 1420));
 
         // Fixing it applies the new spec.
-        let mut good = mesh_spec();
+        let mut good = common::mesh_spec();
         good["mtu"] = json!(1400);
         env.apply_mesh("default", good).await;
         peers_where(&env, "mtu applied", |p| {
@@ -316,7 +308,7 @@ fn operator_restart_writes_nothing() {
         for (n, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
             env.add_node(n, ip, None).await;
         }
-        env.apply_mesh("default", mesh_spec()).await;
+        env.apply_mesh("default", common::mesh_spec()).await;
         peers_where(&env, "3 peers", |p| p.len() == 3).await;
         env.report(
             "a",

@@ -21,14 +21,6 @@ const NOT_HELD: Duration = Duration::from_secs(6);
 const B_SEEN: &str = "198.51.100.2:31000";
 const C_SEEN: &str = "198.51.100.3:32000";
 
-fn mesh_spec() -> serde_json::Value {
-    json!({
-        "meshCIDR": "10.99.0.0/24",
-        "nodeSelector": {"wirekube.io/enabled": "true"},
-        "relay": {"provider": "external", "external": {"endpoint": "198.51.100.50:3478"}},
-    })
-}
-
 async fn a_entry(env: &Env, to: &str) -> Option<PeerEntry> {
     let a: WireKubePeer = env.peers().get("a").await.ok()?;
     a.spec.peers.into_iter().find(|e| e.name == to)
@@ -70,7 +62,7 @@ fn endpoint_records_wait_and_then_land() {
         for (n, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
             env.add_node(n, ip, None).await;
         }
-        env.apply_mesh("default", mesh_spec()).await;
+        env.apply_mesh("default", common::mesh_spec()).await;
         eventually(T, "3 peers", || async {
             (env.peer_list().await.len() == 3).then_some(())
         })

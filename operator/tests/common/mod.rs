@@ -364,6 +364,15 @@ impl Env {
     }
 }
 
+/// The mesh most tests apply: nodes labelled `wirekube.io/enabled=true`, an external relay.
+pub fn mesh_spec() -> serde_json::Value {
+    json!({
+        "meshCIDR": "10.99.0.0/24",
+        "nodeSelector": {"wirekube.io/enabled": "true"},
+        "relay": {"provider": "external", "external": {"endpoint": "198.51.100.50:3478"}},
+    })
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

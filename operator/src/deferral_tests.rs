@@ -3,6 +3,7 @@ use wirekube_crds::{PathReason, PeerConnection, PlannedPath, WireKubePeerStatus}
 
 use super::*;
 use crate::spec_changes::spec_changes;
+use crate::test_objects::{peer_write, write_nodes as nodes};
 
 const EP: &str = "198.18.0.21:20502";
 
@@ -174,18 +175,9 @@ fn records_only_table() {
 
 fn write(node: &str, records_only: bool) -> PeerWrite {
     PeerWrite {
-        node: node.into(),
-        node_uid: format!("uid-{node}"),
-        spec: WireKubePeerSpec::default(),
-        quarantine: None,
-        observed_rv: None,
-        changes: vec!["peers.endpoint"],
         records_only,
+        ..peer_write(node, "peers.endpoint")
     }
-}
-
-fn nodes(ws: &[PeerWrite]) -> Vec<&str> {
-    ws.iter().map(|w| w.node.as_str()).collect()
 }
 
 #[test]

@@ -1,6 +1,5 @@
-use wirekube_crds::WireKubePeerSpec;
-
 use super::*;
+use crate::test_objects::{peer_write, write_nodes as nodes};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -197,18 +196,9 @@ fn no_run_begins_while_nodes_join() {
 
 fn write(node: &str, stored: bool) -> PeerWrite {
     PeerWrite {
-        node: node.into(),
-        node_uid: format!("{node}-uid"),
-        spec: WireKubePeerSpec::default(),
-        quarantine: None,
         observed_rv: stored.then(|| "7".to_string()),
-        changes: vec!["peers.publicKey"],
-        records_only: false,
+        ..peer_write(node, "peers.publicKey")
     }
-}
-
-fn nodes(w: &[PeerWrite]) -> Vec<&str> {
-    w.iter().map(|w| w.node.as_str()).collect()
 }
 
 #[test]

@@ -6,8 +6,11 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use wirekube_crds::{
-    Candidate, CandidateKind, NatType, WireKubeMesh, WireKubeMeshSpec, WireKubePeerStatus,
+    Candidate, CandidateKind, NatType, WireKubeMesh, WireKubeMeshSpec, WireKubePeerSpec,
+    WireKubePeerStatus,
 };
+
+use crate::decide::PeerWrite;
 
 /// A Node with addresses `(type, address)` and labels; uid is `uid-<name>`.
 pub fn node(name: &str, addresses: &[(&str, &str)], labels: &[(&str, &str)]) -> Node {
@@ -86,4 +89,23 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A write of `node`'s peer (uid `uid-<node>`, default spec) that changes `change`: a new peer
+/// (no stored resourceVersion), not a records-only write. Tests adjust the rest.
+pub fn peer_write(node: &str, change: &'static str) -> PeerWrite {
+    PeerWrite {
+        node: node.into(),
+        node_uid: format!("uid-{node}"),
+        spec: WireKubePeerSpec::default(),
+        quarantine: None,
+        observed_rv: None,
+        changes: vec![change],
+        records_only: false,
+    }
+}
+
+/// The nodes of `writes`, in order.
+pub fn write_nodes(writes: &[PeerWrite]) -> Vec<&str> {
+    writes.iter().map(|w| w.node.as_str()).collect()
 }
